@@ -1,0 +1,5 @@
+"""Entry point for ``python -m kvcluster``."""
+
+from kvcluster.cli import main
+
+main()

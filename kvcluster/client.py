@@ -1,0 +1,442 @@
+"""The client library: routing, retries and failover from the caller's side.
+
+A ``Client`` fetches the routing table from the master once (or loads it from
+a cache file) and then sends each operation straight to its slot's primary
+over one DEALER socket per node, with many requests in flight. When a node
+does not answer in time, or answers that it is not the primary, the client
+fetches a new table and resends; when a node answers "retry" (it is still
+catching up) the client resends shortly after. Every put carries an id that
+is unique for this client, so a node that already applied it answers OK
+without applying it twice. Every wait is bounded by the call's deadline.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import zmq
+
+from kvcluster.errors import (
+    ClusterUnavailable,
+    InvalidAddress,
+    InvalidKey,
+    InvalidValue,
+    KeyNotFound,
+    NoLiveReplica,
+    OperationTimedOut,
+    ProtocolError,
+)
+from kvcluster.history import HistoryRecorder, Operation, Outcome
+from kvcluster.history import OpKind as HistoryKind
+from kvcluster.placement import RoutingTable, node_name
+from kvcluster.protocol import (
+    NotReady,
+    Op,
+    OpKind,
+    Reply,
+    Request,
+    Status,
+    StatusReport,
+    StatusRequest,
+    Table,
+    TableRequest,
+    check_key,
+    check_value,
+    decode,
+    encode,
+)
+
+RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
+MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
+REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
+
+
+def parse_address(address: str) -> str:
+    """Turn ``HOST:PORT`` (or ``tcp://HOST:PORT``) into a ZeroMQ endpoint, or raise ``InvalidAddress``."""
+    bare = address.removeprefix("tcp://")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
+        raise InvalidAddress(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return f"tcp://{host}:{int(port)}"
+
+
+def validate(key: str, value: str | None = None) -> None:
+    """Raise ``InvalidKey`` or ``InvalidValue`` for input the cluster would refuse."""
+    problem = check_key(key)
+    if problem is not None:
+        raise InvalidKey(problem)
+    if value is not None:
+        problem = check_value(value)
+        if problem is not None:
+            raise InvalidValue(problem)
+
+
+class Completion(enum.Enum):
+    """How one operation of ``Client.execute`` ended."""
+
+    OK = "ok"
+    NOT_FOUND = "not_found"
+    NO_REPLICA = "no_replica"  # every replica of the slot is dead: definitely not applied
+    TIMED_OUT = "timed_out"  # the deadline passed: a put may or may not have been applied
+    INVALID = "invalid"  # a node refused the operation as malformed
+
+
+@dataclass(slots=True)
+class OpResult:
+    """The result of one operation: for a get the value read, and the node that served it."""
+
+    completion: Completion = Completion.TIMED_OUT
+    value: str | None = None
+    node_id: int = 0
+    latency: float = 0.0
+
+
+@dataclass(slots=True)
+class _Flight:
+    node_id: int
+    indices: list[int]
+    sent_at: float
+    expires: float
+
+
+class Client:
+    """A connection to one cluster. Not thread-safe: use one per thread or process."""
+
+    def __init__(
+        self,
+        master: str,
+        *,
+        deadline: float = 5.0,
+        try_timeout: float = 0.3,
+        table_cache: Path | None = None,
+        on_event: Callable[[str], None] | None = None,
+        recorder: HistoryRecorder | None = None,
+    ) -> None:
+        self.address = master
+        self.endpoint = parse_address(master)
+        self.deadline = deadline
+        self.try_timeout = try_timeout
+        self.table_cache = table_cache
+        self.on_event = on_event
+        self.recorder = recorder
+        self.client_id = random.getrandbits(62)
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.master = self.ctx.socket(zmq.DEALER)
+        self.master.connect(self.endpoint)
+        self.sockets: dict[int, zmq.Socket[bytes]] = {}
+        self.poller = zmq.Poller()
+        self.table: RoutingTable | None = self._load_cached_table()
+        self.last_refresh = 0.0
+        self.next_op_id = 0
+        self.next_request_id = 0
+
+    def close(self) -> None:
+        self.ctx.destroy(linger=0)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.close()
+
+    def _event(self, text: str) -> None:
+        if self.on_event is not None:
+            self.on_event(text)
+
+    # --- the single-operation API ---
+
+    def put(self, key: str, value: str) -> str:
+        """Store ``value`` under ``key``; return the name of the primary that acknowledged it."""
+        validate(key, value)
+        result = self._single(OpKind.PUT, key, value)
+        return node_name(result.node_id)
+
+    def get(self, key: str) -> tuple[str, str]:
+        """Return ``(value, server name)`` for ``key``, or raise ``KeyNotFound``."""
+        validate(key)
+        result = self._single(OpKind.GET, key, None)
+        assert result.value is not None
+        return result.value, node_name(result.node_id)
+
+    def _single(self, kind: OpKind, key: str, value: str | None) -> OpResult:
+        invoked = time.monotonic()
+        # A put that failed in any way may still have reached a primary before it died.
+        failed = Outcome.UNKNOWN if kind == OpKind.PUT else Outcome.FAILED
+        try:
+            result = self.execute([(kind, key, value)], window=1)[0]
+        except ClusterUnavailable:
+            self._record(kind, key, value, invoked, failed)
+            raise
+        if result.completion == Completion.OK:
+            self._record(kind, key, value if kind == OpKind.PUT else result.value, invoked, Outcome.OK)
+            return result
+        if result.completion == Completion.NOT_FOUND:
+            self._record(kind, key, None, invoked, Outcome.NOT_FOUND)
+            raise KeyNotFound(key)
+        self._record(kind, key, value if kind == OpKind.PUT else None, invoked, failed)
+        verb = kind.name.lower()
+        if result.completion == Completion.NO_REPLICA:
+            table = self._ensure_table(time.monotonic() + self.deadline)
+            raise NoLiveReplica(key, [node_name(n) for n in table.replicas(table.slot_of(key))])
+        if result.completion == Completion.INVALID:
+            raise ProtocolError(f"the cluster refused {verb} {key!r} as malformed")
+        applied = "; it may or may not have been applied" if kind == OpKind.PUT else ""
+        raise OperationTimedOut(f"{verb} {key!r} did not complete within {self.deadline:g} s{applied}")
+
+    def _record(self, kind: OpKind, key: str, value: str | None, invoked: float, outcome: Outcome) -> None:
+        if self.recorder is not None:
+            history_kind = HistoryKind.PUT if kind == OpKind.PUT else HistoryKind.GET
+            op = Operation(self.client_id, history_kind, key, value, invoked, time.monotonic(), outcome)
+            self.recorder.record(op)
+
+    # --- many operations in flight ---
+
+    def execute(
+        self,
+        ops: Sequence[tuple[OpKind, str, str | None]],
+        *,
+        batch: int = 1,
+        window: int = 64,
+    ) -> list[OpResult]:
+        """Run ``ops`` with up to ``window`` messages of up to ``batch`` operations in flight.
+
+        Operations to the same key may run concurrently: order between them is
+        not guaranteed. Each result says how its operation ended; the call
+        raises only ``ClusterUnavailable`` when the master cannot be reached.
+        """
+        run = _Run(self, ops, batch, window)
+        run.go()
+        return run.results
+
+    def _ensure_table(self, deadline: float) -> RoutingTable:
+        if self.table is None:
+            self.refresh_table(deadline)
+        assert self.table is not None
+        return self.table
+
+    def refresh_table(self, deadline: float | None = None) -> RoutingTable:
+        """Fetch the current table from the master, waiting at most until ``deadline``."""
+        until = deadline if deadline is not None else time.monotonic() + self.deadline
+        self.last_refresh = time.monotonic()
+        while True:
+            reply = self._ask_master(TableRequest(), until)
+            if isinstance(reply, Table):
+                if self.table is None or reply.data.version >= self.table.version:
+                    self.table = RoutingTable(reply.data)
+                    self._save_cached_table(reply)
+                    self._drop_dead_sockets(self.table)
+                dead = ", ".join(node_name(n) for n in self.table.data.dead) or "none"
+                self._event(f"fetched table version {self.table.version} from master (dead: {dead})")
+                return self.table
+            if isinstance(reply, NotReady):
+                self._event(f"cluster starting: {reply.registered}/{reply.expected} nodes registered")
+                time.sleep(0.05)
+                continue
+            raise ProtocolError(f"unexpected reply from master: {type(reply).__name__}")
+
+    def status(self) -> StatusReport:
+        """Ask the master for its view of the cluster."""
+        reply = self._ask_master(StatusRequest(), time.monotonic() + self.deadline)
+        if not isinstance(reply, StatusReport):
+            raise ProtocolError(f"unexpected reply from master: {type(reply).__name__}")
+        return reply
+
+    def _ask_master(self, message: TableRequest | StatusRequest, until: float) -> object:
+        self.master.send(encode(message))
+        wanted = Table if isinstance(message, TableRequest) else StatusReport
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not self.master.poll(int(remaining * 1000) + 1):
+                raise ClusterUnavailable(self.address, self.deadline)
+            reply = decode(self.master.recv())
+            if isinstance(reply, wanted | NotReady):
+                return reply
+            # A late answer to an earlier question: skip it.
+
+    def _socket(self, node_id: int, table: RoutingTable) -> zmq.Socket[bytes]:
+        sock = self.sockets.get(node_id)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.connect(table.endpoint(node_id))
+            self.poller.register(sock, zmq.POLLIN)
+            self.sockets[node_id] = sock
+        return sock
+
+    def _drop_dead_sockets(self, table: RoutingTable) -> None:
+        for node_id in [n for n in self.sockets if table.is_dead(n)]:
+            sock = self.sockets.pop(node_id)
+            self.poller.unregister(sock)
+            sock.close(linger=0)
+
+    def _load_cached_table(self) -> RoutingTable | None:
+        if self.table_cache is None:
+            return None
+        try:
+            raw = self.table_cache.read_bytes()
+            endpoint, _, frame = raw.partition(b"\n")
+            message = decode(frame)
+        except (OSError, ProtocolError):
+            return None
+        if endpoint.decode(errors="replace") != self.endpoint or not isinstance(message, Table):
+            return None
+        return RoutingTable(message.data)
+
+    def _save_cached_table(self, message: Table) -> None:
+        if self.table_cache is None:
+            return
+        tmp = self.table_cache.with_suffix(".tmp")
+        tmp.write_bytes(self.endpoint.encode() + b"\n" + encode(message))
+        tmp.replace(self.table_cache)
+
+
+class _Run:
+    """One ``Client.execute`` call: queues per node, flights, retries and the deadline."""
+
+    def __init__(self, client: Client, ops: Sequence[tuple[OpKind, str, str | None]], batch: int, window: int) -> None:
+        self.client = client
+        self.ops = ops
+        self.batch = max(1, batch)
+        self.window = max(1, window)
+        self.results = [OpResult() for _ in ops]
+        self.first_sent = [0.0] * len(ops)
+        self.attempts = [0] * len(ops)
+        self.op_ids = list(range(client.next_op_id, client.next_op_id + len(ops)))
+        client.next_op_id += len(ops)
+        self.queues: dict[int, deque[int]] = {}
+        self.delayed: deque[tuple[float, int]] = deque()
+        self.flights: dict[int, _Flight] = {}
+        self.remaining = len(ops)
+        self.deadline = time.monotonic() + client.deadline
+
+    def go(self) -> None:
+        table = self.client._ensure_table(self.deadline)
+        for index in range(len(self.ops)):
+            self._route(index, table)
+        while self.remaining:
+            now = time.monotonic()
+            if now >= self.deadline:
+                break
+            while self.delayed and self.delayed[0][0] <= now:
+                self._route(self.delayed.popleft()[1], self._table())
+            self._send_some(now)
+            self._wait(now)
+            self._expire(time.monotonic())
+
+    def _table(self) -> RoutingTable:
+        assert self.client.table is not None
+        return self.client.table
+
+    def _route(self, index: int, table: RoutingTable) -> None:
+        slot = table.slot_of(self.ops[index][1])
+        primary = table.primary(slot)
+        if primary is None:
+            self._finish(index, OpResult(Completion.NO_REPLICA))
+            return
+        self.queues.setdefault(primary, deque()).append(index)
+
+    def _finish(self, index: int, result: OpResult) -> None:
+        self.results[index] = result
+        self.remaining -= 1
+
+    def _send_some(self, now: float) -> None:
+        table = self._table()
+        while len(self.flights) < self.window and self.queues:
+            for node_id in list(self.queues):
+                queue = self.queues[node_id]
+                indices = [queue.popleft() for _ in range(min(self.batch, len(queue)))]
+                if not queue:
+                    del self.queues[node_id]
+                self._send(node_id, indices, table, now)
+                if len(self.flights) >= self.window:
+                    return
+
+    def _send(self, node_id: int, indices: list[int], table: RoutingTable, now: float) -> None:
+        client = self.client
+        ops = []
+        timeout = 0.0
+        for index in indices:
+            kind, key, value = self.ops[index]
+            slot = table.slot_of(key)
+            ops.append(Op(kind, key, value, slot, table.epoch(slot), self.op_ids[index]))
+            if not self.first_sent[index]:
+                self.first_sent[index] = now
+            else:
+                client._event(f"resent {kind.name.lower()} {key!r} to {node_name(node_id)}")
+            timeout = max(timeout, min(MAX_TRY_TIMEOUT, client.try_timeout * 2 ** self.attempts[index]))
+            self.attempts[index] += 1
+        client.next_request_id += 1
+        request_id = client.next_request_id
+        if len(indices) == 1 and self.attempts[indices[0]] == 1:
+            kind, key, _ = self.ops[indices[0]]
+            client._event(f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})")
+        client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)))
+        self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
+
+    def _wait(self, now: float) -> None:
+        wake = self.deadline
+        if self.flights:
+            wake = min(wake, min(f.expires for f in self.flights.values()))
+        if self.delayed:
+            wake = min(wake, self.delayed[0][0])
+        if self.queues and len(self.flights) < self.window:
+            wake = now
+        for sock, _ in self.client.poller.poll(max(0, int((wake - now) * 1000))):
+            self._drain(sock)
+
+    def _drain(self, sock: zmq.Socket[bytes]) -> None:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                reply = decode(frame)
+            except ProtocolError:
+                continue  # a garbled reply is a lost reply: the flight times out and is resent
+            if isinstance(reply, Reply):
+                self._on_reply(reply)
+
+    def _on_reply(self, reply: Reply) -> None:
+        flight = self.flights.pop(reply.request_id, None)
+        if flight is None or len(reply.results) != len(flight.indices):
+            return  # a late answer to a flight we already gave up on
+        now = time.monotonic()
+        refresh = False
+        for index, result in zip(flight.indices, reply.results, strict=True):
+            match result.status:
+                case Status.OK | Status.NOT_FOUND:
+                    completion = Completion.OK if result.status == Status.OK else Completion.NOT_FOUND
+                    self._finish(index, OpResult(completion, result.value, reply.node_id, now - self.first_sent[index]))
+                case Status.RETRY:
+                    self.delayed.append((now + RETRY_DELAY, index))
+                case Status.NOT_PRIMARY:
+                    refresh = True
+                    self.delayed.append((now, index))
+                case _:
+                    self._finish(index, OpResult(Completion.INVALID, None, reply.node_id))
+        if refresh:
+            self.client._event(f"{node_name(flight.node_id)} is no longer primary; refreshing table")
+            self._refresh()
+
+    def _expire(self, now: float) -> None:
+        expired = [rid for rid, f in self.flights.items() if f.expires <= now]
+        if not expired:
+            return
+        for rid in expired:
+            flight = self.flights.pop(rid)
+            waited = (now - flight.sent_at) * 1000
+            self.client._event(f"{node_name(flight.node_id)} did not answer within {waited:.0f} ms")
+            self.delayed.extend((now, index) for index in flight.indices)
+        self._refresh()
+
+    def _refresh(self) -> None:
+        if time.monotonic() - self.client.last_refresh < REFRESH_INTERVAL:
+            return
+        self.client.refresh_table(self.deadline)

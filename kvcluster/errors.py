@@ -1,0 +1,87 @@
+"""The failures a caller of kvcluster can handle, one class each.
+
+The CLI turns every one of them into a single line on stderr and an exit code
+(see ``cli.py``); library users catch the specific class they care about.
+"""
+
+from __future__ import annotations
+
+EXIT_FAILURE = 1
+EXIT_USAGE = 2
+
+
+class KvclusterError(Exception):
+    """Base class: a failure with a one-line message meant for a person."""
+
+    exit_code = EXIT_FAILURE
+
+
+class UsageError(KvclusterError):
+    """The request itself is malformed; nothing was sent or stored."""
+
+    exit_code = EXIT_USAGE
+
+
+class InvalidKey(UsageError):
+    """A key is empty, contains whitespace, or is longer than 256 bytes."""
+
+
+class InvalidValue(UsageError):
+    """A value contains whitespace or is larger than 1 MiB."""
+
+
+class InvalidAddress(UsageError):
+    """A ``HOST:PORT`` address could not be parsed."""
+
+
+class UnknownNode(UsageError):
+    """A node name such as ``server9`` names no node of the cluster."""
+
+
+class ClusterAlreadyRunning(UsageError):
+    """``up`` was asked to start a cluster where one is already running."""
+
+
+class KeyNotFound(KvclusterError):
+    """The key has never been written."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(f"key {key!r} not found")
+        self.key = key
+
+
+class ClusterNotRunning(KvclusterError):
+    """No cluster state exists in the state directory."""
+
+
+class NodeNotRunning(KvclusterError):
+    """The named storage node is not running: it was killed or has exited."""
+
+
+class ClusterUnavailable(KvclusterError):
+    """The master did not answer within the deadline."""
+
+    def __init__(self, address: str, seconds: float) -> None:
+        super().__init__(f"cluster unavailable: master at {address} did not answer within {seconds:g} s")
+        self.address = address
+
+
+class NoLiveReplica(KvclusterError):
+    """Every replica of the key's slot is dead, so the key cannot be served."""
+
+    def __init__(self, key: str, dead: list[str]) -> None:
+        super().__init__(f"no live replica for key {key!r} ({', '.join(dead)} down)")
+        self.key = key
+        self.dead = dead
+
+
+class OperationTimedOut(KvclusterError):
+    """The operation did not complete before its deadline; a put may or may not have been applied."""
+
+
+class ProtocolError(KvclusterError):
+    """A message on the wire is malformed; it is rejected and the process keeps serving."""
+
+
+class StartupFailed(KvclusterError):
+    """A process of the cluster did not start or did not become ready in time."""

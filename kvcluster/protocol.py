@@ -1,0 +1,480 @@
+"""The wire contract between master, storage nodes and clients.
+
+Every message is a msgpack array ``[PROTOCOL_VERSION, MsgType, *fields]``.
+``decode`` validates the version, the type and every field before it builds a
+message, so a malformed or truncated frame raises ``ProtocolError`` instead of
+reaching the state machines. Batches of operations travel as arrays of small
+named tuples, which msgpack packs as plain arrays at no extra cost.
+
+Timing (heartbeats, leases, failure detection) is part of the contract too:
+the lease a node holds must run out before the master may declare it dead.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, TypeVar
+
+import msgpack
+
+from kvcluster.errors import ProtocolError
+
+PROTOCOL_VERSION = 1
+MAX_KEY_BYTES = 256
+MAX_VALUE_BYTES = 1024 * 1024
+_WHITESPACE = re.compile(r"\s")
+
+
+@dataclass(frozen=True, slots=True)
+class Timing:
+    """Failure-detection timing shared by master and nodes, in seconds.
+
+    A node serves as primary only while its lease is fresh. The lease runs from
+    the moment the node *sent* a heartbeat the master acknowledged, and the
+    master declares a node dead only ``dead_after`` after it *received* its last
+    heartbeat, so with ``lease < dead_after`` an old primary has stopped serving
+    before any other node is promoted in its place.
+    """
+
+    heartbeat: float = 0.1
+    lease: float = 0.5
+    dead_after: float = 0.7
+
+    def __post_init__(self) -> None:
+        if not 0 < self.heartbeat < self.lease < self.dead_after:
+            raise ValueError("timing must satisfy 0 < heartbeat < lease < dead_after")
+
+
+class MsgType(enum.IntEnum):
+    """Message types; the comment names sender -> receiver."""
+
+    HELLO = 1  # node -> master
+    HEARTBEAT = 2  # node -> master
+    HEARTBEAT_ACK = 3  # master -> node
+    TABLE_REQUEST = 4  # client -> master
+    TABLE = 5  # master -> client, node
+    STATUS_REQUEST = 6  # client -> master
+    STATUS = 7  # master -> client
+    REQUEST = 8  # client -> node
+    REPLY = 9  # node -> client
+    REPLICATE = 10  # primary -> backup
+    SYNC = 11  # new primary -> backup
+    REPLICATE_ACK = 12  # backup -> primary
+    FENCED = 13  # master -> node declared dead
+    NOT_READY = 14  # master -> client while nodes are still registering
+
+
+class OpKind(enum.IntEnum):
+    """What a client operation does."""
+
+    GET = 1
+    PUT = 2
+
+
+class Status(enum.IntEnum):
+    """The outcome of one operation at a node."""
+
+    OK = 0
+    NOT_FOUND = 1
+    NOT_PRIMARY = 2  # refresh the table and resend elsewhere
+    RETRY = 3  # this node is catching up (table, lease, sync): resend shortly
+    INVALID = 4  # the operation is malformed (bad key, slot or value)
+
+
+class Op(NamedTuple):
+    """One client operation. ``op_id`` is unique per client and deduplicates resends."""
+
+    kind: int
+    key: str
+    value: str | None
+    slot: int
+    epoch: int
+    op_id: int
+
+
+class Result(NamedTuple):
+    """A node's answer to one ``Op``."""
+
+    status: int
+    value: str | None
+
+
+class Write(NamedTuple):
+    """One put forwarded from a primary to a backup."""
+
+    slot: int
+    epoch: int
+    key: str
+    value: str
+    version: int
+    client: int
+    op_id: int
+
+
+class SlotImage(NamedTuple):
+    """A new primary's full copy of one slot, which replaces the backup's copy."""
+
+    slot: int
+    epoch: int
+    entries: list[tuple[str, str, int]]
+
+
+@dataclass(frozen=True, slots=True)
+class TableData:
+    """What defines the routing table: the cluster shape, endpoints and the dead nodes in order of death."""
+
+    version: int
+    rep: int
+    slots: int
+    endpoints: dict[int, str]
+    dead: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class NodeReport:
+    """The master's view of one storage node, for ``status``."""
+
+    node_id: int
+    endpoint: str
+    pid: int
+    alive: bool
+    keys: int
+    last_seen_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class Hello:
+    node_id: int
+    endpoint: str
+    pid: int
+
+
+@dataclass(frozen=True, slots=True)
+class Heartbeat:
+    node_id: int
+    sent_at: float
+    table_version: int
+    keys: int
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatAck:
+    sent_at: float
+    table_version: int
+
+
+@dataclass(frozen=True, slots=True)
+class TableRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Table:
+    data: TableData
+
+
+@dataclass(frozen=True, slots=True)
+class StatusRequest:
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class StatusReport:
+    master_pid: int
+    table: TableData | None
+    nodes: list[NodeReport]
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    client: int
+    request_id: int
+    ops: list[Op]
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    request_id: int
+    node_id: int
+    results: list[Result]
+
+
+@dataclass(frozen=True, slots=True)
+class Replicate:
+    repl_id: int
+    sender: int
+    writes: list[Write]
+
+
+@dataclass(frozen=True, slots=True)
+class Sync:
+    repl_id: int
+    sender: int
+    images: list[SlotImage]
+
+
+@dataclass(frozen=True, slots=True)
+class ReplicateAck:
+    repl_id: int
+    node_id: int
+    rejected_slots: list[int]
+
+
+@dataclass(frozen=True, slots=True)
+class Fenced:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
+class NotReady:
+    registered: int
+    expected: int
+
+
+Message = (
+    Hello
+    | Heartbeat
+    | HeartbeatAck
+    | TableRequest
+    | Table
+    | StatusRequest
+    | StatusReport
+    | Request
+    | Reply
+    | Replicate
+    | Sync
+    | ReplicateAck
+    | Fenced
+    | NotReady
+)
+
+
+# --- validation helpers: each returns the value with a precise type or raises ---
+
+T = TypeVar("T")
+
+
+def _int(value: Any, name: str) -> int:
+    if type(value) is not int:
+        raise ProtocolError(f"{name}: expected int, got {type(value).__name__}")
+    return value
+
+
+def _float(value: Any, name: str) -> float:
+    if type(value) is float:
+        return value
+    if type(value) is int:
+        return float(value)
+    raise ProtocolError(f"{name}: expected float, got {type(value).__name__}")
+
+
+def _str(value: Any, name: str) -> str:
+    if type(value) is not str:
+        raise ProtocolError(f"{name}: expected str, got {type(value).__name__}")
+    return value
+
+
+def _opt_str(value: Any, name: str) -> str | None:
+    return None if value is None else _str(value, name)
+
+
+def _bool(value: Any, name: str) -> bool:
+    if type(value) is not bool:
+        raise ProtocolError(f"{name}: expected bool, got {type(value).__name__}")
+    return value
+
+
+def _list(value: Any, name: str, length: int | None = None) -> list[Any]:
+    if type(value) is not list:
+        raise ProtocolError(f"{name}: expected array, got {type(value).__name__}")
+    if length is not None and len(value) != length:
+        raise ProtocolError(f"{name}: expected {length} fields, got {len(value)}")
+    return value
+
+
+def _each(value: Any, name: str, parse: Callable[[Any, str], T]) -> list[T]:
+    return [parse(item, name) for item in _list(value, name)]
+
+
+def _op(raw: Any, name: str) -> Op:
+    kind, key, value, slot, epoch, op_id = _list(raw, name, 6)
+    return Op(_int(kind, "kind"), _str(key, "key"), _opt_str(value, "value"), _int(slot, "slot"), _int(epoch, "epoch"), _int(op_id, "op_id"))
+
+
+def _result(raw: Any, name: str) -> Result:
+    status, value = _list(raw, name, 2)
+    return Result(_int(status, "status"), _opt_str(value, "value"))
+
+
+def _write(raw: Any, name: str) -> Write:
+    slot, epoch, key, value, version, client, op_id = _list(raw, name, 7)
+    return Write(
+        _int(slot, "slot"),
+        _int(epoch, "epoch"),
+        _str(key, "key"),
+        _str(value, "value"),
+        _int(version, "version"),
+        _int(client, "client"),
+        _int(op_id, "op_id"),
+    )
+
+
+def _entry(raw: Any, name: str) -> tuple[str, str, int]:
+    key, value, version = _list(raw, name, 3)
+    return _str(key, "key"), _str(value, "value"), _int(version, "version")
+
+
+def _image(raw: Any, name: str) -> SlotImage:
+    slot, epoch, entries = _list(raw, name, 3)
+    return SlotImage(_int(slot, "slot"), _int(epoch, "epoch"), _each(entries, "entries", _entry))
+
+
+def _table_data(raw: Any, name: str) -> TableData:
+    version, rep, slots, endpoints, dead = _list(raw, name, 5)
+    pairs = _list(endpoints, "endpoints")
+    return TableData(
+        version=_int(version, "version"),
+        rep=_int(rep, "rep"),
+        slots=_int(slots, "slots"),
+        endpoints={_int(p[0], "node_id"): _str(p[1], "endpoint") for p in (_list(p, "endpoint", 2) for p in pairs)},
+        dead=_each(dead, "dead", _int),
+    )
+
+
+def _table_wire(data: TableData) -> list[Any]:
+    return [data.version, data.rep, data.slots, sorted(data.endpoints.items()), data.dead]
+
+
+def _node_report(raw: Any, name: str) -> NodeReport:
+    node_id, endpoint, pid, alive, keys, last_seen_ms = _list(raw, name, 6)
+    return NodeReport(
+        _int(node_id, "node_id"),
+        _str(endpoint, "endpoint"),
+        _int(pid, "pid"),
+        _bool(alive, "alive"),
+        _int(keys, "keys"),
+        _float(last_seen_ms, "last_seen_ms"),
+    )
+
+
+# --- encoding: message -> fields, and fields -> message, per type ---
+
+
+def _fields(message: Message) -> tuple[MsgType, list[Any]]:  # noqa: PLR0911 - one arm per message type
+    match message:
+        case Hello(node_id, endpoint, pid):
+            return MsgType.HELLO, [node_id, endpoint, pid]
+        case Heartbeat(node_id, sent_at, table_version, keys):
+            return MsgType.HEARTBEAT, [node_id, sent_at, table_version, keys]
+        case HeartbeatAck(sent_at, table_version):
+            return MsgType.HEARTBEAT_ACK, [sent_at, table_version]
+        case TableRequest():
+            return MsgType.TABLE_REQUEST, []
+        case Table(data):
+            return MsgType.TABLE, [_table_wire(data)]
+        case StatusRequest():
+            return MsgType.STATUS_REQUEST, []
+        case StatusReport(master_pid, table, nodes):
+            wire_nodes = [[n.node_id, n.endpoint, n.pid, n.alive, n.keys, n.last_seen_ms] for n in nodes]
+            return MsgType.STATUS, [master_pid, None if table is None else _table_wire(table), wire_nodes]
+        case Request(client, request_id, ops):
+            return MsgType.REQUEST, [client, request_id, ops]
+        case Reply(request_id, node_id, results):
+            return MsgType.REPLY, [request_id, node_id, results]
+        case Replicate(repl_id, sender, writes):
+            return MsgType.REPLICATE, [repl_id, sender, writes]
+        case Sync(repl_id, sender, images):
+            return MsgType.SYNC, [repl_id, sender, images]
+        case ReplicateAck(repl_id, node_id, rejected_slots):
+            return MsgType.REPLICATE_ACK, [repl_id, node_id, rejected_slots]
+        case Fenced(node_id):
+            return MsgType.FENCED, [node_id]
+        case NotReady(registered, expected):
+            return MsgType.NOT_READY, [registered, expected]
+    raise TypeError(f"not a message: {message!r}")
+
+
+def _status_report(f: list[Any]) -> StatusReport:
+    return StatusReport(
+        _int(f[0], "master_pid"),
+        None if f[1] is None else _table_data(f[1], "table"),
+        _each(f[2], "nodes", _node_report),
+    )
+
+
+_DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
+    MsgType.HELLO: (3, lambda f: Hello(_int(f[0], "node_id"), _str(f[1], "endpoint"), _int(f[2], "pid"))),
+    MsgType.HEARTBEAT: (
+        4,
+        lambda f: Heartbeat(_int(f[0], "node_id"), _float(f[1], "sent_at"), _int(f[2], "table_version"), _int(f[3], "keys")),
+    ),
+    MsgType.HEARTBEAT_ACK: (2, lambda f: HeartbeatAck(_float(f[0], "sent_at"), _int(f[1], "table_version"))),
+    MsgType.TABLE_REQUEST: (0, lambda f: TableRequest()),
+    MsgType.TABLE: (1, lambda f: Table(_table_data(f[0], "table"))),
+    MsgType.STATUS_REQUEST: (0, lambda f: StatusRequest()),
+    MsgType.STATUS: (3, _status_report),
+    MsgType.REQUEST: (3, lambda f: Request(_int(f[0], "client"), _int(f[1], "request_id"), _each(f[2], "ops", _op))),
+    MsgType.REPLY: (3, lambda f: Reply(_int(f[0], "request_id"), _int(f[1], "node_id"), _each(f[2], "results", _result))),
+    MsgType.REPLICATE: (3, lambda f: Replicate(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "writes", _write))),
+    MsgType.SYNC: (3, lambda f: Sync(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "images", _image))),
+    MsgType.REPLICATE_ACK: (
+        3,
+        lambda f: ReplicateAck(_int(f[0], "repl_id"), _int(f[1], "node_id"), _each(f[2], "rejected_slots", _int)),
+    ),
+    MsgType.FENCED: (1, lambda f: Fenced(_int(f[0], "node_id"))),
+    MsgType.NOT_READY: (2, lambda f: NotReady(_int(f[0], "registered"), _int(f[1], "expected"))),
+}
+
+
+def encode(message: Message) -> bytes:
+    """Serialise a message to one frame."""
+    msg_type, fields = _fields(message)
+    packed: bytes = msgpack.packb([PROTOCOL_VERSION, int(msg_type), *fields], use_bin_type=True)
+    return packed
+
+
+def decode(frame: bytes) -> Message:
+    """Parse and validate one frame; raise ``ProtocolError`` on anything malformed."""
+    try:
+        raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
+    except Exception as exc:  # msgpack raises several unrelated classes for bad input
+        raise ProtocolError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
+    if type(raw) is not list or len(raw) < 2:  # noqa: PLR2004 - version and type
+        raise ProtocolError("frame is not a [version, type, ...] array")
+    if raw[0] != PROTOCOL_VERSION:
+        raise ProtocolError(f"unsupported protocol version {raw[0]!r}")
+    try:
+        msg_type = MsgType(raw[1])
+    except ValueError:
+        raise ProtocolError(f"unknown message type {raw[1]!r}") from None
+    arity, build = _DECODERS[msg_type]
+    fields = raw[2:]
+    if len(fields) != arity:
+        raise ProtocolError(f"{msg_type.name}: expected {arity} fields, got {len(fields)}")
+    try:
+        return build(fields)
+    except (ValueError, TypeError, KeyError, IndexError) as exc:
+        raise ProtocolError(f"{msg_type.name}: {exc}") from None
+
+
+def check_key(key: str) -> str | None:
+    """Return why ``key`` is not acceptable, or ``None`` if it is."""
+    if not key:
+        return "key must not be empty"
+    if _WHITESPACE.search(key):
+        return f"key {key!r} contains whitespace"
+    if len(key.encode()) > MAX_KEY_BYTES:
+        return f"key is longer than {MAX_KEY_BYTES} bytes"
+    return None
+
+
+def check_value(value: str) -> str | None:
+    """Return why ``value`` is not acceptable, or ``None`` if it is."""
+    if _WHITESPACE.search(value):
+        return "value contains whitespace"
+    if len(value.encode()) > MAX_VALUE_BYTES:
+        return f"value is larger than {MAX_VALUE_BYTES // 1024 // 1024} MiB"
+    return None

@@ -1,0 +1,457 @@
+"""A storage node: its in-memory store, primary-backup replication and fencing.
+
+One process, one thread, one ``zmq.Poller`` loop: a ROUTER socket takes client
+requests and replication from peers, a DEALER talks to the master, and one
+DEALER per peer carries this node's replication as a primary. Nothing ever
+blocks on a single peer, so two nodes replicating to each other cannot
+deadlock.
+
+Write path (the guarantee): the primary assigns the put a version
+``(epoch << 40) | counter``, forwards it to every live backup, and commits it
+to its own store and answers the client only once every backup of the slot
+in the master's latest table has acknowledged it. Everything that arrives in
+one pass of the loop is forwarded to a backup in one message (group commit).
+Reads are served from the committed store, so a read never returns a value
+that a later failover could lose.
+
+Fencing: a node serves a slot only while it is the slot's primary in its
+latest table, its lease from the master is fresh, and no peer has shown it a
+newer epoch for the slot. Backups accept replication only from the primary of
+the newest epoch they know. A node promoted to primary first pushes its copy of
+each gained slot to the slot's backups (``Sync``) and serves the slot only once
+they all hold it, so backups never diverge from the primary they follow.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import zmq
+
+from kvcluster.errors import ProtocolError
+from kvcluster.placement import RoutingTable, node_name
+from kvcluster.protocol import (
+    Fenced,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Message,
+    Op,
+    OpKind,
+    Replicate,
+    ReplicateAck,
+    Reply,
+    Request,
+    Result,
+    SlotImage,
+    Status,
+    Sync,
+    Table,
+    Timing,
+    Write,
+    check_key,
+    check_value,
+    decode,
+    encode,
+)
+
+log = logging.getLogger("kvcluster.storage")
+
+VERSION_EPOCH_SHIFT = 40
+DEDUP_MEMORY = 200_000  # recent (client, op_id) pairs remembered to drop resent puts
+DRAIN_LIMIT = 512  # messages taken from one socket per pass, so timers still run under load
+
+Entry = tuple[str, int]  # (value, version)
+ClientKey = tuple[int, int]  # (client, op_id)
+
+
+class Waiter(Protocol):
+    """Something waiting for backups to acknowledge a replication message."""
+
+    def acked(self, repl_id: int, rejected_slots: list[int]) -> None: ...
+
+
+@dataclass(eq=False)
+class PendingRequest:
+    """A client request with puts that wait for their backups."""
+
+    envelope: list[bytes]
+    request: Request
+    results: list[Result | None]
+    writes: list[tuple[int, Write]] = field(default_factory=list)
+    backups: set[int] = field(default_factory=set)
+    waiting: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)
+
+    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
+        self.waiting.discard(repl_id)
+        self.rejected.update(rejected_slots)
+
+
+@dataclass(eq=False)
+class PendingSync:
+    """Slots a newly promoted primary is copying to its backups before serving them."""
+
+    slots: list[int]
+    waiting: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)
+
+    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
+        self.waiting.discard(repl_id)
+        self.rejected.update(rejected_slots)
+
+
+class StorageNode:
+    """One storage node; ``run()`` serves until SIGTERM or until the master fences it."""
+
+    def __init__(self, node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+        self.node_id = node_id
+        self.name = node_name(node_id)
+        self.timing = timing
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
+        self.master = self.ctx.socket(zmq.DEALER)
+        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}".encode())
+        self.master.connect(master_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.master, zmq.POLLIN)  # the router joins once the first table arrives
+        self.peers: dict[int, zmq.Socket[bytes]] = {}
+
+        self.table: RoutingTable | None = None
+        self.data: list[dict[str, Entry]] = []
+        self.known: list[tuple[int, int]] = []  # per slot: newest (epoch, primary) seen anywhere
+        self.ready: list[bool] = []  # per slot: synced as primary for the current epoch
+        self.lease_until = 0.0
+        self.counter = 0
+        self.applied: dict[ClientKey, None] = {}
+        self.inflight: set[ClientKey] = set()
+
+        self.next_repl_id = 1
+        self.outgoing: dict[int, list[Write]] = defaultdict(list)
+        self.batch_waiters: dict[int, list[PendingRequest]] = defaultdict(list)
+        self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
+        self.pending: list[PendingRequest] = []
+        self.syncs: list[PendingSync] = []
+        self.stopping = False
+
+    # --- the loop ---
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        self._send_master(Hello(self.node_id, self.endpoint, os.getpid()))
+        log.info("%s listening on %s", self.name, self.endpoint)
+        next_beat = time.monotonic()
+        try:
+            while not self.stopping:
+                now = time.monotonic()
+                if now >= next_beat:
+                    self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, self._key_count()))
+                    next_beat = now + self.timing.heartbeat
+                ready = dict(self.poller.poll(max(1, int((next_beat - now) * 1000))))
+                if self.router in ready:
+                    self._drain(self.router, self._on_router)
+                if self.master in ready:
+                    self._drain(self.master, self._on_master)
+                for peer in self.peers.values():
+                    if peer in ready:
+                        self._drain(peer, self._on_peer)
+                self._flush()
+        finally:
+            self.ctx.destroy(linger=0)
+            log.info("%s stopped", self.name)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _drain(self, sock: zmq.Socket[bytes], handle: _Handler) -> None:
+        for _ in range(DRAIN_LIMIT):
+            try:
+                frames = sock.recv_multipart(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            try:
+                handle(frames[:-1], decode(frames[-1]))
+            except ProtocolError as exc:
+                log.warning("%s rejected a malformed message: %s", self.name, exc)
+
+    def _send_master(self, message: Message) -> None:
+        self.master.send(encode(message))
+
+    def _peer(self, node_id: int) -> zmq.Socket[bytes]:
+        sock = self.peers.get(node_id)
+        if sock is None:
+            assert self.table is not None
+            sock = self.ctx.socket(zmq.DEALER)
+            sock.connect(self.table.endpoint(node_id))
+            self.poller.register(sock, zmq.POLLIN)
+            self.peers[node_id] = sock
+        return sock
+
+    def _key_count(self) -> int:
+        return sum(len(slot) for slot in self.data)
+
+    # --- master: table, lease, fencing ---
+
+    def _on_master(self, _envelope: list[bytes], message: Message) -> None:
+        match message:
+            case HeartbeatAck(sent_at, _):
+                self.lease_until = max(self.lease_until, sent_at + self.timing.lease)
+            case Table(data):
+                if self.table is None or data.version > self.table.version:
+                    self._install(RoutingTable(data))
+            case Fenced():
+                log.error("%s was declared dead by the master; exiting", self.name)
+                self.stopping = True
+            case _:
+                raise ProtocolError(f"unexpected message from master: {type(message).__name__}")
+
+    def _install(self, table: RoutingTable) -> None:
+        old, self.table = self.table, table
+        if old is None:
+            self.poller.register(self.router, zmq.POLLIN)
+            self.data = [{} for _ in range(table.slots)]
+            self.known = [(-1, 0)] * table.slots
+            self.ready = [True] * table.slots
+        gained: list[int] = []
+        for slot in range(table.slots):
+            epoch, primary = table.epoch(slot), table.primary(slot)
+            if epoch >= self.known[slot][0] and primary is not None:
+                self.known[slot] = (epoch, primary)
+            if old is not None and primary == self.node_id and old.primary(slot) != self.node_id:
+                gained.append(slot)
+        newly_dead = [n for n in table.data.dead if old is None or not old.is_dead(n)]
+        log.info("%s installed table version %d (dead: %s)", self.name, table.version, table.data.dead)
+        for node_id in newly_dead:
+            self._forget_peer(node_id)
+        if gained:
+            self._start_sync(gained)
+
+    def _forget_peer(self, node_id: int) -> None:
+        """Count every outstanding acknowledgement from a dead node as given: the table no longer lists it."""
+        for repl_id, (target, waiters) in list(self.repl_waiters.items()):
+            if target == node_id:
+                del self.repl_waiters[repl_id]
+                for waiter in waiters:
+                    waiter.acked(repl_id, [])
+        self.outgoing.pop(node_id, None)
+        for pending in self.pending:
+            pending.backups.discard(node_id)
+        sock = self.peers.pop(node_id, None)
+        if sock is not None:
+            self.poller.unregister(sock)
+            sock.close(linger=0)
+
+    def _start_sync(self, slots: list[int]) -> None:
+        assert self.table is not None
+        by_backup: dict[int, list[SlotImage]] = defaultdict(list)
+        for slot in slots:
+            epoch = self.table.epoch(slot)
+            image = SlotImage(slot, epoch, [(k, v, ver) for k, (v, ver) in self.data[slot].items()])
+            for backup in self.table.live(slot)[1:]:
+                by_backup[backup].append(image)
+        sync = PendingSync(slots)
+        for backup, images in by_backup.items():
+            repl_id = self._new_repl_id()
+            self._peer(backup).send(encode(Sync(repl_id, self.node_id, images)))
+            self.repl_waiters[repl_id] = (backup, [sync])
+            sync.waiting.add(repl_id)
+        for slot in slots:
+            self.ready[slot] = not sync.waiting
+        if sync.waiting:
+            self.syncs.append(sync)
+        log.info("%s promoted to primary of %d slots; syncing to %d backups", self.name, len(slots), len(by_backup))
+
+    def _lease_fresh(self) -> bool:
+        return time.monotonic() < self.lease_until
+
+    # --- clients ---
+
+    def _on_router(self, envelope: list[bytes], message: Message) -> None:
+        match message:
+            case Request():
+                self._on_request(envelope, message)
+            case Replicate(repl_id, sender, writes):
+                rejected = {w.slot for w in writes if not self._apply_replicated(w, sender)}
+                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, sorted(rejected)))])
+            case Sync(repl_id, sender, images):
+                rejected = [img.slot for img in images if not self._install_image(img, sender)]
+                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, rejected))])
+            case _:
+                raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
+
+    def _on_request(self, envelope: list[bytes], request: Request) -> None:
+        pending = PendingRequest(envelope, request, [])
+        for index, op in enumerate(request.ops):
+            pending.results.append(self._serve(op, request.client, index, pending))
+        if pending.writes:
+            for write in (w for _, w in pending.writes):
+                self.inflight.add((write.client, write.op_id))
+            self.pending.append(pending)
+        else:
+            self._reply(pending)
+
+    def _serve(self, op: Op, client: int, index: int, pending: PendingRequest) -> Result | None:
+        refusal = self._refusal(op)
+        if refusal is not None:
+            return refusal
+        if op.kind == OpKind.GET:
+            entry = self.data[op.slot].get(op.key)
+            return Result(Status.NOT_FOUND, None) if entry is None else Result(Status.OK, entry[0])
+        dedup = (client, op.op_id)
+        if dedup in self.applied:
+            return Result(Status.OK, None)
+        if dedup in self.inflight:
+            return Result(Status.RETRY, None)
+        assert self.table is not None and op.value is not None
+        epoch = self.table.epoch(op.slot)
+        self.counter += 1
+        write = Write(op.slot, epoch, op.key, op.value, (epoch << VERSION_EPOCH_SHIFT) | self.counter, client, op.op_id)
+        pending.writes.append((index, write))
+        for backup in self.table.live(op.slot)[1:]:
+            self.outgoing[backup].append(write)
+            pending.backups.add(backup)
+        return None
+
+    def _refusal(self, op: Op) -> Result | None:
+        """Why this node must not serve ``op`` now, as the answer to give, or ``None``."""
+        table = self.table
+        if table is None:
+            return Result(Status.RETRY, None)
+        if not 0 <= op.slot < table.slots or table.slot_of(op.key) != op.slot or check_key(op.key) is not None:
+            return Result(Status.INVALID, None)
+        if op.kind == OpKind.PUT:
+            if op.value is None or check_value(op.value) is not None:
+                return Result(Status.INVALID, None)
+        elif op.kind != OpKind.GET:
+            return Result(Status.INVALID, None)
+        epoch = table.epoch(op.slot)
+        if op.epoch > epoch:
+            return Result(Status.RETRY, None)  # the client saw a newer table than ours
+        if table.primary(op.slot) != self.node_id or self.known[op.slot] != (epoch, self.node_id):
+            return Result(Status.NOT_PRIMARY, None)
+        if not self.ready[op.slot] or not self._lease_fresh():
+            return Result(Status.RETRY, None)
+        return None
+
+    def _reply(self, pending: PendingRequest) -> None:
+        results = [r if r is not None else Result(Status.RETRY, None) for r in pending.results]
+        reply = Reply(pending.request.request_id, self.node_id, results)
+        self.router.send_multipart([*pending.envelope, encode(reply)])
+
+    # --- primary side of replication ---
+
+    def _new_repl_id(self) -> int:
+        self.next_repl_id += 1
+        return self.next_repl_id
+
+    def _flush(self) -> None:
+        """Send what this pass produced, one message per backup, then finish what is fully acknowledged."""
+        if self.outgoing:
+            repl_ids = {}
+            for backup, writes in self.outgoing.items():
+                repl_id = self._new_repl_id()
+                self._peer(backup).send(encode(Replicate(repl_id, self.node_id, writes)))
+                repl_ids[backup] = repl_id
+                self.repl_waiters[repl_id] = (backup, [])
+            self.outgoing.clear()
+            for pending in self.pending:
+                for backup in pending.backups:
+                    repl_id = repl_ids.get(backup)
+                    if repl_id is not None:
+                        pending.waiting.add(repl_id)
+                        self.repl_waiters[repl_id][1].append(pending)
+                pending.backups.clear()
+        if self.pending:
+            self._finish_requests()
+        if self.syncs:
+            self._finish_syncs()
+
+    def _finish_requests(self) -> None:
+        still: list[PendingRequest] = []
+        for pending in self.pending:
+            if pending.waiting or pending.backups:
+                still.append(pending)
+                continue
+            for index, write in pending.writes:
+                self.inflight.discard((write.client, write.op_id))
+                if write.slot in pending.rejected:
+                    pending.results[index] = Result(Status.NOT_PRIMARY, None)
+                else:
+                    self._apply(write)
+                    pending.results[index] = Result(Status.OK, None)
+            self._reply(pending)
+        self.pending = still
+
+    def _finish_syncs(self) -> None:
+        still: list[PendingSync] = []
+        for sync in self.syncs:
+            if sync.waiting:
+                still.append(sync)
+                continue
+            for slot in sync.slots:
+                self.ready[slot] = slot not in sync.rejected
+            log.info("%s finished syncing %d slots", self.name, len(sync.slots))
+        self.syncs = still
+
+    def _on_peer(self, _envelope: list[bytes], message: Message) -> None:
+        if not isinstance(message, ReplicateAck):
+            raise ProtocolError(f"unexpected message from a peer: {type(message).__name__}")
+        target_waiters = self.repl_waiters.pop(message.repl_id, None)
+        if target_waiters is None:
+            return  # already settled when the table declared that backup dead
+        for waiter in target_waiters[1]:
+            waiter.acked(message.repl_id, message.rejected_slots)
+
+    # --- backup side of replication ---
+
+    def _accepts(self, slot: int, epoch: int, sender: int) -> bool:
+        """Whether ``sender`` may write to ``slot``: it is the primary of the newest epoch we know."""
+        if not 0 <= slot < len(self.known):
+            return False
+        known_epoch, known_primary = self.known[slot]
+        if epoch > known_epoch:
+            self.known[slot] = (epoch, sender)
+            return True
+        return sender == known_primary
+
+    def _apply_replicated(self, write: Write, sender: int) -> bool:
+        if not self._accepts(write.slot, write.epoch, sender):
+            return False
+        self._apply(write)
+        return True
+
+    def _apply(self, write: Write) -> None:
+        store = self.data[write.slot]
+        current = store.get(write.key)
+        if current is None or current[1] < write.version:
+            store[write.key] = (write.value, write.version)
+        self._remember((write.client, write.op_id))
+
+    def _remember(self, dedup: ClientKey) -> None:
+        self.applied[dedup] = None
+        if len(self.applied) > DEDUP_MEMORY:
+            del self.applied[next(iter(self.applied))]
+
+    def _install_image(self, image: SlotImage, sender: int) -> bool:
+        if not self._accepts(image.slot, image.epoch, sender):
+            return False
+        self.data[image.slot] = {key: (value, version) for key, value, version in image.entries}
+        return True
+
+
+class _Handler(Protocol):
+    def __call__(self, envelope: list[bytes], message: Message, /) -> None: ...
+
+
+def serve(node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+    """Run a storage node in this process until it is stopped."""
+    StorageNode(node_id, master_endpoint, timing, host).run()

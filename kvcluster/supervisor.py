@@ -1,0 +1,299 @@
+"""Starting, watching and stopping a cluster's processes, and the state directory.
+
+The supervisor is the parent of the master and of every storage node: it
+spawns them with ``sys.executable -m kvcluster`` so they run in the same
+environment, records their PIDs in ``cluster.json`` in the state directory,
+reaps them when they die (so a ``kill -9``-ed node never lingers as a zombie)
+and stops them all with SIGTERM, then SIGKILL after a grace period. In
+``kvcluster up`` the CLI process itself supervises; ``kvcluster up -d`` starts
+a detached supervisor process instead.
+
+Every PID is recorded with its process creation time, so a PID the kernel has
+since reused for an unrelated process is never signalled.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import select
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from kvcluster.errors import ClusterAlreadyRunning, ClusterNotRunning, NodeNotRunning, StartupFailed, UnknownNode
+from kvcluster.placement import node_name
+from kvcluster.protocol import StatusReport, Timing
+
+STATE_FILE = "cluster.json"
+TABLE_CACHE = "table.cache"
+LOG_DIR = "logs"
+START_TIMEOUT = 30.0
+STOP_GRACE = 5.0
+
+
+def default_home() -> Path:
+    """The per-user state directory (``KVCLUSTER_HOME`` overrides it at the CLI)."""
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(base) / "kvcluster"
+
+
+@dataclass
+class ProcessInfo:
+    """One process of the cluster as recorded in the state file."""
+
+    name: str
+    pid: int
+    create_time: float
+    endpoint: str = ""
+
+    def alive(self) -> bool:
+        """True while this very process (not a reuse of its PID) runs and is not a zombie."""
+        import psutil  # noqa: PLC0415 - 100 ms import kept off the put/get path
+
+        try:
+            proc = psutil.Process(self.pid)
+            return abs(proc.create_time() - self.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE  # noqa: PLR2004
+        except psutil.Error:
+            return False
+
+
+@dataclass
+class ClusterState:
+    """What ``up`` records in ``cluster.json`` for every later command."""
+
+    home: str
+    nodes: int
+    rep: int
+    master_endpoint: str
+    supervisor: ProcessInfo
+    master: ProcessInfo
+    servers: list[ProcessInfo] = field(default_factory=list)
+    timing: dict[str, float] = field(default_factory=dict)
+    started_at: float = 0.0
+
+    @staticmethod
+    def path(home: Path) -> Path:
+        return home / STATE_FILE
+
+    def save(self) -> None:
+        path = self.path(Path(self.home))
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, home: Path) -> ClusterState:
+        try:
+            raw = json.loads(cls.path(home).read_text())
+            return cls(
+                **{k: v for k, v in raw.items() if k not in ("supervisor", "master", "servers")},
+                supervisor=ProcessInfo(**raw["supervisor"]),
+                master=ProcessInfo(**raw["master"]),
+                servers=[ProcessInfo(**s) for s in raw["servers"]],
+            )
+        except FileNotFoundError:
+            raise ClusterNotRunning(f"no cluster running in {home} (start one with: kvcluster up)") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ClusterNotRunning(f"unreadable cluster state in {cls.path(home)}: {exc}") from None
+
+    def server(self, name: str) -> ProcessInfo:
+        for info in self.servers:
+            if info.name == name:
+                return info
+        names = ", ".join(s.name for s in self.servers)
+        raise UnknownNode(f"unknown node {name!r}: this cluster has {names}")
+
+    def processes(self) -> list[ProcessInfo]:
+        return [self.supervisor, self.master, *self.servers]
+
+    def running(self) -> bool:
+        return any(p.alive() for p in self.processes())
+
+
+def clear_state(home: Path) -> None:
+    for name in (STATE_FILE, TABLE_CACHE):
+        (home / name).unlink(missing_ok=True)
+
+
+def check_can_start(home: Path) -> None:
+    """Refuse to start over a running cluster; forget the state of one that is gone."""
+    try:
+        state = ClusterState.load(home)
+    except ClusterNotRunning:
+        clear_state(home)
+        return
+    if state.running():
+        raise ClusterAlreadyRunning(f"a cluster is already running in {home} (stop it with: kvcluster down)")
+    clear_state(home)
+
+
+def _create_time(pid: int) -> float:
+    import psutil  # noqa: PLC0415
+
+    return float(psutil.Process(pid).create_time())
+
+
+class Supervisor:
+    """Owns the child processes of one cluster for as long as it runs."""
+
+    def __init__(self, home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+        self.home = home
+        self.nodes = nodes
+        self.rep = rep
+        self.bind = bind
+        self.timing = timing
+        self.children: list[subprocess.Popen[bytes]] = []
+        self.state: ClusterState | None = None
+
+    def _timing_args(self) -> list[str]:
+        t = self.timing
+        return ["--heartbeat", str(t.heartbeat), "--lease", str(t.lease), "--dead-after", str(t.dead_after)]
+
+    def _spawn(self, name: str, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
+        logs = self.home / LOG_DIR
+        logs.mkdir(parents=True, exist_ok=True)
+        with (logs / f"{name}.log").open("ab") as log_file:
+            proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+                [sys.executable, "-m", "kvcluster", *args],
+                stdin=subprocess.DEVNULL,
+                stdout=stdout if stdout is not None else log_file,
+                stderr=log_file,
+            )
+        self.children.append(proc)
+        return proc
+
+    def start(self) -> ClusterState:
+        """Spawn the master and the nodes, wait until the master has published a table, record the state."""
+        check_can_start(self.home)
+        self.home.mkdir(parents=True, exist_ok=True)
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> ClusterState:
+        deadline = time.monotonic() + START_TIMEOUT
+        master = self._spawn(
+            "master",
+            ["_master", "--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", self.bind, *self._timing_args()],
+            stdout=subprocess.PIPE,
+        )
+        endpoint = self._read_ready_line(master, deadline)
+        servers = [
+            self._spawn(node_name(i), ["_node", "--id", str(i), "--master", endpoint, *self._timing_args()])
+            for i in range(1, self.nodes + 1)
+        ]
+        report = self._wait_for_table(endpoint, deadline)
+        endpoints = {r.node_id: r.endpoint for r in report.nodes}
+        me = os.getpid()
+        self.state = ClusterState(
+            home=str(self.home),
+            nodes=self.nodes,
+            rep=self.rep,
+            master_endpoint=endpoint,
+            supervisor=ProcessInfo("supervisor", me, _create_time(me)),
+            master=ProcessInfo("master", master.pid, _create_time(master.pid), endpoint),
+            servers=[
+                ProcessInfo(node_name(i), p.pid, _create_time(p.pid), endpoints.get(i, ""))
+                for i, p in enumerate(servers, start=1)
+            ],
+            timing=asdict(self.timing),
+            started_at=time.time(),
+        )
+        self.state.save()
+        return self.state
+
+    def _read_ready_line(self, master: subprocess.Popen[bytes], deadline: float) -> str:
+        assert master.stdout is not None
+        ready, _, _ = select.select([master.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        line = master.stdout.readline().decode().strip() if ready else ""
+        if not line.startswith("READY "):
+            log_path = self.home / LOG_DIR / "master.log"
+            raise StartupFailed(f"the master did not start (see {log_path}): {_last_line(log_path)}")
+        return line.removeprefix("READY ")
+
+    def _wait_for_table(self, endpoint: str, deadline: float) -> StatusReport:
+        from kvcluster.client import Client  # noqa: PLC0415
+
+        with Client(endpoint, deadline=1.0) as client:
+            while True:
+                for proc in self.children:
+                    if proc.poll() is not None:
+                        raise StartupFailed(f"a cluster process exited during start-up (code {proc.returncode}); see {self.home / LOG_DIR}")
+                try:
+                    report = client.status()
+                    if report.table is not None:
+                        return report
+                except Exception:  # noqa: BLE001, S110 - not up yet: keep polling until the deadline
+                    pass
+                if time.monotonic() > deadline:
+                    raise StartupFailed(f"the cluster did not become ready within {START_TIMEOUT:g} s; see {self.home / LOG_DIR}")
+                time.sleep(0.05)
+
+    def reap(self) -> None:
+        """Collect exit statuses of children that died, so none stays a zombie."""
+        for proc in self.children:
+            proc.poll()
+
+    def stop(self) -> None:
+        """SIGTERM every child, SIGKILL what is left after the grace period, reap all, clear the state."""
+        for proc in self.children:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + STOP_GRACE
+        for proc in self.children:
+            try:
+                proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        self.children.clear()
+        if self.state is not None:
+            clear_state(self.home)
+            self.state = None
+
+
+def _last_line(path: Path) -> str:
+    try:
+        lines = path.read_text(errors="replace").strip().splitlines()
+    except OSError:
+        return "no log"
+    return lines[-1] if lines else "no log"
+
+
+def stop_recorded(state: ClusterState, grace: float = STOP_GRACE) -> int:
+    """Stop a cluster from outside: ask its supervisor, then signal what remains. Returns how many were stopped."""
+    alive = [p for p in state.processes() if p.alive()]
+    if state.supervisor in alive:
+        os.kill(state.supervisor.pid, signal.SIGTERM)
+        _wait_gone([state.supervisor], grace * 2)
+    leftovers = [p for p in alive if p.alive()]
+    for info in leftovers:
+        os.kill(info.pid, signal.SIGTERM)
+    _wait_gone(leftovers, grace)
+    for info in leftovers:
+        if info.alive():
+            os.kill(info.pid, signal.SIGKILL)
+    _wait_gone(leftovers, grace)
+    clear_state(Path(state.home))
+    return len(alive)
+
+
+def _wait_gone(infos: list[ProcessInfo], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while any(p.alive() for p in infos) and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
+def kill_node(state: ClusterState, name: str) -> ProcessInfo:
+    """SIGKILL one storage node, as ``kill -9`` would."""
+    info = state.server(name)
+    if not info.alive():
+        raise NodeNotRunning(f"{name} (pid {info.pid}) is not running")
+    os.kill(info.pid, signal.SIGKILL)
+    return info
