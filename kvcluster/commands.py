@@ -1,0 +1,364 @@
+"""The ``kvcluster`` commands: options, help and output, as a Typer app.
+
+Every command resolves its state directory (``--home``, ``KVCLUSTER_HOME``,
+or the per-user default) and does its work through ``supervisor`` (processes)
+or ``client`` (requests). Failures propagate as ``KvclusterError`` subclasses;
+``cli.main`` turns them into one line on stderr and an exit code. Heavy
+libraries (rich, psutil, plotext) are imported inside the commands that need
+them.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
+
+from kvcluster.cli import get_and_print, home_dir, target_for, put_and_print, run_client_form, say
+from kvcluster.errors import ClusterNotRunning, KvclusterError, StartupFailed, UsageError
+from kvcluster.protocol import Timing
+
+if TYPE_CHECKING:
+    from kvcluster.supervisor import ClusterState
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="A replicated, sharded key-value store that runs as a whole cluster of processes on one machine.",
+)
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks: throughput, balance, failover, chaos, and the report.")
+app.add_typer(bench_app, name="bench")
+
+Home = Annotated[
+    Path | None,
+    typer.Option("--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster [default: ~/.local/state/kvcluster]."),
+]
+Master = Annotated[str | None, typer.Option("--master", help="Master address HOST:PORT [default: from the state directory].")]
+Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
+Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
+Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
+
+
+@app.command()
+def put(key: str, value: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
+    """Store VALUE under KEY; prints 'OK, serverN'."""
+    put_and_print(target_for(home, master, verbose, timeout), key, value)
+
+
+@app.command()
+def get(key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
+    """Read KEY; prints 'KEY, VALUE, serverN'."""
+    get_and_print(target_for(home, master, verbose, timeout), key)
+
+
+@app.command("client")
+def client_command(
+    put_key: Annotated[str | None, typer.Option("--put", help="Key to store.")] = None,
+    val: Annotated[str | None, typer.Option("--val", help="Value to store with --put.")] = None,
+    get_key: Annotated[str | None, typer.Option("--get", help="Key to read.")] = None,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+) -> None:
+    """The assignment's client: --put K --val V, or --get K."""
+    run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
+
+
+def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
+    try:
+        return Timing(heartbeat_ms / 1000, lease_ms / 1000, dead_after_ms / 1000)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+
+
+def _check_shape(nodes: int, rep: int) -> None:
+    if nodes < 1:
+        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    if rep < 1:
+        raise UsageError(f"--rep must be at least 1, got {rep}")
+    if rep > nodes:
+        raise UsageError(f"--rep {rep} needs at least {rep} nodes, got --nodes {nodes}")
+
+
+@app.command()
+def up(
+    nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of storage nodes.")] = 7,
+    rep: Annotated[int, typer.Option("--rep", "-k", help="Replicas of every key (1..nodes).")] = 3,
+    detach: Annotated[bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")] = False,
+    host: Annotated[str, typer.Option("--host", help="Address the master binds to.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Master port (0 picks a free one).")] = 0,
+    heartbeat_ms: Annotated[int, typer.Option("--heartbeat-ms", help="Heartbeat interval.")] = 100,
+    lease_ms: Annotated[int, typer.Option("--lease-ms", help="How long a primary may serve without the master's word.")] = 500,
+    dead_after_ms: Annotated[int, typer.Option("--dead-after-ms", help="Silence after which a node is declared dead.")] = 700,
+    home: Home = None,
+) -> None:
+    """Start a master and NODES storage nodes with REP replicas each."""
+    from kvcluster.supervisor import Supervisor, check_can_start  # noqa: PLC0415
+
+    _check_shape(nodes, rep)
+    timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
+    state_home = home_dir(home)
+    check_can_start(state_home)
+    bind = f"{host}:{port}"
+    if detach:
+        state = _start_detached(state_home, nodes, rep, bind, timing)
+        _print_status(state, as_json=False)
+        say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
+        return
+    supervisor = Supervisor(state_home, nodes, rep, bind, timing)
+    stop = _stop_on_signals()
+    try:
+        state = supervisor.start()
+        _watch(supervisor, state, stop)
+    finally:
+        supervisor.stop()
+    say("cluster stopped")
+
+
+def _home_flag(home: Path | None) -> str:
+    return f" --home {home}" if home is not None else ""
+
+
+def _stop_on_signals() -> list[bool]:
+    """A flag that SIGTERM and SIGINT raise, so ``up`` stops its cluster instead of dying mid-way."""
+    stop = [False]
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def _watch(supervisor: Any, state: ClusterState, stop: list[bool]) -> None:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.live import Live  # noqa: PLC0415
+
+    console = Console()
+    console.print(f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, master at {state.master_endpoint}")
+    console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, kvcluster get KEY, kvcluster kill serverN")
+    with Live(_status_table(_status_document(state)), console=console, auto_refresh=False) as live:
+        next_refresh = 0.0
+        while not stop[0]:
+            supervisor.reap()
+            if time.monotonic() >= next_refresh:
+                live.update(_status_table(_status_document(state, timeout=0.5)), refresh=True)
+                next_refresh = time.monotonic() + 1.0
+            time.sleep(0.1)
+
+
+def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> ClusterState:
+    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState  # noqa: PLC0415
+
+    logs = home / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    args = [
+        sys.executable, "-m", "kvcluster", "_supervise", "--home", str(home), "--nodes", str(nodes), "--rep", str(rep),
+        "--bind", bind, "--heartbeat", str(timing.heartbeat), "--lease", str(timing.lease), "--dead-after", str(timing.dead_after),
+    ]  # fmt: skip
+    with (logs / "supervisor.log").open("ab") as log_file:
+        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)  # noqa: S603
+    deadline = time.monotonic() + START_TIMEOUT + 5
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise StartupFailed(f"the cluster did not start: {_last_error(logs / 'supervisor.log')}")
+        try:
+            state = ClusterState.load(home)
+        except ClusterNotRunning:
+            state = None
+        if state is not None and state.supervisor.pid == proc.pid:
+            return state
+        time.sleep(0.05)
+    proc.kill()
+    raise StartupFailed(f"the cluster did not become ready in time; see {logs}")
+
+
+def _last_error(path: Path) -> str:
+    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
+    return lines[-1].removeprefix("error: ") if lines else "no log"
+
+
+@app.command()
+def down(home: Home = None) -> None:
+    """Stop every process of the cluster and clear its state."""
+    from kvcluster.supervisor import ClusterState, stop_recorded  # noqa: PLC0415
+
+    state = ClusterState.load(home_dir(home))
+    stopped = stop_recorded(state)
+    say(f"stopped {stopped} processes; cluster in {state.home} is down")
+
+
+@app.command()
+def kill(node: Annotated[str, typer.Argument(help="Node to kill, e.g. server3.")], home: Home = None) -> None:
+    """Kill one storage node with SIGKILL, as kill -9 would."""
+    from kvcluster.supervisor import ClusterState, kill_node  # noqa: PLC0415
+
+    info = kill_node(ClusterState.load(home_dir(home)), node)
+    say(f"killed {info.name} (pid {info.pid}) with SIGKILL")
+
+
+@app.command()
+def status(home: Home = None, as_json: Json = False) -> None:
+    """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    from kvcluster.supervisor import ClusterState  # noqa: PLC0415
+
+    _print_status(ClusterState.load(home_dir(home)), as_json=as_json)
+
+
+def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
+    """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
+    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.placement import RoutingTable  # noqa: PLC0415
+
+    report = None
+    try:
+        with Client(state.master_endpoint, deadline=timeout) as client:
+            report = client.status()
+    except KvclusterError:
+        pass
+    table = RoutingTable(report.table) if report is not None and report.table is not None else None
+    views = {n.node_id: n for n in report.nodes} if report is not None else {}
+    nodes = []
+    for node_id, info in enumerate(state.servers, start=1):
+        view = views.get(node_id)
+        primary, backup = table.slots_of(node_id) if table is not None else (0, 0)
+        process_alive = info.alive()
+        nodes.append({
+            "name": info.name,
+            "id": node_id,
+            "pid": info.pid,
+            "endpoint": info.endpoint,
+            "alive": process_alive and (view is None or view.alive),
+            "process_alive": process_alive,
+            "declared_dead": table.is_dead(node_id) if table is not None else False,
+            "primary_slots": primary,
+            "backup_slots": backup,
+            "keys": view.keys if view is not None else None,
+        })  # fmt: skip
+    return {
+        "home": state.home,
+        "nodes_total": state.nodes,
+        "rep": state.rep,
+        "master": {"endpoint": state.master_endpoint, "pid": state.master.pid, "alive": report is not None},
+        "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
+        "table_version": table.version if table is not None else None,
+        "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
+        "nodes": nodes,
+    }
+
+
+def _status_table(doc: dict[str, Any]) -> Any:
+    from rich.table import Table  # noqa: PLC0415
+
+    master = doc["master"]
+    title = (
+        f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
+        f"rep {doc['rep']}, table version {doc['table_version']}"
+    )
+    table = Table(title=title)
+    for column in ("node", "pid", "endpoint", "state", "primary slots", "backup slots", "keys"):
+        numeric = column in ("pid", "primary slots", "backup slots", "keys")
+        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
+    for node in doc["nodes"]:
+        state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
+        keys = "-" if node["keys"] is None or not node["alive"] else str(node["keys"])
+        endpoint = node["endpoint"].removeprefix("tcp://")
+        table.add_row(node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys)
+    return table
+
+
+def _print_status(state: ClusterState, *, as_json: bool) -> None:
+    doc = _status_document(state)
+    if as_json:
+        import json  # noqa: PLC0415
+
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from rich.console import Console  # noqa: PLC0415
+
+    Console().print(_status_table(doc))
+
+
+# --- processes started by ``up``: hidden from --help ---
+
+
+Opt = typer.Option  # the hidden commands take every argument as a required option
+Seconds = Annotated[float, Opt()]
+
+
+@app.command("_master", hidden=True)
+def run_master(
+    nodes: Annotated[int, Opt()], rep: Annotated[int, Opt()], bind: Annotated[str, Opt()],
+    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
+) -> None:  # fmt: skip
+    from kvcluster import master  # noqa: PLC0415
+
+    _configure_logging()
+    master.serve(nodes, rep, bind, Timing(heartbeat, lease, dead_after))
+
+
+@app.command("_node", hidden=True)
+def run_node(
+    node_id: Annotated[int, Opt("--id")], master: Annotated[str, Opt()],
+    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
+) -> None:  # fmt: skip
+    from kvcluster import storage  # noqa: PLC0415
+
+    _configure_logging()
+    storage.serve(node_id, master, Timing(heartbeat, lease, dead_after))
+
+
+@app.command("_supervise", hidden=True)
+def run_supervisor(
+    home: Annotated[Path, Opt()], nodes: Annotated[int, Opt()], rep: Annotated[int, Opt()], bind: Annotated[str, Opt()],
+    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
+) -> None:  # fmt: skip
+    from kvcluster.supervisor import Supervisor  # noqa: PLC0415
+
+    _configure_logging()
+    supervisor = Supervisor(home, nodes, rep, bind, Timing(heartbeat, lease, dead_after))
+    stop = _stop_on_signals()
+    try:
+        supervisor.start()
+        while not stop[0]:
+            supervisor.reap()
+            time.sleep(0.1)
+    finally:
+        supervisor.stop()
+
+
+def _configure_logging() -> None:
+    import logging  # noqa: PLC0415
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+
+
+def run(argv: list[str]) -> int:
+    """Run a command; Typer's usage errors come back as ``UsageError``, so they too are reported in one line."""
+    try:
+        code = app(args=argv, prog_name="kvcluster", standalone_mode=False)
+    except ClickException as exc:
+        if not exc.format_message():
+            return exc.exit_code  # no arguments at all: the help was printed, there is nothing to add
+        known = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback} | {"bench"}
+        command = "kvcluster " + (f"{argv[0]} " if argv and argv[0] in known else "")
+        raise UsageError(f"{exc.format_message()} (see: {command}--help)") from None
+    except typer.Abort:
+        raise KeyboardInterrupt from None
+    return code if isinstance(code, int) else 0
+
+
+def register_benchmarks() -> None:
+    """Add the ``bench`` commands; only ``kvcluster bench ...`` pays for importing them."""
+    from kvcluster import bench  # noqa: PLC0415
+
+    bench.register(bench_app)

@@ -1,0 +1,46 @@
+"""Developer sessions: tests, lint, typing and bench, all sharing one install step."""
+
+from __future__ import annotations
+
+import nox
+
+nox.options.sessions = ["tests", "lint", "typing"]
+nox.options.reuse_existing_virtualenvs = True
+
+
+def install(session: nox.Session) -> None:
+    """The one install step every session shares: the package with its test and dev tools."""
+    session.install("-e", ".[dev]")
+
+
+@nox.session
+def tests(session: nox.Session) -> None:
+    install(session)
+    session.run("python", "-m", "pytest", *session.posargs)
+
+
+@nox.session
+def lint(session: nox.Session) -> None:
+    install(session)
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session
+def typing(session: nox.Session) -> None:
+    install(session)
+    session.run("mypy")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """The full benchmark report at the assignment's sizes (minutes; not part of CI)."""
+    install(session)
+    session.run("kvcluster", "bench", "report", *session.posargs)
+
+
+@nox.session
+def chaos(session: nox.Session) -> None:
+    """Long chaos runs over several seeds (minutes each; not part of CI)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-m", "long", "tests/test_chaos.py", *session.posargs)
