@@ -131,7 +131,7 @@ def _run_fast(argv: list[str]) -> bool:
     except (argparse.ArgumentError, SystemExit):
         return False
     # Values that look like options, or a timeout Typer would reject, get Typer's own error message.
-    if unknown or args.timeout < 0.1:  # noqa: PLR2004
+    if unknown or args.timeout < 0.1:
         return False
     target = target_for(args.home, args.master, args.verbose, args.timeout)
     if args.command == "put":

@@ -61,7 +61,7 @@ def parse_address(address: str) -> str:
     """Turn ``HOST:PORT`` (or ``tcp://HOST:PORT``) into a ZeroMQ endpoint, or raise ``InvalidAddress``."""
     bare = address.removeprefix("tcp://")
     host, sep, port = bare.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:  # noqa: PLR2004
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise InvalidAddress(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
     return f"tcp://{host}:{int(port)}"
 
@@ -282,11 +282,11 @@ class Client:
             raw = self.table_cache.read_bytes()
             endpoint, _, frame = raw.partition(b"\n")
             message = decode(frame)
-        except (OSError, ProtocolError):
-            return None
-        if endpoint.decode(errors="replace") != self.endpoint or not isinstance(message, Table):
-            return None
-        return RoutingTable(message.data)
+            if endpoint.decode(errors="replace") != self.endpoint or not isinstance(message, Table):
+                return None
+            return RoutingTable(message.data)
+        except (OSError, ProtocolError, ValueError, KeyError):
+            return None  # no usable cache: the table is fetched from the master instead
 
     def _save_cached_table(self, message: Table) -> None:
         if self.table_cache is None:
@@ -312,11 +312,13 @@ class _Run:
         self.queues: dict[int, deque[int]] = {}
         self.delayed: deque[tuple[float, int]] = deque()
         self.flights: dict[int, _Flight] = {}
+        self.slots: list[int] = []
         self.remaining = len(ops)
         self.deadline = time.monotonic() + client.deadline
 
     def go(self) -> None:
         table = self.client._ensure_table(self.deadline)
+        self.slots = [table.slot_of(key) for _, key, _ in self.ops]
         for index in range(len(self.ops)):
             self._route(index, table)
         while self.remaining:
@@ -334,8 +336,7 @@ class _Run:
         return self.client.table
 
     def _route(self, index: int, table: RoutingTable) -> None:
-        slot = table.slot_of(self.ops[index][1])
-        primary = table.primary(slot)
+        primary = table.primary(self.slots[index])
         if primary is None:
             self._finish(index, OpResult(Completion.NO_REPLICA))
             return
@@ -363,7 +364,7 @@ class _Run:
         timeout = 0.0
         for index in indices:
             kind, key, value = self.ops[index]
-            slot = table.slot_of(key)
+            slot = self.slots[index]
             ops.append(Op(kind, key, value, slot, table.epoch(slot), self.op_ids[index]))
             if not self.first_sent[index]:
                 self.first_sent[index] = now
@@ -375,14 +376,16 @@ class _Run:
         request_id = client.next_request_id
         if len(indices) == 1 and self.attempts[indices[0]] == 1:
             kind, key, _ = self.ops[indices[0]]
-            client._event(f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})")
+            client._event(
+                f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})"
+            )
         client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)))
         self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
 
     def _wait(self, now: float) -> None:
         wake = self.deadline
         if self.flights:
-            wake = min(wake, min(f.expires for f in self.flights.values()))
+            wake = min(wake, *(f.expires for f in self.flights.values()))
         if self.delayed:
             wake = min(wake, self.delayed[0][0])
         if self.queues and len(self.flights) < self.window:
@@ -404,9 +407,10 @@ class _Run:
                 self._on_reply(reply)
 
     def _on_reply(self, reply: Reply) -> None:
-        flight = self.flights.pop(reply.request_id, None)
+        flight = self.flights.get(reply.request_id)
         if flight is None or len(reply.results) != len(flight.indices):
-            return  # a late answer to a flight we already gave up on
+            return  # a late answer to a flight we gave up on, or a garbled one: the flight will time out and be resent
+        del self.flights[reply.request_id]
         now = time.monotonic()
         refresh = False
         for index, result in zip(flight.indices, reply.results, strict=True):

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
-from kvcluster.cli import get_and_print, home_dir, target_for, put_and_print, run_client_form, say
+from kvcluster.cli import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
 from kvcluster.errors import ClusterNotRunning, KvclusterError, StartupFailed, UsageError
 from kvcluster.protocol import Timing
 
@@ -38,16 +38,22 @@ app.add_typer(bench_app, name="bench")
 
 Home = Annotated[
     Path | None,
-    typer.Option("--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster [default: ~/.local/state/kvcluster]."),
+    typer.Option(
+        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster [default: ~/.local/state/kvcluster]."
+    ),
 ]
-Master = Annotated[str | None, typer.Option("--master", help="Master address HOST:PORT [default: from the state directory].")]
+Master = Annotated[
+    str | None, typer.Option("--master", help="Master address HOST:PORT [default: from the state directory].")
+]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
 
 
 @app.command()
-def put(key: str, value: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
+def put(
+    key: str, value: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+) -> None:
     """Store VALUE under KEY; prints 'OK, serverN'."""
     put_and_print(target_for(home, master, verbose, timeout), key, value)
 
@@ -92,12 +98,18 @@ def _check_shape(nodes: int, rep: int) -> None:
 def up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of storage nodes.")] = 7,
     rep: Annotated[int, typer.Option("--rep", "-k", help="Replicas of every key (1..nodes).")] = 3,
-    detach: Annotated[bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")] = False,
+    detach: Annotated[
+        bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")
+    ] = False,
     host: Annotated[str, typer.Option("--host", help="Address the master binds to.")] = "127.0.0.1",
     port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Master port (0 picks a free one).")] = 0,
     heartbeat_ms: Annotated[int, typer.Option("--heartbeat-ms", help="Heartbeat interval.")] = 100,
-    lease_ms: Annotated[int, typer.Option("--lease-ms", help="How long a primary may serve without the master's word.")] = 500,
-    dead_after_ms: Annotated[int, typer.Option("--dead-after-ms", help="Silence after which a node is declared dead.")] = 700,
+    lease_ms: Annotated[
+        int, typer.Option("--lease-ms", help="How long a primary may serve without the master's word.")
+    ] = 500,
+    dead_after_ms: Annotated[
+        int, typer.Option("--dead-after-ms", help="Silence after which a node is declared dead.")
+    ] = 700,
     home: Home = None,
 ) -> None:
     """Start a master and NODES storage nodes with REP replicas each."""
@@ -144,8 +156,10 @@ def _watch(supervisor: Any, state: ClusterState, stop: list[bool]) -> None:
     from rich.live import Live  # noqa: PLC0415
 
     console = Console()
-    console.print(f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, master at {state.master_endpoint}")
-    console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, kvcluster get KEY, kvcluster kill serverN")
+    console.print(
+        f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, master at {state.master_endpoint}"
+    )
+    console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, get KEY, kill serverN")
     with Live(_status_table(_status_document(state)), console=console, auto_refresh=False) as live:
         next_refresh = 0.0
         while not stop[0]:
@@ -157,16 +171,16 @@ def _watch(supervisor: Any, state: ClusterState, stop: list[bool]) -> None:
 
 
 def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> ClusterState:
-    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, timing_args  # noqa: PLC0415
 
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    args = [
-        sys.executable, "-m", "kvcluster", "_supervise", "--home", str(home), "--nodes", str(nodes), "--rep", str(rep),
-        "--bind", bind, "--heartbeat", str(timing.heartbeat), "--lease", str(timing.lease), "--dead-after", str(timing.dead_after),
-    ]  # fmt: skip
+    shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--bind", bind]
+    args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
     with (logs / "supervisor.log").open("ab") as log_file:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True)  # noqa: S603
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
     deadline = time.monotonic() + START_TIMEOUT + 5
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -272,7 +286,9 @@ def _status_table(doc: dict[str, Any]) -> Any:
         state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
         keys = "-" if node["keys"] is None or not node["alive"] else str(node["keys"])
         endpoint = node["endpoint"].removeprefix("tcp://")
-        table.add_row(node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys)
+        table.add_row(
+            node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys
+        )
     return table
 
 

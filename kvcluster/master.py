@@ -136,7 +136,14 @@ class Master:
             self._send(envelope, Fenced(hello.node_id))
             return
         self.nodes[hello.node_id] = NodeRecord(envelope[0], hello.endpoint, hello.pid, time.monotonic())
-        log.info("%s registered at %s (pid %d), %d/%d", node_name(hello.node_id), hello.endpoint, hello.pid, len(self.nodes), self.expected)
+        log.info(
+            "%s registered at %s (pid %d), %d/%d",
+            node_name(hello.node_id),
+            hello.endpoint,
+            hello.pid,
+            len(self.nodes),
+            self.expected,
+        )
         if len(self.nodes) == self.expected:
             self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep))
 
@@ -162,7 +169,11 @@ class Master:
         ]
         if silent:
             for node_id in silent:
-                log.warning("%s missed heartbeats for %.0f ms: declared dead", node_name(node_id), (now - self.nodes[node_id].last_seen) * 1000)
+                log.warning(
+                    "%s missed heartbeats for %.0f ms: declared dead",
+                    node_name(node_id),
+                    (now - self.nodes[node_id].last_seen) * 1000,
+                )
             self._publish(with_dead(self.table, silent))
 
     def _publish(self, table: TableData) -> None:

@@ -44,9 +44,7 @@ def replicas_for(slot: int, nodes: int, rep: int) -> tuple[int, ...]:
     if not 1 <= rep <= nodes:
         raise ValueError(f"need 1 <= rep <= nodes, got rep={rep}, nodes={nodes}")
     primary, block = slot % nodes, slot // nodes
-    backups = (
-        (primary + 1 + (block + j) % (nodes - 1)) % nodes for j in range(rep - 1)
-    )
+    backups = ((primary + 1 + (block + j) % (nodes - 1)) % nodes for j in range(rep - 1))
     return tuple(node + 1 for node in (primary, *backups))
 
 

@@ -115,11 +115,16 @@ class Write(NamedTuple):
 
 
 class SlotImage(NamedTuple):
-    """A new primary's full copy of one slot, which replaces the backup's copy."""
+    """A new primary's full copy of one slot, which replaces the backup's copy.
+
+    ``applied`` lists the ``(client, op_id)`` of the puts the primary remembers
+    for the slot, so the backup's duplicate detection matches its new data.
+    """
 
     slot: int
     epoch: int
     entries: list[tuple[str, str, int]]
+    applied: list[tuple[int, int]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -301,7 +306,14 @@ def _each(value: Any, name: str, parse: Callable[[Any, str], T]) -> list[T]:
 
 def _op(raw: Any, name: str) -> Op:
     kind, key, value, slot, epoch, op_id = _list(raw, name, 6)
-    return Op(_int(kind, "kind"), _str(key, "key"), _opt_str(value, "value"), _int(slot, "slot"), _int(epoch, "epoch"), _int(op_id, "op_id"))
+    return Op(
+        _int(kind, "kind"),
+        _str(key, "key"),
+        _opt_str(value, "value"),
+        _int(slot, "slot"),
+        _int(epoch, "epoch"),
+        _int(op_id, "op_id"),
+    )
 
 
 def _result(raw: Any, name: str) -> Result:
@@ -327,21 +339,35 @@ def _entry(raw: Any, name: str) -> tuple[str, str, int]:
     return _str(key, "key"), _str(value, "value"), _int(version, "version")
 
 
+def _op_ref(raw: Any, name: str) -> tuple[int, int]:
+    client, op_id = _list(raw, name, 2)
+    return _int(client, "client"), _int(op_id, "op_id")
+
+
 def _image(raw: Any, name: str) -> SlotImage:
-    slot, epoch, entries = _list(raw, name, 3)
-    return SlotImage(_int(slot, "slot"), _int(epoch, "epoch"), _each(entries, "entries", _entry))
+    slot, epoch, entries, applied = _list(raw, name, 4)
+    return SlotImage(
+        _int(slot, "slot"), _int(epoch, "epoch"), _each(entries, "entries", _entry), _each(applied, "applied", _op_ref)
+    )
 
 
 def _table_data(raw: Any, name: str) -> TableData:
     version, rep, slots, endpoints, dead = _list(raw, name, 5)
     pairs = _list(endpoints, "endpoints")
-    return TableData(
+    data = TableData(
         version=_int(version, "version"),
         rep=_int(rep, "rep"),
         slots=_int(slots, "slots"),
         endpoints={_int(p[0], "node_id"): _str(p[1], "endpoint") for p in (_list(p, "endpoint", 2) for p in pairs)},
         dead=_each(dead, "dead", _int),
     )
+    # Every process derives placement from these numbers, so they must describe a cluster that can exist.
+    nodes = len(data.endpoints)
+    if set(data.endpoints) != set(range(1, nodes + 1)):
+        raise ProtocolError(f"{name}: node ids must be 1..{nodes}")
+    if not 1 <= data.rep <= nodes or data.slots < 1 or not set(data.dead) <= set(data.endpoints):
+        raise ProtocolError(f"{name}: inconsistent table (rep {data.rep}, {nodes} nodes, {data.slots} slots)")
+    return data
 
 
 def _table_wire(data: TableData) -> list[Any]:
@@ -363,7 +389,7 @@ def _node_report(raw: Any, name: str) -> NodeReport:
 # --- encoding: message -> fields, and fields -> message, per type ---
 
 
-def _fields(message: Message) -> tuple[MsgType, list[Any]]:  # noqa: PLR0911 - one arm per message type
+def _fields(message: Message) -> tuple[MsgType, list[Any]]:
     match message:
         case Hello(node_id, endpoint, pid):
             return MsgType.HELLO, [node_id, endpoint, pid]
@@ -409,16 +435,24 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
     MsgType.HELLO: (3, lambda f: Hello(_int(f[0], "node_id"), _str(f[1], "endpoint"), _int(f[2], "pid"))),
     MsgType.HEARTBEAT: (
         4,
-        lambda f: Heartbeat(_int(f[0], "node_id"), _float(f[1], "sent_at"), _int(f[2], "table_version"), _int(f[3], "keys")),
+        lambda f: Heartbeat(
+            _int(f[0], "node_id"), _float(f[1], "sent_at"), _int(f[2], "table_version"), _int(f[3], "keys")
+        ),
     ),
     MsgType.HEARTBEAT_ACK: (2, lambda f: HeartbeatAck(_float(f[0], "sent_at"), _int(f[1], "table_version"))),
-    MsgType.TABLE_REQUEST: (0, lambda f: TableRequest()),
+    MsgType.TABLE_REQUEST: (0, lambda _: TableRequest()),
     MsgType.TABLE: (1, lambda f: Table(_table_data(f[0], "table"))),
-    MsgType.STATUS_REQUEST: (0, lambda f: StatusRequest()),
+    MsgType.STATUS_REQUEST: (0, lambda _: StatusRequest()),
     MsgType.STATUS: (3, _status_report),
     MsgType.REQUEST: (3, lambda f: Request(_int(f[0], "client"), _int(f[1], "request_id"), _each(f[2], "ops", _op))),
-    MsgType.REPLY: (3, lambda f: Reply(_int(f[0], "request_id"), _int(f[1], "node_id"), _each(f[2], "results", _result))),
-    MsgType.REPLICATE: (3, lambda f: Replicate(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "writes", _write))),
+    MsgType.REPLY: (
+        3,
+        lambda f: Reply(_int(f[0], "request_id"), _int(f[1], "node_id"), _each(f[2], "results", _result)),
+    ),
+    MsgType.REPLICATE: (
+        3,
+        lambda f: Replicate(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "writes", _write)),
+    ),
     MsgType.SYNC: (3, lambda f: Sync(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "images", _image))),
     MsgType.REPLICATE_ACK: (
         3,
@@ -440,9 +474,9 @@ def decode(frame: bytes) -> Message:
     """Parse and validate one frame; raise ``ProtocolError`` on anything malformed."""
     try:
         raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:  # msgpack raises several unrelated classes for bad input
+    except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated classes for bad input
         raise ProtocolError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
-    if type(raw) is not list or len(raw) < 2:  # noqa: PLR2004 - version and type
+    if type(raw) is not list or len(raw) < 2:
         raise ProtocolError("frame is not a [version, type, ...] array")
     if raw[0] != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {raw[0]!r}")

@@ -131,7 +131,7 @@ class StorageNode:
         self.ready: list[bool] = []  # per slot: synced as primary for the current epoch
         self.lease_until = 0.0
         self.counter = 0
-        self.applied: dict[ClientKey, None] = {}
+        self.applied: dict[ClientKey, int] = {}  # recently applied puts -> their slot, oldest first
         self.inflight: set[ClientKey] = set()
 
         self.next_repl_id = 1
@@ -154,7 +154,9 @@ class StorageNode:
             while not self.stopping:
                 now = time.monotonic()
                 if now >= next_beat:
-                    self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, self._key_count()))
+                    self._send_master(
+                        Heartbeat(self.node_id, now, self.table.version if self.table else 0, self._key_count())
+                    )
                     next_beat = now + self.timing.heartbeat
                 ready = dict(self.poller.poll(max(1, int((next_beat - now) * 1000))))
                 if self.router in ready:
@@ -253,9 +255,12 @@ class StorageNode:
     def _start_sync(self, slots: list[int]) -> None:
         assert self.table is not None
         by_backup: dict[int, list[SlotImage]] = defaultdict(list)
+        applied: dict[int, list[tuple[int, int]]] = defaultdict(list)
+        for op, slot in self.applied.items():
+            applied[slot].append(op)
         for slot in slots:
-            epoch = self.table.epoch(slot)
-            image = SlotImage(slot, epoch, [(k, v, ver) for k, (v, ver) in self.data[slot].items()])
+            entries = [(k, v, ver) for k, (v, ver) in self.data[slot].items()]
+            image = SlotImage(slot, self.table.epoch(slot), entries, applied.get(slot, []))
             for backup in self.table.live(slot)[1:]:
                 by_backup[backup].append(image)
         sync = PendingSync(slots)
@@ -270,9 +275,6 @@ class StorageNode:
             self.syncs.append(sync)
         log.info("%s promoted to primary of %d slots; syncing to %d backups", self.name, len(slots), len(by_backup))
 
-    def _lease_fresh(self) -> bool:
-        return time.monotonic() < self.lease_until
-
     # --- clients ---
 
     def _on_router(self, envelope: list[bytes], message: Message) -> None:
@@ -280,18 +282,20 @@ class StorageNode:
             case Request():
                 self._on_request(envelope, message)
             case Replicate(repl_id, sender, writes):
-                rejected = {w.slot for w in writes if not self._apply_replicated(w, sender)}
-                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, sorted(rejected)))])
+                rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
+                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, rejected))])
             case Sync(repl_id, sender, images):
-                rejected = [img.slot for img in images if not self._install_image(img, sender)]
+                rejected = [img.slot for img in images if not self._accepts(img.slot, img.epoch, sender)]
+                self._install_images([img for img in images if img.slot not in rejected])
                 self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, rejected))])
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
     def _on_request(self, envelope: list[bytes], request: Request) -> None:
         pending = PendingRequest(envelope, request, [])
+        lease_fresh = time.monotonic() < self.lease_until
         for index, op in enumerate(request.ops):
-            pending.results.append(self._serve(op, request.client, index, pending))
+            pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
         if pending.writes:
             for write in (w for _, w in pending.writes):
                 self.inflight.add((write.client, write.op_id))
@@ -299,8 +303,8 @@ class StorageNode:
         else:
             self._reply(pending)
 
-    def _serve(self, op: Op, client: int, index: int, pending: PendingRequest) -> Result | None:
-        refusal = self._refusal(op)
+    def _serve(self, op: Op, client: int, index: int, pending: PendingRequest, lease_fresh: bool) -> Result | None:
+        refusal = self._refusal(op, lease_fresh)
         if refusal is not None:
             return refusal
         if op.kind == OpKind.GET:
@@ -311,7 +315,8 @@ class StorageNode:
             return Result(Status.OK, None)
         if dedup in self.inflight:
             return Result(Status.RETRY, None)
-        assert self.table is not None and op.value is not None
+        assert self.table is not None
+        assert op.value is not None
         epoch = self.table.epoch(op.slot)
         self.counter += 1
         write = Write(op.slot, epoch, op.key, op.value, (epoch << VERSION_EPOCH_SHIFT) | self.counter, client, op.op_id)
@@ -321,7 +326,7 @@ class StorageNode:
             pending.backups.add(backup)
         return None
 
-    def _refusal(self, op: Op) -> Result | None:
+    def _refusal(self, op: Op, lease_fresh: bool) -> Result | None:
         """Why this node must not serve ``op`` now, as the answer to give, or ``None``."""
         table = self.table
         if table is None:
@@ -338,7 +343,7 @@ class StorageNode:
             return Result(Status.RETRY, None)  # the client saw a newer table than ours
         if table.primary(op.slot) != self.node_id or self.known[op.slot] != (epoch, self.node_id):
             return Result(Status.NOT_PRIMARY, None)
-        if not self.ready[op.slot] or not self._lease_fresh():
+        if not self.ready[op.slot] or not lease_fresh:
             return Result(Status.RETRY, None)
         return None
 
@@ -365,10 +370,10 @@ class StorageNode:
             self.outgoing.clear()
             for pending in self.pending:
                 for backup in pending.backups:
-                    repl_id = repl_ids.get(backup)
-                    if repl_id is not None:
-                        pending.waiting.add(repl_id)
-                        self.repl_waiters[repl_id][1].append(pending)
+                    sent_as = repl_ids.get(backup)
+                    if sent_as is not None:
+                        pending.waiting.add(sent_as)
+                        self.repl_waiters[sent_as][1].append(pending)
                 pending.backups.clear()
         if self.pending:
             self._finish_requests()
@@ -434,18 +439,27 @@ class StorageNode:
         current = store.get(write.key)
         if current is None or current[1] < write.version:
             store[write.key] = (write.value, write.version)
-        self._remember((write.client, write.op_id))
+        self._remember((write.client, write.op_id), write.slot)
 
-    def _remember(self, dedup: ClientKey) -> None:
-        self.applied[dedup] = None
+    def _remember(self, dedup: ClientKey, slot: int) -> None:
+        self.applied[dedup] = slot
         if len(self.applied) > DEDUP_MEMORY:
             del self.applied[next(iter(self.applied))]
 
-    def _install_image(self, image: SlotImage, sender: int) -> bool:
-        if not self._accepts(image.slot, image.epoch, sender):
-            return False
-        self.data[image.slot] = {key: (value, version) for key, value, version in image.entries}
-        return True
+    def _install_images(self, images: list[SlotImage]) -> None:
+        """Make these slots exact copies of the new primary's, down to which puts count as applied.
+
+        The op ids go with the data: a put that reached only this backup is
+        dropped by the image, so its id must be forgotten too, or a resend of it
+        would be answered OK without being applied.
+        """
+        if not images:
+            return
+        replaced = {image.slot for image in images}
+        self.applied = {op: slot for op, slot in self.applied.items() if slot not in replaced}
+        for image in images:
+            self.data[image.slot] = {key: (value, version) for key, value, version in image.entries}
+            self.applied.update(((client, op_id), image.slot) for client, op_id in image.applied)
 
 
 class _Handler(Protocol):

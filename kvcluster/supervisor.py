@@ -56,7 +56,8 @@ class ProcessInfo:
 
         try:
             proc = psutil.Process(self.pid)
-            return abs(proc.create_time() - self.create_time) < 0.01 and proc.status() != psutil.STATUS_ZOMBIE  # noqa: PLR2004
+            same = abs(proc.create_time() - self.create_time) < 0.01
+            return bool(same and proc.status() != psutil.STATUS_ZOMBIE)
         except psutil.Error:
             return False
 
@@ -131,6 +132,11 @@ def check_can_start(home: Path) -> None:
     clear_state(home)
 
 
+def timing_args(timing: Timing) -> list[str]:
+    """The command-line options that hand ``timing`` to a master, node or supervisor process."""
+    return ["--heartbeat", str(timing.heartbeat), "--lease", str(timing.lease), "--dead-after", str(timing.dead_after)]
+
+
 def _create_time(pid: int) -> float:
     import psutil  # noqa: PLC0415
 
@@ -148,10 +154,6 @@ class Supervisor:
         self.timing = timing
         self.children: list[subprocess.Popen[bytes]] = []
         self.state: ClusterState | None = None
-
-    def _timing_args(self) -> list[str]:
-        t = self.timing
-        return ["--heartbeat", str(t.heartbeat), "--lease", str(t.lease), "--dead-after", str(t.dead_after)]
 
     def _spawn(self, name: str, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
         logs = self.home / LOG_DIR
@@ -180,12 +182,21 @@ class Supervisor:
         deadline = time.monotonic() + START_TIMEOUT
         master = self._spawn(
             "master",
-            ["_master", "--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", self.bind, *self._timing_args()],
+            [
+                "_master",
+                "--nodes",
+                str(self.nodes),
+                "--rep",
+                str(self.rep),
+                "--bind",
+                self.bind,
+                *timing_args(self.timing),
+            ],
             stdout=subprocess.PIPE,
         )
         endpoint = self._read_ready_line(master, deadline)
         servers = [
-            self._spawn(node_name(i), ["_node", "--id", str(i), "--master", endpoint, *self._timing_args()])
+            self._spawn(node_name(i), ["_node", "--id", str(i), "--master", endpoint, *timing_args(self.timing)])
             for i in range(1, self.nodes + 1)
         ]
         report = self._wait_for_table(endpoint, deadline)
@@ -224,7 +235,8 @@ class Supervisor:
             while True:
                 for proc in self.children:
                     if proc.poll() is not None:
-                        raise StartupFailed(f"a cluster process exited during start-up (code {proc.returncode}); see {self.home / LOG_DIR}")
+                        logs = self.home / LOG_DIR
+                        raise StartupFailed(f"a cluster process exited during start-up ({proc.returncode}); see {logs}")
                 try:
                     report = client.status()
                     if report.table is not None:
@@ -232,7 +244,9 @@ class Supervisor:
                 except Exception:  # noqa: BLE001, S110 - not up yet: keep polling until the deadline
                     pass
                 if time.monotonic() > deadline:
-                    raise StartupFailed(f"the cluster did not become ready within {START_TIMEOUT:g} s; see {self.home / LOG_DIR}")
+                    raise StartupFailed(
+                        f"the cluster did not become ready within {START_TIMEOUT:g} s; see {self.home / LOG_DIR}"
+                    )
                 time.sleep(0.05)
 
     def reap(self) -> None:
