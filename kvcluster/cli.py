@@ -1,4 +1,4 @@
-"""The ``kvcluster`` entry point: errors mapped to exit codes, and the fast path for data commands.
+"""The ``kvcluster`` entry point: errors mapped to exit codes, and fast paths past the Typer app.
 
 ``main`` is the one place where a ``KvclusterError`` becomes a single
 ``error: ...`` line on stderr and the exit code its class names. The commands
@@ -7,7 +7,8 @@ themselves live in ``commands.py`` (a Typer app). ``put``, ``get`` and
 them with argparse and run them without importing Typer, whose parameter
 handling costs more than the request itself; anything it does not recognise
 (``--help``, a usage error) goes to the Typer app, which owns the help text
-and the error messages.
+and the error messages. The processes ``up`` starts take the same kind of
+shortcut (``_run_process``).
 """
 
 from __future__ import annotations
@@ -143,6 +144,57 @@ def _run_fast(argv: list[str]) -> bool:
     return True
 
 
+def _process_parser() -> argparse.ArgumentParser:
+    timing = argparse.ArgumentParser(add_help=False)
+    for name in ("--heartbeat", "--lease", "--dead-after"):
+        timing.add_argument(name, type=float, required=True)
+    parser = argparse.ArgumentParser(prog="kvcluster", add_help=False)
+    processes = parser.add_subparsers(dest="process", required=True)
+    master = processes.add_parser("_master", parents=[timing])
+    master.add_argument("--nodes", type=int, required=True)
+    master.add_argument("--rep", type=int, required=True)
+    master.add_argument("--bind", required=True)
+    node = processes.add_parser("_node", parents=[timing])
+    node.add_argument("--id", type=int, required=True)
+    node.add_argument("--master", required=True)
+    supervise = processes.add_parser("_supervise", parents=[timing])
+    supervise.add_argument("--home", type=Path, required=True)
+    supervise.add_argument("--nodes", type=int, required=True)
+    supervise.add_argument("--rep", type=int, required=True)
+    supervise.add_argument("--bind", required=True)
+    return parser
+
+
+def _run_process(argv: list[str]) -> bool:
+    """Run one of the processes ``up`` starts (``_master``, ``_node``, ``_supervise``); False for anything else.
+
+    They are internal, spawned with exact arguments, and nine of them start
+    with every cluster, so they skip the Typer app and its start-up cost.
+    """
+    if not argv or argv[0] not in ("_master", "_node", "_supervise"):
+        return False
+    import logging  # noqa: PLC0415
+
+    from kvcluster.protocol import Timing  # noqa: PLC0415
+
+    args = _process_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
+    timing = Timing(args.heartbeat, args.lease, args.dead_after)
+    if args.process == "_master":
+        from kvcluster import master  # noqa: PLC0415
+
+        master.serve(args.nodes, args.rep, args.bind, timing)
+    elif args.process == "_node":
+        from kvcluster import storage  # noqa: PLC0415
+
+        storage.serve(args.id, args.master, timing)
+    else:
+        from kvcluster import supervisor  # noqa: PLC0415
+
+        supervisor.supervise(args.home, args.nodes, args.rep, args.bind, timing)
+    return True
+
+
 def _fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"error: {message}\n")
     sys.exit(code)
@@ -152,7 +204,7 @@ def main() -> None:
     """Run the CLI; every ``KvclusterError`` becomes one line on stderr and its exit code."""
     argv = sys.argv[1:]
     try:
-        if _run_fast(argv):
+        if _run_fast(argv) or _run_process(argv):
             return
         from kvcluster import commands  # noqa: PLC0415
 

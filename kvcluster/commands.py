@@ -10,7 +10,6 @@ them.
 
 from __future__ import annotations
 
-import signal
 import subprocess
 import sys
 import time
@@ -113,7 +112,7 @@ def up(
     home: Home = None,
 ) -> None:
     """Start a master and NODES storage nodes with REP replicas each."""
-    from kvcluster.supervisor import Supervisor, check_can_start  # noqa: PLC0415
+    from kvcluster.supervisor import Supervisor, check_can_start, stop_flag  # noqa: PLC0415
 
     _check_shape(nodes, rep)
     timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
@@ -126,7 +125,7 @@ def up(
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
     supervisor = Supervisor(state_home, nodes, rep, bind, timing)
-    stop = _stop_on_signals()
+    stop = stop_flag()
     try:
         state = supervisor.start()
         _watch(supervisor, state, stop)
@@ -137,18 +136,6 @@ def up(
 
 def _home_flag(home: Path | None) -> str:
     return f" --home {home}" if home is not None else ""
-
-
-def _stop_on_signals() -> list[bool]:
-    """A flag that SIGTERM and SIGINT raise, so ``up`` stops its cluster instead of dying mid-way."""
-    stop = [False]
-
-    def handler(_signum: int, _frame: object) -> None:
-        stop[0] = True
-
-    signal.signal(signal.SIGTERM, handler)
-    signal.signal(signal.SIGINT, handler)
-    return stop
 
 
 def _watch(supervisor: Any, state: ClusterState, stop: list[bool]) -> None:
@@ -278,9 +265,9 @@ def _status_table(doc: dict[str, Any]) -> Any:
         f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
         f"rep {doc['rep']}, table version {doc['table_version']}"
     )
-    table = Table(title=title)
-    for column in ("node", "pid", "endpoint", "state", "primary slots", "backup slots", "keys"):
-        numeric = column in ("pid", "primary slots", "backup slots", "keys")
+    table = Table(title=title, caption="primary, backup: slots held in each role")
+    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
+        numeric = column in ("pid", "primary", "backup", "keys")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for node in doc["nodes"]:
         state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
@@ -305,57 +292,6 @@ def _print_status(state: ClusterState, *, as_json: bool) -> None:
 
 
 # --- processes started by ``up``: hidden from --help ---
-
-
-Opt = typer.Option  # the hidden commands take every argument as a required option
-Seconds = Annotated[float, Opt()]
-
-
-@app.command("_master", hidden=True)
-def run_master(
-    nodes: Annotated[int, Opt()], rep: Annotated[int, Opt()], bind: Annotated[str, Opt()],
-    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
-) -> None:  # fmt: skip
-    from kvcluster import master  # noqa: PLC0415
-
-    _configure_logging()
-    master.serve(nodes, rep, bind, Timing(heartbeat, lease, dead_after))
-
-
-@app.command("_node", hidden=True)
-def run_node(
-    node_id: Annotated[int, Opt("--id")], master: Annotated[str, Opt()],
-    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
-) -> None:  # fmt: skip
-    from kvcluster import storage  # noqa: PLC0415
-
-    _configure_logging()
-    storage.serve(node_id, master, Timing(heartbeat, lease, dead_after))
-
-
-@app.command("_supervise", hidden=True)
-def run_supervisor(
-    home: Annotated[Path, Opt()], nodes: Annotated[int, Opt()], rep: Annotated[int, Opt()], bind: Annotated[str, Opt()],
-    heartbeat: Seconds, lease: Seconds, dead_after: Seconds,
-) -> None:  # fmt: skip
-    from kvcluster.supervisor import Supervisor  # noqa: PLC0415
-
-    _configure_logging()
-    supervisor = Supervisor(home, nodes, rep, bind, Timing(heartbeat, lease, dead_after))
-    stop = _stop_on_signals()
-    try:
-        supervisor.start()
-        while not stop[0]:
-            supervisor.reap()
-            time.sleep(0.1)
-    finally:
-        supervisor.stop()
-
-
-def _configure_logging() -> None:
-    import logging  # noqa: PLC0415
-
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
 
 
 def run(argv: list[str]) -> int:

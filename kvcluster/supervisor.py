@@ -272,6 +272,31 @@ class Supervisor:
             self.state = None
 
 
+def stop_flag() -> list[bool]:
+    """A flag that SIGTERM and SIGINT raise, so a supervisor stops its cluster instead of dying mid-way."""
+    stop = [False]
+
+    def handler(_signum: int, _frame: object) -> None:
+        stop[0] = True
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+    return stop
+
+
+def supervise(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+    """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
+    supervisor = Supervisor(home, nodes, rep, bind, timing)
+    stop = stop_flag()
+    try:
+        supervisor.start()
+        while not stop[0]:
+            supervisor.reap()
+            time.sleep(0.1)
+    finally:
+        supervisor.stop()
+
+
 def _last_line(path: Path) -> str:
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
