@@ -13,6 +13,7 @@ without applying it twice. Every wait is bounded by the call's deadline.
 from __future__ import annotations
 
 import enum
+import math
 import random
 import time
 from collections import deque
@@ -313,6 +314,7 @@ class _Run:
         self.delayed: deque[tuple[float, int]] = deque()
         self.flights: dict[int, _Flight] = {}
         self.slots: list[int] = []
+        self.next_expiry = math.inf  # no flight expires before this
         self.remaining = len(ops)
         self.deadline = time.monotonic() + client.deadline
 
@@ -368,24 +370,23 @@ class _Run:
             ops.append(Op(kind, key, value, slot, table.epoch(slot), self.op_ids[index]))
             if not self.first_sent[index]:
                 self.first_sent[index] = now
-            else:
+            elif client.on_event is not None:
                 client._event(f"resent {kind.name.lower()} {key!r} to {node_name(node_id)}")
             timeout = max(timeout, min(MAX_TRY_TIMEOUT, client.try_timeout * 2 ** self.attempts[index]))
             self.attempts[index] += 1
         client.next_request_id += 1
         request_id = client.next_request_id
-        if len(indices) == 1 and self.attempts[indices[0]] == 1:
+        if client.on_event is not None and len(indices) == 1 and self.attempts[indices[0]] == 1:
             kind, key, _ = self.ops[indices[0]]
             client._event(
                 f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})"
             )
         client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)))
         self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
+        self.next_expiry = min(self.next_expiry, now + timeout)
 
     def _wait(self, now: float) -> None:
-        wake = self.deadline
-        if self.flights:
-            wake = min(wake, *(f.expires for f in self.flights.values()))
+        wake = min(self.deadline, self.next_expiry)
         if self.delayed:
             wake = min(wake, self.delayed[0][0])
         if self.queues and len(self.flights) < self.window:
@@ -430,7 +431,10 @@ class _Run:
             self._refresh()
 
     def _expire(self, now: float) -> None:
+        if now < self.next_expiry:
+            return  # nothing can have expired: spares a scan of every flight per reply
         expired = [rid for rid, f in self.flights.items() if f.expires <= now]
+        self.next_expiry = min((f.expires for f in self.flights.values() if f.expires > now), default=math.inf)
         if not expired:
             return
         for rid in expired:

@@ -46,6 +46,7 @@ from kvcluster.protocol import (
 log = logging.getLogger("kvcluster.master")
 
 TICK = 0.02  # how often liveness is checked, in seconds
+STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 
 
 @dataclass
@@ -84,11 +85,15 @@ class Master:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         log.info("master for %d nodes x %d replicas on %s", self.expected, self.rep, self.endpoint)
+        last_pass = time.monotonic()
         try:
             while not self.stopping:
                 if self.router.poll(int(TICK * 1000)):
                     self._drain()
-                self._detect_failures(time.monotonic())
+                now = time.monotonic()
+                self._forgive_own_stall(now - last_pass)
+                last_pass = now
+                self._detect_failures(now)
         finally:
             self.ctx.destroy(linger=0)
             log.info("master stopped")
@@ -159,14 +164,31 @@ class Master:
         if self.table is not None and beat.table_version < version:
             self._send(envelope, Table(self.table))
 
-    def _detect_failures(self, now: float) -> None:
-        if self.table is None:
-            return
-        silent = [
+    def _forgive_own_stall(self, gap: float) -> None:
+        """Don't count time this process itself could not run against the nodes.
+
+        On a crowded machine the master can go unscheduled for a while; their
+        heartbeats then wait unread, and judging by the clock alone would
+        declare healthy nodes dead the moment it runs again.
+        """
+        stall = gap - STALL_TOLERANCE
+        if stall > 0:
+            for record in self.nodes.values():
+                record.last_seen += stall
+
+    def _silent_nodes(self, now: float) -> list[int]:
+        assert self.table is not None
+        return [
             node_id
             for node_id, record in self.nodes.items()
             if node_id not in self.table.dead and now - record.last_seen > self.timing.dead_after
         ]
+
+    def _detect_failures(self, now: float) -> None:
+        if self.table is None or not self._silent_nodes(now):
+            return
+        self._drain()  # a heartbeat that arrived while we were busy still counts
+        silent = self._silent_nodes(now)
         if silent:
             for node_id in silent:
                 log.warning(

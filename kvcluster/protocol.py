@@ -478,8 +478,10 @@ def decode(frame: bytes) -> Message:
         raise ProtocolError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
     if type(raw) is not list or len(raw) < 2:
         raise ProtocolError("frame is not a [version, type, ...] array")
-    if raw[0] != PROTOCOL_VERSION:
+    if type(raw[0]) is not int or raw[0] != PROTOCOL_VERSION:
         raise ProtocolError(f"unsupported protocol version {raw[0]!r}")
+    if type(raw[1]) is not int:
+        raise ProtocolError(f"message type must be an integer, got {raw[1]!r}")
     try:
         msg_type = MsgType(raw[1])
     except ValueError:

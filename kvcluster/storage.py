@@ -65,7 +65,8 @@ log = logging.getLogger("kvcluster.storage")
 
 VERSION_EPOCH_SHIFT = 40
 DEDUP_MEMORY = 200_000  # recent (client, op_id) pairs remembered to drop resent puts
-DRAIN_LIMIT = 512  # messages taken from one socket per pass, so timers still run under load
+DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
+BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
 
 Entry = tuple[str, int]  # (value, version)
 ClientKey = tuple[int, int]  # (client, op_id)
@@ -130,6 +131,8 @@ class StorageNode:
         self.known: list[tuple[int, int]] = []  # per slot: newest (epoch, primary) seen anywhere
         self.ready: list[bool] = []  # per slot: synced as primary for the current epoch
         self.lease_until = 0.0
+        self.next_beat = 0.0
+        self.keys = 0  # keys held, as primary or backup, kept current for heartbeats
         self.counter = 0
         self.applied: dict[ClientKey, int] = {}  # recently applied puts -> their slot, oldest first
         self.inflight: set[ClientKey] = set()
@@ -149,16 +152,10 @@ class StorageNode:
         signal.signal(signal.SIGINT, self._stop)
         self._send_master(Hello(self.node_id, self.endpoint, os.getpid()))
         log.info("%s listening on %s", self.name, self.endpoint)
-        next_beat = time.monotonic()
         try:
             while not self.stopping:
-                now = time.monotonic()
-                if now >= next_beat:
-                    self._send_master(
-                        Heartbeat(self.node_id, now, self.table.version if self.table else 0, self._key_count())
-                    )
-                    next_beat = now + self.timing.heartbeat
-                ready = dict(self.poller.poll(max(1, int((next_beat - now) * 1000))))
+                self._beat_if_due()
+                ready = dict(self.poller.poll(max(1, int((self.next_beat - time.monotonic()) * 1000))))
                 if self.router in ready:
                     self._drain(self.router, self._on_router)
                 if self.master in ready:
@@ -174,8 +171,17 @@ class StorageNode:
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
 
+    def _beat_if_due(self) -> None:
+        now = time.monotonic()
+        if now >= self.next_beat:
+            self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, self.keys))
+            self.next_beat = now + self.timing.heartbeat
+
     def _drain(self, sock: zmq.Socket[bytes], handle: _Handler) -> None:
-        for _ in range(DRAIN_LIMIT):
+        for count in range(1, DRAIN_LIMIT + 1):
+            if count % BEAT_CHECK_EVERY == 0:
+                # On a crowded machine a long pass must not starve the heartbeat: the master would declare us dead.
+                self._beat_if_due()
             try:
                 frames = sock.recv_multipart(zmq.NOBLOCK)
             except zmq.Again:
@@ -197,9 +203,6 @@ class StorageNode:
             self.poller.register(sock, zmq.POLLIN)
             self.peers[node_id] = sock
         return sock
-
-    def _key_count(self) -> int:
-        return sum(len(slot) for slot in self.data)
 
     # --- master: table, lease, fencing ---
 
@@ -437,6 +440,8 @@ class StorageNode:
     def _apply(self, write: Write) -> None:
         store = self.data[write.slot]
         current = store.get(write.key)
+        if current is None:
+            self.keys += 1
         if current is None or current[1] < write.version:
             store[write.key] = (write.value, write.version)
         self._remember((write.client, write.op_id), write.slot)
@@ -458,6 +463,7 @@ class StorageNode:
         replaced = {image.slot for image in images}
         self.applied = {op: slot for op, slot in self.applied.items() if slot not in replaced}
         for image in images:
+            self.keys += len(image.entries) - len(self.data[image.slot])
             self.data[image.slot] = {key: (value, version) for key, value, version in image.entries}
             self.applied.update(((client, op_id), image.slot) for client, op_id in image.applied)
 
