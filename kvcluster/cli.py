@@ -103,13 +103,20 @@ def run_client_form(put_key: str | None, val: str | None, get_key: str | None, t
         get_and_print(target, get_key)
 
 
+class _QuietParser(argparse.ArgumentParser):
+    """A parser that raises instead of printing usage: the Typer app then reports the error in one line."""
+
+    def error(self, message: str) -> NoReturn:
+        raise argparse.ArgumentError(None, message)
+
+
 def _fast_parser() -> argparse.ArgumentParser:
-    common = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    common = _QuietParser(add_help=False, exit_on_error=False)
     common.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
     common.add_argument("--master")
     common.add_argument("-v", "--verbose", action="store_true")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    parser = argparse.ArgumentParser(add_help=False, exit_on_error=False)
+    parser = _QuietParser(add_help=False, exit_on_error=False)
     commands = parser.add_subparsers(dest="command")
     put = commands.add_parser("put", parents=[common], add_help=False, exit_on_error=False)
     put.add_argument("key")
@@ -129,7 +136,7 @@ def _run_fast(argv: list[str]) -> bool:
         return False
     try:
         args, unknown = _fast_parser().parse_known_args(argv)
-    except (argparse.ArgumentError, SystemExit):
+    except argparse.ArgumentError:
         return False
     # Values that look like options, or a timeout Typer would reject, get Typer's own error message.
     if unknown or args.timeout < 0.1:

@@ -56,6 +56,7 @@ from kvcluster.protocol import (
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
 REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
+SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
 
 
 def parse_address(address: str) -> str:
@@ -222,19 +223,22 @@ class Client:
         assert self.table is not None
         return self.table
 
-    def refresh_table(self, deadline: float | None = None) -> RoutingTable:
+    def refresh_table(self, deadline: float | None = None, *, quiet_if_unchanged: bool = False) -> RoutingTable:
         """Fetch the current table from the master, waiting at most until ``deadline``."""
         until = deadline if deadline is not None else time.monotonic() + self.deadline
         self.last_refresh = time.monotonic()
         while True:
             reply = self._ask_master(TableRequest(), until)
             if isinstance(reply, Table):
-                if self.table is None or reply.data.version >= self.table.version:
+                changed = self.table is None or reply.data.version > self.table.version
+                if changed:
                     self.table = RoutingTable(reply.data)
                     self._save_cached_table(reply)
                     self._drop_dead_sockets(self.table)
-                dead = ", ".join(node_name(n) for n in self.table.data.dead) or "none"
-                self._event(f"fetched table version {self.table.version} from master (dead: {dead})")
+                assert self.table is not None
+                if changed or not quiet_if_unchanged:
+                    dead = ", ".join(node_name(n) for n in self.table.data.dead) or "none"
+                    self._event(f"fetched table version {self.table.version} from master (dead: {dead})")
                 return self.table
             if isinstance(reply, NotReady):
                 self._event(f"cluster starting: {reply.registered}/{reply.expected} nodes registered")
@@ -315,6 +319,7 @@ class _Run:
         self.flights: dict[int, _Flight] = {}
         self.slots: list[int] = []
         self.next_expiry = math.inf  # no flight expires before this
+        self.suspects: set[int] = set()  # nodes that let a flight time out during this run
         self.remaining = len(ops)
         self.deadline = time.monotonic() + client.deadline
 
@@ -331,7 +336,9 @@ class _Run:
                 self._route(self.delayed.popleft()[1], self._table())
             self._send_some(now)
             self._wait(now)
-            self._expire(time.monotonic())
+            now = time.monotonic()
+            self._expire(now)
+            self._watch_suspects(now)
 
     def _table(self) -> RoutingTable:
         assert self.client.table is not None
@@ -387,6 +394,8 @@ class _Run:
 
     def _wait(self, now: float) -> None:
         wake = min(self.deadline, self.next_expiry)
+        if self._waiting_on_suspects():
+            wake = min(wake, self.client.last_refresh + SUSPECT_POLL)
         if self.delayed:
             wake = min(wake, self.delayed[0][0])
         if self.queues and len(self.flights) < self.window:
@@ -439,6 +448,7 @@ class _Run:
             return
         for rid in expired:
             flight = self.flights.pop(rid)
+            self.suspects.add(flight.node_id)
             waited = (now - flight.sent_at) * 1000
             self.client._event(f"{node_name(flight.node_id)} did not answer within {waited:.0f} ms")
             self.delayed.extend((now, index) for index in flight.indices)
@@ -448,3 +458,24 @@ class _Run:
         if time.monotonic() - self.client.last_refresh < REFRESH_INTERVAL:
             return
         self.client.refresh_table(self.deadline)
+
+    def _waiting_on_suspects(self) -> bool:
+        return bool(self.suspects) and any(f.node_id in self.suspects for f in self.flights.values())
+
+    def _watch_suspects(self, now: float) -> None:
+        """While flights wait on a node that already timed out once, ask the master often whether it died.
+
+        A resend to a node that is only slow must wait out a growing timeout,
+        but once the master declares the node dead its operations can go to
+        the new primary at once instead of when their flights expire.
+        """
+        if now - self.client.last_refresh < SUSPECT_POLL or not self._waiting_on_suspects():
+            return
+        version = self._table().version
+        table = self.client.refresh_table(self.deadline, quiet_if_unchanged=True)
+        if table.version == version:
+            return
+        for rid in [rid for rid, f in self.flights.items() if table.is_dead(f.node_id)]:
+            flight = self.flights.pop(rid)
+            self.client._event(f"{node_name(flight.node_id)} was declared dead; resending its operations")
+            self.delayed.extend((now, index) for index in flight.indices)

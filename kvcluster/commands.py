@@ -179,7 +179,11 @@ def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing)
         if state is not None and state.supervisor.pid == proc.pid:
             return state
         time.sleep(0.05)
-    proc.kill()
+    proc.terminate()  # the supervisor stops whatever it already started
+    try:
+        proc.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        proc.kill()
     raise StartupFailed(f"the cluster did not become ready in time; see {logs}")
 
 

@@ -1,0 +1,218 @@
+"""The ``kvcluster bench`` commands at tiny sizes, through the CLI, plus the arithmetic behind their figures.
+
+Never asserts a speed: only that every figure is there and that the figures agree with each other.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+
+from kvcluster import bench
+from kvcluster.placement import replicas_for, slot_of
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def run_bench(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvcluster", "bench", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert_nothing_left(cwd)
+    return proc
+
+
+def assert_nothing_left(cwd: Path) -> None:
+    """Every process a benchmark starts (cluster and clients) inherits its working directory: none may outlive it."""
+    leftovers = [p.info for p in psutil.process_iter(["pid", "cwd", "cmdline"]) if p.info["cwd"] == str(cwd)]
+    assert not leftovers, f"processes left running: {leftovers}"
+
+
+@pytest.mark.cluster
+def test_throughput_reports_every_rep_and_mode(tmp_path: Path) -> None:
+    out = tmp_path / "throughput.json"
+    proc = run_bench(
+        tmp_path,
+        "throughput", "--ops", "3000", "--nodes", "3", "--reps", "1,3", "--keys", "300",
+        "--clients", "2", "--batch", "1,8", "--window", "32,4", "--json", str(out),
+    )  # fmt: skip
+    runs = json.loads(out.read_text())["runs"]
+    assert sorted((r["rep"], r["batch"], r["window"]) for r in runs) == [(1, 1, 32), (1, 8, 4), (3, 1, 32), (3, 8, 4)]
+    for run in runs:
+        assert run["ops"] == 3000
+        assert run["completed"] + run["failed"] == run["ops"]
+        assert run["failed"] == sum(run["failures"].values()) == 0
+        assert run["ops_per_s"] > 0
+        assert 0 < run["p50_ms"] <= run["p95_ms"] <= run["p99_ms"]
+        assert (run["nodes"], run["clients"]) == (3, 2)
+        assert run["client_cpu_us_per_op"] > 0
+        assert run["cluster_cpu_us_per_op"] > 0
+    assert "window 32" in proc.stdout
+    assert "batch 8" in proc.stdout
+
+
+@pytest.mark.cluster
+def test_balance_counts_every_key_once(tmp_path: Path) -> None:
+    out = tmp_path / "balance.json"
+    run_bench(tmp_path, "balance", "--keys", "2000", "--nodes", "3", "--plot", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert (result["keys"], result["nodes"], result["rep"]) == (2000, 3, 1)
+    assert sorted(result["counts"]) == ["server1", "server2", "server3"]
+    assert sum(result["counts"].values()) == 2000
+    mean = 2000 / 3
+    assert result["max_over_mean"] == pytest.approx(max(result["counts"].values()) / mean, abs=1e-4)
+    assert result["min_over_mean"] == pytest.approx(min(result["counts"].values()) / mean, abs=1e-4)
+    assert result["min_over_mean"] <= 1 <= result["max_over_mean"]
+    assert result["ideal_stddev"] == pytest.approx(math.sqrt(2000 * (1 / 3) * (2 / 3)), abs=0.01)
+    assert result["stddev"] >= 0
+
+
+@pytest.mark.cluster
+def test_failover_loses_no_acknowledged_write(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    run_bench(tmp_path, "failover", "--nodes", "3", "--rep", "2", "--duration", "3", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert result["killed"] == "server1"
+    assert result["lost_acked_writes"] == 0
+    assert result["unverified_keys"] == 0
+    assert result["acked_writes"] > 0
+    assert result["unrecovered_keys"] == 0
+    assert result["unavailable_ms"]["median"] is not None
+    assert 0 < result["unavailable_ms"]["median"] <= result["unavailable_ms"]["max"]
+    assert set(result["backup_write_unavailable_ms"]) == {"median", "max"}
+    assert 0 < result["kill_t"] < 3
+    timeline = result["timeline"]
+    assert len(timeline) == 30
+    assert [p["t"] for p in timeline] == sorted(p["t"] for p in timeline)
+    assert all(p["ops"] == sum(p[g] for g in result["keys"]) for p in timeline)
+
+
+@pytest.mark.cluster
+def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
+    run_bench(tmp_path, "report", "--quick", "--out", "tmp/REPORT.md")
+    docs = tmp_path / "tmp"
+    report = (docs / "REPORT.md").read_text()
+    for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover"):
+        assert heading in report
+    assert "design.md" in report
+    for chart in ("throughput.png", "balance.png", "failover.png"):
+        assert f"]({chart})" in report
+        assert (docs / chart).read_bytes().startswith(PNG_MAGIC)
+    data = json.loads((docs / "REPORT.json").read_text())
+    assert data["failover"]["lost_acked_writes"] == 0
+    assert {r["batch"] for r in data["throughput"]["runs"]} == {1, 16}
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["throughput", "--nodes", "3", "--reps", "1,4"],
+        ["throughput", "--reps", "one"],
+        ["throughput", "--batch", "1,8,16", "--window", "8,8"],
+        ["balance", "--nodes", "3", "--rep", "4"],
+        ["failover", "--rep", "1"],
+    ],
+)
+def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvcluster", "bench", *args],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ")
+
+
+# --- the arithmetic behind the figures ---
+
+
+def test_percentile_is_nearest_rank() -> None:
+    ordered = [float(i) for i in range(1, 101)]
+    assert bench._percentile(ordered, 0.50) == 50.0
+    assert bench._percentile(ordered, 0.99) == 99.0
+    assert bench._percentile([7.0], 0.95) == 7.0
+    assert bench._percentile([], 0.5) == 0.0
+
+
+def record(
+    key: str, put: bool, start: float, end: float, completion: str, value: str | None, node: int = 2
+) -> bench.OpRecord:
+    return (key, put, start, end, completion, value, node)
+
+
+def test_last_acknowledged_put_must_be_read_back() -> None:
+    preload = {"a": "a0", "b": "b0", "c": "c0", "d": "d0"}
+    records = [
+        record("a", True, 1.0, 1.1, "ok", "a1"),
+        record("b", True, 1.0, 1.1, "ok", "b1"),
+        record("b", True, 2.0, 9.0, "timed_out", "b2"),  # may or may not have been applied
+        record("c", True, 1.0, 1.1, "ok", "c1"),
+        record("c", False, 2.0, 2.1, "ok", "c1"),
+    ]
+    final = {"a": "a1", "b": "b2", "c": "c0", "d": "d0"}
+    lost, unverified, acked = bench._lost_writes(records, preload, final)
+    assert (lost, unverified, acked) == (1, 0, 3)  # c went back to its preload value
+    assert bench._lost_writes(records, preload, {"a": "a1", "b": "b1", "c": "c1"}) == (0, 1, 3)
+
+
+def test_unavailability_ends_at_first_success_from_another_node() -> None:
+    victim, kill_t = 1, 10.0
+    records = [
+        record("a", False, 9.9, 10.05, "ok", "x", node=victim),  # answered by the victim before it died
+        record("a", True, 10.0, 10.9, "ok", "y", node=2),
+        record("b", True, 9.9, 10.8, "ok", "z", node=3),
+        record("b", False, 10.8, 10.85, "ok", "z", node=3),
+        record("c", True, 9.9, 12.0, "timed_out", "w", node=0),
+    ]
+    windows, unrecovered = bench._unavailability(records, victim, kill_t)
+    assert sorted(round(w) for w in windows) == [800, 900]
+    assert unrecovered == 1
+
+
+def test_write_unavailability_counts_only_puts_issued_after_the_kill() -> None:
+    kill_t = 10.0
+    records = [
+        record("a", True, 9.9, 10.01, "ok", "x"),  # replicated just before the kill: says nothing
+        record("a", True, 10.02, 10.75, "ok", "y"),
+        record("b", False, 10.02, 10.03, "ok", "z"),  # reads never waited for the dead backup
+        record("b", True, 10.76, 10.78, "ok", "w"),
+        record("c", False, 10.02, 10.03, "ok", "v"),
+    ]
+    stalls, unwritten = bench._write_unavailability(records, kill_t)
+    assert sorted(round(s) for s in stalls) == [750, 780]
+    assert unwritten == 1
+
+
+def test_balance_stats_compare_with_binomial_spread() -> None:
+    stats = bench._balance_stats(700, 7, 1, {f"server{i}": 100 for i in range(1, 8)})
+    assert (stats.max_over_mean, stats.min_over_mean, stats.stddev) == (1.0, 1.0, 0.0)
+    assert stats.ideal_stddev == pytest.approx(math.sqrt(700 * (1 / 7) * (6 / 7)), abs=0.01)
+    replicated = bench._balance_stats(700, 7, 3, {f"server{i}": 300 for i in range(1, 8)})
+    assert replicated.ideal_stddev == pytest.approx(math.sqrt(700 * (3 / 7) * (4 / 7)), abs=0.01)
+
+
+def test_failover_key_groups_follow_placement() -> None:
+    groups = bench._failover_keys(7, 3, victim=1)
+    assert set(groups) == {"primary", "backup", "unrelated"}
+    for key in groups["primary"]:
+        assert replicas_for(slot_of(key), 7, 3)[0] == 1
+    for key in groups["backup"]:
+        assert 1 in replicas_for(slot_of(key), 7, 3)[1:]
+    for key in groups["unrelated"]:
+        assert 1 not in replicas_for(slot_of(key), 7, 3)
+    assert "unrelated" not in bench._failover_keys(3, 3, victim=1)  # every slot has every node

@@ -1,0 +1,281 @@
+"""Linearizability under faults: chaos runs against real clusters, and the fault schedule they follow.
+
+A chaos run kills and pauses storage nodes while client processes put and get
+on a few shared keys, then checks the recorded history for linearizability.
+The schedule tests need no cluster; the runs never assert a speed, only the
+verdict and that the history was worth checking.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from kvcluster import chaos
+from kvcluster.chaos import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys, run_chaos
+from kvcluster.errors import KvclusterError
+from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
+from kvcluster.placement import replicas_for, slot_of
+from kvcluster.protocol import Timing
+
+# Its schedule starts with a pause, then a kill (test_default_seed_pauses_then_kills checks it).
+DEFAULT_SEED = 3
+LONG_SEEDS = range(101, 111)
+
+
+def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos.PlannedFault]:
+    """The faults a schedule plans when nodes die only where it says, drawing delays as a run does."""
+    schedule = FaultSchedule(nodes, rep, random.Random(seed), Timing())
+    faults = []
+    while len(faults) < limit:
+        schedule.delay()
+        fault = schedule.next(set())
+        if fault is None:
+            return faults
+        faults.append(fault)
+    return faults
+
+
+def assert_no_child_processes() -> None:
+    """Every process a run starts (nodes, master, clients) must be gone when it returns.
+
+    Only multiprocessing's resource tracker stays: it serves this process until it exits.
+    """
+    leftovers = [
+        p
+        for p in psutil.Process().children(recursive=True)
+        if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
+    ]
+    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+
+
+# --- the schedule ---
+
+
+def test_placement_tells_which_dead_sets_leave_a_replica() -> None:
+    placement = Placement(5, 3)
+    assert placement.safe(set())
+    assert all(placement.safe({a, b}) for a in range(1, 6) for b in range(1, 6))
+    assert not placement.safe(set(replicas_for(0, 5, 3)))
+
+
+def test_keys_have_every_node_as_primary() -> None:
+    keys = chaos_keys(8, 5, 3)
+    assert len(set(keys)) == 8
+    assert [replicas_for(slot_of(k), 5, 3)[0] for k in keys] == [1, 2, 3, 4, 5, 1, 2, 3]
+
+
+@pytest.mark.parametrize(("nodes", "rep"), [(5, 3), (7, 4), (6, 2), (3, 1)])
+def test_schedule_always_leaves_every_slot_a_replica(nodes: int, rep: int) -> None:
+    placement = Placement(nodes, rep)
+    timing = Timing()
+    for seed in range(40):
+        faults = planned_faults(seed, nodes, rep)
+        dead: set[int] = set()
+        for fault in faults:
+            assert fault.dead_before == dead
+            # A stalled node may be declared dead too: it must be as safe to lose as a killed one.
+            assert placement.safe(dead | set(fault.victims))
+            if fault.kind == FaultKind.PAUSE:
+                assert fault.length > timing.dead_after
+            if fault.kind == FaultKind.STALL:
+                assert fault.length < timing.dead_after - timing.heartbeat
+            if fault.kind == FaultKind.DOUBLE_KILL:
+                assert len(set(fault.victims)) == 2
+                assert 0 < fault.length < 0.3
+            if fault.kind in FATAL_KINDS:
+                dead |= set(fault.victims)
+        fatal = [f.kind for f in faults if f.kind in FATAL_KINDS]
+        assert len(fatal) >= min(2, rep - 1)
+        assert fatal[:2] == [FaultKind.PAUSE, FaultKind.KILL][: len(fatal)]
+
+
+def test_schedule_is_fixed_by_its_seed() -> None:
+    assert planned_faults(7, 7, 4) == planned_faults(7, 7, 4)
+    assert planned_faults(7, 7, 4) != planned_faults(8, 7, 4)
+
+
+def test_default_seed_pauses_then_kills() -> None:
+    kinds = [f.kind for f in planned_faults(DEFAULT_SEED, 5, 3)]
+    assert kinds == [FaultKind.PAUSE, FaultKind.KILL]
+
+
+# --- the analysis of a run ---
+
+RELEASED = 100.0  # monotonic time at which the clients of these synthetic runs start
+
+
+def op(client: int, kind: str, key: str, value: str | None, invoke: float, complete: float) -> Operation:
+    outcome = Outcome.OK if value is not None else Outcome.NOT_FOUND
+    return Operation(client, OpKind(kind), key, value, RELEASED + invoke, RELEASED + complete, outcome)
+
+
+def analyse(history: list[Operation], faults: list[chaos.Fault]) -> chaos.ChaosReport:
+    shape = chaos._Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1)
+    return chaos._report(shape, chaos._Run(history, faults, RELEASED, set(), set()))
+
+
+def app_with_chaos() -> typer.Typer:
+    """A Typer app with just the chaos command, as ``bench`` registers it."""
+    app = typer.Typer()
+    app.callback()(lambda: None)
+    chaos.register(app)
+    return app
+
+
+def kill_server1_at_1s() -> chaos.Fault:
+    return chaos.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
+
+
+def test_analysis_measures_unavailability_and_reads_across_the_fault() -> None:
+    on_victim, elsewhere = chaos_keys(2, 5, 3)  # primaries server1 and server2
+    history = [
+        op(1, "put", on_victim, "v1", 0.0, 0.1),
+        op(1, "get", on_victim, "v1", 0.5, 0.6),
+        op(2, "get", on_victim, "v1", 0.9, 2.0),  # invoked before the kill, answered by the new primary
+        op(3, "get", on_victim, "v1", 1.2, 1.95),  # the first success invoked after the kill
+        op(1, "put", elsewhere, "w1", 1.1, 1.2),
+        op(1, "get", elsewhere, "w1", 1.3, 1.4),
+    ]
+    report = analyse(history, [kill_server1_at_1s()])
+    assert report.verdict == "linearizable"
+    assert report.checked == 6
+    assert report.by_outcome == {"get ok": 4, "put ok": 2}
+    [fault] = report.faults
+    assert fault.affected_keys == 1
+    assert fault.unavailable_ms == pytest.approx(950)
+    assert report.unavailability_ms == {FaultKind.KILL: {"median": pytest.approx(950), "max": pytest.approx(950)}}
+    assert report.reads_across_faults == 1
+    assert report.reads_across_failovers == 2
+
+
+def test_analysis_reports_a_lost_write_as_a_violation() -> None:
+    key = chaos_keys(1, 5, 3)[0]
+    history = [
+        op(1, "put", key, "v1", 0.0, 0.1),
+        op(1, "put", key, "v2", 0.2, 0.3),
+        op(2, "get", key, "v1", 2.0, 2.1),
+    ]
+    report = analyse(history, [kill_server1_at_1s()])
+    assert report.verdict == "violation"
+    assert not report.ok
+    assert report.violation is not None
+    assert "'v1'" in report.violation
+
+
+def test_command_exits_1_and_shows_the_violation(monkeypatch: pytest.MonkeyPatch) -> None:
+    key = chaos_keys(1, 5, 3)[0]
+    lost_write = [
+        op(1, "put", key, "v1", 0.0, 0.1),
+        op(1, "put", key, "v2", 0.2, 0.3),
+        op(2, "get", key, "v1", 2.0, 2.1),
+    ]
+    report = analyse(lost_write, [kill_server1_at_1s()])
+    monkeypatch.setattr(chaos, "run_chaos", lambda **_options: report)
+    result = CliRunner().invoke(app_with_chaos(), ["chaos", "--seed", "1", "--duration", "1"])
+    assert result.exit_code == 1
+    assert result.stdout.startswith("chaos seed 1 ")
+    assert "NOT LINEARIZABLE" in result.stdout
+    assert "no linearization exists" in result.stdout
+
+
+# --- chaos runs ---
+
+
+def assert_linearizable_and_nontrivial(report: chaos.ChaosReport) -> None:
+    assert report.verdict == "linearizable", f"seed {report.seed}, logs in {report.logs}:\n{report.violation}"
+    assert report.checked >= 200
+    assert report.faults_by_kind.get(FaultKind.PAUSE, 0) >= 1
+    assert report.faults_by_kind.get(FaultKind.KILL, 0) >= 1
+    assert report.reads_across_faults >= 1
+    assert report.dead_but_running == []
+    assert_no_child_processes()
+
+
+@pytest.mark.cluster
+def test_chaos_run_is_linearizable(tmp_path: Path) -> None:
+    report = run_chaos(nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home")
+    assert_linearizable_and_nontrivial(report)
+
+
+@pytest.mark.long
+@pytest.mark.cluster
+@pytest.mark.timeout(900)
+@pytest.mark.parametrize("seed", LONG_SEEDS)
+def test_long_chaos_run_is_linearizable(tmp_path: Path, seed: int) -> None:
+    # Four replicas on seven nodes leave room for three or four nodes to die, and half the faults are stalls.
+    report = run_chaos(
+        nodes=7,
+        rep=4,
+        clients=4,
+        keys=12,
+        duration=240.0,
+        seed=seed,
+        home=tmp_path / "home",
+        fault_interval=(5.0, 15.0),
+        stall_share=0.5,
+    )
+    assert_linearizable_and_nontrivial(report)
+    assert len(report.faults) >= 3
+
+
+# --- the command ---
+
+
+def chaos_command_is_registered() -> bool:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvcluster", "bench", "chaos", "--help"], capture_output=True, timeout=60, check=False
+    )
+    return proc.returncode == 0
+
+
+def run_chaos_command(cwd: Path, *args: str) -> tuple[int, str, str]:
+    """``kvcluster bench chaos ARGS`` as (exit code, stdout, stderr).
+
+    Until ``bench`` registers the command, it runs in a Typer app of its own,
+    with ``KvclusterError`` reported the way ``kvcluster`` reports it.
+    """
+    if chaos_command_is_registered():
+        argv = [sys.executable, "-m", "kvcluster", "bench", "chaos", *args]
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=240, check=False)
+        return proc.returncode, proc.stdout, proc.stderr
+    result = CliRunner().invoke(app_with_chaos(), ["chaos", *args])
+    if isinstance(result.exception, KvclusterError):
+        return result.exception.exit_code, result.stdout, f"error: {result.exception}\n"
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    return result.exit_code, result.stdout, ""
+
+
+def test_command_refuses_a_replica_count_above_the_nodes(tmp_path: Path) -> None:
+    code, _, stderr = run_chaos_command(tmp_path, "--nodes", "3", "--rep", "4")
+    assert code == 2
+    assert stderr.startswith("error: ")
+    assert "--rep" in stderr
+
+
+@pytest.mark.cluster
+def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) -> None:
+    report_path, history_path = tmp_path / "chaos.json", tmp_path / "history.jsonl"
+    code, stdout, stderr = run_chaos_command(
+        tmp_path,
+        "--nodes", "3", "--rep", "2", "--clients", "2", "--keys", "4", "--duration", "8", "--seed", "5",
+        "--json", str(report_path), "--save-history", str(history_path), "--home", str(tmp_path / "home"),
+    )  # fmt: skip
+    assert code == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
+    assert stdout.splitlines()[0].startswith("chaos seed 5 ")
+    report = json.loads(report_path.read_text())
+    assert report["verdict"] == "linearizable"
+    assert report["seed"] == 5
+    assert report["faults_by_kind"] == {"pause": 1}
+    history = HistoryRecorder.load(history_path)
+    assert len(history) == report["operations"] >= report["checked"] > 0
+    assert "linearizable" in stdout
+    assert_no_child_processes()

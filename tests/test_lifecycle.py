@@ -1,0 +1,182 @@
+"""Cluster lifecycle: up (detached and foreground), status, kill, down, and malformed frames on the wire."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from conftest import (
+    Cluster,
+    ClusterLauncher,
+    kill_survivors,
+    recorded_processes,
+    run_cli,
+    same_process_alive,
+    wait_until,
+)
+
+from kvcluster.placement import NUM_SLOTS, replicas_for, slot_of
+from kvcluster.protocol import PROTOCOL_VERSION, Fenced, MsgType, Op, OpKind, Request, encode
+
+
+def all_gone(processes: dict[str, tuple[int, float]]) -> bool:
+    return not any(same_process_alive(pid, created) for pid, created in processes.values())
+
+
+@pytest.fixture(scope="module")
+def shared(module_cluster: ClusterLauncher) -> Cluster:
+    return module_cluster(nodes=3, rep=2)
+
+
+def test_status_after_up(shared: Cluster) -> None:
+    doc = shared.status()
+    assert (doc["nodes_total"], doc["rep"], doc["dead"]) == (3, 2, [])
+    assert doc["master"]["alive"]
+    assert doc["supervisor"]["alive"]
+    assert doc["table_version"] is not None
+    assert [n["name"] for n in doc["nodes"]] == ["server1", "server2", "server3"]
+    pids = shared.pids()
+    for node in doc["nodes"]:
+        assert node["alive"]
+        assert node["process_alive"]
+        assert not node["declared_dead"]
+        assert node["pid"] == pids[node["name"]]
+    assert doc["master"]["pid"] == pids["master"]
+    primaries = [n["primary_slots"] for n in doc["nodes"]]
+    backups = [n["backup_slots"] for n in doc["nodes"]]
+    assert sum(primaries) == NUM_SLOTS
+    assert max(primaries) - min(primaries) <= 1
+    assert sum(backups) == NUM_SLOTS * (shared.rep - 1)
+    assert max(backups) - min(backups) <= shared.rep - 1
+
+
+def test_status_table_for_people(shared: Cluster) -> None:
+    out = shared.run("status").stdout
+    for name in ("server1", "server2", "server3", "alive"):
+        assert name in out
+
+
+def bad_frames() -> list[bytes]:
+    """Frames no kvcluster process may act on: each must be logged as malformed and dropped."""
+    good = encode(Request(1, 1, [Op(OpKind.GET, "k", None, slot_of("k"), 0, 1)]))
+    request = int(MsgType.REQUEST)
+    return [
+        b"",
+        b"\xc1\xc1\xc1",  # 0xc1 is never used in msgpack
+        b"this is not msgpack",
+        good[:-4],  # truncated
+        msgpack.packb({"version": 1}),
+        msgpack.packb([PROTOCOL_VERSION + 98, request, 1, 1, []]),  # wrong version
+        msgpack.packb([PROTOCOL_VERSION, 99]),  # unknown type
+        msgpack.packb([PROTOCOL_VERSION, request, "client", 1, []]),  # wrong-typed field
+        msgpack.packb([PROTOCOL_VERSION, request, 1, 1, [[1, "k", None, 0, 0]]]),  # op with a field missing
+        msgpack.packb([PROTOCOL_VERSION, request, 1, 1]),  # wrong arity
+        msgpack.packb([PROTOCOL_VERSION, request, 1, 1, [[1, b"k", None, slot_of("k"), 0, 1]]]),  # bytes for str
+        encode(Fenced(1)),  # well-formed, but nobody may fence a process over a client socket
+    ]
+
+
+@pytest.fixture
+def dealer() -> Iterator[zmq.Socket[bytes]]:
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        yield sock
+    finally:
+        ctx.destroy(linger=0)
+
+
+def malformed_count(log: str) -> int:
+    return sum("malformed" in line for line in log.splitlines())
+
+
+@pytest.mark.parametrize("target", ["master", "server2"])
+def test_malformed_frames_are_rejected(shared: Cluster, dealer: zmq.Socket[bytes], target: str) -> None:
+    doc = shared.status()
+    endpoint = doc["master"]["endpoint"] if target == "master" else shared.node(target)["endpoint"]
+    before = malformed_count(shared.log(target))
+    dealer.connect(endpoint)
+    frames = bad_frames()
+    for frame in frames:
+        dealer.send(frame)
+    wait_until(
+        lambda: malformed_count(shared.log(target)) >= before + len(frames),
+        message=f"{target} logs every malformed frame",
+    )
+    assert not dealer.poll(100), "a malformed frame got an answer"
+
+    # Every process still serves, including a key whose primary is server2.
+    assert all(same_process_alive(pid, created) for pid, created in shared.started.values())
+    key = next(k for k in (f"after{i}" for i in range(1000)) if replicas_for(slot_of(k), 3, 2)[0] == 2)
+    assert shared.put(key, target) == "server2"
+    assert shared.get(key) == (target, "server2")
+    assert not shared.status()["dead"]
+
+
+def test_status_after_kill_shows_slots_moved(cluster: ClusterLauncher) -> None:
+    c = cluster(nodes=3, rep=2)
+    before = {n["name"]: n for n in c.status()["nodes"]}
+    c.kill("server2")
+    wait_until(lambda: c.declared_dead("server2"), message="server2 listed as dead")
+    doc = c.status()
+    after = {n["name"]: n for n in doc["nodes"]}
+    dead = after["server2"]
+    assert (dead["alive"], dead["process_alive"], dead["declared_dead"]) == (False, False, True)
+    assert (dead["primary_slots"], dead["backup_slots"]) == (0, 0)
+    assert doc["table_version"] > 1
+    assert after["server1"]["primary_slots"] + after["server3"]["primary_slots"] == NUM_SLOTS
+    for name in ("server1", "server3"):
+        assert after[name]["alive"]
+        assert after[name]["primary_slots"] > before[name]["primary_slots"]
+
+    processes = recorded_processes(c.home)
+    c.run("down")
+    wait_until(lambda: all_gone(processes), message="every process of the cluster exits")
+
+
+def test_down_stops_every_process(cluster: ClusterLauncher) -> None:
+    c = cluster(nodes=2, rep=1)
+    processes = recorded_processes(c.home)
+    assert len(processes) == 4
+    out = c.run("down")
+    assert "stopped 4 processes" in out.stderr
+    wait_until(lambda: all_gone(processes), message="every process of the cluster exits")
+    assert not (c.home / "cluster.json").exists()
+    assert "no cluster running" in c.run("status", check=False).stderr
+    assert c.run("down", check=False).returncode == 1
+
+
+@pytest.mark.cluster
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_foreground_up_stops_on_signal(tmp_path: Path, signum: signal.Signals) -> None:
+    home = tmp_path / "home"
+    env = {k: v for k, v in os.environ.items() if k != "KVCLUSTER_HOME"}
+    argv = [sys.executable, "-m", "kvcluster", "up", "--nodes", "2", "--rep", "1", "--home", str(home)]
+    with (tmp_path / "up.out").open("wb") as out:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, env=env)
+    processes: dict[str, tuple[int, float]] = {}
+    try:
+        wait_until(
+            lambda: run_cli("status", "--json", home=home, check=False).returncode == 0, message="the cluster is up"
+        )
+        processes = recorded_processes(home)
+        assert processes["supervisor"][0] == proc.pid
+        assert run_cli("put", "fg", "yes", home=home).stdout.startswith("OK, server")
+
+        proc.send_signal(signum)
+        assert proc.wait(timeout=60) == 0, (tmp_path / "up.out").read_text(errors="replace")
+        wait_until(lambda: all_gone(processes), message="every process of the cluster exits")
+        assert not (home / "cluster.json").exists()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_survivors({**processes, **recorded_processes(home)})
