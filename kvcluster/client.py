@@ -12,6 +12,7 @@ without applying it twice. Every wait is bounded by the call's deadline.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import math
 import random
@@ -254,7 +255,10 @@ class Client:
         return reply
 
     def _ask_master(self, message: TableRequest | StatusRequest, until: float) -> object:
-        self.master.send(encode(message))
+        try:
+            self.master.send(encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            raise ClusterUnavailable(self.address, self.deadline) from None  # requests pile up unanswered
         wanted = Table if isinstance(message, TableRequest) else StatusReport
         while True:
             remaining = until - time.monotonic()
@@ -388,7 +392,9 @@ class _Run:
             client._event(
                 f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})"
             )
-        client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)))
+        # A full queue means the node is not reading: the flight then times out like any unanswered one.
+        with contextlib.suppress(zmq.Again):
+            client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)), zmq.NOBLOCK)
         self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
         self.next_expiry = min(self.next_expiry, now + timeout)
 

@@ -24,6 +24,7 @@ they all hold it, so backups never diverge from the primary they follow.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
@@ -192,13 +193,19 @@ class StorageNode:
                 log.warning("%s rejected a malformed message: %s", self.name, exc)
 
     def _send_master(self, message: Message) -> None:
-        self.master.send(encode(message))
+        # With the master gone its queue fills up: drop the message rather than block the loop (a late heartbeat
+        # is worth nothing anyway).
+        with contextlib.suppress(zmq.Again):
+            self.master.send(encode(message), zmq.NOBLOCK)
 
     def _peer(self, node_id: int) -> zmq.Socket[bytes]:
         sock = self.peers.get(node_id)
         if sock is None:
             assert self.table is not None
             sock = self.ctx.socket(zmq.DEALER)
+            # Replication must never block the loop (two nodes blocked sending to each other would deadlock);
+            # what is queued is bounded by the requests clients have in flight.
+            sock.setsockopt(zmq.SNDHWM, 0)
             sock.connect(self.table.endpoint(node_id))
             self.poller.register(sock, zmq.POLLIN)
             self.peers[node_id] = sock
