@@ -55,6 +55,7 @@ from kvcluster.protocol import (
 )
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
+RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
 MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
 REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
@@ -436,13 +437,15 @@ class _Run:
                     self._finish(index, OpResult(completion, result.value, reply.node_id, now - self.first_sent[index]))
                 case Status.RETRY:
                     self.delayed.append((now + RETRY_DELAY, index))
+                    # A node that keeps saying "retry" may be waiting for a master that is gone: ask it too.
+                    refresh = refresh or self.attempts[index] >= RETRIES_BEFORE_REFRESH
                 case Status.NOT_PRIMARY:
                     refresh = True
                     self.delayed.append((now, index))
                 case _:
                     self._finish(index, OpResult(Completion.INVALID, None, reply.node_id))
         if refresh:
-            self.client._event(f"{node_name(flight.node_id)} is no longer primary; refreshing table")
+            self.client._event(f"{node_name(flight.node_id)} cannot serve now; refreshing table")
             self._refresh()
 
     def _expire(self, now: float) -> None:

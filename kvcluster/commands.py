@@ -267,7 +267,7 @@ def _status_table(doc: dict[str, Any]) -> Any:
     master = doc["master"]
     title = (
         f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
-        f"rep {doc['rep']}, table version {doc['table_version']}"
+        f"rep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
     )
     table = Table(title=title, caption="primary, backup: slots held in each role")
     for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
