@@ -2,8 +2,7 @@
 
 Every benchmark starts its own cluster (a ``Supervisor`` in a temporary state
 directory) and always stops it, whatever happens. Load comes from separate
-client processes (``multiprocessing`` with the "spawn" context, so each one
-builds its own ZeroMQ context and ``Client``), released together by a barrier
+client processes (a ``workers.ClientPool``), released together by a barrier
 so the measured wall time covers the concurrent phase only. Clocks are
 ``time.monotonic``, which is one clock for every process on Linux, so
 timestamps taken in different processes can be compared.
@@ -23,23 +22,21 @@ import platform
 import signal
 import statistics
 import time
-import traceback
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple, TypeVar
 
 import typer
 
 from kvcluster.errors import KvclusterError, UsageError
+from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
 
 if TYPE_CHECKING:
-    from multiprocessing.context import SpawnContext
-    from multiprocessing.synchronize import Barrier
-
     from rich.console import Console, RenderableType
     from rich.progress import Progress, TaskID
+    from rich.table import Table
 
     from kvcluster.client import Client, Completion, OpResult
     from kvcluster.protocol import OpKind
@@ -49,7 +46,6 @@ PRELOAD_BATCH = 64  # ops per message when filling a cluster before measuring
 PRELOAD_WINDOW = 16
 CLIENT_DEADLINE = 30.0  # seconds one ``execute`` call may take under full load
 CLIENT_TRY_TIMEOUT = 2.0  # a loaded node answers late, not never: resending early only adds load
-START_BARRIER_TIMEOUT = 120.0  # spawning clients on a busy machine takes a while
 SETTLE_TIMEOUT = 15.0  # nodes report key counts every heartbeat; this bounds the wait for them
 FAILOVER_KILL_AFTER = 2.0  # seconds of steady load before the kill
 FAILOVER_KEYS_PER_GROUP = 40
@@ -151,20 +147,6 @@ def _cluster(nodes: int, rep: int) -> Iterator[tuple[Supervisor, ClusterState]]:
                 supervisor.stop()
             finally:
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, stop_signals)
-
-
-@contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt`` so every ``finally`` (cluster stop, client reaping) runs."""
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
 
 
 def _check_shape(nodes: int, reps: Sequence[int]) -> None:
@@ -293,41 +275,34 @@ def _load_ops(job: LoadJob) -> list[tuple[OpKind, str, str | None]]:
     return ops
 
 
-def _load_worker(job: LoadJob, barrier: Barrier, queue: Any) -> None:
-    """Entry point of a throughput client process: wait for the barrier, run the share, report."""
-    _leave_interrupts_to_parent()
-    try:
-        from array import array  # noqa: PLC0415
+def _load_worker(job: LoadJob, worker: Worker) -> LoadOutcome:
+    """Entry point of a throughput client process: wait for the release, run the share, report."""
+    from array import array  # noqa: PLC0415
 
-        from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Client, Completion  # noqa: PLC0415
 
-        ops = _load_ops(job)
-        latencies = array("d")
-        failures: dict[str, int] = {}
-        completed = 0
-        with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
-            client.refresh_table()
+    ops = _load_ops(job)
+    latencies = array("d")
+    failures: dict[str, int] = {}
+    completed = 0
+    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+        client.refresh_table()
 
-            def tally(part: list[OpResult]) -> None:
-                nonlocal completed
-                for result in part:
-                    if result.completion in (Completion.OK, Completion.NOT_FOUND):
-                        completed += 1
-                        latencies.append(result.latency)
-                    else:
-                        failures[result.completion.value] = failures.get(result.completion.value, 0) + 1
-                queue.put(("progress", job.index, len(part)))
+        def tally(part: list[OpResult]) -> None:
+            nonlocal completed
+            for result in part:
+                if result.completion in (Completion.OK, Completion.NOT_FOUND):
+                    completed += 1
+                    latencies.append(result.latency)
+                else:
+                    failures[result.completion.value] = failures.get(result.completion.value, 0) + 1
+            worker.progress(len(part))
 
-            barrier.wait(START_BARRIER_TIMEOUT)
-            started, cpu_started = time.monotonic(), time.process_time()
-            _execute_chunked(client, ops, job.batch, job.window, tally)
-            ended, cpu = time.monotonic(), time.process_time() - cpu_started
-        outcome = LoadOutcome(job.index, started, ended, completed, failures, latencies.tobytes(), cpu)
-        queue.put(("done", job.index, outcome))
-    except BaseException:
-        barrier.abort()
-        queue.put(("error", job.index, traceback.format_exc()))
-        raise
+        worker.wait_for_release()
+        started, cpu_started = time.monotonic(), time.process_time()
+        _execute_chunked(client, ops, job.batch, job.window, tally)
+        ended, cpu = time.monotonic(), time.process_time() - cpu_started
+    return LoadOutcome(job.index, started, ended, completed, failures, latencies.tobytes(), cpu)
 
 
 @dataclass(frozen=True)
@@ -346,7 +321,7 @@ class FailoverJob:
 OpRecord = tuple[str, bool, float, float, str, str | None, int]
 
 
-def _failover_worker(job: FailoverJob, barrier: Barrier, queue: Any) -> None:
+def _failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
     """Entry point of a failover client process.
 
     Each round issues one operation per owned key, all in flight at once, and
@@ -354,132 +329,44 @@ def _failover_worker(job: FailoverJob, barrier: Barrier, queue: Any) -> None:
     written by this process alone, one put at a time, so the last acknowledged
     value of every key is well defined.
     """
-    _leave_interrupts_to_parent()
-    try:
-        import random  # noqa: PLC0415
+    import random  # noqa: PLC0415
 
-        from kvcluster.client import Client, Completion  # noqa: PLC0415
-        from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.protocol import OpKind  # noqa: PLC0415
 
-        rng = random.Random(job.seed)
-        records: list[OpRecord] = []
-        seq = 0
-        with Client(job.master, deadline=FAILOVER_DEADLINE) as client:
-            client.refresh_table()
-            barrier.wait(START_BARRIER_TIMEOUT)
-            stop_at = time.monotonic() + job.duration
-            while time.monotonic() < stop_at:
-                ops: list[tuple[OpKind, str, str | None]] = []
-                for key in job.keys:
-                    seq += 1
-                    put = rng.random() < 0.5
-                    ops.append((OpKind.PUT, key, f"c{job.index}-{seq}") if put else (OpKind.GET, key, None))
-                round_start = time.monotonic()
-                results = client.execute(ops, window=len(ops))
-                round_end = time.monotonic()
-                for (kind, key, value), result in zip(ops, results, strict=True):
-                    done = result.completion in (Completion.OK, Completion.NOT_FOUND)
-                    # Every op of a round is sent at once, so its own latency dates its answer.
-                    end = round_start + result.latency if done else round_end
-                    put = kind == OpKind.PUT
-                    records.append(
-                        (
-                            key,
-                            put,
-                            round_start,
-                            end,
-                            result.completion.value,
-                            value if put else result.value,
-                            result.node_id,
-                        )
+    rng = random.Random(job.seed)
+    records: list[OpRecord] = []
+    seq = 0
+    with Client(job.master, deadline=FAILOVER_DEADLINE) as client:
+        client.refresh_table()
+        worker.wait_for_release()
+        stop_at = time.monotonic() + job.duration
+        while time.monotonic() < stop_at:
+            ops: list[tuple[OpKind, str, str | None]] = []
+            for key in job.keys:
+                seq += 1
+                put = rng.random() < 0.5
+                ops.append((OpKind.PUT, key, f"c{job.index}-{seq}") if put else (OpKind.GET, key, None))
+            round_start = time.monotonic()
+            results = client.execute(ops, window=len(ops))
+            round_end = time.monotonic()
+            for (kind, key, value), result in zip(ops, results, strict=True):
+                done = result.completion in (Completion.OK, Completion.NOT_FOUND)
+                # Every op of a round is sent at once, so its own latency dates its answer.
+                end = round_start + result.latency if done else round_end
+                put = kind == OpKind.PUT
+                records.append(
+                    (
+                        key,
+                        put,
+                        round_start,
+                        end,
+                        result.completion.value,
+                        value if put else result.value,
+                        result.node_id,
                     )
-        queue.put(("done", job.index, records))
-    except BaseException:
-        barrier.abort()
-        queue.put(("error", job.index, traceback.format_exc()))
-        raise
-
-
-def _leave_interrupts_to_parent() -> None:
-    """Ctrl-C reaches the whole process group; the parent stops its clients itself, without their tracebacks."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-
-
-class ClientPool:
-    """Client processes started together and released by one barrier (the parent is its last party)."""
-
-    def __init__(self, target: Callable[..., None], jobs: Sequence[LoadJob] | Sequence[FailoverJob]) -> None:
-        import multiprocessing  # noqa: PLC0415
-
-        self.ctx: SpawnContext = multiprocessing.get_context("spawn")
-        self.barrier = self.ctx.Barrier(len(jobs) + 1)
-        self.queue = self.ctx.Queue()
-        self.procs = [
-            self.ctx.Process(target=target, args=(job, self.barrier, self.queue), daemon=True) for job in jobs
-        ]
-        self.results: dict[int, Any] = {}
-
-    def __enter__(self) -> ClientPool:
-        for proc in self.procs:
-            proc.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        self.queue.close()
-
-    def release(self) -> float:
-        """Wait until every client is ready, release them all, and return the release time."""
-        import threading  # noqa: PLC0415
-
-        try:
-            self.barrier.wait(START_BARRIER_TIMEOUT)
-        except threading.BrokenBarrierError:
-            self._raise_reported_error("a client process failed to start")
-        return time.monotonic()
-
-    def collect(self, on_progress: Advance | None = None) -> dict[int, Any]:
-        """Read the queue until every client has reported its result; a failed client fails the benchmark."""
-        import queue as queue_module  # noqa: PLC0415
-
-        while len(self.results) < len(self.procs):
-            try:
-                kind, index, payload = self.queue.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [p for i, p in enumerate(self.procs) if i not in self.results and not p.is_alive()]
-                if dead:
-                    self._raise_reported_error(f"a client process exited with code {dead[0].exitcode}")
-                continue
-            if kind == "progress" and on_progress is not None:
-                on_progress(payload)
-            elif kind == "done":
-                self.results[index] = payload
-            elif kind == "error":
-                raise BenchmarkError(f"client process {index} failed: {_last_line(payload)}")
-        return self.results
-
-    def _raise_reported_error(self, fallback: str) -> None:
-        import queue as queue_module  # noqa: PLC0415
-
-        try:
-            while True:
-                kind, index, payload = self.queue.get(timeout=2.0)
-                if kind == "error":
-                    raise BenchmarkError(f"client process {index} failed: {_last_line(payload)}")
-        except queue_module.Empty:
-            raise BenchmarkError(fallback) from None
-
-
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else text
+                )
+    return records
 
 
 # --- throughput ---
@@ -554,7 +441,7 @@ def measure_load(
     with ClientPool(_load_worker, jobs) as pool:
         cluster_cpu = -_cpu_seconds(cluster_pids)
         pool.release()
-        outcomes: list[LoadOutcome] = list(pool.collect(advance).values())
+        outcomes = pool.collect(advance)
         cluster_cpu += _cpu_seconds(cluster_pids)
     latencies = array("d")
     failures: dict[str, int] = {}
@@ -638,22 +525,31 @@ def _throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
     return table
 
 
-def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
-    import plotext as plt  # noqa: PLC0415
+def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
+    """The throughput table, followed by a line for each run where operations failed or nodes were declared dead."""
+    from rich.console import Group  # noqa: PLC0415
 
+    problems: list[str] = []
+    for run in runs:
+        where = f"rep {run.rep}, {run.mode.label}"
+        if run.failed:
+            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
+            problems.append(f"[bold red]{where}: {run.failed} ops did not complete ({kinds})[/]")
+        if run.dead_nodes:
+            problems.append(f"[bold red]{where}: the master declared {', '.join(run.dead_nodes)} dead under load[/]")
+    return Group(_throughput_table(runs), *problems)
+
+
+def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
     modes = _modes(runs)
     reps = sorted({r.rep for r in runs})
     labels = [f"rep {rep}" for rep in reps]
     series = [[_ops_per_s(runs, rep, mode) for rep in reps] for mode in modes]
-    plt.clear_figure()
-    if len(series) == 1:
-        plt.bar(labels, series[0])
-    else:
-        plt.multiple_bar(labels, series, labels=[mode.label for mode in modes])
-    plt.title("Throughput (ops/s) against replicas")
-    plt.plotsize(70, 20)
-    plt.theme("clear")
-    plt.show()
+    with _terminal_chart("Throughput (ops/s) against replicas") as plt:
+        if len(series) == 1:
+            plt.bar(labels, series[0])
+        else:
+            plt.multiple_bar(labels, series, labels=[mode.label for mode in modes])
 
 
 class Mode(NamedTuple):
@@ -760,14 +656,8 @@ def _balance_table(result: Balance) -> RenderableType:
 
 
 def _plot_balance(result: Balance) -> None:
-    import plotext as plt  # noqa: PLC0415
-
-    plt.clear_figure()
-    plt.bar(list(result.counts), list(result.counts.values()))
-    plt.title(f"Keys per node ({result.keys} keys, rep {result.rep})")
-    plt.plotsize(70, 20)
-    plt.theme("clear")
-    plt.show()
+    with _terminal_chart(f"Keys per node ({result.keys} keys, rep {result.rep})") as plt:
+        plt.bar(list(result.counts), list(result.counts.values()))
 
 
 # --- failover ---
@@ -817,11 +707,11 @@ def run_failover(*, nodes: int, rep: int, duration: float, progress: Progress) -
             kill_node(state, node_name(victim))
             _sleep_with_progress(progress, task, released, released + duration)
             progress.update(task, description="failover: finishing the last round")
-            records: dict[int, list[OpRecord]] = pool.collect()
+            records = pool.collect()
         supervisor.reap()
         progress.update(task, description="failover: reading every key back", completed=duration)
         final = _get_all(state.master_endpoint, all_keys)
-    by_group = {job.group: records[job.index] for job in jobs}
+    by_group = {job.group: job_records for job, job_records in zip(jobs, records, strict=True)}
     return _failover_result(node_name(victim), victim, nodes, rep, duration, released, kill_t, by_group, preload, final)
 
 
@@ -972,14 +862,20 @@ def _timeline(by_group: dict[str, list[OpRecord]], released: float, duration: fl
     return timeline
 
 
-def _failover_table(result: Failover) -> RenderableType:
+def measure_table(title: str) -> Table:
+    """A two-column table of named measures and their values, the shape of every single-run summary."""
     from rich.table import Table  # noqa: PLC0415
 
-    table = Table(
-        title=f"Failover: SIGKILL {result.killed} at {result.kill_t:.2f} s ({result.nodes} nodes, rep {result.rep})"
-    )
+    table = Table(title=title)
     table.add_column("measure")
     table.add_column("value", justify="right")
+    return table
+
+
+def _failover_table(result: Failover) -> RenderableType:
+    table = measure_table(
+        f"Failover: SIGKILL {result.killed} at {result.kill_t:.2f} s ({result.nodes} nodes, rep {result.rep})"
+    )
     table.add_row(
         "keys (victim primary / backup / unrelated)",
         " / ".join(str(result.keys.get(g, 0)) for g in ("primary", "backup", "unrelated")),
@@ -1002,17 +898,12 @@ def _ms_pair(pair: dict[str, float | None]) -> str:
 
 
 def _plot_failover(result: Failover) -> None:
-    import plotext as plt  # noqa: PLC0415
-
     per_second = 1 / TIMELINE_BIN
-    plt.clear_figure()
-    plt.plot([p["t"] for p in result.timeline], [p["ops"] * per_second for p in result.timeline])
-    plt.vline(result.kill_t, "red")
-    plt.title(f"ops/s per {TIMELINE_BIN * 1000:.0f} ms; {result.killed} killed at {result.kill_t:.2f} s (red line)")
-    plt.xlabel("seconds")
-    plt.plotsize(80, 20)
-    plt.theme("clear")
-    plt.show()
+    title = f"ops/s per {TIMELINE_BIN * 1000:.0f} ms; {result.killed} killed at {result.kill_t:.2f} s (red line)"
+    with _terminal_chart(title, width=80) as plt:
+        plt.plot([p["t"] for p in result.timeline], [p["ops"] * per_second for p in result.timeline])
+        plt.vline(result.kill_t, "red")
+        plt.xlabel("seconds")
 
 
 # --- output ---
@@ -1035,6 +926,36 @@ def _console() -> Console:
     from rich.console import Console  # noqa: PLC0415
 
     return Console()
+
+
+@contextmanager
+def _terminal_chart(title: str, width: int = 70) -> Iterator[Any]:
+    """plotext, cleared for a new chart, which is drawn in the terminal on the way out."""
+    import plotext as plt  # noqa: PLC0415
+
+    plt.clear_figure()
+    yield plt
+    plt.title(title)
+    plt.plotsize(width, 20)
+    plt.theme("clear")
+    plt.show()
+
+
+@contextmanager
+def _png_chart(path: Path, width: float = 7) -> Iterator[Any]:
+    """The axes of a new matplotlib figure (no display needed), saved to ``path`` as PNG on the way out."""
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(width, 4.2), dpi=120)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
 
 
 def _to_json(value: Any) -> Any:
@@ -1111,78 +1032,54 @@ QUICK_SIZES = ReportSizes(2_000, 500, 3, (1, 2, 3), (Mode(1, 32), Mode(16, 8)), 
 
 
 def _chart_throughput(runs: Sequence[ThroughputRun], path: Path) -> None:
-    import matplotlib as mpl  # noqa: PLC0415
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     modes = _modes(runs)
     reps = sorted({r.rep for r in runs})
     width = 0.8 / len(modes)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    for i, mode in enumerate(modes):
-        values = [_ops_per_s(runs, rep, mode) for rep in reps]
-        xs = [x + (i - (len(modes) - 1) / 2) * width for x in range(len(reps))]
-        bars = ax.bar(xs, values, width, label=mode.label)
-        ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-    ax.set_xticks(range(len(reps)), [f"{rep}" for rep in reps])
-    ax.set_xlabel("replicas")
-    ax.set_ylabel("ops/s")
-    ax.set_title(f"Throughput, {runs[0].ops:,} ops (50/50 get/put), {runs[0].nodes} nodes")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _png_chart(path) as ax:
+        for i, mode in enumerate(modes):
+            values = [_ops_per_s(runs, rep, mode) for rep in reps]
+            xs = [x + (i - (len(modes) - 1) / 2) * width for x in range(len(reps))]
+            bars = ax.bar(xs, values, width, label=mode.label)
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(reps)), [f"{rep}" for rep in reps])
+        ax.set_xlabel("replicas")
+        ax.set_ylabel("ops/s")
+        ax.set_title(f"Throughput, {runs[0].ops:,} ops (50/50 get/put), {runs[0].nodes} nodes")
+        ax.legend()
 
 
 def _chart_balance(result: Balance, path: Path) -> None:
-    import matplotlib as mpl  # noqa: PLC0415
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     mean = sum(result.counts.values()) / len(result.counts)
-    fig, ax = plt.subplots(figsize=(7, 4.2), dpi=120)
-    bars = ax.bar(list(result.counts), list(result.counts.values()), color="tab:green")
-    ax.bar_label(bars, labels=[f"{v:,}" for v in result.counts.values()], fontsize=8)
-    ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:,.0f}")
-    ax.set_ylabel("keys")
-    ax.set_title(f"Keys per node: {result.keys:,} puts, {result.nodes} nodes, rep {result.rep}")
-    ax.legend(loc="lower right")
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _png_chart(path) as ax:
+        bars = ax.bar(list(result.counts), list(result.counts.values()), color="tab:green")
+        ax.bar_label(bars, labels=[f"{v:,}" for v in result.counts.values()], fontsize=8)
+        ax.axhline(mean, color="black", linestyle="--", linewidth=1, label=f"mean {mean:,.0f}")
+        ax.set_ylabel("keys")
+        ax.set_title(f"Keys per node: {result.keys:,} puts, {result.nodes} nodes, rep {result.rep}")
+        ax.legend(loc="lower right")
 
 
 def _chart_failover(result: Failover, path: Path) -> None:
-    import matplotlib as mpl  # noqa: PLC0415
-
-    mpl.use("Agg")
-    import matplotlib.pyplot as plt  # noqa: PLC0415
-
     per_second = 1 / TIMELINE_BIN
     ts = [p["t"] for p in result.timeline]
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=120)
     bottom = [0.0] * len(ts)
     names = {
         "primary": f"keys {result.killed} was primary for",
         "backup": f"keys {result.killed} was a backup for",
         "unrelated": "other keys",
     }
-    for group, label in names.items():
-        if group not in result.timeline[0]:
-            continue
-        values = [p[group] * per_second for p in result.timeline]
-        ax.bar(ts, values, TIMELINE_BIN, bottom=bottom, align="edge", label=label)
-        bottom = [b + v for b, v in zip(bottom, values, strict=True)]
-    ax.axvline(result.kill_t, color="red", linestyle="--", label=f"SIGKILL {result.killed}")
-    ax.set_xlabel("seconds since the load started")
-    ax.set_ylabel(f"successful ops/s (per {TIMELINE_BIN * 1000:.0f} ms)")
-    ax.set_title(f"Failover under load: {result.nodes} nodes, rep {result.rep}")
-    ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
+    with _png_chart(path, width=8) as ax:
+        for group, label in names.items():
+            if group not in result.timeline[0]:
+                continue
+            values = [p[group] * per_second for p in result.timeline]
+            ax.bar(ts, values, TIMELINE_BIN, bottom=bottom, align="edge", label=label)
+            bottom = [b + v for b, v in zip(bottom, values, strict=True)]
+        ax.axvline(result.kill_t, color="red", linestyle="--", label=f"SIGKILL {result.killed}")
+        ax.set_xlabel("seconds since the load started")
+        ax.set_ylabel(f"successful ops/s (per {TIMELINE_BIN * 1000:.0f} ms)")
+        ax.set_title(f"Failover under load: {result.nodes} nodes, rep {result.rep}")
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=4, frameon=False)
 
 
 def write_report(
@@ -1370,6 +1267,28 @@ Plot = Annotated[bool, typer.Option("--plot", help="Draw a chart in the terminal
 Nodes = Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes in the cluster.")]
 
 
+Result = TypeVar("Result")
+
+
+def _run_benchmark(
+    run: Callable[[Progress], Result],
+    table: Callable[[Result], RenderableType],
+    chart: Callable[[Result], None],
+    to_json: Callable[[Result], Any],
+    *,
+    plot: bool,
+    json_out: Path | None,
+) -> Result:
+    """Run a benchmark under a progress bar, then print its table, draw its chart if asked and write its JSON."""
+    with interrupt_on_sigterm(), _progress() as progress:
+        result = run(progress)
+    _console().print(table(result))
+    if plot:
+        chart(result)
+    _write_json(json_out, to_json(result))
+    return result
+
+
 def throughput_command(
     ops: Annotated[int, typer.Option("--ops", min=1, help="Operations per measured run.")] = 200_000,
     nodes: Nodes = 7,
@@ -1395,8 +1314,8 @@ def throughput_command(
     rep_list = _int_list(reps, "--reps")
     modes = _modes_of(_int_list(batch, "--batch"), _int_list(window, "--window"))
     _check_shape(nodes, rep_list)
-    with _interrupt_on_sigterm(), _progress() as progress:
-        runs = run_throughput(
+    _run_benchmark(
+        lambda progress: run_throughput(
             ops=ops,
             nodes=nodes,
             reps=rep_list,
@@ -1405,19 +1324,13 @@ def throughput_command(
             clients=clients,
             modes=modes,
             progress=progress,
-        )
-    console = _console()
-    console.print(_throughput_table(runs))
-    for run in runs:
-        if run.failed:
-            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
-            console.print(f"[bold red]rep {run.rep}, {run.mode.label}: {run.failed} ops did not complete ({kinds})[/]")
-        if run.dead_nodes:
-            dead = ", ".join(run.dead_nodes)
-            console.print(f"[bold red]rep {run.rep}, {run.mode.label}: the master declared {dead} dead under load[/]")
-    if plot:
-        _plot_throughput(runs)
-    _write_json(json_out, throughput_json(runs))
+        ),
+        _throughput_summary,
+        _plot_throughput,
+        throughput_json,
+        plot=plot,
+        json_out=json_out,
+    )
 
 
 def balance_command(
@@ -1429,12 +1342,14 @@ def balance_command(
 ) -> None:
     """Keys per node after many puts, against the spread of ideal random placement."""
     _check_shape(nodes, [rep])
-    with _interrupt_on_sigterm(), _progress() as progress:
-        result = run_balance(keys=keys, nodes=nodes, rep=rep, progress=progress)
-    _console().print(_balance_table(result))
-    if plot:
-        _plot_balance(result)
-    _write_json(json_out, _to_json(result))
+    _run_benchmark(
+        lambda progress: run_balance(keys=keys, nodes=nodes, rep=rep, progress=progress),
+        _balance_table,
+        _plot_balance,
+        _to_json,
+        plot=plot,
+        json_out=json_out,
+    )
 
 
 def failover_command(
@@ -1453,12 +1368,14 @@ def failover_command(
     if nodes < 2:
         raise UsageError("failover needs at least 2 nodes")
     _check_shape(nodes, [rep])
-    with _interrupt_on_sigterm(), _progress() as progress:
-        result = run_failover(nodes=nodes, rep=rep, duration=duration, progress=progress)
-    _console().print(_failover_table(result))
-    if plot:
-        _plot_failover(result)
-    _write_json(json_out, _to_json(result))
+    result = _run_benchmark(
+        lambda progress: run_failover(nodes=nodes, rep=rep, duration=duration, progress=progress),
+        _failover_table,
+        _plot_failover,
+        _to_json,
+        plot=plot,
+        json_out=json_out,
+    )
     if result.lost_acked_writes:
         raise BenchmarkError(f"{result.lost_acked_writes} acknowledged writes were lost")
 
@@ -1473,7 +1390,7 @@ def report_command(
 ) -> None:
     """Run every benchmark at the assignment's sizes and write a Markdown report with PNG charts."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
-    with _interrupt_on_sigterm(), _progress() as progress:
+    with interrupt_on_sigterm(), _progress() as progress:
         runs = run_throughput(
             ops=sizes.ops,
             nodes=sizes.nodes,

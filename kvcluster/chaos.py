@@ -45,7 +45,6 @@ import signal
 import statistics
 import tempfile
 import time
-import traceback
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -59,10 +58,9 @@ from kvcluster.errors import KvclusterError, UsageError
 from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.placement import NUM_SLOTS, node_name, replicas_for, slot_of
 from kvcluster.protocol import Timing
+from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
 
 if TYPE_CHECKING:
-    from multiprocessing.synchronize import Barrier
-
     from kvcluster.client import Client
     from kvcluster.supervisor import ClusterState, ProcessInfo, Supervisor
 
@@ -83,14 +81,11 @@ STALL_SHARE = 0.3  # chance that the next fault is a stall (when one is safe)
 DOUBLE_KILL_GAP = (0.05, 0.25)  # seconds between the two kills of a double kill
 FAULT_TAIL = 3.0  # no fault starts this close to the end, so its recovery is observed
 REAP_INTERVAL = 0.05
+# The load must not starve the cluster it tests: a node that misses heartbeats
+# for want of CPU is declared dead, a fault nobody scheduled.
 CLIENT_NICENESS = 10
-BARRIER_TIMEOUT = 120.0  # spawning client processes on a busy machine takes a while
 COLLECT_GRACE = 60.0  # after the run, how long the clients may take to hand over their histories
 HISTORY_FILE = "history.jsonl"  # in the state directory, after a run that is not linearizable
-
-
-class ChaosError(KvclusterError):
-    """A chaos run could not run to the end (a client process failed)."""
 
 
 # --- results ---
@@ -186,26 +181,15 @@ class _CountingRecorder(HistoryRecorder):
         self.count += 1
 
 
-def _client_process(job: ClientJob, barrier: Barrier, queue: Any) -> None:
-    """Entry point of a client process: wait for the barrier, run the load, hand over the history."""
-    # Ctrl-C reaches the whole process group; the parent stops its clients itself.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        queue.put(("done", job.index, _run_client(job, barrier)))
-    except BaseException:
-        barrier.abort()
-        queue.put(("error", job.index, traceback.format_exc()))
-        raise
-
-
-def _run_client(job: ClientJob, barrier: Barrier) -> list[dict[str, object]]:
+def _run_client(job: ClientJob, worker: Worker) -> list[dict[str, object]]:
+    """Entry point of a client process: wait for the release, run the load, hand over the history."""
     from kvcluster.client import Client  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     recorder = _CountingRecorder()
     with Client(job.master, deadline=CLIENT_DEADLINE, recorder=recorder) as client:
         client.refresh_table()
-        barrier.wait(BARRIER_TIMEOUT)
+        worker.wait_for_release()
         stop_at = time.monotonic() + job.duration
         seq = 0
         while time.monotonic() < stop_at:
@@ -233,87 +217,6 @@ def _attempt(client: Client, recorder: _CountingRecorder, key: str, value: str |
             # answer from the master) may still have let a put through.
             kind, outcome = (OpKind.GET, Outcome.FAILED) if value is None else (OpKind.PUT, Outcome.UNKNOWN)
             recorder.record(Operation(client.client_id, kind, key, value, invoked, time.monotonic(), outcome))
-
-
-class _ClientPool:
-    """Client processes started together and released by one barrier (the parent is its last party)."""
-
-    def __init__(self, jobs: Sequence[ClientJob]) -> None:
-        import multiprocessing  # noqa: PLC0415
-
-        ctx = multiprocessing.get_context("spawn")
-        self.barrier = ctx.Barrier(len(jobs) + 1)
-        self.queue = ctx.Queue()
-        self.procs = [
-            ctx.Process(target=_client_process, args=(job, self.barrier, self.queue), daemon=True) for job in jobs
-        ]
-
-    def __enter__(self) -> _ClientPool:
-        for proc in self.procs:
-            proc.start()
-            # The load must not starve the cluster it tests: a node that misses heartbeats
-            # for want of CPU is declared dead, a fault nobody scheduled.
-            assert proc.pid is not None
-            os.setpriority(os.PRIO_PROCESS, proc.pid, CLIENT_NICENESS)
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        self.queue.close()
-
-    def release(self) -> float:
-        """Wait until every client is ready, release them all, and return the release time."""
-        import threading  # noqa: PLC0415
-
-        try:
-            self.barrier.wait(BARRIER_TIMEOUT)
-        except threading.BrokenBarrierError:
-            self._fail_with_reported_error("a client process failed to start")
-        return time.monotonic()
-
-    def collect(self, timeout: float) -> list[Operation]:
-        """Every client's history, merged; a failed client fails the run."""
-        import queue as queue_module  # noqa: PLC0415
-
-        histories: dict[int, list[dict[str, object]]] = {}
-        deadline = time.monotonic() + timeout
-        while len(histories) < len(self.procs):
-            if time.monotonic() > deadline:
-                raise ChaosError(f"client processes did not report within {timeout:g} s")
-            try:
-                kind, index, payload = self.queue.get(timeout=1.0)
-            except queue_module.Empty:
-                dead = [p for i, p in enumerate(self.procs) if i not in histories and not p.is_alive()]
-                if dead:
-                    self._fail_with_reported_error(f"a client process exited with code {dead[0].exitcode}")
-                continue
-            if kind == "error":
-                raise ChaosError(f"client process {index} failed: {_last_line(payload)}")
-            histories[index] = payload
-        return [Operation.from_json(record) for index in sorted(histories) for record in histories[index]]
-
-    def _fail_with_reported_error(self, fallback: str) -> None:
-        import queue as queue_module  # noqa: PLC0415
-
-        try:
-            while True:
-                kind, index, payload = self.queue.get(timeout=2.0)
-                if kind == "error":
-                    raise ChaosError(f"client process {index} failed: {_last_line(payload)}")
-        except queue_module.Empty:
-            raise ChaosError(fallback) from None
-
-
-def _last_line(text: str) -> str:
-    lines = text.strip().splitlines()
-    return lines[-1] if lines else text
 
 
 # --- keys and placement ---
@@ -604,13 +507,17 @@ def _run_cluster(
             )
             for i in range(shape.clients)
         ]
-        with _ClientPool(jobs) as pool, Client(state.master_endpoint, deadline=1.0) as observer:
+        with (
+            ClientPool(_run_client, jobs, niceness=CLIENT_NICENESS) as pool,
+            Client(state.master_endpoint, deadline=1.0) as observer,
+        ):
             say(f"starting {shape.clients} client processes")
             injector.released = pool.release()
             say(f"load on keys {', '.join(shape.keys)} for {shape.duration:g} s")
             _inject_until(schedule, injector, observer, injector.released + shape.duration, on_tick)
-            history = pool.collect(CLIENT_DEADLINE + COLLECT_GRACE)
+            histories = pool.collect(timeout=CLIENT_DEADLINE + COLLECT_GRACE)
             declared = _declared_dead(observer)
+        history = [Operation.from_json(record) for records in histories for record in records]
         targeted = {n for f in injector.faults if f.kind in FATAL_KINDS for n in _ids(f.nodes)}
         return _Run(history, injector.faults, injector.released, declared - targeted, declared - injector.exited())
     finally:
@@ -776,32 +683,16 @@ def _check_options(nodes: int, rep: int, clients: int, keys: int, duration: floa
         raise UsageError(f"--duration must be positive, got {duration:g}")
 
 
-@contextmanager
-def _interrupt_on_sigterm() -> Iterator[None]:
-    """Turn SIGTERM into ``KeyboardInterrupt`` so the cluster is stopped on the way out."""
-
-    def interrupt(_signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt
-
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def _ms(value: float | None) -> str:
     return "-" if value is None else f"{value:,.0f} ms"
 
 
 def _summary_table(report: ChaosReport) -> Any:
-    from rich.table import Table  # noqa: PLC0415
+    from kvcluster.bench import measure_table  # noqa: PLC0415
 
-    table = Table(
-        title=f"chaos: {report.nodes} nodes, {report.rep} replicas, {report.clients} clients, {report.duration_s:g} s"
+    table = measure_table(
+        f"chaos: {report.nodes} nodes, {report.rep} replicas, {report.clients} clients, {report.duration_s:g} s"
     )
-    table.add_column("measure")
-    table.add_column("value", justify="right")
     verdict = {"linearizable": "[bold green]linearizable[/]", "violation": "[bold red]NOT LINEARIZABLE[/]"}
     table.add_row("verdict", verdict.get(report.verdict, f"[bold yellow]{report.verdict}[/]"))
     table.add_row("seed", str(report.seed))
@@ -865,7 +756,7 @@ def chaos_command(
     console = Console()
     console.print(f"chaos seed {seed} (replay with: kvcluster bench chaos --seed {seed})")
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
-    with _interrupt_on_sigterm(), Progress(*columns, console=console, transient=True) as progress:
+    with interrupt_on_sigterm(), Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("load and faults", total=duration)
         report = run_chaos(
             nodes=nodes,

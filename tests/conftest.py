@@ -1,4 +1,4 @@
-"""Shared fixtures: real kvcluster clusters driven through the CLI, and polling.
+"""Shared fixtures: real kvcluster clusters driven through the CLI, polling, and a raw socket to send them frames.
 
 A cluster is started with ``python -m kvcluster up -d`` in its own state
 directory under pytest's tmp path and is always torn down: ``kvcluster down``
@@ -24,6 +24,7 @@ from typing import Any, TypeVar
 
 import psutil
 import pytest
+import zmq
 
 COMMAND_TIMEOUT = 60.0  # seconds any single CLI command may take before the test fails
 # put/get deadline: generous, so a failover on a busy machine is waited out rather than reported as a timeout
@@ -213,3 +214,15 @@ def module_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster
         yield launcher
     finally:
         launcher.close()
+
+
+@pytest.fixture
+def dealer() -> Iterator[zmq.Socket[bytes]]:
+    """A DEALER socket of its own ZeroMQ context, for sending frames straight to a master or node."""
+    ctx = zmq.Context()
+    sock = ctx.socket(zmq.DEALER)
+    sock.linger = 0
+    try:
+        yield sock
+    finally:
+        ctx.destroy(linger=0)

@@ -135,6 +135,16 @@ def kill_server1_at_1s() -> chaos.Fault:
     return chaos.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
 
 
+def lost_write() -> list[Operation]:
+    """A get after the kill reads the value the last acknowledged put overwrote."""
+    key = chaos_keys(1, 5, 3)[0]
+    return [
+        op(1, "put", key, "v1", 0.0, 0.1),
+        op(1, "put", key, "v2", 0.2, 0.3),
+        op(2, "get", key, "v1", 2.0, 2.1),
+    ]
+
+
 def test_analysis_measures_unavailability_and_reads_across_the_fault() -> None:
     on_victim, elsewhere = chaos_keys(2, 5, 3)  # primaries server1 and server2
     history = [
@@ -158,13 +168,7 @@ def test_analysis_measures_unavailability_and_reads_across_the_fault() -> None:
 
 
 def test_analysis_reports_a_lost_write_as_a_violation() -> None:
-    key = chaos_keys(1, 5, 3)[0]
-    history = [
-        op(1, "put", key, "v1", 0.0, 0.1),
-        op(1, "put", key, "v2", 0.2, 0.3),
-        op(2, "get", key, "v1", 2.0, 2.1),
-    ]
-    report = analyse(history, [kill_server1_at_1s()])
+    report = analyse(lost_write(), [kill_server1_at_1s()])
     assert report.verdict == "violation"
     assert not report.ok
     assert report.violation is not None
@@ -172,13 +176,7 @@ def test_analysis_reports_a_lost_write_as_a_violation() -> None:
 
 
 def test_command_exits_1_and_shows_the_violation(monkeypatch: pytest.MonkeyPatch) -> None:
-    key = chaos_keys(1, 5, 3)[0]
-    lost_write = [
-        op(1, "put", key, "v1", 0.0, 0.1),
-        op(1, "put", key, "v2", 0.2, 0.3),
-        op(2, "get", key, "v1", 2.0, 2.1),
-    ]
-    report = analyse(lost_write, [kill_server1_at_1s()])
+    report = analyse(lost_write(), [kill_server1_at_1s()])
     monkeypatch.setattr(chaos, "run_chaos", lambda **_options: report)
     result = CliRunner().invoke(app_with_chaos(), ["chaos", "--seed", "1", "--duration", "1"])
     assert result.exit_code == 1

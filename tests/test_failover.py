@@ -13,11 +13,9 @@ import random
 import signal
 import threading
 from collections import defaultdict
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 import psutil
-import pytest
 import zmq
 from conftest import Cluster, ClusterLauncher, wait_until
 
@@ -126,17 +124,6 @@ def test_kill_primary_under_writes(cluster: ClusterLauncher) -> None:
         writers.ledger.check(client, VICTIM_NAME)
 
 
-@pytest.fixture
-def probe() -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        yield sock
-    finally:
-        ctx.destroy(linger=0)
-
-
 def request(kind: OpKind, key: str, value: str | None, request_id: int) -> bytes:
     """A request for ``key`` as a client with the first table would send it to the slot's first primary."""
     return encode(Request(random.getrandbits(62), request_id, [Op(kind, key, value, slot_of(key), 0, 1)]))
@@ -149,7 +136,7 @@ def exited(pid: int) -> bool:
         return True
 
 
-def test_paused_primary_is_fenced(cluster: ClusterLauncher, probe: zmq.Socket[bytes]) -> None:
+def test_paused_primary_is_fenced(cluster: ClusterLauncher, dealer: zmq.Socket[bytes]) -> None:
     c = cluster(nodes=NODES, rep=REP)
     victim = c.node(VICTIM_NAME)
     keys = keys_on(VICTIM, 8, "p")
@@ -161,10 +148,10 @@ def test_paused_primary_is_fenced(cluster: ClusterLauncher, probe: zmq.Socket[by
         assert ledger.acks == 2 * len(keys)
 
         # A live connection to the victim, proven by an answer, to queue requests on while it is paused.
-        probe.connect(victim["endpoint"])
-        probe.send(request(OpKind.GET, keys[0], None, 1))
-        assert probe.poll(10_000), "the victim did not answer before the pause"
-        answer = decode(probe.recv())
+        dealer.connect(victim["endpoint"])
+        dealer.send(request(OpKind.GET, keys[0], None, 1))
+        assert dealer.poll(10_000), "the victim did not answer before the pause"
+        answer = decode(dealer.recv())
         assert isinstance(answer, Reply)
         assert answer.node_id == VICTIM
         assert answer.results[0] in (Result(Status.OK, f"v1-{keys[0]}"), Result(Status.RETRY, None))
@@ -174,16 +161,16 @@ def test_paused_primary_is_fenced(cluster: ClusterLauncher, probe: zmq.Socket[by
             for key in keys:
                 ledger.put(client, key, f"v2-{key}")
             wait_until(lambda: c.declared_dead(VICTIM_NAME), message=f"{VICTIM_NAME} declared dead while paused")
-            probe.send(request(OpKind.GET, keys[0], None, 2))
-            probe.send(request(OpKind.PUT, keys[1], "stale", 3))
+            dealer.send(request(OpKind.GET, keys[0], None, 2))
+            dealer.send(request(OpKind.PUT, keys[1], "stale", 3))
         finally:
             os.kill(victim["pid"], signal.SIGCONT)
 
         replies = []
 
         def victim_exited() -> bool:
-            while probe.poll(0):
-                replies.append(decode(probe.recv()))
+            while dealer.poll(0):
+                replies.append(decode(dealer.recv()))
             return exited(victim["pid"])
 
         wait_until(victim_exited, message=f"the resumed {VICTIM_NAME} exits by itself")

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import msgpack
@@ -81,17 +80,6 @@ def bad_frames() -> list[bytes]:
         msgpack.packb([PROTOCOL_VERSION, request, 1, 1, [[1, b"k", None, slot_of("k"), 0, 1]]]),  # bytes for str
         encode(Fenced(1)),  # well-formed, but nobody may fence a process over a client socket
     ]
-
-
-@pytest.fixture
-def dealer() -> Iterator[zmq.Socket[bytes]]:
-    ctx = zmq.Context()
-    sock = ctx.socket(zmq.DEALER)
-    sock.linger = 0
-    try:
-        yield sock
-    finally:
-        ctx.destroy(linger=0)
 
 
 def malformed_count(log: str) -> int:
