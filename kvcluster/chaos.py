@@ -738,6 +738,14 @@ def chaos_command(
     save_history: Annotated[
         Path | None, typer.Option("--save-history", help="Write the recorded history as JSON lines to this file.")
     ] = None,
+    rounds: Annotated[
+        int,
+        typer.Option(
+            "--rounds",
+            help="Runs in a row, each on a fresh cluster with the next seed: a cluster only ever loses nodes, "
+            "so a long run needs new ones.",
+        ),
+    ] = 1,
     home: Annotated[
         Path | None,
         typer.Option(
@@ -748,13 +756,38 @@ def chaos_command(
 ) -> None:
     """Kill and pause nodes under concurrent load, then check the history for linearizability; exit 1 if it is not."""
     from rich.console import Console  # noqa: PLC0415
-    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
     _check_options(nodes, rep, clients, keys, duration)
+    if rounds < 1:
+        raise UsageError(f"--rounds must be at least 1, got {rounds}")
     if seed is None:
         seed = secrets.randbelow(2**31)
     console = Console()
     console.print(f"chaos seed {seed} (replay with: kvcluster bench chaos --seed {seed})")
+    reports = []
+    for round_seed in range(seed, seed + rounds):
+        if rounds > 1:
+            console.rule(f"round {round_seed - seed + 1} of {rounds}: seed {round_seed}")
+        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home)
+        reports.append(report)
+        if save_history is not None:
+            per_round = save_history.with_name(f"{save_history.stem}-{round_seed}{save_history.suffix}")
+            _save_history(report.history, per_round if rounds > 1 else save_history)
+    if json_out is not None:
+        doc = reports[0].to_json() if rounds == 1 else {"rounds": [r.to_json() for r in reports]}
+        json_out.write_text(json.dumps(doc, indent=2) + "\n")
+    if rounds > 1:
+        console.print(_rounds_summary(reports))
+    if not all(report.ok for report in reports):
+        raise typer.Exit(1)
+
+
+def _chaos_round(
+    console: Any, nodes: int, rep: int, clients: int, keys: int, duration: float, seed: int, home: Path | None
+) -> ChaosReport:
+    """One run on a fresh cluster, with its tables printed."""
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
     with interrupt_on_sigterm(), Progress(*columns, console=console, transient=True) as progress:
         task = progress.add_task("load and faults", total=duration)
@@ -769,10 +802,6 @@ def chaos_command(
             on_event=progress.console.print,
             on_tick=lambda elapsed: progress.update(task, completed=elapsed),
         )
-    if save_history is not None:
-        _save_history(report.history, save_history)
-    if json_out is not None:
-        json_out.write_text(json.dumps(report.to_json(), indent=2) + "\n")
     console.print(_faults_table(report))
     console.print(_summary_table(report))
     if report.violation is not None:
@@ -781,8 +810,21 @@ def chaos_command(
         console.print(f"cluster logs kept in {report.logs}")
     if report.history_file is not None:
         console.print(f"history saved in {report.history_file}")
-    if not report.ok:
-        raise typer.Exit(1)
+    return report
+
+
+def _rounds_summary(reports: list[ChaosReport]) -> Any:
+    """Totals over every round of a long run."""
+    from kvcluster.bench import measure_table  # noqa: PLC0415
+
+    faults: Counter[str] = Counter()
+    for report in reports:
+        faults.update(report.faults_by_kind)
+    table = measure_table(f"chaos: {len(reports)} rounds")
+    table.add_row("operations checked", f"{sum(r.checked for r in reports):,}")
+    table.add_row("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) or "none")
+    table.add_row("verdicts", ", ".join(f"{v} {n}" for v, n in sorted(Counter(r.verdict for r in reports).items())))
+    return table
 
 
 def register(app: typer.Typer) -> None:
