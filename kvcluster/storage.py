@@ -73,40 +73,34 @@ Entry = tuple[str, int]  # (value, version)
 ClientKey = tuple[int, int]  # (client, op_id)
 
 
-class Waiter(Protocol):
-    """Something waiting for backups to acknowledge a replication message."""
+@dataclass(eq=False, kw_only=True)
+class Waiter:
+    """Something waiting for backups to acknowledge replication messages, by their ids."""
 
-    def acked(self, repl_id: int, rejected_slots: list[int]) -> None: ...
+    waiting: set[int] = field(default_factory=set)
+    rejected: set[int] = field(default_factory=set)  # slots a backup refused: we are not their primary any more
+
+    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
+        self.waiting.discard(repl_id)
+        self.rejected.update(rejected_slots)
 
 
 @dataclass(eq=False)
-class PendingRequest:
+class PendingRequest(Waiter):
     """A client request with puts that wait for their backups."""
 
     envelope: list[bytes]
     request: Request
     results: list[Result | None]
     writes: list[tuple[int, Write]] = field(default_factory=list)
-    backups: set[int] = field(default_factory=set)
-    waiting: set[int] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)
-
-    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
-        self.waiting.discard(repl_id)
-        self.rejected.update(rejected_slots)
+    backups: set[int] = field(default_factory=set)  # backups still to be sent this pass's writes
 
 
 @dataclass(eq=False)
-class PendingSync:
+class PendingSync(Waiter):
     """Slots a newly promoted primary is copying to its backups before serving them."""
 
     slots: list[int]
-    waiting: set[int] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)
-
-    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
-        self.waiting.discard(repl_id)
-        self.rejected.update(rejected_slots)
 
 
 class StorageNode:
@@ -140,7 +134,6 @@ class StorageNode:
 
         self.next_repl_id = 1
         self.outgoing: dict[int, list[Write]] = defaultdict(list)
-        self.batch_waiters: dict[int, list[PendingRequest]] = defaultdict(list)
         self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
         self.pending: list[PendingRequest] = []
         self.syncs: list[PendingSync] = []
