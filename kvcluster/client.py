@@ -12,7 +12,6 @@ without applying it twice. Every wait is bounded by the call's deadline.
 
 from __future__ import annotations
 
-import contextlib
 import enum
 import math
 import random
@@ -58,6 +57,7 @@ RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to r
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
 MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
 REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
+NOBLOCK = int(zmq.NOBLOCK)  # a plain int: flag arithmetic on zmq's enum costs more than the send itself
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
 
 
@@ -125,7 +125,8 @@ class Client:
         self.address = master
         self.endpoint = parse_address(master)
         self.deadline = deadline
-        self.try_timeout = try_timeout
+        # The timeout of a try doubles with every earlier try of the same operation, up to MAX_TRY_TIMEOUT.
+        self.try_timeouts = [min(MAX_TRY_TIMEOUT, try_timeout * 2**attempt) for attempt in range(8)]
         self.table_cache = table_cache
         self.on_event = on_event
         self.recorder = recorder
@@ -257,7 +258,7 @@ class Client:
 
     def _ask_master(self, message: TableRequest | StatusRequest, until: float) -> object:
         try:
-            self.master.send(encode(message), zmq.NOBLOCK)
+            self.master.send(encode(message), NOBLOCK)
         except zmq.Again:
             raise ClusterUnavailable(self.address, self.deadline) from None  # requests pile up unanswered
         wanted = Table if isinstance(message, TableRequest) else StatusReport
@@ -384,7 +385,7 @@ class _Run:
                 self.first_sent[index] = now
             elif client.on_event is not None:
                 client._event(f"resent {kind.name.lower()} {key!r} to {node_name(node_id)}")
-            timeout = max(timeout, min(MAX_TRY_TIMEOUT, client.try_timeout * 2 ** self.attempts[index]))
+            timeout = max(timeout, client.try_timeouts[min(self.attempts[index], len(client.try_timeouts) - 1)])
             self.attempts[index] += 1
         client.next_request_id += 1
         request_id = client.next_request_id
@@ -394,8 +395,10 @@ class _Run:
                 f"{kind.name.lower()} {key!r} -> {node_name(node_id)} (slot {ops[0].slot}, epoch {ops[0].epoch})"
             )
         # A full queue means the node is not reading: the flight then times out like any unanswered one.
-        with contextlib.suppress(zmq.Again):
-            client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)), zmq.NOBLOCK)
+        try:  # noqa: SIM105 - contextlib.suppress costs a microsecond on every send
+            client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)), NOBLOCK)
+        except zmq.Again:
+            pass
         self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
         self.next_expiry = min(self.next_expiry, now + timeout)
 
@@ -413,7 +416,7 @@ class _Run:
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         while True:
             try:
-                frame = sock.recv(zmq.NOBLOCK)
+                frame = sock.recv(NOBLOCK)
             except zmq.Again:
                 return
             try:

@@ -304,34 +304,36 @@ def _each(value: Any, name: str, parse: Callable[[Any, str], T]) -> list[T]:
     return [parse(item, name) for item in _list(value, name)]
 
 
-def _op(raw: Any, name: str) -> Op:
-    kind, key, value, slot, epoch, op_id = _list(raw, name, 6)
-    return Op(
-        _int(kind, "kind"),
-        _str(key, "key"),
-        _opt_str(value, "value"),
-        _int(slot, "slot"),
-        _int(epoch, "epoch"),
-        _int(op_id, "op_id"),
-    )
+R = TypeVar("R", bound=tuple[Any, ...])
+_OPTIONAL_STR = (str, type(None))
 
 
-def _result(raw: Any, name: str) -> Result:
-    status, value = _list(raw, name, 2)
-    return Result(_int(status, "status"), _opt_str(value, "value"))
+def _record(make: Callable[[list[Any]], R], *fields: tuple[str, tuple[type, ...]]) -> Callable[[Any, str], R]:
+    """A parser for a record sent as a fixed-length array, checking each field's exact type.
+
+    Batches carry thousands of these, so the check is one loop rather than a
+    call per field.
+    """
+    arity = len(fields)
+
+    def parse(raw: Any, name: str) -> R:
+        if type(raw) is not list or len(raw) != arity:
+            raise ProtocolError(f"{name}: expected an array of {arity} fields")
+        for value, (field_name, types) in zip(raw, fields, strict=True):
+            if type(value) not in types:
+                raise ProtocolError(f"{name}.{field_name}: unexpected {type(value).__name__}")
+        return make(raw)
+
+    return parse
 
 
-def _write(raw: Any, name: str) -> Write:
-    slot, epoch, key, value, version, client, op_id = _list(raw, name, 7)
-    return Write(
-        _int(slot, "slot"),
-        _int(epoch, "epoch"),
-        _str(key, "key"),
-        _str(value, "value"),
-        _int(version, "version"),
-        _int(client, "client"),
-        _int(op_id, "op_id"),
-    )
+_INT = (int,)
+_STR = (str,)
+_op = _record(Op._make, ("kind", _INT), ("key", _STR), ("value", _OPTIONAL_STR), ("slot", _INT), ("epoch", _INT),
+              ("op_id", _INT))  # fmt: skip
+_result = _record(Result._make, ("status", _INT), ("value", _OPTIONAL_STR))
+_write = _record(Write._make, ("slot", _INT), ("epoch", _INT), ("key", _STR), ("value", _STR), ("version", _INT),
+                 ("client", _INT), ("op_id", _INT))  # fmt: skip
 
 
 def _entry(raw: Any, name: str) -> tuple[str, str, int]:

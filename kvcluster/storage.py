@@ -68,6 +68,8 @@ VERSION_EPOCH_SHIFT = 40
 DEDUP_MEMORY = 200_000  # recent (client, op_id) pairs remembered to drop resent puts
 DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
 BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs more than a send
+SNDMORE = int(zmq.SNDMORE)
 
 Entry = tuple[str, int]  # (value, version)
 ClientKey = tuple[int, int]  # (client, op_id)
@@ -177,7 +179,7 @@ class StorageNode:
                 # On a crowded machine a long pass must not starve the heartbeat: the master would declare us dead.
                 self._beat_if_due()
             try:
-                frames = sock.recv_multipart(zmq.NOBLOCK)
+                frames = sock.recv_multipart(NOBLOCK)
             except zmq.Again:
                 return
             try:
@@ -189,7 +191,7 @@ class StorageNode:
         # With the master gone its queue fills up: drop the message rather than block the loop (a late heartbeat
         # is worth nothing anyway).
         with contextlib.suppress(zmq.Again):
-            self.master.send(encode(message), zmq.NOBLOCK)
+            self.master.send(encode(message), NOBLOCK)
 
     def _peer(self, node_id: int) -> zmq.Socket[bytes]:
         sock = self.peers.get(node_id)
@@ -286,11 +288,11 @@ class StorageNode:
                 self._on_request(envelope, message)
             case Replicate(repl_id, sender, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
-                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, rejected))])
+                self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
             case Sync(repl_id, sender, images):
                 rejected = [img.slot for img in images if not self._accepts(img.slot, img.epoch, sender)]
                 self._install_images([img for img in images if img.slot not in rejected])
-                self.router.send_multipart([*envelope, encode(ReplicateAck(repl_id, self.node_id, rejected))])
+                self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
@@ -352,8 +354,13 @@ class StorageNode:
 
     def _reply(self, pending: PendingRequest) -> None:
         results = [r if r is not None else Result(Status.RETRY, None) for r in pending.results]
-        reply = Reply(pending.request.request_id, self.node_id, results)
-        self.router.send_multipart([*pending.envelope, encode(reply)])
+        self._answer(pending.envelope, Reply(pending.request.request_id, self.node_id, results))
+
+    def _answer(self, envelope: list[bytes], message: Message) -> None:
+        """Send ``message`` back along the route a request came by."""
+        for frame in envelope:
+            self.router.send(frame, SNDMORE)
+        self.router.send(encode(message))
 
     # --- primary side of replication ---
 
