@@ -24,7 +24,9 @@ from kvcluster.errors import ClusterNotRunning, KvclusterError, StartupFailed, U
 from kvcluster.protocol import Timing
 
 if TYPE_CHECKING:
-    from kvcluster.supervisor import ClusterState
+    from rich.table import Table
+
+    from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
     add_completion=False,
@@ -138,7 +140,7 @@ def _home_flag(home: Path | None) -> str:
     return f" --home {home}" if home is not None else ""
 
 
-def _watch(supervisor: Any, state: ClusterState, stop: list[bool]) -> None:
+def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> None:
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
@@ -261,7 +263,7 @@ def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any
     }
 
 
-def _status_table(doc: dict[str, Any]) -> Any:
+def _status_table(doc: dict[str, Any]) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
     master = doc["master"]
