@@ -160,7 +160,7 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
 
 
 def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> ClusterState:
-    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, timing_args  # noqa: PLC0415
+    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, last_log_line, timing_args  # noqa: PLC0415
 
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
@@ -173,7 +173,9 @@ def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing)
     deadline = time.monotonic() + START_TIMEOUT + 5
     while time.monotonic() < deadline:
         if proc.poll() is not None:
-            raise StartupFailed(f"the cluster did not start: {_last_error(logs / 'supervisor.log')}")
+            raise StartupFailed(
+                f"the cluster did not start: {last_log_line(logs / 'supervisor.log').removeprefix('error: ')}"
+            )
         try:
             state = ClusterState.load(home)
         except ClusterNotRunning:
@@ -187,11 +189,6 @@ def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing)
     except subprocess.TimeoutExpired:
         proc.kill()
     raise StartupFailed(f"the cluster did not become ready in time; see {logs}")
-
-
-def _last_error(path: Path) -> str:
-    lines = path.read_text(errors="replace").strip().splitlines() if path.exists() else []
-    return lines[-1].removeprefix("error: ") if lines else "no log"
 
 
 @app.command()

@@ -225,7 +225,7 @@ class Supervisor:
         line = master.stdout.readline().decode().strip() if ready else ""
         if not line.startswith("READY "):
             log_path = self.home / LOG_DIR / "master.log"
-            raise StartupFailed(f"the master did not start (see {log_path}): {_last_line(log_path)}")
+            raise StartupFailed(f"the master did not start (see {log_path}): {last_log_line(log_path)}")
         return line.removeprefix("READY ")
 
     def _wait_for_table(self, endpoint: str, deadline: float) -> StatusReport:
@@ -297,7 +297,8 @@ def supervise(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> No
         supervisor.stop()
 
 
-def _last_line(path: Path) -> str:
+def last_log_line(path: Path) -> str:
+    """The last line a process wrote to its log, for an error message that says why it stopped."""
     try:
         lines = path.read_text(errors="replace").strip().splitlines()
     except OSError:
