@@ -22,7 +22,7 @@ import msgpack
 
 from kvcluster.errors import ProtocolError
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
 _WHITESPACE = re.compile(r"\s")
@@ -61,10 +61,11 @@ class MsgType(enum.IntEnum):
     REQUEST = 8  # client -> node
     REPLY = 9  # node -> client
     REPLICATE = 10  # primary -> backup
-    SYNC = 11  # new primary -> backup
+    RECONCILE = 11  # new primary -> backup
     REPLICATE_ACK = 12  # backup -> primary
     FENCED = 13  # master -> node declared dead
     NOT_READY = 14  # master -> client while nodes are still registering
+    COMMIT = 15  # primary -> backup
 
 
 class OpKind(enum.IntEnum):
@@ -114,17 +115,18 @@ class Write(NamedTuple):
     op_id: int
 
 
-class SlotImage(NamedTuple):
-    """A new primary's full copy of one slot, which replaces the backup's copy.
+class SlotTail(NamedTuple):
+    """What a new primary holds of a slot beyond what every replica is known to hold.
 
-    ``applied`` lists the ``(client, op_id)`` of the puts the primary remembers
-    for the slot, so the backup's duplicate detection matches its new data.
+    ``high`` is the highest version it holds; ``writes`` are its uncommitted
+    writes to the slot, oldest first. A backup undoes what it holds above
+    ``high`` and applies the writes it lacks.
     """
 
     slot: int
     epoch: int
-    entries: list[tuple[str, str, int]]
-    applied: list[tuple[int, int]]
+    high: int
+    writes: list[Write]
 
 
 @dataclass(frozen=True, slots=True)
@@ -209,16 +211,27 @@ class Reply:
 
 @dataclass(frozen=True, slots=True)
 class Replicate:
+    """Writes for a backup; ``committed``: the sender's writes up to this counter are on every replica."""
+
     repl_id: int
     sender: int
+    committed: int
     writes: list[Write]
 
 
 @dataclass(frozen=True, slots=True)
-class Sync:
+class Reconcile:
     repl_id: int
     sender: int
-    images: list[SlotImage]
+    tails: list[SlotTail]
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """The commit watermark alone, sent when a primary has no writes to carry it."""
+
+    sender: int
+    committed: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,7 +263,8 @@ Message = (
     | Request
     | Reply
     | Replicate
-    | Sync
+    | Reconcile
+    | Commit
     | ReplicateAck
     | Fenced
     | NotReady
@@ -336,21 +350,9 @@ _write = _record(Write._make, ("slot", _INT), ("epoch", _INT), ("key", _STR), ("
                  ("client", _INT), ("op_id", _INT))  # fmt: skip
 
 
-def _entry(raw: Any, name: str) -> tuple[str, str, int]:
-    key, value, version = _list(raw, name, 3)
-    return _str(key, "key"), _str(value, "value"), _int(version, "version")
-
-
-def _op_ref(raw: Any, name: str) -> tuple[int, int]:
-    client, op_id = _list(raw, name, 2)
-    return _int(client, "client"), _int(op_id, "op_id")
-
-
-def _image(raw: Any, name: str) -> SlotImage:
-    slot, epoch, entries, applied = _list(raw, name, 4)
-    return SlotImage(
-        _int(slot, "slot"), _int(epoch, "epoch"), _each(entries, "entries", _entry), _each(applied, "applied", _op_ref)
-    )
+def _slot_tail(raw: Any, name: str) -> SlotTail:
+    slot, epoch, high, writes = _list(raw, name, 4)
+    return SlotTail(_int(slot, "slot"), _int(epoch, "epoch"), _int(high, "high"), _each(writes, "writes", _write))
 
 
 def _table_data(raw: Any, name: str) -> TableData:
@@ -412,10 +414,12 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
             return MsgType.REQUEST, [client, request_id, ops]
         case Reply(request_id, node_id, results):
             return MsgType.REPLY, [request_id, node_id, results]
-        case Replicate(repl_id, sender, writes):
-            return MsgType.REPLICATE, [repl_id, sender, writes]
-        case Sync(repl_id, sender, images):
-            return MsgType.SYNC, [repl_id, sender, images]
+        case Replicate(repl_id, sender, committed, writes):
+            return MsgType.REPLICATE, [repl_id, sender, committed, writes]
+        case Reconcile(repl_id, sender, tails):
+            return MsgType.RECONCILE, [repl_id, sender, tails]
+        case Commit(sender, committed):
+            return MsgType.COMMIT, [sender, committed]
         case ReplicateAck(repl_id, node_id, rejected_slots):
             return MsgType.REPLICATE_ACK, [repl_id, node_id, rejected_slots]
         case Fenced(node_id):
@@ -452,10 +456,16 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
         lambda f: Reply(_int(f[0], "request_id"), _int(f[1], "node_id"), _each(f[2], "results", _result)),
     ),
     MsgType.REPLICATE: (
-        3,
-        lambda f: Replicate(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "writes", _write)),
+        4,
+        lambda f: Replicate(
+            _int(f[0], "repl_id"), _int(f[1], "sender"), _int(f[2], "committed"), _each(f[3], "writes", _write)
+        ),
     ),
-    MsgType.SYNC: (3, lambda f: Sync(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "images", _image))),
+    MsgType.RECONCILE: (
+        3,
+        lambda f: Reconcile(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "tails", _slot_tail)),
+    ),
+    MsgType.COMMIT: (2, lambda f: Commit(_int(f[0], "sender"), _int(f[1], "committed"))),
     MsgType.REPLICATE_ACK: (
         3,
         lambda f: ReplicateAck(_int(f[0], "repl_id"), _int(f[1], "node_id"), _each(f[2], "rejected_slots", _int)),

@@ -14,12 +14,19 @@ one pass of the loop is forwarded to a backup in one message (group commit).
 Reads are served from the committed store, so a read never returns a value
 that a later failover could lose.
 
+Commit watermark: every ``Replicate`` carries the counter up to which all of
+the primary's writes are held by every replica (a ``Commit`` alone carries it
+when the primary is idle), so a backup knows which writes it may still have to
+undo (its tail; see ``replica.py``).
+
 Fencing: a node serves a slot only while it is the slot's primary in its
 latest table, its lease from the master is fresh, and no peer has shown it a
 newer epoch for the slot. Backups accept replication only from the primary of
-the newest epoch they know. A node promoted to primary first pushes its copy of
-each gained slot to the slot's backups (``Sync``) and serves the slot only once
-they all hold it, so backups never diverge from the primary they follow.
+the newest epoch they know. A node promoted to primary already holds every
+acknowledged write; it sends each backup of a gained slot its uncommitted tail
+(``Reconcile``: the writes in flight at the failure, never the slot's data)
+and serves the slot once they all hold it, so backups never diverge from the
+primary they follow.
 """
 
 from __future__ import annotations
@@ -38,6 +45,7 @@ import zmq
 from kvcluster.errors import ProtocolError
 from kvcluster.placement import RoutingTable, node_name
 from kvcluster.protocol import (
+    Commit,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -45,14 +53,14 @@ from kvcluster.protocol import (
     Message,
     Op,
     OpKind,
+    Reconcile,
     Replicate,
     ReplicateAck,
     Reply,
     Request,
     Result,
-    SlotImage,
+    SlotTail,
     Status,
-    Sync,
     Table,
     Timing,
     Write,
@@ -61,18 +69,14 @@ from kvcluster.protocol import (
     decode,
     encode,
 )
+from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version, op_ref
 
 log = logging.getLogger("kvcluster.storage")
 
-VERSION_EPOCH_SHIFT = 40
-DEDUP_MEMORY = 200_000  # recent (client, op_id) pairs remembered to drop resent puts
 DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
 BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
 NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs more than a send
 SNDMORE = int(zmq.SNDMORE)
-
-Entry = tuple[str, int]  # (value, version)
-ClientKey = tuple[int, int]  # (client, op_id)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -99,8 +103,8 @@ class PendingRequest(Waiter):
 
 
 @dataclass(eq=False)
-class PendingSync(Waiter):
-    """Slots a newly promoted primary is copying to its backups before serving them."""
+class PendingReconcile(Waiter):
+    """Slots a newly promoted primary is bringing its backups in line on before serving them."""
 
     slots: list[int]
 
@@ -124,21 +128,23 @@ class StorageNode:
         self.peers: dict[int, zmq.Socket[bytes]] = {}
 
         self.table: RoutingTable | None = None
-        self.data: list[dict[str, Entry]] = []
+        self.replica = Replica(0)
         self.known: list[tuple[int, int]] = []  # per slot: newest (epoch, primary) seen anywhere
-        self.ready: list[bool] = []  # per slot: synced as primary for the current epoch
+        self.ready: list[bool] = []  # per slot: reconciled as primary for the current epoch
         self.lease_until = 0.0
         self.next_beat = 0.0
-        self.keys = 0  # keys held, as primary or backup, kept current for heartbeats
         self.counter = 0
-        self.applied: dict[ClientKey, int] = {}  # recently applied puts -> their slot, oldest first
-        self.inflight: set[ClientKey] = set()
+        self.inflight: set[int] = set()  # op refs of puts waiting for their backups
+        # Per key with puts in flight: [puts in flight, highest version applied]. Puts of one request wait on
+        # several backups, so they can finish out of order; an older put must never overwrite a newer one.
+        self.key_flight: dict[str, list[int]] = {}
+        self.sent_commit: dict[int, int] = {}  # per backup: the last watermark sent to it
 
         self.next_repl_id = 1
         self.outgoing: dict[int, list[Write]] = defaultdict(list)
         self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
         self.pending: list[PendingRequest] = []
-        self.syncs: list[PendingSync] = []
+        self.syncs: list[PendingReconcile] = []
         self.stopping = False
 
     # --- the loop ---
@@ -170,8 +176,10 @@ class StorageNode:
     def _beat_if_due(self) -> None:
         now = time.monotonic()
         if now >= self.next_beat:
-            self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, self.keys))
+            keys = self.replica.keys
+            self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, keys))
             self.next_beat = now + self.timing.heartbeat
+            self._commit_idle_backups()
 
     def _drain(self, sock: zmq.Socket[bytes], handle: _Handler) -> None:
         for count in range(1, DRAIN_LIMIT + 1):
@@ -225,7 +233,7 @@ class StorageNode:
         old, self.table = self.table, table
         if old is None:
             self.poller.register(self.router, zmq.POLLIN)
-            self.data = [{} for _ in range(table.slots)]
+            self.replica = Replica(table.slots)
             self.known = [(-1, 0)] * table.slots
             self.ready = [True] * table.slots
         gained: list[int] = []
@@ -240,7 +248,7 @@ class StorageNode:
         for node_id in newly_dead:
             self._forget_peer(node_id)
         if gained:
-            self._start_sync(gained)
+            self._start_reconcile(gained)
 
     def _forget_peer(self, node_id: int) -> None:
         """Count every outstanding acknowledgement from a dead node as given: the table no longer lists it."""
@@ -252,33 +260,40 @@ class StorageNode:
         self.outgoing.pop(node_id, None)
         for pending in self.pending:
             pending.backups.discard(node_id)
+        self.sent_commit.pop(node_id, None)
         sock = self.peers.pop(node_id, None)
         if sock is not None:
             self.poller.unregister(sock)
             sock.close(linger=0)
 
-    def _start_sync(self, slots: list[int]) -> None:
+    def _start_reconcile(self, slots: list[int]) -> None:
+        """Send each backup of the gained slots this node's uncommitted tail of them; serve once all hold it."""
         assert self.table is not None
-        by_backup: dict[int, list[SlotImage]] = defaultdict(list)
-        applied: dict[int, list[tuple[int, int]]] = defaultdict(list)
-        for op, slot in self.applied.items():
-            applied[slot].append(op)
+        by_backup: dict[int, list[SlotTail]] = defaultdict(list)
+        sent = 0
         for slot in slots:
-            entries = [(k, v, ver) for k, (v, ver) in self.data[slot].items()]
-            image = SlotImage(slot, self.table.epoch(slot), entries, applied.get(slot, []))
+            writes = self.replica.take_tail(slot)
+            tail = SlotTail(slot, self.table.epoch(slot), self.replica.high[slot], writes)
             for backup in self.table.live(slot)[1:]:
-                by_backup[backup].append(image)
-        sync = PendingSync(slots)
-        for backup, images in by_backup.items():
+                by_backup[backup].append(tail)
+                sent += len(writes)
+        sync = PendingReconcile(slots)
+        for backup, tails in by_backup.items():
             repl_id = self._new_repl_id()
-            self._peer(backup).send(encode(Sync(repl_id, self.node_id, images)))
+            self._peer(backup).send(encode(Reconcile(repl_id, self.node_id, tails)))
             self.repl_waiters[repl_id] = (backup, [sync])
             sync.waiting.add(repl_id)
         for slot in slots:
             self.ready[slot] = not sync.waiting
         if sync.waiting:
             self.syncs.append(sync)
-        log.info("%s promoted to primary of %d slots; syncing to %d backups", self.name, len(slots), len(by_backup))
+        log.info(
+            "%s promoted to primary of %d slots; reconciling %d backups (%d uncommitted writes sent)",
+            self.name,
+            len(slots),
+            len(by_backup),
+            sent,
+        )
 
     # --- clients ---
 
@@ -286,13 +301,20 @@ class StorageNode:
         match message:
             case Request():
                 self._on_request(envelope, message)
-            case Replicate(repl_id, sender, writes):
+            case Replicate(repl_id, sender, committed, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
+                self.replica.commit(sender, committed, self.known)
                 self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
-            case Sync(repl_id, sender, images):
-                rejected = [img.slot for img in images if not self._accepts(img.slot, img.epoch, sender)]
-                self._install_images([img for img in images if img.slot not in rejected])
+            case Reconcile(repl_id, sender, tails):
+                rejected = []
+                for tail in tails:
+                    if self._accepts(tail.slot, tail.epoch, sender):
+                        self.replica.reconcile(sender, tail.slot, tail.high, tail.writes)
+                    else:
+                        rejected.append(tail.slot)
                 self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
+            case Commit(sender, committed):
+                self.replica.commit(sender, committed, self.known)
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
@@ -303,7 +325,7 @@ class StorageNode:
             pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
         if pending.writes:
             for write in (w for _, w in pending.writes):
-                self.inflight.add((write.client, write.op_id))
+                self.inflight.add(op_ref(write.client, write.op_id))
             self.pending.append(pending)
         else:
             self._reply(pending)
@@ -313,19 +335,24 @@ class StorageNode:
         if refusal is not None:
             return refusal
         if op.kind == OpKind.GET:
-            entry = self.data[op.slot].get(op.key)
-            return Result(Status.NOT_FOUND, None) if entry is None else Result(Status.OK, entry[0])
-        dedup = (client, op.op_id)
-        if dedup in self.applied:
+            value = self.replica.data[op.slot].get(op.key)
+            return Result(Status.NOT_FOUND, None) if value is None else Result(Status.OK, value)
+        ref = op_ref(client, op.op_id)
+        if ref in self.replica.applied:
             return Result(Status.OK, None)
-        if dedup in self.inflight:
+        if ref in self.inflight:
             return Result(Status.RETRY, None)
         assert self.table is not None
         assert op.value is not None
         epoch = self.table.epoch(op.slot)
         self.counter += 1
-        write = Write(op.slot, epoch, op.key, op.value, (epoch << VERSION_EPOCH_SHIFT) | self.counter, client, op.op_id)
+        write = Write(op.slot, epoch, op.key, op.value, make_version(epoch, self.counter), client, op.op_id)
         pending.writes.append((index, write))
+        flight = self.key_flight.get(op.key)
+        if flight is None:
+            self.key_flight[op.key] = [1, 0]
+        else:
+            flight[0] += 1
         for backup in self.table.live(op.slot)[1:]:
             self.outgoing[backup].append(write)
             pending.backups.add(backup)
@@ -372,9 +399,11 @@ class StorageNode:
         """Send what this pass produced, one message per backup, then finish what is fully acknowledged."""
         if self.outgoing:
             repl_ids = {}
+            committed = self._commit_watermark()
             for backup, writes in self.outgoing.items():
                 repl_id = self._new_repl_id()
-                self._peer(backup).send(encode(Replicate(repl_id, self.node_id, writes)))
+                self._peer(backup).send(encode(Replicate(repl_id, self.node_id, committed, writes)))
+                self.sent_commit[backup] = committed
                 repl_ids[backup] = repl_id
                 self.repl_waiters[repl_id] = (backup, [])
             self.outgoing.clear()
@@ -397,24 +426,54 @@ class StorageNode:
                 still.append(pending)
                 continue
             for index, write in pending.writes:
-                self.inflight.discard((write.client, write.op_id))
+                self.inflight.discard(op_ref(write.client, write.op_id))
                 if write.slot in pending.rejected:
                     pending.results[index] = Result(Status.NOT_PRIMARY, None)
                 else:
-                    self._apply(write)
+                    self._apply_own(write)
                     pending.results[index] = Result(Status.OK, None)
+                self._land(write)
             self._reply(pending)
         self.pending = still
 
+    def _apply_own(self, write: Write) -> None:
+        flight = self.key_flight[write.key]
+        if write.version > flight[1]:
+            self.replica.apply(write)
+            flight[1] = write.version
+
+    def _land(self, write: Write) -> None:
+        flight = self.key_flight[write.key]
+        flight[0] -= 1
+        if not flight[0]:
+            del self.key_flight[write.key]
+
+    def _commit_watermark(self) -> int:
+        """The counter up to which every write of this node is held by all its backups."""
+        if self.syncs:
+            return NO_COMMIT  # a backup mid-reconcile may still have to undo writes below any watermark
+        oldest = min((p.writes[0][1].version & COUNTER_MASK for p in self.pending if p.writes), default=None)
+        return self.counter if oldest is None else oldest - 1
+
+    def _commit_idle_backups(self) -> None:
+        """Tell backups the watermark that no ``Replicate`` carried, so their tails stay short when idle."""
+        committed = self._commit_watermark()
+        if committed == NO_COMMIT:
+            return
+        for backup, sent in self.sent_commit.items():
+            if sent < committed:
+                self._peer(backup).send(encode(Commit(self.node_id, committed)))
+                self.sent_commit[backup] = committed
+
     def _finish_syncs(self) -> None:
-        still: list[PendingSync] = []
+        still: list[PendingReconcile] = []
         for sync in self.syncs:
             if sync.waiting:
                 still.append(sync)
                 continue
             for slot in sync.slots:
                 self.ready[slot] = slot not in sync.rejected
-            log.info("%s finished syncing %d slots", self.name, len(sync.slots))
+            log.info("%s finished reconciling %d slots", self.name, len(sync.slots))
         self.syncs = still
 
     def _on_peer(self, _envelope: list[bytes], message: Message) -> None:
@@ -441,38 +500,8 @@ class StorageNode:
     def _apply_replicated(self, write: Write, sender: int) -> bool:
         if not self._accepts(write.slot, write.epoch, sender):
             return False
-        self._apply(write)
+        self.replica.apply_replicated(sender, write)
         return True
-
-    def _apply(self, write: Write) -> None:
-        store = self.data[write.slot]
-        current = store.get(write.key)
-        if current is None:
-            self.keys += 1
-        if current is None or current[1] < write.version:
-            store[write.key] = (write.value, write.version)
-        self._remember((write.client, write.op_id), write.slot)
-
-    def _remember(self, dedup: ClientKey, slot: int) -> None:
-        self.applied[dedup] = slot
-        if len(self.applied) > DEDUP_MEMORY:
-            del self.applied[next(iter(self.applied))]
-
-    def _install_images(self, images: list[SlotImage]) -> None:
-        """Make these slots exact copies of the new primary's, down to which puts count as applied.
-
-        The op ids go with the data: a put that reached only this backup is
-        dropped by the image, so its id must be forgotten too, or a resend of it
-        would be answered OK without being applied.
-        """
-        if not images:
-            return
-        replaced = {image.slot for image in images}
-        self.applied = {op: slot for op, slot in self.applied.items() if slot not in replaced}
-        for image in images:
-            self.keys += len(image.entries) - len(self.data[image.slot])
-            self.data[image.slot] = {key: (value, version) for key, value, version in image.entries}
-            self.applied.update(((client, op_id), image.slot) for client, op_id in image.applied)
 
 
 class _Handler(Protocol):

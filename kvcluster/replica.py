@@ -1,0 +1,160 @@
+"""A node's copy of its slots: the store, the uncommitted tail and duplicate detection, with no I/O.
+
+The store keeps one plain ``dict[str, str]`` per slot and no per-key version:
+a backup receives a slot's writes from one primary over one FIFO channel, in
+the order of their versions, so the latest write to arrive is the latest
+write. What a backup must be able to undo is only the *tail*: writes applied
+here that the primary has not yet reported as held by every replica (its
+commit watermark). Each tail entry remembers the value it overwrote.
+
+When a backup is promoted it already holds every acknowledged write, so a
+failover copies no data. The replicas of a slot may differ only in their
+tails, and every tail is a prefix of the same stream of writes (the old
+primary sent it to all of them in order). So the new primary sends each
+backup its own tail for the slot and the highest version it holds
+(``reconcile``): the backup undoes what it holds beyond that version and
+applies what it lacks. That costs the writes that were in flight at the
+failure, whatever the size of the data.
+
+Nothing here reads a clock, a socket or a random source.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+from typing import NamedTuple
+
+from kvcluster.protocol import Write
+
+VERSION_EPOCH_SHIFT = 40
+COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
+DEDUP_MEMORY = 200_000  # recent puts remembered to drop resends: several client deadlines at full throughput
+NO_COMMIT = -1  # a watermark that says nothing (the primary is still reconciling a slot)
+
+
+def make_version(epoch: int, counter: int) -> int:
+    """Versions order writes within a slot: by epoch first, then by the primary's counter."""
+    return (epoch << VERSION_EPOCH_SHIFT) | counter
+
+
+def op_ref(client: int, op_id: int) -> int:
+    """One int naming a client's operation: a third of the memory of a ``(client, op_id)`` tuple."""
+    return (client << VERSION_EPOCH_SHIFT) | op_id
+
+
+class TailEntry(NamedTuple):
+    """An applied write that its primary has not yet reported as held by every replica."""
+
+    write: Write
+    previous: str | None  # the value it replaced, to undo it
+
+
+class Replica:
+    """The slots of one node and everything needed to bring them in line with a new primary."""
+
+    def __init__(self, slots: int) -> None:
+        self.data: list[dict[str, str]] = [{} for _ in range(slots)]
+        self.high = [0] * slots  # per slot: the highest version applied here
+        self.tails: dict[int, deque[TailEntry]] = {}  # per sender, in the order received
+        self.applied: dict[int, None] = {}  # op refs of recently applied puts, oldest first
+        self.keys = 0
+
+    # --- applying ---
+
+    def apply(self, write: Write) -> str | None:
+        """Apply a write and remember its op; return the value it replaced."""
+        store = self.data[write.slot]
+        previous = store.get(write.key)
+        if previous is None:
+            self.keys += 1
+        store[write.key] = write.value
+        self.high[write.slot] = max(self.high[write.slot], write.version)
+        self.remember(op_ref(write.client, write.op_id))
+        return previous
+
+    def apply_replicated(self, sender: int, write: Write) -> None:
+        """Apply a write from the slot's primary, keeping what it replaced until the primary commits it."""
+        previous = self.apply(write)
+        tail = self.tails.get(sender)
+        if tail is None:
+            tail = self.tails[sender] = deque()
+        tail.append(TailEntry(write, previous))
+
+    def commit(self, sender: int, watermark: int, known: list[tuple[int, int]]) -> None:
+        """Forget the undo of ``sender``'s writes up to its counter ``watermark``: every replica holds them.
+
+        ``known`` is the newest ``(epoch, primary)`` of each slot. A late
+        watermark from a primary that has since been replaced must not commit
+        what its successor may still undo, so trimming stops at the first
+        entry of a slot that ``sender`` no longer leads.
+        """
+        tail = self.tails.get(sender)
+        if tail is None or watermark == NO_COMMIT:
+            return
+        while tail:
+            write = tail[0].write
+            epoch, primary = known[write.slot]
+            if primary != sender or write.version > make_version(epoch, watermark):
+                break
+            tail.popleft()
+
+    # --- failover ---
+
+    def take_tail(self, slot: int) -> list[Write]:
+        """Remove and return this node's uncommitted writes to ``slot``, oldest first."""
+        return [entry.write for entry in self._pull_tail(slot)]
+
+    def reconcile(self, sender: int, slot: int, high: int, writes: list[Write]) -> None:
+        """Make ``slot`` what the new primary ``sender`` holds: undo beyond ``high``, apply what is missing.
+
+        ``writes`` is the new primary's tail for the slot; its writes stay in
+        this node's tail (now under ``sender``) until ``sender`` commits them,
+        because ``sender`` may die before every backup has reconciled.
+        """
+        entries = self._pull_tail(slot)
+        kept = [e for e in entries if e.write.version <= high]
+        for entry in reversed([e for e in entries if e.write.version > high]):
+            self._undo(entry)
+        self.high[slot] = max((e.write.version for e in kept), default=min(self.high[slot], high))
+        tail = self.tails.setdefault(sender, deque())
+        tail.extend(kept)
+        for write in writes:
+            if write.version > self.high[slot]:
+                tail.append(TailEntry(write, self.apply(write)))
+        self.high[slot] = max(self.high[slot], high)
+
+    def _pull_tail(self, slot: int) -> list[TailEntry]:
+        pulled: list[TailEntry] = []
+        for sender, tail in list(self.tails.items()):
+            if any(entry.write.slot == slot for entry in tail):
+                pulled.extend(entry for entry in tail if entry.write.slot == slot)
+                self.tails[sender] = deque(entry for entry in tail if entry.write.slot != slot)
+        pulled.sort(key=lambda entry: entry.write.version)
+        return pulled
+
+    def _undo(self, entry: TailEntry) -> None:
+        write = entry.write
+        store = self.data[write.slot]
+        if entry.previous is None:
+            if store.pop(write.key, None) is not None:
+                self.keys -= 1
+        else:
+            store[write.key] = entry.previous
+        self.applied.pop(op_ref(write.client, write.op_id), None)
+
+    # --- duplicate detection ---
+
+    def seen_op(self, client: int, op_id: int) -> bool:
+        return op_ref(client, op_id) in self.applied
+
+    def remember(self, ref: int) -> None:
+        self.applied[ref] = None
+        if len(self.applied) > DEDUP_MEMORY:
+            del self.applied[next(iter(self.applied))]
+
+    def tail_length(self) -> int:
+        return sum(len(tail) for tail in self.tails.values())
+
+    def items(self, slot: int) -> Iterator[tuple[str, str]]:
+        return iter(self.data[slot].items())

@@ -1,0 +1,108 @@
+"""The replica state without I/O: tails, commit watermarks and reconciliation after a failover."""
+
+from __future__ import annotations
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from kvcluster.protocol import Write
+from kvcluster.replica import NO_COMMIT, Replica, make_version
+
+SLOTS = 4
+OLD, NEW = 1, 2
+
+
+def write(slot: int, epoch: int, counter: int, key: str, value: str) -> Write:
+    return Write(slot, epoch, key, value, make_version(epoch, counter), 7, counter)
+
+
+def stream(keys: list[int], slot: int = 0, epoch: int = 0) -> list[Write]:
+    return [write(slot, epoch, n + 1, f"k{key}", f"v{n}") for n, key in enumerate(keys)]
+
+
+def known(primary: int, epoch: int = 0) -> list[tuple[int, int]]:
+    return [(epoch, primary)] * SLOTS
+
+
+def test_replicated_writes_land_and_count_keys() -> None:
+    replica = Replica(SLOTS)
+    for w in stream([1, 2, 1]):
+        replica.apply_replicated(OLD, w)
+    assert replica.data[0] == {"k1": "v2", "k2": "v1"}
+    assert replica.keys == 2
+    assert replica.tail_length() == 3
+
+
+def test_commit_trims_the_tail_up_to_the_watermark_only() -> None:
+    replica = Replica(SLOTS)
+    for w in stream([1, 2, 3]):
+        replica.apply_replicated(OLD, w)
+    replica.commit(OLD, 2, known(OLD))
+    assert replica.tail_length() == 1
+    replica.commit(OLD, NO_COMMIT, known(OLD))
+    assert replica.tail_length() == 1
+
+
+def test_a_late_watermark_from_a_replaced_primary_commits_nothing() -> None:
+    replica = Replica(SLOTS)
+    for w in stream([1, 2]):
+        replica.apply_replicated(OLD, w)
+    replica.commit(OLD, 2, known(NEW, epoch=1))
+    assert replica.tail_length() == 2
+
+
+def test_reconcile_undoes_writes_beyond_the_new_primarys_high() -> None:
+    backup = Replica(SLOTS)
+    writes = stream([1, 2, 1])
+    for w in writes:
+        backup.apply_replicated(OLD, w)
+    backup.reconcile(NEW, 0, writes[0].version, [writes[0]])
+    assert backup.data[0] == {"k1": "v0"}
+    assert backup.keys == 1
+    assert not backup.seen_op(7, 2)
+    assert backup.seen_op(7, 1)
+
+
+def test_reconcile_applies_what_the_backup_lacks() -> None:
+    backup = Replica(SLOTS)
+    writes = stream([1, 2, 3])
+    backup.apply_replicated(OLD, writes[0])
+    backup.reconcile(NEW, 0, writes[-1].version, writes)
+    assert backup.data[0] == {"k1": "v0", "k2": "v1", "k3": "v2"}
+    assert backup.keys == 3
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    keys=st.lists(st.integers(0, 5), min_size=1, max_size=30),
+    received=st.lists(st.integers(0, 30), min_size=2, max_size=4),
+    data=st.data(),
+)
+def test_after_reconcile_every_replica_equals_the_new_primary(
+    keys: list[int], received: list[int], data: st.DataObject
+) -> None:
+    """Backups hold prefixes of one stream; whichever is promoted, all end equal and keep every committed write."""
+    writes = stream(keys)
+    prefixes = [min(n, len(writes)) for n in received]
+    committed = data.draw(st.integers(0, min(prefixes)), label="committed")  # acked: held by every replica
+    replicas = []
+    for length in prefixes:
+        replica = Replica(SLOTS)
+        for w in writes[:length]:
+            replica.apply_replicated(OLD, w)
+        replica.commit(OLD, committed, known(OLD))
+        replicas.append(replica)
+    new_primary = data.draw(st.integers(0, len(replicas) - 1), label="promoted")
+    primary = replicas[new_primary]
+    tail = primary.take_tail(0)
+    for index, backup in enumerate(replicas):
+        if index != new_primary:
+            backup.reconcile(NEW, 0, primary.high[0], tail)
+    expected = {}
+    for w in writes[: prefixes[new_primary]]:
+        expected[w.key] = w.value
+    for replica in replicas:
+        assert replica.data[0] == expected
+        assert replica.keys == len(expected)
+    for w in writes[:committed]:
+        assert all(r.seen_op(w.client, w.op_id) for r in replicas)
