@@ -3,7 +3,10 @@
 The master waits until all ``n`` storage nodes have said hello, then publishes
 table version 1. From then on it watches heartbeats; a node silent for
 ``timing.dead_after`` is declared dead, which publishes the next table version
-with that node appended to the dead list. Every node derives the consequences
+with that node appended to the dead list. Silence alone cannot tell a dead
+node from a stalled one, so when most live nodes fall silent at once (a
+machine-wide stall looks like that; independent failures rarely do) the
+master holds its verdict for ``MASS_SILENCE_FACTOR`` times longer. Every node derives the consequences
 from the table alone: for each slot the first live replica is the primary, so
 the dead node's backups are promoted and the slot's epoch grows.
 
@@ -47,6 +50,7 @@ log = logging.getLogger("kvcluster.master")
 
 TICK = 0.02  # how often liveness is checked, in seconds
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
+MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
 
 
 @dataclass
@@ -79,6 +83,7 @@ class Master:
         self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
         self.nodes: dict[int, NodeRecord] = {}
         self.table: TableData | None = None
+        self.holding_verdict = False  # a mass silence is being waited out (logged once)
         self.stopping = False
 
     def run(self) -> None:
@@ -176,20 +181,22 @@ class Master:
             for record in self.nodes.values():
                 record.last_seen += stall
 
-    def _silent_nodes(self, now: float) -> list[int]:
+    def _silent_nodes(self, now: float, longer_than: float | None = None) -> list[int]:
         assert self.table is not None
+        limit = self.timing.dead_after if longer_than is None else longer_than
         return [
             node_id
             for node_id, record in self.nodes.items()
-            if node_id not in self.table.dead and now - record.last_seen > self.timing.dead_after
+            if node_id not in self.table.dead and now - record.last_seen > limit
         ]
 
     def _detect_failures(self, now: float) -> None:
         if self.table is None or not self._silent_nodes(now):
+            self.holding_verdict = False
             return
         self._drain()  # a heartbeat that arrived while we were busy still counts
         silent = self._silent_nodes(now)
-        if silent:
+        if silent and self._looks_like_failure(now, silent):
             for node_id in silent:
                 log.warning(
                     "%s missed heartbeats for %.0f ms: declared dead",
@@ -198,8 +205,38 @@ class Master:
                 )
             self._publish(with_dead(self.table, silent))
 
+    def _looks_like_failure(self, now: float, silent: list[int]) -> bool:
+        """Whether silence means death: most live nodes still answer, or the silence outlasted any stall.
+
+        A minority of nodes going quiet while the rest answer is what crashes
+        look like. When a majority goes quiet together, the likelier cause is
+        a stall shared by all of them (an overloaded machine, a swapping
+        host), and declaring them dead would turn one slow moment into the
+        loss of every replica. So the verdict waits; safety does not depend on
+        it, since a lease always runs out before ``dead_after``.
+        """
+        assert self.table is not None
+        live = len(self.nodes) - len(self.table.dead)
+        # Nodes that stall together do not cross the line at the same instant: count the ones well on their way.
+        quiet = self._silent_nodes(now, self.timing.dead_after / 2)
+        if len(quiet) == 1 or 2 * len(quiet) < live:
+            return True
+        longest = max(now - self.nodes[node_id].last_seen for node_id in silent)
+        if longest > self.timing.dead_after * MASS_SILENCE_FACTOR:
+            return True
+        if not self.holding_verdict:
+            self.holding_verdict = True
+            log.warning(
+                "%d of %d live nodes silent at once (%s): waiting, it looks like a stall",
+                len(quiet),
+                live,
+                ", ".join(node_name(n) for n in quiet),
+            )
+        return False
+
     def _publish(self, table: TableData) -> None:
         self.table = table
+        self.holding_verdict = False
         message = Table(table)
         for node_id, record in self.nodes.items():
             if node_id not in table.dead:

@@ -187,3 +187,21 @@ def assert_survivors_serve(c: Cluster) -> None:
     doc = c.status()
     assert doc["dead"] == [VICTIM_NAME]
     assert all(n["alive"] for n in doc["nodes"] if n["name"] != VICTIM_NAME)
+
+
+def test_a_stall_of_most_nodes_declares_no_one_dead(cluster: ClusterLauncher) -> None:
+    """Pausing a majority of the nodes past the failure detector looks like a machine-wide stall: nobody dies."""
+    c = cluster(nodes=3, rep=2)
+    c.put("stall", "before")
+    paused = [c.node(name)["pid"] for name in ("server1", "server2")]
+    for pid in paused:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        wait_until(lambda: "looks like a stall" in c.log("master"), message="the master holds its verdict")
+    finally:
+        for pid in paused:
+            os.kill(pid, signal.SIGCONT)
+    assert c.get("stall")[0] == "before"
+    doc = c.status()
+    assert doc["dead"] == []
+    assert all(n["alive"] for n in doc["nodes"])
