@@ -23,13 +23,14 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from kvcluster.protocol import Write
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
-DEDUP_MEMORY = 200_000  # recent puts remembered to drop resends: several client deadlines at full throughput
+DEDUP_SPAN = 1 << 20  # per client: how many of its latest op ids are remembered (a 128 KiB bitmap at most)
+DEDUP_CLIENTS = 50_000  # clients remembered; the least recently active is forgotten first
 NO_COMMIT = -1  # a watermark that says nothing (the primary is still reconciling a slot)
 
 
@@ -38,9 +39,53 @@ def make_version(epoch: int, counter: int) -> int:
     return (epoch << VERSION_EPOCH_SHIFT) | counter
 
 
-def op_ref(client: int, op_id: int) -> int:
-    """One int naming a client's operation: a third of the memory of a ``(client, op_id)`` tuple."""
-    return (client << VERSION_EPOCH_SHIFT) | op_id
+class AppliedOps:
+    """Which puts were applied, by client and op id, so a resent put is not applied twice.
+
+    A client numbers its operations 0, 1, 2, ..., so each client's applied ids
+    are kept as a bitmap over its latest ``DEDUP_SPAN`` ids: a bit per id
+    instead of a hundred bytes per remembered put, and exact within the span.
+    """
+
+    def __init__(self) -> None:
+        self.clients: dict[int, list[Any]] = {}  # client -> [first id of the bitmap, bitmap], least recent first
+
+    def __contains__(self, op: tuple[int, int]) -> bool:
+        client, op_id = op
+        window = self.clients.get(client)
+        if window is None:
+            return False
+        offset = op_id - window[0]
+        bits: bytearray = window[1]
+        return 0 <= offset < len(bits) * 8 and bool(bits[offset >> 3] & (1 << (offset & 7)))
+
+    def add(self, client: int, op_id: int) -> None:
+        window = self.clients.pop(client, None)
+        if window is None:
+            window = [op_id & ~7, bytearray()]
+            if len(self.clients) >= DEDUP_CLIENTS:
+                del self.clients[next(iter(self.clients))]
+        self.clients[client] = window
+        offset = op_id - window[0]
+        if offset < 0:
+            return  # older than anything remembered for this client: its resends are long over
+        bits: bytearray = window[1]
+        if offset >= len(bits) * 8:
+            bits.extend(bytes((offset >> 3) + 1 - len(bits)))
+            excess = len(bits) - DEDUP_SPAN // 8
+            if excess > 0:
+                del bits[:excess]
+                window[0] += excess * 8
+                offset -= excess * 8
+        bits[offset >> 3] |= 1 << (offset & 7)
+
+    def discard(self, client: int, op_id: int) -> None:
+        window = self.clients.get(client)
+        if window is not None:
+            offset = op_id - window[0]
+            bits: bytearray = window[1]
+            if 0 <= offset < len(bits) * 8:
+                bits[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
 
 
 class TailEntry(NamedTuple):
@@ -57,7 +102,7 @@ class Replica:
         self.data: list[dict[str, str]] = [{} for _ in range(slots)]
         self.high = [0] * slots  # per slot: the highest version applied here
         self.tails: dict[int, deque[TailEntry]] = {}  # per sender, in the order received
-        self.applied: dict[int, None] = {}  # op refs of recently applied puts, oldest first
+        self.applied = AppliedOps()
         self.keys = 0
 
     # --- applying ---
@@ -70,7 +115,7 @@ class Replica:
             self.keys += 1
         store[write.key] = write.value
         self.high[write.slot] = max(self.high[write.slot], write.version)
-        self.remember(op_ref(write.client, write.op_id))
+        self.applied.add(write.client, write.op_id)
         return previous
 
     def apply_replicated(self, sender: int, write: Write) -> None:
@@ -141,17 +186,10 @@ class Replica:
                 self.keys -= 1
         else:
             store[write.key] = entry.previous
-        self.applied.pop(op_ref(write.client, write.op_id), None)
-
-    # --- duplicate detection ---
+        self.applied.discard(write.client, write.op_id)
 
     def seen_op(self, client: int, op_id: int) -> bool:
-        return op_ref(client, op_id) in self.applied
-
-    def remember(self, ref: int) -> None:
-        self.applied[ref] = None
-        if len(self.applied) > DEDUP_MEMORY:
-            del self.applied[next(iter(self.applied))]
+        return (client, op_id) in self.applied
 
     def tail_length(self) -> int:
         return sum(len(tail) for tail in self.tails.values())

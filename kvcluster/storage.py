@@ -69,7 +69,7 @@ from kvcluster.protocol import (
     decode,
     encode,
 )
-from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version, op_ref
+from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 
 log = logging.getLogger("kvcluster.storage")
 
@@ -134,7 +134,7 @@ class StorageNode:
         self.lease_until = 0.0
         self.next_beat = 0.0
         self.counter = 0
-        self.inflight: set[int] = set()  # op refs of puts waiting for their backups
+        self.inflight: set[tuple[int, int]] = set()  # (client, op id) of puts waiting for their backups
         # Per key with puts in flight: [puts in flight, highest version applied]. Puts of one request wait on
         # several backups, so they can finish out of order; an older put must never overwrite a newer one.
         self.key_flight: dict[str, list[int]] = {}
@@ -325,7 +325,7 @@ class StorageNode:
             pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
         if pending.writes:
             for write in (w for _, w in pending.writes):
-                self.inflight.add(op_ref(write.client, write.op_id))
+                self.inflight.add((write.client, write.op_id))
             self.pending.append(pending)
         else:
             self._reply(pending)
@@ -337,7 +337,7 @@ class StorageNode:
         if op.kind == OpKind.GET:
             value = self.replica.data[op.slot].get(op.key)
             return Result(Status.NOT_FOUND, None) if value is None else Result(Status.OK, value)
-        ref = op_ref(client, op.op_id)
+        ref = (client, op.op_id)
         if ref in self.replica.applied:
             return Result(Status.OK, None)
         if ref in self.inflight:
@@ -426,7 +426,7 @@ class StorageNode:
                 still.append(pending)
                 continue
             for index, write in pending.writes:
-                self.inflight.discard(op_ref(write.client, write.op_id))
+                self.inflight.discard((write.client, write.op_id))
                 if write.slot in pending.rejected:
                     pending.results[index] = Result(Status.NOT_PRIMARY, None)
                 else:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvcluster import replica
 from kvcluster.protocol import Write
-from kvcluster.replica import NO_COMMIT, Replica, make_version
+from kvcluster.replica import DEDUP_SPAN, NO_COMMIT, AppliedOps, Replica, make_version
 
 SLOTS = 4
 OLD, NEW = 1, 2
@@ -106,3 +108,35 @@ def test_after_reconcile_every_replica_equals_the_new_primary(
         assert replica.keys == len(expected)
     for w in writes[:committed]:
         assert all(r.seen_op(w.client, w.op_id) for r in replicas)
+
+
+def test_applied_ops_are_exact_within_a_clients_span() -> None:
+    ops = AppliedOps()
+    for op_id in (0, 5, 9, 64):
+        ops.add(3, op_id)
+    assert [op_id for op_id in range(70) if (3, op_id) in ops] == [0, 5, 9, 64]
+    assert (4, 5) not in ops
+    ops.discard(3, 5)
+    assert (3, 5) not in ops
+    assert (3, 9) in ops
+
+
+def test_applied_ops_forget_the_oldest_ids_past_the_span() -> None:
+    ops = AppliedOps()
+    ops.add(1, 0)
+    ops.add(1, DEDUP_SPAN + 100)
+    assert (1, 0) not in ops
+    assert (1, DEDUP_SPAN + 100) in ops
+    assert len(ops.clients[1][1]) <= DEDUP_SPAN // 8
+
+
+def test_applied_ops_forget_the_least_recent_client_first(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(replica, "DEDUP_CLIENTS", 2)
+    ops = AppliedOps()
+    ops.add(1, 0)
+    ops.add(2, 0)
+    ops.add(1, 1)
+    ops.add(3, 0)
+    assert (2, 0) not in ops
+    assert (1, 0) in ops
+    assert (3, 0) in ops
