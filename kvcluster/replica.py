@@ -146,9 +146,16 @@ class Replica:
 
     # --- failover ---
 
-    def take_tail(self, slot: int) -> list[Write]:
-        """Remove and return this node's uncommitted writes to ``slot``, oldest first."""
-        return [entry.write for entry in self._pull_tail(slot)]
+    def take_tails(self, slots: list[int]) -> dict[int, list[Write]]:
+        """Remove and return this node's uncommitted writes to ``slots``, oldest first per slot."""
+        pulled = self._pull_tails(set(slots))
+        return {slot: [entry.write for entry in pulled.get(slot, [])] for slot in slots}
+
+    def reconcile_all(self, sender: int, tails: list[tuple[int, int, list[Write]]]) -> None:
+        """``reconcile`` for several ``(slot, high, writes)`` at once, with one pass over the tails."""
+        pulled = self._pull_tails({slot for slot, _, _ in tails})
+        for slot, high, writes in tails:
+            self._reconcile(sender, slot, high, writes, pulled.get(slot, []))
 
     def reconcile(self, sender: int, slot: int, high: int, writes: list[Write]) -> None:
         """Make ``slot`` what the new primary ``sender`` holds: undo beyond ``high``, apply what is missing.
@@ -157,7 +164,9 @@ class Replica:
         this node's tail (now under ``sender``) until ``sender`` commits them,
         because ``sender`` may die before every backup has reconciled.
         """
-        entries = self._pull_tail(slot)
+        self._reconcile(sender, slot, high, writes, self._pull_tails({slot}).get(slot, []))
+
+    def _reconcile(self, sender: int, slot: int, high: int, writes: list[Write], entries: list[TailEntry]) -> None:
         kept = [e for e in entries if e.write.version <= high]
         for entry in reversed([e for e in entries if e.write.version > high]):
             self._undo(entry)
@@ -169,13 +178,19 @@ class Replica:
                 tail.append(TailEntry(write, self.apply(write)))
         self.high[slot] = max(self.high[slot], high)
 
-    def _pull_tail(self, slot: int) -> list[TailEntry]:
-        pulled: list[TailEntry] = []
+    def _pull_tails(self, slots: set[int]) -> dict[int, list[TailEntry]]:
+        """Take the tail entries of ``slots`` out of every sender's tail, sorted by version per slot."""
+        pulled: dict[int, list[TailEntry]] = {}
         for sender, tail in list(self.tails.items()):
-            if any(entry.write.slot == slot for entry in tail):
-                pulled.extend(entry for entry in tail if entry.write.slot == slot)
-                self.tails[sender] = deque(entry for entry in tail if entry.write.slot != slot)
-        pulled.sort(key=lambda entry: entry.write.version)
+            rest: deque[TailEntry] = deque()
+            for entry in tail:
+                if entry.write.slot in slots:
+                    pulled.setdefault(entry.write.slot, []).append(entry)
+                else:
+                    rest.append(entry)
+            self.tails[sender] = rest
+        for entries in pulled.values():
+            entries.sort(key=lambda entry: entry.write.version)
         return pulled
 
     def _undo(self, entry: TailEntry) -> None:

@@ -73,6 +73,7 @@ from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 
 log = logging.getLogger("kvcluster.storage")
 
+LONG_PASS = 0.05  # seconds: a pass longer than this is logged; work that grows with the data must be cut smaller
 DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
 BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
 NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs more than a send
@@ -158,6 +159,7 @@ class StorageNode:
             while not self.stopping:
                 self._beat_if_due()
                 ready = dict(self.poller.poll(max(1, int((self.next_beat - time.monotonic()) * 1000))))
+                started = time.monotonic()
                 if self.router in ready:
                     self._drain(self.router, self._on_router)
                 if self.master in ready:
@@ -166,12 +168,18 @@ class StorageNode:
                     if peer in ready:
                         self._drain(peer, self._on_peer)
                 self._flush()
+                self._report_long_pass(time.monotonic() - started)
         finally:
             self.ctx.destroy(linger=0)
             log.info("%s stopped", self.name)
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
+
+    def _report_long_pass(self, took: float) -> None:
+        """Say so when one pass of the loop kept heartbeats and requests waiting (it should never)."""
+        if took > LONG_PASS:
+            log.warning("%s: one pass of the loop took %.0f ms", self.name, took * 1000)
 
     def _beat_if_due(self) -> None:
         now = time.monotonic()
@@ -271,8 +279,7 @@ class StorageNode:
         assert self.table is not None
         by_backup: dict[int, list[SlotTail]] = defaultdict(list)
         sent = 0
-        for slot in slots:
-            writes = self.replica.take_tail(slot)
+        for slot, writes in self.replica.take_tails(slots).items():
             tail = SlotTail(slot, self.table.epoch(slot), self.replica.high[slot], writes)
             for backup in self.table.live(slot)[1:]:
                 by_backup[backup].append(tail)
@@ -306,12 +313,9 @@ class StorageNode:
                 self.replica.commit(sender, committed, self.known)
                 self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
             case Reconcile(repl_id, sender, tails):
-                rejected = []
-                for tail in tails:
-                    if self._accepts(tail.slot, tail.epoch, sender):
-                        self.replica.reconcile(sender, tail.slot, tail.high, tail.writes)
-                    else:
-                        rejected.append(tail.slot)
+                rejected = [tail.slot for tail in tails if not self._accepts(tail.slot, tail.epoch, sender)]
+                accepted = [(t.slot, t.high, t.writes) for t in tails if t.slot not in rejected]
+                self.replica.reconcile_all(sender, accepted)
                 self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
             case Commit(sender, committed):
                 self.replica.commit(sender, committed, self.known)

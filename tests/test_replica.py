@@ -96,7 +96,7 @@ def test_after_reconcile_every_replica_equals_the_new_primary(
         replicas.append(replica)
     new_primary = data.draw(st.integers(0, len(replicas) - 1), label="promoted")
     primary = replicas[new_primary]
-    tail = primary.take_tail(0)
+    tail = primary.take_tails([0])[0]
     for index, backup in enumerate(replicas):
         if index != new_primary:
             backup.reconcile(NEW, 0, primary.high[0], tail)
