@@ -30,10 +30,11 @@ from pathlib import Path
 
 import psutil
 
-from kvcluster import storage
 from kvcluster.bench import measure_load, preload
 from kvcluster.client import Client
-from kvcluster.protocol import Heartbeat, Message, Timing
+from kvcluster.core.actions import Action, ToMaster
+from kvcluster.protocol import Heartbeat, Timing
+from kvcluster.runtime import node as node_runtime
 
 PROFILED_NODE = 1
 
@@ -45,18 +46,18 @@ def serve_profiled(node_id: int, master: str, out: Path) -> None:
     healthy node declared dead; the gaps go to ``<out>.beats.json``.
     """
     beats: list[tuple[float, float]] = []  # (wall clock, loop thread's CPU clock) at each heartbeat
-    send_master = storage.StorageNode._send_master
+    carry_out = node_runtime.NodeProcess._carry_out
 
-    def record_beat(node: storage.StorageNode, message: Message) -> None:
-        if isinstance(message, Heartbeat):
+    def record_beat(process: node_runtime.NodeProcess, action: Action) -> None:
+        if isinstance(action, ToMaster) and isinstance(action.message, Heartbeat):
             beats.append((time.monotonic(), time.thread_time()))
-        send_master(node, message)
+        carry_out(process, action)
 
-    storage.StorageNode._send_master = record_beat  # type: ignore[method-assign,assignment]
+    node_runtime.NodeProcess._carry_out = record_beat  # type: ignore[method-assign]
     profiler = cProfile.Profile(time.thread_time)
     profiler.enable()
     try:
-        storage.serve(node_id, master, Timing())
+        node_runtime.serve(node_id, master, Timing())
     finally:
         profiler.disable()
         profiler.dump_stats(str(out))

@@ -188,13 +188,13 @@ def _run_process(argv: list[str]) -> bool:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)
     timing = Timing(args.heartbeat, args.lease, args.dead_after)
     if args.process == "_master":
-        from kvcluster import master  # noqa: PLC0415
+        from kvcluster.runtime import master  # noqa: PLC0415
 
         master.serve(args.nodes, args.rep, args.bind, timing)
     elif args.process == "_node":
-        from kvcluster import storage  # noqa: PLC0415
+        from kvcluster.runtime import node  # noqa: PLC0415
 
-        storage.serve(args.id, args.master, timing)
+        node.serve(args.id, args.master, timing)
     else:
         from kvcluster import supervisor  # noqa: PLC0415
 

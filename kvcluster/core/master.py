@@ -1,4 +1,9 @@
-"""The master: membership, the routing table, failure detection and failover.
+"""The master's logic as a state machine: membership, the routing table, failure detection and failover.
+
+``MasterCore`` holds no socket and reads no clock: its driver (the ZeroMQ
+runtime in ``runtime/master.py``, or the simulator) hands it each message with
+the time and its route, and calls ``tick`` every ``TICK`` seconds; it answers
+with actions (``core/actions.py``).
 
 The master waits until all ``n`` storage nodes have said hello, then publishes
 table version 1. From then on it watches heartbeats; a node silent for
@@ -18,14 +23,9 @@ again in answer to any heartbeat that reports an older version.
 from __future__ import annotations
 
 import logging
-import os
-import signal
-import sys
-import time
 from dataclasses import dataclass
 
-import zmq
-
+from kvcluster.core.actions import Action, Answer, Route
 from kvcluster.errors import ProtocolError
 from kvcluster.placement import initial_table, node_name, with_dead
 from kvcluster.protocol import (
@@ -42,8 +42,6 @@ from kvcluster.protocol import (
     TableData,
     TableRequest,
     Timing,
-    decode,
-    encode,
 )
 
 log = logging.getLogger("kvcluster.master")
@@ -57,95 +55,76 @@ MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live node
 class NodeRecord:
     """What the master knows of one registered node."""
 
-    identity: bytes
+    route: Route
     endpoint: str
     pid: int
     last_seen: float
     keys: int = 0
 
 
-class Master:
-    """The master process; ``run()`` serves until SIGTERM."""
+class MasterCore:
+    """The master's state; every public method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int) -> None:
         self.expected = nodes
         self.rep = rep
         self.timing = timing
-        self.ctx = zmq.Context()
-        self.ctx.linger = 0
-        self.router = self.ctx.socket(zmq.ROUTER)
-        host, _, port = bind.rpartition(":")
-        if port == "0":
-            chosen = self.router.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.router.bind(f"tcp://{bind}")
-            chosen = int(port)
-        self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
+        self.pid = pid
+        self.outbox: list[Action] = []
         self.nodes: dict[int, NodeRecord] = {}
         self.table: TableData | None = None
         self.holding_verdict = False  # a mass silence is being waited out (logged once)
-        self.stopping = False
+        self.last_tick: float | None = None
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        log.info("master for %d nodes x %d replicas on %s", self.expected, self.rep, self.endpoint)
-        last_pass = time.monotonic()
-        try:
-            while not self.stopping:
-                if self.router.poll(int(TICK * 1000)):
-                    self._drain()
-                now = time.monotonic()
-                self._forgive_own_stall(now - last_pass)
-                last_pass = now
-                self._detect_failures(now)
-        finally:
-            self.ctx.destroy(linger=0)
-            log.info("master stopped")
+    def take(self) -> list[Action]:
+        """The actions the events so far asked for, oldest first; the outbox is emptied."""
+        actions, self.outbox = self.outbox, []
+        return actions
 
-    def _stop(self, _signum: int, _frame: object) -> None:
-        self.stopping = True
+    def on_message(self, now: float, route: Route, message: Message) -> None:
+        self.now = now
+        self._handle(route, message)
 
-    def _drain(self) -> None:
-        while True:
-            try:
-                frames = self.router.recv_multipart(zmq.NOBLOCK)
-            except zmq.Again:
-                return
-            envelope = frames[:-1]
-            try:
-                self._handle(envelope, decode(frames[-1]))
-            except ProtocolError as exc:
-                log.warning("rejected a malformed message: %s", exc)
+    def tick(self, now: float) -> None:
+        """Time passed: declare dead the nodes that stayed silent too long.
 
-    def _send(self, envelope: list[bytes], message: Message) -> None:
-        self.router.send_multipart([*envelope, encode(message)])
+        The driver delivers every message that has arrived before it ticks, so
+        a heartbeat that waited while the master was busy still counts.
+        """
+        self.now = now
+        if self.last_tick is not None:
+            self._forgive_own_stall(now - self.last_tick)
+        self.last_tick = now
+        self._detect_failures(now)
 
-    def _handle(self, envelope: list[bytes], message: Message) -> None:
+    def _send(self, route: Route, message: Message) -> None:
+        self.outbox.append(Answer(route, message))
+
+    def _handle(self, route: Route, message: Message) -> None:
         match message:
             case Hello():
-                self._on_hello(envelope, message)
+                self._on_hello(route, message)
             case Heartbeat():
-                self._on_heartbeat(envelope, message)
+                self._on_heartbeat(route, message)
             case TableRequest():
-                self._send(envelope, Table(self.table) if self.table else NotReady(len(self.nodes), self.expected))
+                self._send(route, Table(self.table) if self.table else NotReady(len(self.nodes), self.expected))
             case StatusRequest():
-                self._send(envelope, self._status())
+                self._send(route, self._status())
             case _:
                 raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
     def _is_dead(self, node_id: int) -> bool:
         return self.table is not None and node_id in self.table.dead
 
-    def _on_hello(self, envelope: list[bytes], hello: Hello) -> None:
+    def _on_hello(self, route: Route, hello: Hello) -> None:
         if not 1 <= hello.node_id <= self.expected:
             raise ProtocolError(f"hello from unknown node id {hello.node_id}")
         if self.table is not None:
             # Membership is fixed once the table exists: a late or restarted node holds no data we trust.
             log.warning("%s said hello after the table was made; fencing it", node_name(hello.node_id))
-            self._send(envelope, Fenced(hello.node_id))
+            self._send(route, Fenced(hello.node_id))
             return
-        self.nodes[hello.node_id] = NodeRecord(envelope[0], hello.endpoint, hello.pid, time.monotonic())
+        self.nodes[hello.node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
         log.info(
             "%s registered at %s (pid %d), %d/%d",
             node_name(hello.node_id),
@@ -157,17 +136,17 @@ class Master:
         if len(self.nodes) == self.expected:
             self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep))
 
-    def _on_heartbeat(self, envelope: list[bytes], beat: Heartbeat) -> None:
+    def _on_heartbeat(self, route: Route, beat: Heartbeat) -> None:
         record = self.nodes.get(beat.node_id)
-        if record is None or record.identity != envelope[0] or self._is_dead(beat.node_id):
-            self._send(envelope, Fenced(beat.node_id))
+        if record is None or record.route != route or self._is_dead(beat.node_id):
+            self._send(route, Fenced(beat.node_id))
             return
-        record.last_seen = time.monotonic()
+        record.last_seen = self.now
         record.keys = beat.keys
         version = self.table.version if self.table else 0
-        self._send(envelope, HeartbeatAck(beat.sent_at, version))
+        self._send(route, HeartbeatAck(beat.sent_at, version))
         if self.table is not None and beat.table_version < version:
-            self._send(envelope, Table(self.table))
+            self._send(route, Table(self.table))
 
     def _forgive_own_stall(self, gap: float) -> None:
         """Don't count time this process itself could not run against the nodes.
@@ -191,12 +170,13 @@ class Master:
         ]
 
     def _detect_failures(self, now: float) -> None:
-        if self.table is None or not self._silent_nodes(now):
+        if self.table is None:
+            return
+        silent = self._silent_nodes(now)
+        if not silent:
             self.holding_verdict = False
             return
-        self._drain()  # a heartbeat that arrived while we were busy still counts
-        silent = self._silent_nodes(now)
-        if silent and self._looks_like_failure(now, silent):
+        if self._looks_like_failure(now, silent):
             for node_id in silent:
                 log.warning(
                     "%s missed heartbeats for %.0f ms: declared dead",
@@ -240,21 +220,13 @@ class Master:
         message = Table(table)
         for node_id, record in self.nodes.items():
             if node_id not in table.dead:
-                self._send([record.identity], message)
+                self._send(record.route, message)
         log.info("published table version %d (dead: %s)", table.version, [node_name(n) for n in table.dead])
 
     def _status(self) -> StatusReport:
-        now = time.monotonic()
+        now = self.now
         reports = [
             NodeReport(node_id, r.endpoint, r.pid, not self._is_dead(node_id), r.keys, (now - r.last_seen) * 1000)
             for node_id, r in sorted(self.nodes.items())
         ]
-        return StatusReport(os.getpid(), self.table, reports)
-
-
-def serve(nodes: int, rep: int, bind: str, timing: Timing) -> None:
-    """Run the master in this process; announce its endpoint on stdout once bound."""
-    master = Master(nodes, rep, bind, timing)
-    sys.stdout.write(f"READY {master.endpoint}\n")
-    sys.stdout.flush()
-    master.run()
+        return StatusReport(self.pid, self.table, reports)

@@ -1,10 +1,12 @@
-"""A storage node: its in-memory store, primary-backup replication and fencing.
+"""A storage node's logic as a state machine: serving, primary-backup replication and fencing.
 
-One process, one thread, one ``zmq.Poller`` loop: a ROUTER socket takes client
-requests and replication from peers, a DEALER talks to the master, and one
-DEALER per peer carries this node's replication as a primary. Nothing ever
-blocks on a single peer, so two nodes replicating to each other cannot
-deadlock.
+``NodeCore`` holds no socket and reads no clock. Its driver (the ZeroMQ
+runtime in ``runtime/node.py``, or the simulator) feeds it events with the
+current time: the start, a message from the master, a message on its
+request socket (from clients and from primaries), an acknowledgement from a
+peer, a timer, and the end of a pass over everything that arrived. It answers
+with actions (``core/actions.py``). Nothing waits on a single peer, so two
+nodes replicating to each other cannot deadlock.
 
 Write path (the guarantee): the primary assigns the put a version
 ``(epoch << 40) | counter``, forwards it to every live backup, and commits it
@@ -31,17 +33,11 @@ primary they follow.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import signal
-import time
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Protocol
 
-import zmq
-
+from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
 from kvcluster.errors import ProtocolError
 from kvcluster.placement import RoutingTable, node_name
 from kvcluster.protocol import (
@@ -66,18 +62,10 @@ from kvcluster.protocol import (
     Write,
     check_key,
     check_value,
-    decode,
-    encode,
 )
 from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 
 log = logging.getLogger("kvcluster.storage")
-
-LONG_PASS = 0.05  # seconds: a pass longer than this is logged; work that grows with the data must be cut smaller
-DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
-BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
-NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs more than a send
-SNDMORE = int(zmq.SNDMORE)
 
 
 @dataclass(eq=False, kw_only=True)
@@ -96,7 +84,7 @@ class Waiter:
 class PendingRequest(Waiter):
     """A client request with puts that wait for their backups."""
 
-    envelope: list[bytes]
+    route: Route
     request: Request
     results: list[Result | None]
     writes: list[tuple[int, Write]] = field(default_factory=list)
@@ -110,23 +98,17 @@ class PendingReconcile(Waiter):
     slots: list[int]
 
 
-class StorageNode:
-    """One storage node; ``run()`` serves until SIGTERM or until the master fences it."""
+class NodeCore:
+    """One storage node's state; every method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+    def __init__(self, node_id: int, endpoint: str, pid: int, timing: Timing) -> None:
         self.node_id = node_id
         self.name = node_name(node_id)
+        self.endpoint = endpoint
+        self.pid = pid
         self.timing = timing
-        self.ctx = zmq.Context()
-        self.ctx.linger = 0
-        self.router = self.ctx.socket(zmq.ROUTER)
-        self.endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
-        self.master = self.ctx.socket(zmq.DEALER)
-        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}".encode())
-        self.master.connect(master_endpoint)
-        self.poller = zmq.Poller()
-        self.poller.register(self.master, zmq.POLLIN)  # the router joins once the first table arrives
-        self.peers: dict[int, zmq.Socket[bytes]] = {}
+        self.outbox: list[Action] = []
+        self.now = 0.0
 
         self.table: RoutingTable | None = None
         self.replica = Replica(0)
@@ -146,85 +128,54 @@ class StorageNode:
         self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
         self.pending: list[PendingRequest] = []
         self.syncs: list[PendingReconcile] = []
-        self.stopping = False
+        self.stopped = False
 
-    # --- the loop ---
+    # --- events ---
 
-    def run(self) -> None:
-        signal.signal(signal.SIGTERM, self._stop)
-        signal.signal(signal.SIGINT, self._stop)
-        self._send_master(Hello(self.node_id, self.endpoint, os.getpid()))
-        log.info("%s listening on %s", self.name, self.endpoint)
-        try:
-            while not self.stopping:
-                self._beat_if_due()
-                ready = dict(self.poller.poll(max(1, int((self.next_beat - time.monotonic()) * 1000))))
-                started = time.monotonic()
-                if self.router in ready:
-                    self._drain(self.router, self._on_router)
-                if self.master in ready:
-                    self._drain(self.master, self._on_master)
-                for peer in self.peers.values():
-                    if peer in ready:
-                        self._drain(peer, self._on_peer)
-                self._flush()
-                self._report_long_pass(time.monotonic() - started)
-        finally:
-            self.ctx.destroy(linger=0)
-            log.info("%s stopped", self.name)
+    def take(self) -> list[Action]:
+        """The actions the events so far asked for, oldest first; the outbox is emptied."""
+        actions, self.outbox = self.outbox, []
+        return actions
 
-    def _stop(self, _signum: int, _frame: object) -> None:
-        self.stopping = True
+    def start(self, now: float) -> None:
+        self.now = now
+        self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
 
-    def _report_long_pass(self, took: float) -> None:
-        """Say so when one pass of the loop kept heartbeats and requests waiting (it should never)."""
-        if took > LONG_PASS:
-            log.warning("%s: one pass of the loop took %.0f ms", self.name, took * 1000)
-
-    def _beat_if_due(self) -> None:
-        now = time.monotonic()
+    def tick(self, now: float) -> None:
+        """Time passed: heartbeat the master when due, and tell idle backups the commit watermark."""
+        self.now = now
         if now >= self.next_beat:
             keys = self.replica.keys
-            self._send_master(Heartbeat(self.node_id, now, self.table.version if self.table else 0, keys))
+            self.outbox.append(ToMaster(Heartbeat(self.node_id, now, self.table.version if self.table else 0, keys)))
             self.next_beat = now + self.timing.heartbeat
             self._commit_idle_backups()
 
-    def _drain(self, sock: zmq.Socket[bytes], handle: _Handler) -> None:
-        for count in range(1, DRAIN_LIMIT + 1):
-            if count % BEAT_CHECK_EVERY == 0:
-                # On a crowded machine a long pass must not starve the heartbeat: the master would declare us dead.
-                self._beat_if_due()
-            try:
-                frames = sock.recv_multipart(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                handle(frames[:-1], decode(frames[-1]))
-            except ProtocolError as exc:
-                log.warning("%s rejected a malformed message: %s", self.name, exc)
+    def on_master(self, now: float, message: Message) -> None:
+        self.now = now
+        self._on_master(message)
 
-    def _send_master(self, message: Message) -> None:
-        # With the master gone its queue fills up: drop the message rather than block the loop (a late heartbeat
-        # is worth nothing anyway).
-        with contextlib.suppress(zmq.Again):
-            self.master.send(encode(message), NOBLOCK)
+    def on_router(self, now: float, route: Route, message: Message) -> None:
+        """A message on the request socket: a client's request, or replication from a primary."""
+        self.now = now
+        self._on_router(route, message)
 
-    def _peer(self, node_id: int) -> zmq.Socket[bytes]:
-        sock = self.peers.get(node_id)
-        if sock is None:
-            assert self.table is not None
-            sock = self.ctx.socket(zmq.DEALER)
-            # Replication must never block the loop (two nodes blocked sending to each other would deadlock);
-            # what is queued is bounded by the requests clients have in flight.
-            sock.setsockopt(zmq.SNDHWM, 0)
-            sock.connect(self.table.endpoint(node_id))
-            self.poller.register(sock, zmq.POLLIN)
-            self.peers[node_id] = sock
-        return sock
+    def on_peer(self, now: float, message: Message) -> None:
+        """An acknowledgement from a backup this node replicates to."""
+        self.now = now
+        self._on_peer(message)
+
+    def flush(self, now: float) -> None:
+        """The end of a pass: send what the pass produced (group commit) and finish what is acknowledged."""
+        self.now = now
+        self._flush()
+
+    def _to_peer(self, node_id: int, message: Message) -> None:
+        assert self.table is not None
+        self.outbox.append(ToPeer(node_id, self.table.endpoint(node_id), message))
 
     # --- master: table, lease, fencing ---
 
-    def _on_master(self, _envelope: list[bytes], message: Message) -> None:
+    def _on_master(self, message: Message) -> None:
         match message:
             case HeartbeatAck(sent_at, _):
                 self.lease_until = max(self.lease_until, sent_at + self.timing.lease)
@@ -233,14 +184,14 @@ class StorageNode:
                     self._install(RoutingTable(data))
             case Fenced():
                 log.error("%s was declared dead by the master; exiting", self.name)
-                self.stopping = True
+                self.stopped = True
+                self.outbox.append(Exit("declared dead by the master"))
             case _:
                 raise ProtocolError(f"unexpected message from master: {type(message).__name__}")
 
     def _install(self, table: RoutingTable) -> None:
         old, self.table = self.table, table
         if old is None:
-            self.poller.register(self.router, zmq.POLLIN)
             self.replica = Replica(table.slots)
             self.known = [(-1, 0)] * table.slots
             self.ready = [True] * table.slots
@@ -269,10 +220,7 @@ class StorageNode:
         for pending in self.pending:
             pending.backups.discard(node_id)
         self.sent_commit.pop(node_id, None)
-        sock = self.peers.pop(node_id, None)
-        if sock is not None:
-            self.poller.unregister(sock)
-            sock.close(linger=0)
+        self.outbox.append(DropPeer(node_id))
 
     def _start_reconcile(self, slots: list[int]) -> None:
         """Send each backup of the gained slots this node's uncommitted tail of them; serve once all hold it."""
@@ -287,7 +235,7 @@ class StorageNode:
         sync = PendingReconcile(slots)
         for backup, tails in by_backup.items():
             repl_id = self._new_repl_id()
-            self._peer(backup).send(encode(Reconcile(repl_id, self.node_id, tails)))
+            self._to_peer(backup, Reconcile(repl_id, self.node_id, tails))
             self.repl_waiters[repl_id] = (backup, [sync])
             sync.waiting.add(repl_id)
         for slot in slots:
@@ -304,27 +252,27 @@ class StorageNode:
 
     # --- clients ---
 
-    def _on_router(self, envelope: list[bytes], message: Message) -> None:
+    def _on_router(self, route: Route, message: Message) -> None:
         match message:
             case Request():
-                self._on_request(envelope, message)
+                self._on_request(route, message)
             case Replicate(repl_id, sender, committed, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
                 self.replica.commit(sender, committed, self.known)
-                self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case Reconcile(repl_id, sender, tails):
                 rejected = [tail.slot for tail in tails if not self._accepts(tail.slot, tail.epoch, sender)]
                 accepted = [(t.slot, t.high, t.writes) for t in tails if t.slot not in rejected]
                 self.replica.reconcile_all(sender, accepted)
-                self._answer(envelope, ReplicateAck(repl_id, self.node_id, rejected))
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case Commit(sender, committed):
                 self.replica.commit(sender, committed, self.known)
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
-    def _on_request(self, envelope: list[bytes], request: Request) -> None:
-        pending = PendingRequest(envelope, request, [])
-        lease_fresh = time.monotonic() < self.lease_until
+    def _on_request(self, route: Route, request: Request) -> None:
+        pending = PendingRequest(route, request, [])
+        lease_fresh = self.now < self.lease_until
         for index, op in enumerate(request.ops):
             pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
         if pending.writes:
@@ -385,13 +333,7 @@ class StorageNode:
 
     def _reply(self, pending: PendingRequest) -> None:
         results = [r if r is not None else Result(Status.RETRY, None) for r in pending.results]
-        self._answer(pending.envelope, Reply(pending.request.request_id, self.node_id, results))
-
-    def _answer(self, envelope: list[bytes], message: Message) -> None:
-        """Send ``message`` back along the route a request came by."""
-        for frame in envelope:
-            self.router.send(frame, SNDMORE)
-        self.router.send(encode(message))
+        self.outbox.append(Answer(pending.route, Reply(pending.request.request_id, self.node_id, results)))
 
     # --- primary side of replication ---
 
@@ -406,7 +348,7 @@ class StorageNode:
             committed = self._commit_watermark()
             for backup, writes in self.outgoing.items():
                 repl_id = self._new_repl_id()
-                self._peer(backup).send(encode(Replicate(repl_id, self.node_id, committed, writes)))
+                self._to_peer(backup, Replicate(repl_id, self.node_id, committed, writes))
                 self.sent_commit[backup] = committed
                 repl_ids[backup] = repl_id
                 self.repl_waiters[repl_id] = (backup, [])
@@ -466,7 +408,7 @@ class StorageNode:
             return
         for backup, sent in self.sent_commit.items():
             if sent < committed:
-                self._peer(backup).send(encode(Commit(self.node_id, committed)))
+                self._to_peer(backup, Commit(self.node_id, committed))
                 self.sent_commit[backup] = committed
 
     def _finish_syncs(self) -> None:
@@ -480,7 +422,7 @@ class StorageNode:
             log.info("%s finished reconciling %d slots", self.name, len(sync.slots))
         self.syncs = still
 
-    def _on_peer(self, _envelope: list[bytes], message: Message) -> None:
+    def _on_peer(self, message: Message) -> None:
         if not isinstance(message, ReplicateAck):
             raise ProtocolError(f"unexpected message from a peer: {type(message).__name__}")
         target_waiters = self.repl_waiters.pop(message.repl_id, None)
@@ -506,12 +448,3 @@ class StorageNode:
             return False
         self.replica.apply_replicated(sender, write)
         return True
-
-
-class _Handler(Protocol):
-    def __call__(self, envelope: list[bytes], message: Message, /) -> None: ...
-
-
-def serve(node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
-    """Run a storage node in this process until it is stopped."""
-    StorageNode(node_id, master_endpoint, timing, host).run()

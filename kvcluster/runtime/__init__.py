@@ -1,0 +1,1 @@
+"""The process runtime: ZeroMQ drivers that run the cores in real processes, and the supervisor."""

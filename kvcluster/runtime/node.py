@@ -1,0 +1,147 @@
+"""The storage node process: ``NodeCore`` driven over ZeroMQ with the real clock.
+
+One process, one thread, one ``zmq.Poller`` loop: a ROUTER socket takes client
+requests and replication from primaries, a DEALER talks to the master, and one
+DEALER per peer carries this node's replication as a primary. The driver
+decodes what arrives, hands it to the core with ``time.monotonic()``, and
+carries out the actions the core returns. It owns every socket and the clock;
+the core owns every decision.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import signal
+import time
+from collections.abc import Callable
+
+import zmq
+
+from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
+from kvcluster.core.node import NodeCore
+from kvcluster.errors import ProtocolError
+from kvcluster.protocol import Message, Timing, decode, encode
+
+log = logging.getLogger("kvcluster.storage")
+
+LONG_PASS = 0.05  # seconds: a pass longer than this is logged; work that grows with the data must be cut smaller
+DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
+BEAT_CHECK_EVERY = 16  # messages handled between looks at the heartbeat clock
+NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs more than a send
+SNDMORE = int(zmq.SNDMORE)
+
+Handler = Callable[[list[bytes], Message], None]
+
+
+class NodeProcess:
+    """Runs one ``NodeCore`` until SIGTERM or until the master fences it."""
+
+    def __init__(self, node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+        self.ctx = zmq.Context()
+        self.ctx.linger = 0
+        self.router = self.ctx.socket(zmq.ROUTER)
+        endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
+        self.master = self.ctx.socket(zmq.DEALER)
+        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}".encode())
+        self.master.connect(master_endpoint)
+        self.poller = zmq.Poller()
+        self.poller.register(self.master, zmq.POLLIN)
+        self.poller.register(self.router, zmq.POLLIN)
+        self.peers: dict[int, zmq.Socket[bytes]] = {}
+        self.core = NodeCore(node_id, endpoint, os.getpid(), timing)
+        self.stopping = False
+
+    def run(self) -> None:
+        signal.signal(signal.SIGTERM, self._stop)
+        signal.signal(signal.SIGINT, self._stop)
+        core = self.core
+        core.start(time.monotonic())
+        self._act()
+        log.info("%s listening on %s", core.name, core.endpoint)
+        try:
+            while not self.stopping:
+                core.tick(time.monotonic())
+                self._act()
+                ready = dict(self.poller.poll(max(1, int((core.next_beat - time.monotonic()) * 1000))))
+                started = time.monotonic()
+                if self.router in ready:
+                    self._drain(self.router, lambda env, msg: core.on_router(time.monotonic(), env, msg))
+                if self.master in ready:
+                    self._drain(self.master, lambda _env, msg: core.on_master(time.monotonic(), msg))
+                for peer in list(self.peers.values()):
+                    if peer in ready:
+                        self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg))
+                core.flush(time.monotonic())
+                self._act()
+                self._report_long_pass(time.monotonic() - started)
+        finally:
+            self.ctx.destroy(linger=0)
+            log.info("%s stopped", core.name)
+
+    def _stop(self, _signum: int, _frame: object) -> None:
+        self.stopping = True
+
+    def _report_long_pass(self, took: float) -> None:
+        """Say so when one pass of the loop kept heartbeats and requests waiting (it should never)."""
+        if took > LONG_PASS:
+            log.warning("%s: one pass of the loop took %.0f ms", self.core.name, took * 1000)
+
+    def _drain(self, sock: zmq.Socket[bytes], handle: Handler) -> None:
+        for count in range(1, DRAIN_LIMIT + 1):
+            if count % BEAT_CHECK_EVERY == 0:
+                # On a crowded machine a long pass must not starve the heartbeat: the master would declare us dead.
+                self.core.tick(time.monotonic())
+            try:
+                frames = sock.recv_multipart(NOBLOCK)
+            except zmq.Again:
+                break
+            try:
+                handle(frames[:-1], decode(frames[-1]))
+            except ProtocolError as exc:
+                log.warning("%s rejected a malformed message: %s", self.core.name, exc)
+            self._act()
+
+    def _act(self) -> None:
+        for action in self.core.take():
+            self._carry_out(action)
+
+    def _carry_out(self, action: Action) -> None:
+        match action:
+            case Answer(route, message):
+                assert isinstance(route, list)
+                for frame in route:
+                    self.router.send(frame, SNDMORE)
+                self.router.send(encode(message))
+            case ToPeer(node_id, endpoint, message):
+                self._peer(node_id, endpoint).send(encode(message))
+            case ToMaster(message):
+                # With the master gone its queue fills up: drop the message rather than block the loop (a late
+                # heartbeat is worth nothing anyway).
+                with contextlib.suppress(zmq.Again):
+                    self.master.send(encode(message), NOBLOCK)
+            case DropPeer(node_id):
+                sock = self.peers.pop(node_id, None)
+                if sock is not None:
+                    self.poller.unregister(sock)
+                    sock.close(linger=0)
+            case Exit():
+                self.stopping = True
+
+    def _peer(self, node_id: int, endpoint: str) -> zmq.Socket[bytes]:
+        sock = self.peers.get(node_id)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            # Replication must never block the loop (two nodes blocked sending to each other would deadlock);
+            # what is queued is bounded by the requests clients have in flight.
+            sock.setsockopt(zmq.SNDHWM, 0)
+            sock.connect(endpoint)
+            self.poller.register(sock, zmq.POLLIN)
+            self.peers[node_id] = sock
+        return sock
+
+
+def serve(node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+    """Run a storage node in this process until it is stopped."""
+    NodeProcess(node_id, master_endpoint, timing, host).run()
