@@ -73,7 +73,7 @@ class MasterCore:
         self.outbox: list[Action] = []
         self.nodes: dict[int, NodeRecord] = {}
         self.table: TableData | None = None
-        self.holding_verdict = False  # a mass silence is being waited out (logged once)
+        self.stalled: dict[int, None] = {}  # nodes caught in a mass silence: they get the longer deadline
         self.last_tick: float | None = None
 
     def take(self) -> list[Action]:
@@ -142,6 +142,7 @@ class MasterCore:
             self._send(route, Fenced(beat.node_id))
             return
         record.last_seen = self.now
+        self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys
         version = self.table.version if self.table else 0
         self._send(route, HeartbeatAck(beat.sent_at, version))
@@ -170,53 +171,57 @@ class MasterCore:
         ]
 
     def _detect_failures(self, now: float) -> None:
-        if self.table is None:
+        if self.table is None or not self._silent_nodes(now, self.timing.dead_after / 2):
             return
-        silent = self._silent_nodes(now)
-        if not silent:
-            self.holding_verdict = False
-            return
-        if self._looks_like_failure(now, silent):
-            for node_id in silent:
+        self._note_mass_silence(now)
+        due = [
+            node_id
+            for node_id in self._silent_nodes(now)
+            if node_id not in self.stalled or now - self.nodes[node_id].last_seen > self._stall_limit()
+        ]
+        if due:
+            for node_id in due:
                 log.warning(
                     "%s missed heartbeats for %.0f ms: declared dead",
                     node_name(node_id),
                     (now - self.nodes[node_id].last_seen) * 1000,
                 )
-            self._publish(with_dead(self.table, silent))
+            self._publish(with_dead(self.table, due))
 
-    def _looks_like_failure(self, now: float, silent: list[int]) -> bool:
-        """Whether silence means death: most live nodes still answer, or the silence outlasted any stall.
+    def _stall_limit(self) -> float:
+        return self.timing.dead_after * MASS_SILENCE_FACTOR
+
+    def _note_mass_silence(self, now: float) -> None:
+        """Give every node caught in a silence shared by most live nodes the longer deadline.
 
         A minority of nodes going quiet while the rest answer is what crashes
         look like. When a majority goes quiet together, the likelier cause is
         a stall shared by all of them (an overloaded machine, a swapping
         host), and declaring them dead would turn one slow moment into the
-        loss of every replica. So the verdict waits; safety does not depend on
-        it, since a lease always runs out before ``dead_after``.
+        loss of every replica. Nodes that stall together neither cross the
+        line nor recover at the same instant, so the quiet are counted from
+        half of ``dead_after``, and a node keeps the longer deadline until it
+        is heard again, even once the others have recovered. Safety does not
+        depend on any of this: a lease always runs out before ``dead_after``.
         """
         assert self.table is not None
         live = len(self.nodes) - len(self.table.dead)
-        # Nodes that stall together do not cross the line at the same instant: count the ones well on their way.
         quiet = self._silent_nodes(now, self.timing.dead_after / 2)
-        if len(quiet) == 1 or 2 * len(quiet) < live:
-            return True
-        longest = max(now - self.nodes[node_id].last_seen for node_id in silent)
-        if longest > self.timing.dead_after * MASS_SILENCE_FACTOR:
-            return True
-        if not self.holding_verdict:
-            self.holding_verdict = True
+        if len(quiet) < 2 or 2 * len(quiet) < live:
+            return
+        caught = [node_id for node_id in quiet if node_id not in self.stalled]
+        if caught:
+            self.stalled.update(dict.fromkeys(caught))
             log.warning(
-                "%d of %d live nodes silent at once (%s): waiting, it looks like a stall",
+                "%d of %d live nodes silent at once (%s): it looks like a stall; waiting up to %.1f s",
                 len(quiet),
                 live,
                 ", ".join(node_name(n) for n in quiet),
+                self._stall_limit(),
             )
-        return False
 
     def _publish(self, table: TableData) -> None:
         self.table = table
-        self.holding_verdict = False
         message = Table(table)
         for node_id, record in self.nodes.items():
             if node_id not in table.dead:

@@ -65,7 +65,7 @@ class NodeProcess:
                 core.tick(time.monotonic())
                 self._act()
                 ready = dict(self.poller.poll(max(1, int((core.next_beat - time.monotonic()) * 1000))))
-                started = time.monotonic()
+                started, cpu_started = time.monotonic(), time.thread_time()
                 if self.router in ready:
                     self._drain(self.router, lambda env, msg: core.on_router(time.monotonic(), env, msg))
                 if self.master in ready:
@@ -75,7 +75,7 @@ class NodeProcess:
                         self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg))
                 core.flush(time.monotonic())
                 self._act()
-                self._report_long_pass(time.monotonic() - started)
+                self._report_long_pass(time.monotonic() - started, time.thread_time() - cpu_started)
         finally:
             self.ctx.destroy(linger=0)
             log.info("%s stopped", core.name)
@@ -83,10 +83,12 @@ class NodeProcess:
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
 
-    def _report_long_pass(self, took: float) -> None:
-        """Say so when one pass of the loop kept heartbeats and requests waiting (it should never)."""
+    def _report_long_pass(self, took: float, cpu: float) -> None:
+        """Say so when one pass of the loop kept requests waiting: on the CPU (our fault) or off it (starved)."""
         if took > LONG_PASS:
-            log.warning("%s: one pass of the loop took %.0f ms", self.core.name, took * 1000)
+            log.warning(
+                "%s: one pass of the loop took %.0f ms (%.0f ms on the CPU)", self.core.name, took * 1000, cpu * 1000
+            )
 
     def _drain(self, sock: zmq.Socket[bytes], handle: Handler) -> None:
         for count in range(1, DRAIN_LIMIT + 1):
