@@ -1,23 +1,25 @@
 """Where keys live: hashing keys to slots, slots to replica lists, and the routing table.
 
-Placement is a pure function of (nodes, replicas, slots), so master, nodes and
-clients compute the same replica lists without shipping them. For slot ``s``
-with ``p = s % n`` and ``q = s // n`` the replicas are ``p`` followed by
-``p + 1 + ((q + j) % (n - 1))`` for ``j = 0 .. k-2``: each block of ``n``
-consecutive slots is a bijection onto the nodes at every rank, so every node
-holds the same number of slots within one as primary and as each backup rank,
-and a dead node's primary slots are promoted evenly across all the others.
+The first table places slot ``s`` with ``p = s % n`` and ``q = s // n`` on
+``p`` followed by ``p + 1 + ((q + j) % (n - 1))`` for ``j = 0 .. k-2``: each
+block of ``n`` consecutive slots is a bijection onto the nodes at every rank,
+so every node holds the same number of slots within one as primary and as
+each backup rank, and a dead node's primary slots are promoted evenly across
+all the others.
 
-Nodes only ever die (a node declared dead is fenced and exits), so the table
-is the static placement plus the dead nodes in order of death. A slot's epoch
-is the number of its replicas that are dead: it grows whenever the slot's live
-replica list changes, and two views with the same epoch agree on that list.
+From then on the master owns the table explicitly: each slot has a replica
+list (primary first) and an epoch that only grows, bumped whenever the list
+changes, so two views with the same epoch agree on the list. A death removes
+the node from every list (the next replica becomes primary); a repair appends
+a caught-up replica (``with_replica``). A slot whose replicas are all dead
+keeps its last list, so clients can say which nodes it needed.
 """
 
 from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterable
+from dataclasses import replace
 
 from kvcluster.protocol import TableData
 
@@ -51,17 +53,18 @@ def replicas_for(slot: int, nodes: int, rep: int) -> tuple[int, ...]:
 class RoutingTable:
     """The master's published table, with every per-slot view precomputed.
 
-    ``replicas(slot)`` is the static placement; ``live(slot)`` drops the dead
-    nodes, so ``live(slot)[0]`` is the primary and the rest are the backups.
+    ``replicas(slot)`` is the slot's list as published; ``live(slot)`` drops
+    the dead nodes, so ``live(slot)[0]`` is the primary and the rest are the
+    backups.
     """
 
     def __init__(self, data: TableData) -> None:
         self.data = data
         self.nodes = len(data.endpoints)
         dead = set(data.dead)
-        self._replicas = [replicas_for(s, self.nodes, data.rep) for s in range(data.slots)]
-        self._live = [tuple(n for n in r if n not in dead) for r in self._replicas]
-        self._epochs = [len(r) - len(live) for r, live in zip(self._replicas, self._live, strict=True)]
+        self._replicas = [tuple(r) for r in data.replicas]
+        self._live = [r if dead.isdisjoint(r) else tuple(n for n in r if n not in dead) for r in self._replicas]
+        self._epochs = data.epochs
 
     @property
     def version(self) -> int:
@@ -105,19 +108,80 @@ class RoutingTable:
 
 
 def initial_table(endpoints: dict[int, str], rep: int, slots: int = NUM_SLOTS) -> TableData:
-    """The first table of a cluster: every node alive."""
-    return TableData(version=1, rep=rep, slots=slots, endpoints=dict(endpoints), dead=[])
+    """The first table of a cluster: every node alive, the balanced placement, every epoch 0."""
+    nodes = len(endpoints)
+    return TableData(
+        version=1,
+        rep=rep,
+        slots=slots,
+        endpoints=dict(endpoints),
+        dead=[],
+        replicas=[list(replicas_for(s, nodes, rep)) for s in range(slots)],
+        epochs=[0] * slots,
+    )
 
 
 def with_dead(data: TableData, dead_nodes: Iterable[int]) -> TableData:
-    """The next table after ``dead_nodes`` died, with the version bumped once."""
+    """The next table after ``dead_nodes`` died: each leaves every list it was in, and those slots' epochs grow."""
     new = [n for n in dead_nodes if n not in data.dead]
     if not new:
         return data
-    return TableData(
-        version=data.version + 1,
-        rep=data.rep,
-        slots=data.slots,
-        endpoints=data.endpoints,
-        dead=[*data.dead, *new],
-    )
+    gone = set(new)
+    replicas = list(data.replicas)
+    epochs = list(data.epochs)
+    for slot, nodes in enumerate(data.replicas):
+        if gone.isdisjoint(nodes):
+            continue
+        live = [n for n in nodes if n not in gone]
+        replicas[slot] = live or nodes  # a slot with no replica left keeps the names of the dead ones
+        epochs[slot] += 1
+    return replace(data, version=data.version + 1, dead=[*data.dead, *new], replicas=replicas, epochs=epochs)
+
+
+def with_replicas(data: TableData, added: Iterable[tuple[int, int]]) -> TableData:
+    """The next table with each ``(slot, node)`` appended as the slot's last backup, its epoch bumped."""
+    replicas = list(data.replicas)
+    epochs = list(data.epochs)
+    for slot, node in added:
+        replicas[slot] = [*replicas[slot], node]
+        epochs[slot] += 1
+    return replace(data, version=data.version + 1, replicas=replicas, epochs=epochs)
+
+
+def under_replicated(data: TableData) -> list[int]:
+    """Slots with fewer live replicas than ``rep`` but at least one: the ones a repair can restore."""
+    dead = set(data.dead)
+    short = []
+    for slot, nodes in enumerate(data.replicas):
+        live = sum(n not in dead for n in nodes)
+        if 0 < live < data.rep:
+            short.append(slot)
+    return short
+
+
+def choose_target(data: TableData, slot: int, load: dict[int, list[int]], exclude: Iterable[int] = ()) -> int | None:
+    """The live node to hold a new replica of ``slot``: the least loaded overall, then at the rank it joins.
+
+    ``load[node][rank]`` counts the slots a node holds at each rank (primary
+    is rank 0), including copies under way. Choosing by the total keeps every
+    node within one slot of the others; the ranks themselves stay as the
+    promotions left them (evening those out takes role switches, not copies).
+    """
+    dead = set(data.dead)
+    holding = set(data.replicas[slot]) | set(exclude)
+    rank = sum(n not in dead for n in data.replicas[slot])
+    candidates = [n for n in sorted(data.endpoints) if n not in dead and n not in holding]
+    if not candidates:
+        return None
+    return min(candidates, key=lambda n: (sum(load[n]), load[n][rank], n))
+
+
+def rank_load(data: TableData) -> dict[int, list[int]]:
+    """How many slots each live node holds at each rank in ``data``."""
+    dead = set(data.dead)
+    load = {n: [0] * data.rep for n in data.endpoints if n not in dead}
+    for nodes in data.replicas:
+        for rank, node in enumerate(n for n in nodes if n not in dead):
+            if rank < data.rep:
+                load[node][rank] += 1
+    return load

@@ -131,13 +131,16 @@ class SlotTail(NamedTuple):
 
 @dataclass(frozen=True, slots=True)
 class TableData:
-    """What defines the routing table: the cluster shape, endpoints and the dead nodes in order of death."""
+    """The routing table: the cluster shape, endpoints, dead nodes in order of death, and per slot its replica
+    list (primary first) and epoch."""
 
     version: int
     rep: int
     slots: int
     endpoints: dict[int, str]
     dead: list[int]
+    replicas: list[list[int]]
+    epochs: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,7 +359,7 @@ def _slot_tail(raw: Any, name: str) -> SlotTail:
 
 
 def _table_data(raw: Any, name: str) -> TableData:
-    version, rep, slots, endpoints, dead = _list(raw, name, 5)
+    version, rep, slots, endpoints, dead, replicas, epochs = _list(raw, name, 7)
     pairs = _list(endpoints, "endpoints")
     data = TableData(
         version=_int(version, "version"),
@@ -364,6 +367,8 @@ def _table_data(raw: Any, name: str) -> TableData:
         slots=_int(slots, "slots"),
         endpoints={_int(p[0], "node_id"): _str(p[1], "endpoint") for p in (_list(p, "endpoint", 2) for p in pairs)},
         dead=_each(dead, "dead", _int),
+        replicas=[_each(nodes, "replicas", _int) for nodes in _list(replicas, "replicas")],
+        epochs=_each(epochs, "epochs", _int),
     )
     # Every process derives placement from these numbers, so they must describe a cluster that can exist.
     nodes = len(data.endpoints)
@@ -371,11 +376,16 @@ def _table_data(raw: Any, name: str) -> TableData:
         raise ProtocolError(f"{name}: node ids must be 1..{nodes}")
     if not 1 <= data.rep <= nodes or data.slots < 1 or not set(data.dead) <= set(data.endpoints):
         raise ProtocolError(f"{name}: inconsistent table (rep {data.rep}, {nodes} nodes, {data.slots} slots)")
+    if len(data.replicas) != data.slots or len(data.epochs) != data.slots:
+        raise ProtocolError(f"{name}: expected a replica list and an epoch for each of {data.slots} slots")
+    for replicas in data.replicas:
+        if not replicas or len(set(replicas)) != len(replicas) or not set(replicas) <= data.endpoints.keys():
+            raise ProtocolError(f"{name}: invalid replica list {replicas}")
     return data
 
 
 def _table_wire(data: TableData) -> list[Any]:
-    return [data.version, data.rep, data.slots, sorted(data.endpoints.items()), data.dead]
+    return [data.version, data.rep, data.slots, sorted(data.endpoints.items()), data.dead, data.replicas, data.epochs]
 
 
 def _node_report(raw: Any, name: str) -> NodeReport:

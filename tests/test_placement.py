@@ -8,7 +8,19 @@ from collections import Counter
 
 import pytest
 
-from kvcluster.placement import NUM_SLOTS, RoutingTable, initial_table, node_name, replicas_for, slot_of, with_dead
+from kvcluster.placement import (
+    NUM_SLOTS,
+    RoutingTable,
+    choose_target,
+    initial_table,
+    node_name,
+    rank_load,
+    replicas_for,
+    slot_of,
+    under_replicated,
+    with_dead,
+    with_replicas,
+)
 from kvcluster.protocol import TableData
 
 SHAPES = [(n, k) for n in range(1, 10) for k in range(1, n + 1)]
@@ -132,9 +144,9 @@ def test_with_dead_bumps_version_and_epochs() -> None:
     assert t.is_dead(2)
     assert not t.is_dead(1)
     for slot in range(NUM_SLOTS):
-        replicas = t.replicas(slot)
-        assert t.live(slot) == tuple(n for n in replicas if n != 2)
-        assert t.epoch(slot) == (1 if 2 in replicas else 0)
+        before = first.replicas(slot)
+        assert t.live(slot) == t.replicas(slot) == tuple(n for n in before if n != 2)
+        assert t.epoch(slot) == (1 if 2 in before else 0)
         assert t.primary(slot) == t.live(slot)[0]
     assert t.slots_of(2) == (0, 0)
     assert sum(t.slots_of(n)[0] for n in (1, 3, 4, 5)) == NUM_SLOTS
@@ -155,18 +167,21 @@ def test_several_deaths_in_one_version() -> None:
 
 def test_with_dead_leaves_the_old_table_alone() -> None:
     old = table(3, 2).data
+    copy = TableData(1, 2, NUM_SLOTS, dict(old.endpoints), [], [list(r) for r in old.replicas], list(old.epochs))
     with_dead(old, [1])
-    assert old == TableData(1, 2, NUM_SLOTS, old.endpoints, [])
+    assert old == copy
 
 
 def test_every_replica_dead_means_no_primary() -> None:
     t = table(3, 2, [1, 2])
     for slot in range(NUM_SLOTS):
-        replicas = t.replicas(slot)
-        survivors = tuple(n for n in replicas if n == 3)
+        placed = replicas_for(slot, 3, 2)
+        survivors = tuple(n for n in placed if n == 3)
         assert t.live(slot) == survivors
         assert t.epoch(slot) == 2 - len(survivors)
         assert t.primary(slot) == (3 if survivors else None)
+        if not survivors:
+            assert set(t.replicas(slot)) <= {1, 2}, "an orphaned slot names the dead nodes it needed"
     orphans = sum(t.primary(slot) is None for slot in range(NUM_SLOTS))
     assert 0 < orphans < NUM_SLOTS
     assert t.slots_of(3) == (NUM_SLOTS - orphans, 0)
@@ -183,3 +198,45 @@ def test_epochs_only_grow_as_nodes_die() -> None:
             if current.live(slot) != previous.live(slot):
                 assert current.epoch(slot) > previous.epoch(slot)
         previous = current
+
+
+# --- repairs: restoring replicas after a death ---
+
+
+def test_with_replicas_appends_a_backup_and_bumps_the_epoch() -> None:
+    data = with_dead(table(4, 2).data, [1])
+    short = under_replicated(data)
+    assert short == [s for s in range(NUM_SLOTS) if 1 in replicas_for(s, 4, 2)]
+    slot = short[0]
+    target = choose_target(data, slot, rank_load(data))
+    assert target is not None
+    assert target not in data.replicas[slot]
+    repaired = with_replicas(data, [(slot, target)])
+    t = RoutingTable(repaired)
+    assert t.live(slot) == (*data.replicas[slot], target)
+    assert t.epoch(slot) == data.epochs[slot] + 1
+    assert repaired.version == data.version + 1
+    assert slot not in under_replicated(repaired)
+
+
+@pytest.mark.parametrize(("nodes", "rep", "dead"), [(7, 3, [1]), (7, 3, [2, 5]), (5, 2, [3]), (9, 3, [1, 2, 3])])
+def test_repairing_every_slot_keeps_nodes_within_one_slot_of_each_other(nodes: int, rep: int, dead: list[int]) -> None:
+    repaired = table(nodes, rep, dead).data
+    while short := under_replicated(repaired):  # a slot that lost two replicas gets one per round
+        load = rank_load(repaired)
+        added = []
+        for slot in short:
+            target = choose_target(repaired, slot, load)
+            assert target is not None
+            load[target][len(repaired.replicas[slot])] += 1
+            added.append((slot, target))
+        repaired = with_replicas(repaired, added)
+    totals = [sum(ranks) for ranks in rank_load(repaired).values()]
+    # A slot that lost two replicas is refilled over two rounds, each blind to the other's choices.
+    assert max(totals) - min(totals) <= (1 if len(dead) == 1 else 2), totals
+
+
+def test_no_target_when_every_live_node_already_holds_the_slot() -> None:
+    data = with_dead(table(3, 3).data, [1])
+    slot = under_replicated(data)[0]
+    assert choose_target(data, slot, rank_load(data)) is None

@@ -45,7 +45,13 @@ from kvcluster.protocol import (
 )
 
 TABLE = TableData(
-    version=3, rep=2, slots=4096, endpoints={1: "tcp://127.0.0.1:5001", 2: "tcp://127.0.0.1:5002"}, dead=[2]
+    version=3,
+    rep=2,
+    slots=3,
+    endpoints={1: "tcp://127.0.0.1:5001", 2: "tcp://127.0.0.1:5002"},
+    dead=[2],
+    replicas=[[1], [1], [2]],
+    epochs=[1, 1, 0],
 )
 
 SAMPLES: list[tuple[MsgType, Message]] = [
@@ -109,7 +115,13 @@ def pack(*items: Any) -> bytes:
 
 V = PROTOCOL_VERSION
 OP = [int(OpKind.GET), "k", None, 1, 0, 1]
-TABLE_WIRE = [1, 1, 4096, [[1, "tcp://a:1"]], []]
+TABLE_WIRE = [1, 1, 2, [[1, "tcp://a:1"]], [], [[1], [1]], [0, 0]]
+
+
+def table_wire(*fields: Any, replicas: Any = None, epochs: Any = None) -> list[Any]:
+    """A table on the wire with two slots: the given leading fields, then replica lists and epochs."""
+    return [*fields, [[1], [1]] if replicas is None else replicas, [0, 0] if epochs is None else epochs]
+
 
 MALFORMED: dict[str, bytes] = {
     "empty": b"",
@@ -156,15 +168,26 @@ MALFORMED: dict[str, bytes] = {
     "commit-wrong-arity": pack(V, int(MsgType.COMMIT), 1),
     "rejected-slot-str": pack(V, int(MsgType.REPLICATE_ACK), 1, 1, ["17"]),
     "table-wrong-arity": pack(V, int(MsgType.TABLE), TABLE_WIRE[:4]),
-    "table-endpoints-map": pack(V, int(MsgType.TABLE), [1, 1, 4096, {1: "tcp://a:1"}, []]),
-    "table-endpoint-pair-short": pack(V, int(MsgType.TABLE), [1, 1, 4096, [[1]], []]),
-    "table-endpoint-id-str": pack(V, int(MsgType.TABLE), [1, 1, 4096, [["1", "tcp://a:1"]], []]),
-    "table-dead-str": pack(V, int(MsgType.TABLE), [1, 1, 4096, [[1, "tcp://a:1"]], ["server1"]]),
-    "table-node-ids-not-dense": pack(V, int(MsgType.TABLE), [1, 1, 4096, [[1, "tcp://a:1"], [3, "tcp://a:3"]], []]),
-    "table-rep-over-nodes": pack(V, int(MsgType.TABLE), [1, 2, 4096, [[1, "tcp://a:1"]], []]),
-    "table-rep-zero": pack(V, int(MsgType.TABLE), [1, 0, 4096, [[1, "tcp://a:1"]], []]),
-    "table-no-slots": pack(V, int(MsgType.TABLE), [1, 1, 0, [[1, "tcp://a:1"]], []]),
-    "table-dead-unknown-node": pack(V, int(MsgType.TABLE), [1, 1, 4096, [[1, "tcp://a:1"]], [2]]),
+    "table-endpoints-map": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, {1: "tcp://a:1"}, [])),
+    "table-endpoint-pair-short": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1]], [])),
+    "table-endpoint-id-str": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [["1", "tcp://a:1"]], [])),
+    "table-dead-str": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], ["server1"])),
+    "table-node-ids-not-dense": pack(
+        V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"], [3, "tcp://a:3"]], [])
+    ),
+    "table-rep-over-nodes": pack(V, int(MsgType.TABLE), table_wire(1, 2, 2, [[1, "tcp://a:1"]], [])),
+    "table-rep-zero": pack(V, int(MsgType.TABLE), table_wire(1, 0, 2, [[1, "tcp://a:1"]], [])),
+    "table-no-slots": pack(V, int(MsgType.TABLE), table_wire(1, 1, 0, [[1, "tcp://a:1"]], [])),
+    "table-dead-unknown-node": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [2])),
+    "table-replicas-short": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [], replicas=[[1]])),
+    "table-epochs-short": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [], epochs=[0])),
+    "table-replica-unknown": pack(
+        V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [], replicas=[[1], [2]])
+    ),
+    "table-replica-twice": pack(
+        V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [], replicas=[[1], [1, 1]])
+    ),
+    "table-replica-empty": pack(V, int(MsgType.TABLE), table_wire(1, 1, 2, [[1, "tcp://a:1"]], [], replicas=[[1], []])),
     "status-table-wrong-type": pack(V, int(MsgType.STATUS), 1, "table", []),
     "non-str-map-key": b"\x81\x01\x01",
 }
