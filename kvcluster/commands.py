@@ -26,6 +26,7 @@ from kvcluster.protocol import Timing
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from kvcluster.protocol import StatusReport
     from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
@@ -221,7 +222,7 @@ def status(home: Home = None, as_json: Json = False) -> None:
 def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
     """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
     from kvcluster.client import Client  # noqa: PLC0415
-    from kvcluster.placement import RoutingTable  # noqa: PLC0415
+    from kvcluster.placement import RoutingTable, under_replicated  # noqa: PLC0415
 
     report = None
     try:
@@ -256,7 +257,24 @@ def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any
         "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
         "table_version": table.version if table is not None else None,
         "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
+        "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
+        "healing": _healing_document(report),
         "nodes": nodes,
+    }
+
+
+def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
+    """Copies under way and the progress of the current round of repairs."""
+    if report is None:
+        return None
+    seconds = report.healing_seconds
+    return {
+        "copies_under_way": len(report.moving),
+        "moving": [{"slot": slot, "from": f"server{src}", "to": f"server{dst}"} for slot, src, dst in report.moving],
+        "slots_done": report.healed_slots,
+        "keys_copied": report.healed_keys,
+        "seconds": round(seconds, 3),
+        "keys_per_s": round(report.healed_keys / seconds) if seconds > 0 else None,
     }
 
 
@@ -268,7 +286,7 @@ def _status_table(doc: dict[str, Any]) -> Table:
         f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
         f"rep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
     )
-    table = Table(title=title, caption="primary, backup: slots held in each role")
+    table = Table(title=title, caption=_status_caption(doc))
     for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
         numeric = column in ("pid", "primary", "backup", "keys")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
@@ -280,6 +298,20 @@ def _status_table(doc: dict[str, Any]) -> Table:
             node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys
         )
     return table
+
+
+def _status_caption(doc: dict[str, Any]) -> str:
+    lines = ["primary, backup: slots held in each role"]
+    short, healing = doc["under_replicated_slots"], doc["healing"]
+    if short:
+        lines.append(f"[yellow]{short} slots have fewer than {doc['rep']} replicas[/]")
+    if healing is not None and (healing["copies_under_way"] or healing["seconds"]):
+        rate = f", {healing['keys_per_s']} keys/s" if healing["keys_per_s"] is not None else ""
+        lines.append(
+            f"healing: {healing['copies_under_way']} copies under way, {healing['slots_done']} slots "
+            f"({healing['keys_copied']} keys) restored in {healing['seconds']:.1f} s{rate}"
+        )
+    return "\n".join(lines)
 
 
 def _print_status(state: ClusterState, *, as_json: bool) -> None:

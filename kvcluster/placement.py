@@ -9,10 +9,11 @@ all the others.
 
 From then on the master owns the table explicitly: each slot has a replica
 list (primary first) and an epoch that only grows, bumped whenever the list
-changes, so two views with the same epoch agree on the list. A death removes
-the node from every list (the next replica becomes primary); a repair appends
-a caught-up replica (``with_replica``). A slot whose replicas are all dead
-keeps its last list, so clients can say which nodes it needed.
+changes, so two views with the same epoch agree on the list. A death marks
+the node dead; the lists keep it, and the first live replica of each is the
+primary, so the next replica of a dead primary takes over. A repair appends
+a caught-up replica (``with_replicas``). A slot whose replicas are all dead
+still names the nodes it needed.
 """
 
 from __future__ import annotations
@@ -122,20 +123,17 @@ def initial_table(endpoints: dict[int, str], rep: int, slots: int = NUM_SLOTS) -
 
 
 def with_dead(data: TableData, dead_nodes: Iterable[int]) -> TableData:
-    """The next table after ``dead_nodes`` died: each leaves every list it was in, and those slots' epochs grow."""
+    """The next table after ``dead_nodes`` died: the slots they held change their live list, so their epochs grow.
+
+    Dead nodes stay in the replica lists (``live`` skips them), so a slot that
+    lost every replica still names the nodes it needed.
+    """
     new = [n for n in dead_nodes if n not in data.dead]
     if not new:
         return data
     gone = set(new)
-    replicas = list(data.replicas)
-    epochs = list(data.epochs)
-    for slot, nodes in enumerate(data.replicas):
-        if gone.isdisjoint(nodes):
-            continue
-        live = [n for n in nodes if n not in gone]
-        replicas[slot] = live or nodes  # a slot with no replica left keeps the names of the dead ones
-        epochs[slot] += 1
-    return replace(data, version=data.version + 1, dead=[*data.dead, *new], replicas=replicas, epochs=epochs)
+    epochs = [e + 1 if not gone.isdisjoint(nodes) else e for e, nodes in zip(data.epochs, data.replicas, strict=True)]
+    return replace(data, version=data.version + 1, dead=[*data.dead, *new], epochs=epochs)
 
 
 def with_replicas(data: TableData, added: Iterable[tuple[int, int]]) -> TableData:

@@ -66,6 +66,9 @@ class MsgType(enum.IntEnum):
     FENCED = 13  # master -> node declared dead
     NOT_READY = 14  # master -> client while nodes are still registering
     COMMIT = 15  # primary -> backup
+    COPY_SLOT = 16  # master -> primary: copy a slot to a new replica
+    SLOT_COPY = 17  # primary -> new replica
+    COPY_DONE = 18  # primary -> master: the new replica holds the slot
 
 
 class OpKind(enum.IntEnum):
@@ -193,9 +196,16 @@ class StatusRequest:
 
 @dataclass(frozen=True, slots=True)
 class StatusReport:
+    """The master's view; ``moving`` lists ``[slot, source, target]`` of copies under way, and the healed
+    counts and seconds describe the current round of repairs (seconds is 0 when none is running)."""
+
     master_pid: int
     table: TableData | None
     nodes: list[NodeReport]
+    moving: list[list[int]]
+    healed_slots: int
+    healed_keys: int
+    healing_seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +255,36 @@ class ReplicateAck:
 
 
 @dataclass(frozen=True, slots=True)
+class CopySlot:
+    """Start streaming ``slot`` (at ``epoch``) to ``target``, which joins as a replica once it has caught up."""
+
+    slot: int
+    epoch: int
+    target: int
+
+
+@dataclass(frozen=True, slots=True)
+class SlotCopy:
+    """A slot's committed contents; the writes after ``high`` follow as ordinary replication."""
+
+    repl_id: int
+    sender: int
+    slot: int
+    epoch: int
+    high: int
+    entries: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class CopyDone:
+    node_id: int
+    slot: int
+    epoch: int
+    target: int
+    keys: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fenced:
     node_id: int
 
@@ -268,6 +308,9 @@ Message = (
     | Replicate
     | Reconcile
     | Commit
+    | CopySlot
+    | SlotCopy
+    | CopyDone
     | ReplicateAck
     | Fenced
     | NotReady
@@ -353,6 +396,11 @@ _write = _record(Write._make, ("slot", _INT), ("epoch", _INT), ("key", _STR), ("
                  ("client", _INT), ("op_id", _INT))  # fmt: skip
 
 
+def _pair(raw: Any, name: str) -> tuple[str, str]:
+    key, value = _list(raw, name, 2)
+    return _str(key, "key"), _str(value, "value")
+
+
 def _slot_tail(raw: Any, name: str) -> SlotTail:
     slot, epoch, high, writes = _list(raw, name, 4)
     return SlotTail(_int(slot, "slot"), _int(epoch, "epoch"), _int(high, "high"), _each(writes, "writes", _write))
@@ -417,9 +465,18 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
             return MsgType.TABLE, [_table_wire(data)]
         case StatusRequest():
             return MsgType.STATUS_REQUEST, []
-        case StatusReport(master_pid, table, nodes):
+        case StatusReport(master_pid, table, nodes, moving, healed_slots, healed_keys, healing_seconds):
             wire_nodes = [[n.node_id, n.endpoint, n.pid, n.alive, n.keys, n.last_seen_ms] for n in nodes]
-            return MsgType.STATUS, [master_pid, None if table is None else _table_wire(table), wire_nodes]
+            wire_table = None if table is None else _table_wire(table)
+            return MsgType.STATUS, [
+                master_pid,
+                wire_table,
+                wire_nodes,
+                moving,
+                healed_slots,
+                healed_keys,
+                healing_seconds,
+            ]
         case Request(client, request_id, ops):
             return MsgType.REQUEST, [client, request_id, ops]
         case Reply(request_id, node_id, results):
@@ -430,6 +487,12 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
             return MsgType.RECONCILE, [repl_id, sender, tails]
         case Commit(sender, committed):
             return MsgType.COMMIT, [sender, committed]
+        case CopySlot(slot, epoch, target):
+            return MsgType.COPY_SLOT, [slot, epoch, target]
+        case SlotCopy(repl_id, sender, slot, epoch, high, entries):
+            return MsgType.SLOT_COPY, [repl_id, sender, slot, epoch, high, entries]
+        case CopyDone(node_id, slot, epoch, target, keys):
+            return MsgType.COPY_DONE, [node_id, slot, epoch, target, keys]
         case ReplicateAck(repl_id, node_id, rejected_slots):
             return MsgType.REPLICATE_ACK, [repl_id, node_id, rejected_slots]
         case Fenced(node_id):
@@ -444,6 +507,10 @@ def _status_report(f: list[Any]) -> StatusReport:
         _int(f[0], "master_pid"),
         None if f[1] is None else _table_data(f[1], "table"),
         _each(f[2], "nodes", _node_report),
+        [_each(move, "move", _int) for move in _list(f[3], "moving")],
+        _int(f[4], "healed_slots"),
+        _int(f[5], "healed_keys"),
+        _float(f[6], "healing_seconds"),
     )
 
 
@@ -459,7 +526,7 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
     MsgType.TABLE_REQUEST: (0, lambda _: TableRequest()),
     MsgType.TABLE: (1, lambda f: Table(_table_data(f[0], "table"))),
     MsgType.STATUS_REQUEST: (0, lambda _: StatusRequest()),
-    MsgType.STATUS: (3, _status_report),
+    MsgType.STATUS: (7, _status_report),
     MsgType.REQUEST: (3, lambda f: Request(_int(f[0], "client"), _int(f[1], "request_id"), _each(f[2], "ops", _op))),
     MsgType.REPLY: (
         3,
@@ -476,6 +543,24 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
         lambda f: Reconcile(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "tails", _slot_tail)),
     ),
     MsgType.COMMIT: (2, lambda f: Commit(_int(f[0], "sender"), _int(f[1], "committed"))),
+    MsgType.COPY_SLOT: (3, lambda f: CopySlot(_int(f[0], "slot"), _int(f[1], "epoch"), _int(f[2], "target"))),
+    MsgType.SLOT_COPY: (
+        6,
+        lambda f: SlotCopy(
+            _int(f[0], "repl_id"),
+            _int(f[1], "sender"),
+            _int(f[2], "slot"),
+            _int(f[3], "epoch"),
+            _int(f[4], "high"),
+            _each(f[5], "entries", _pair),
+        ),
+    ),
+    MsgType.COPY_DONE: (
+        5,
+        lambda f: CopyDone(
+            _int(f[0], "node_id"), _int(f[1], "slot"), _int(f[2], "epoch"), _int(f[3], "target"), _int(f[4], "keys")
+        ),
+    ),
     MsgType.REPLICATE_ACK: (
         3,
         lambda f: ReplicateAck(_int(f[0], "repl_id"), _int(f[1], "node_id"), _each(f[2], "rejected_slots", _int)),

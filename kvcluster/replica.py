@@ -178,6 +178,20 @@ class Replica:
                 tail.append(TailEntry(write, self.apply(write)))
         self.high[slot] = max(self.high[slot], high)
 
+    def install_copy(self, slot: int, high: int, entries: list[tuple[str, str]]) -> None:
+        """Make ``slot`` a copy of a primary's committed contents, forgetting anything held of it before."""
+        self.drop_slot(slot)
+        self.data[slot] = dict(entries)
+        self.keys += len(entries)
+        self.high[slot] = high
+
+    def drop_slot(self, slot: int) -> None:
+        """Forget a slot entirely: its data and its uncommitted tail."""
+        self._pull_tails({slot})
+        self.keys -= len(self.data[slot])
+        self.data[slot] = {}
+        self.high[slot] = 0
+
     def _pull_tails(self, slots: set[int]) -> dict[int, list[TailEntry]]:
         """Take the tail entries of ``slots`` out of every sender's tail, sorted by version per slot."""
         pulled: dict[int, list[TailEntry]] = {}

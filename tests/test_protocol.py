@@ -13,6 +13,8 @@ from kvcluster.protocol import (
     MAX_VALUE_BYTES,
     PROTOCOL_VERSION,
     Commit,
+    CopyDone,
+    CopySlot,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -29,6 +31,7 @@ from kvcluster.protocol import (
     Reply,
     Request,
     Result,
+    SlotCopy,
     SlotTail,
     Status,
     StatusReport,
@@ -61,8 +64,14 @@ SAMPLES: list[tuple[MsgType, Message]] = [
     (MsgType.TABLE_REQUEST, TableRequest()),
     (MsgType.TABLE, Table(TABLE)),
     (MsgType.STATUS_REQUEST, StatusRequest()),
-    (MsgType.STATUS, StatusReport(99, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)])),
-    (MsgType.STATUS, StatusReport(99, None, [])),
+    (
+        MsgType.STATUS,
+        StatusReport(99, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)], [[2, 1, 3]], 4, 900, 1.5),
+    ),
+    (MsgType.STATUS, StatusReport(99, None, [], [], 0, 0, 0.0)),
+    (MsgType.COPY_SLOT, CopySlot(17, 2, 3)),
+    (MsgType.SLOT_COPY, SlotCopy(9, 1, 17, 2, (2 << 40) | 5, [("k", "v"), ("k2", "")])),
+    (MsgType.COPY_DONE, CopyDone(1, 17, 2, 3, 2)),
     (
         MsgType.REQUEST,
         Request(2**62 - 1, 1, [Op(OpKind.PUT, "k", "v", 17, 1, 9), Op(OpKind.GET, "é", None, 4095, 0, 10)]),
@@ -94,11 +103,11 @@ def test_every_message_type_is_sampled() -> None:
 
 
 def test_decoded_batches_keep_their_named_fields() -> None:
-    request = decode(encode(SAMPLES[8][1]))
+    request = decode(encode(next(m for t, m in SAMPLES if t == MsgType.REQUEST)))
     assert isinstance(request, Request)
     assert request.ops[0].key == "k"
     assert request.ops[0].value == "v"
-    reply = decode(encode(SAMPLES[10][1]))
+    reply = decode(encode(next(m for t, m in SAMPLES if t == MsgType.REPLY)))
     assert isinstance(reply, Reply)
     assert reply.results[1].status == Status.NOT_FOUND
 
@@ -152,7 +161,7 @@ MALFORMED: dict[str, bytes] = {
     "int-for-str": pack(V, int(MsgType.HELLO), 1, 5, 1),
     "bytes-for-str": pack(V, int(MsgType.HELLO), 1, b"tcp://x:1", 1),
     "str-for-float": pack(V, int(MsgType.HEARTBEAT_ACK), "now", 1),
-    "int-for-bool": pack(V, int(MsgType.STATUS), 1, None, [[1, "e", 2, 1, 0, 0.0]]),
+    "int-for-bool": pack(V, int(MsgType.STATUS), 1, None, [[1, "e", 2, 1, 0, 0.0]], [], 0, 0, 0.0),
     "ops-not-a-list": pack(V, int(MsgType.REQUEST), 1, 1, {"op": 1}),
     "op-too-short": pack(V, int(MsgType.REQUEST), 1, 1, [OP[:5]]),
     "op-too-long": pack(V, int(MsgType.REQUEST), 1, 1, [[*OP, 0]]),

@@ -26,9 +26,12 @@ import logging
 from dataclasses import dataclass
 
 from kvcluster.core.actions import Action, Answer, Route
+from kvcluster.core.healing import Repairs
 from kvcluster.errors import ProtocolError
-from kvcluster.placement import initial_table, node_name, with_dead
+from kvcluster.placement import initial_table, node_name, under_replicated, with_dead, with_replicas
 from kvcluster.protocol import (
+    CopyDone,
+    CopySlot,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -48,6 +51,7 @@ log = logging.getLogger("kvcluster.master")
 
 TICK = 0.02  # how often liveness is checked, in seconds
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
+REPAIR_TABLE_INTERVAL = 0.5  # seconds between tables that add caught-up replicas: each table costs every node
 MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
 
 
@@ -75,6 +79,9 @@ class MasterCore:
         self.table: TableData | None = None
         self.stalled: dict[int, None] = {}  # nodes caught in a mass silence: they get the longer deadline
         self.last_tick: float | None = None
+        self.repairs = Repairs()
+        self.healthy = True  # every slot has rep replicas: nothing to plan
+        self.last_repair_table = 0.0
 
     def take(self) -> list[Action]:
         """The actions the events so far asked for, oldest first; the outbox is emptied."""
@@ -96,6 +103,37 @@ class MasterCore:
             self._forgive_own_stall(now - self.last_tick)
         self.last_tick = now
         self._detect_failures(now)
+        if not self.healthy:
+            self._heal(now)
+
+    def _heal(self, now: float) -> None:
+        """Publish the replicas that caught up (batched), cancel broken moves, and start new ones."""
+        assert self.table is not None
+        for move in self.repairs.cancel_broken(self.table, now):
+            log.info("cancelled copying slot %d to %s", move.slot, node_name(move.target))
+        if self.repairs.finished and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
+            self.last_repair_table = now
+            self._publish(with_replicas(self.table, self.repairs.take_finished()))
+        for move in self.repairs.plan(now, self.table):
+            self._send(self.nodes[move.source].route, CopySlot(move.slot, move.epoch, move.target))
+        if self.repairs.idle() and not under_replicated(self.table):
+            self.healthy = True
+            self._log_healed(now)
+
+    def _log_healed(self, now: float) -> None:
+        started = self.repairs.started
+        if started is None:
+            return
+        took = max(now - started, 1e-9)
+        log.info(
+            "every slot has %d replicas again: %d slots, %d keys copied in %.1f s (%.0f keys/s)",
+            self.rep,
+            self.repairs.slots_done,
+            self.repairs.keys_done,
+            took,
+            self.repairs.keys_done / took,
+        )
+        self.repairs.started = None
 
     def _send(self, route: Route, message: Message) -> None:
         self.outbox.append(Answer(route, message))
@@ -110,6 +148,9 @@ class MasterCore:
                 self._send(route, Table(self.table) if self.table else NotReady(len(self.nodes), self.expected))
             case StatusRequest():
                 self._send(route, self._status())
+            case CopyDone():
+                if self.table is not None:
+                    self.repairs.on_done(message, self.table)
             case _:
                 raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
@@ -187,6 +228,7 @@ class MasterCore:
                     (now - self.nodes[node_id].last_seen) * 1000,
                 )
             self._publish(with_dead(self.table, due))
+            self.healthy = False
 
     def _stall_limit(self) -> float:
         return self.timing.dead_after * MASS_SILENCE_FACTOR
@@ -234,4 +276,7 @@ class MasterCore:
             NodeReport(node_id, r.endpoint, r.pid, not self._is_dead(node_id), r.keys, (now - r.last_seen) * 1000)
             for node_id, r in sorted(self.nodes.items())
         ]
-        return StatusReport(self.pid, self.table, reports)
+        repairs = self.repairs
+        moving = [[m.slot, m.source, m.target] for m in repairs.moves.values()]
+        seconds = 0.0 if repairs.started is None else now - repairs.started
+        return StatusReport(self.pid, self.table, reports, moving, repairs.slots_done, repairs.keys_done, seconds)

@@ -42,6 +42,8 @@ from kvcluster.errors import ProtocolError
 from kvcluster.placement import RoutingTable, node_name
 from kvcluster.protocol import (
     Commit,
+    CopyDone,
+    CopySlot,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -55,6 +57,7 @@ from kvcluster.protocol import (
     Reply,
     Request,
     Result,
+    SlotCopy,
     SlotTail,
     Status,
     Table,
@@ -89,6 +92,16 @@ class PendingRequest(Waiter):
     results: list[Result | None]
     writes: list[tuple[int, Write]] = field(default_factory=list)
     backups: set[int] = field(default_factory=set)  # backups still to be sent this pass's writes
+
+
+@dataclass(eq=False)
+class PendingCopy(Waiter):
+    """A slot being copied to a new replica: done once it acknowledged the copy and the writes then in flight."""
+
+    slot: int
+    epoch: int
+    target: int
+    keys: int
 
 
 @dataclass(eq=False)
@@ -128,6 +141,9 @@ class NodeCore:
         self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
         self.pending: list[PendingRequest] = []
         self.syncs: list[PendingReconcile] = []
+        self.copies: list[PendingCopy] = []
+        self.learners: dict[int, list[int]] = {}  # slot -> nodes being copied to: they get its writes too
+        self.copying: dict[int, int] = {}  # slot -> the primary copying it to this node
         self.stopped = False
 
     # --- events ---
@@ -182,6 +198,8 @@ class NodeCore:
             case Table(data):
                 if self.table is None or data.version > self.table.version:
                     self._install(RoutingTable(data))
+            case CopySlot(slot, epoch, target):
+                self._start_copy(slot, epoch, target)
             case Fenced():
                 log.error("%s was declared dead by the master; exiting", self.name)
                 self.stopped = True
@@ -208,6 +226,7 @@ class NodeCore:
             self._forget_peer(node_id)
         if gained:
             self._start_reconcile(gained)
+        self._settle_copies(table)
 
     def _forget_peer(self, node_id: int) -> None:
         """Count every outstanding acknowledgement from a dead node as given: the table no longer lists it."""
@@ -250,6 +269,80 @@ class NodeCore:
             sent,
         )
 
+    # --- healing: copying a slot to a new replica ---
+
+    def _start_copy(self, slot: int, epoch: int, target: int) -> None:
+        """Send ``target`` the slot's committed contents, then every write to the slot, until the master adds it.
+
+        The copy holds only what every replica has applied; the writes still
+        waiting for their backups follow it as ordinary (undoable) replication,
+        so the target's history is a prefix of the same stream as the others'.
+        """
+        table = self.table
+        if (
+            table is None
+            or table.primary(slot) != self.node_id
+            or table.epoch(slot) != epoch
+            or not self.ready[slot]
+            or table.is_dead(target)
+            or target in table.live(slot)
+        ):
+            return  # the master's view moved on; it will ask again if the slot still needs a replica
+        store = self.replica.data[slot]
+        copy = PendingCopy(slot, epoch, target, len(store))
+        repl_id = self._new_repl_id()
+        self._to_peer(
+            target, SlotCopy(repl_id, self.node_id, slot, epoch, self.replica.high[slot], list(store.items()))
+        )
+        self.repl_waiters[repl_id] = (target, [copy])
+        copy.waiting.add(repl_id)
+        in_flight = sorted(
+            (w for p in self.pending for _, w in p.writes if w.slot == slot and w.version > self.key_flight[w.key][1]),
+            key=lambda w: w.version,
+        )
+        if in_flight:
+            repl_id = self._new_repl_id()
+            self._to_peer(target, Replicate(repl_id, self.node_id, NO_COMMIT, in_flight))
+            self.repl_waiters[repl_id] = (target, [copy])
+            copy.waiting.add(repl_id)
+        targets = self.learners.setdefault(slot, [])
+        if target not in targets:
+            targets.append(target)
+        self.copies.append(copy)
+
+    def _finish_copies(self) -> None:
+        still: list[PendingCopy] = []
+        for copy in self.copies:
+            if copy.waiting:
+                still.append(copy)
+            elif copy.slot not in copy.rejected:
+                self.outbox.append(ToMaster(CopyDone(self.node_id, copy.slot, copy.epoch, copy.target, copy.keys)))
+        self.copies = still
+
+    def _settle_copies(self, table: RoutingTable) -> None:
+        """After a new table: stop feeding learners that joined, died or lost their source; drop abandoned copies."""
+        for slot, targets in list(self.learners.items()):
+            live = table.live(slot)
+            keep = [t for t in targets if t not in live and not table.is_dead(t)] if live[:1] == (self.node_id,) else []
+            if keep:
+                self.learners[slot] = keep
+            else:
+                del self.learners[slot]
+        for slot, source in list(self.copying.items()):
+            if self.node_id in table.live(slot):
+                del self.copying[slot]
+            elif table.primary(slot) != source:
+                # The copy was abandoned (its source is no longer primary): a partial copy must not linger.
+                self.replica.drop_slot(slot)
+                del self.copying[slot]
+
+    def _install_copy(self, copy: SlotCopy) -> bool:
+        if not self._accepts(copy.slot, copy.epoch, copy.sender):
+            return False
+        self.replica.install_copy(copy.slot, copy.high, copy.entries)
+        self.copying[copy.slot] = copy.sender
+        return True
+
     # --- clients ---
 
     def _on_router(self, route: Route, message: Message) -> None:
@@ -267,6 +360,9 @@ class NodeCore:
                 self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case Commit(sender, committed):
                 self.replica.commit(sender, committed, self.known)
+            case SlotCopy(repl_id, slot=slot):
+                rejected = [] if self._install_copy(message) else [slot]
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
@@ -308,6 +404,9 @@ class NodeCore:
         for backup in self.table.live(op.slot)[1:]:
             self.outgoing[backup].append(write)
             pending.backups.add(backup)
+        for learner in self.learners.get(op.slot, ()):
+            self.outgoing[learner].append(write)
+            pending.backups.add(learner)
         return None
 
     def _refusal(self, op: Op, lease_fresh: bool) -> Result | None:
@@ -364,6 +463,8 @@ class NodeCore:
             self._finish_requests()
         if self.syncs:
             self._finish_syncs()
+        if self.copies:
+            self._finish_copies()
 
     def _finish_requests(self) -> None:
         still: list[PendingRequest] = []
