@@ -136,6 +136,7 @@ class Client:
         self.master = self.ctx.socket(zmq.DEALER)
         self.master.connect(self.endpoint)
         self.sockets: dict[int, zmq.Socket[bytes]] = {}
+        self.socket_endpoints: dict[int, str] = {}
         self.poller = zmq.Poller()
         self.table: RoutingTable | None = self._load_cached_table()
         self.last_refresh = 0.0
@@ -275,14 +276,19 @@ class Client:
         sock = self.sockets.get(node_id)
         if sock is None:
             sock = self.ctx.socket(zmq.DEALER)
-            sock.connect(table.endpoint(node_id))
+            endpoint = table.endpoint(node_id)
+            sock.connect(endpoint)
             self.poller.register(sock, zmq.POLLIN)
             self.sockets[node_id] = sock
+            self.socket_endpoints[node_id] = endpoint
         return sock
 
     def _drop_dead_sockets(self, table: RoutingTable) -> None:
-        for node_id in [n for n in self.sockets if table.is_dead(n)]:
+        """Close sockets to nodes that died, or that restarted at another endpoint."""
+        stale = [n for n in self.sockets if table.is_dead(n) or table.endpoint(n) != self.socket_endpoints[n]]
+        for node_id in stale:
             sock = self.sockets.pop(node_id)
+            del self.socket_endpoints[node_id]
             self.poller.unregister(sock)
             sock.close(linger=0)
 

@@ -58,6 +58,10 @@ class NodeNotRunning(KvclusterError):
     """The named storage node is not running: it was killed or has exited."""
 
 
+class NodeStillRunning(UsageError):
+    """``restart`` of a node whose process is alive: kill it first."""
+
+
 class ClusterUnavailable(KvclusterError):
     """The master did not answer within the deadline."""
 

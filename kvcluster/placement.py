@@ -183,3 +183,35 @@ def rank_load(data: TableData) -> dict[int, list[int]]:
             if rank < data.rep:
                 load[node][rank] += 1
     return load
+
+
+def with_member(data: TableData, node_id: int, endpoint: str) -> TableData:
+    """The next table with ``node_id`` live at ``endpoint`` and holding nothing: a new node or a new incarnation.
+
+    A restarted node keeps its id but none of its data, so it leaves every
+    replica list it was in (it was dead there, so no live list changes).
+    """
+    replicas = [[n for n in nodes if n != node_id] or nodes for nodes in data.replicas]
+    return replace(
+        data,
+        version=data.version + 1,
+        endpoints={**data.endpoints, node_id: endpoint},
+        dead=[n for n in data.dead if n != node_id],
+        replicas=replicas,
+    )
+
+
+def with_moves(
+    data: TableData, replaced: Iterable[tuple[int, int, int]], promoted: Iterable[tuple[int, int]]
+) -> TableData:
+    """The next table after rebalancing: each ``(slot, old, new)`` puts ``new`` in ``old``'s place, and each
+    ``(slot, node)`` makes that live backup the primary; the slots touched get a new epoch."""
+    replicas = list(data.replicas)
+    epochs = list(data.epochs)
+    for slot, old, new in replaced:
+        replicas[slot] = [new if n == old else n for n in replicas[slot]]
+        epochs[slot] += 1
+    for slot, node in promoted:
+        replicas[slot] = [node, *(n for n in replicas[slot] if n != node)]
+        epochs[slot] += 1
+    return replace(data, version=data.version + 1, replicas=replicas, epochs=epochs)

@@ -24,7 +24,14 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from kvcluster.errors import ClusterAlreadyRunning, ClusterNotRunning, NodeNotRunning, StartupFailed, UnknownNode
+from kvcluster.errors import (
+    ClusterAlreadyRunning,
+    ClusterNotRunning,
+    NodeNotRunning,
+    NodeStillRunning,
+    StartupFailed,
+    UnknownNode,
+)
 from kvcluster.placement import node_name
 from kvcluster.protocol import StatusReport, Timing
 
@@ -336,4 +343,40 @@ def kill_node(state: ClusterState, name: str) -> ProcessInfo:
     if not info.alive():
         raise NodeNotRunning(f"{name} (pid {info.pid}) is not running")
     os.kill(info.pid, signal.SIGKILL)
+    return info
+
+
+def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
+    """Start a storage node process under ``node_id`` in a running cluster: a restart, or a node added.
+
+    The process is started in a session of its own, so it outlives this
+    command like the rest of the cluster; ``down`` stops it by its recorded PID.
+    """
+    name = node_name(node_id)
+    if node_id <= len(state.servers):
+        old = state.servers[node_id - 1]
+        if old.alive():
+            raise NodeStillRunning(f"{name} (pid {old.pid}) is running; kill it first to restart it")
+    elif node_id != len(state.servers) + 1:
+        raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
+    home = Path(state.home)
+    timing = Timing(**state.timing)
+    logs = home / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "kvcluster", "_node", "--id", str(node_id), "--master", state.master_endpoint,
+             *timing_args(timing)],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )  # fmt: skip
+    info = ProcessInfo(name, proc.pid, _create_time(proc.pid))
+    if node_id <= len(state.servers):
+        state.servers[node_id - 1] = info
+    else:
+        state.servers.append(info)
+        state.nodes = len(state.servers)
+    state.save()
     return info

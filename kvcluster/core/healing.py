@@ -1,4 +1,4 @@
-"""Restoring every slot to ``rep`` replicas after deaths: the master's record of copies, with no I/O.
+"""Restoring every slot to ``rep`` replicas and evening out the nodes: the master's record of copies, no I/O.
 
 A *move* copies one slot from its primary to a new replica chosen by
 ``placement.choose_target``. It is a record in the master's state from the
@@ -8,6 +8,14 @@ partial copy when the next table shows the copy abandoned) and the slot is
 planned again from the survivors. Copies are throttled per node, since
 each costs its source and target a share of their loop, but many run at
 once.
+
+Rebalancing (after a node joins) uses the same moves: a copy to the least
+loaded node that, once caught up, *replaces* a replica of the most loaded
+one (add before remove), at its rank: replacing a primary makes the new
+node primary, and its reconcile stops the old one before it serves. Primaries are evened out without copying: a live
+backup that already holds the slot is moved to the front of its list, and
+the promotion's reconcile makes the old primary stop before the new one
+serves.
 """
 
 from __future__ import annotations
@@ -17,19 +25,30 @@ from dataclasses import dataclass, field
 from kvcluster.placement import choose_target, rank_load, under_replicated
 from kvcluster.protocol import CopyDone, TableData
 
-COPIES_PER_NODE = 16  # copies a node may be the source or the target of at once
+COPIES_PER_NODE = 32  # copies a node may be the source or the target of at once
+SWITCHES_PER_TABLE = 64  # primaries moved per table: each makes its new primary reconcile before serving
 COPY_TIMEOUT = 10.0  # seconds after which a move that has not finished is planned again
 
 
 @dataclass(slots=True)
 class Move:
-    """One slot being copied to a new replica."""
+    """One slot being copied by its primary ``source`` to ``target``, which then joins or takes ``replaces``' place."""
 
     slot: int
     source: int
     target: int
     epoch: int
     started: float
+    replaces: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """A copy that caught up, waiting for the next table."""
+
+    slot: int
+    target: int
+    replaces: int | None
 
 
 @dataclass
@@ -37,14 +56,14 @@ class Repairs:
     """The moves under way and what healing has achieved since the last death."""
 
     moves: dict[int, Move] = field(default_factory=dict)  # by slot: at most one move per slot at a time
-    finished: list[tuple[int, int]] = field(default_factory=list)  # (slot, target) caught up, not yet published
+    finished: list[Finished] = field(default_factory=list)  # caught up, not yet published
     slots_done: int = 0
     keys_done: int = 0
     started: float | None = None  # when the current round of repairs began
 
     def plan(self, now: float, table: TableData) -> list[Move]:
         """Start a move for every slot short of replicas that has none, within the per-node limits."""
-        short = [slot for slot in under_replicated(table) if slot not in self.moves and not self._finishing(slot)]
+        short = [slot for slot in under_replicated(table) if slot not in self.moves and not self.finishing(slot)]
         if not short:
             return []
         if self.started is None:
@@ -54,7 +73,7 @@ class Repairs:
             busy[move.source] = busy.get(move.source, 0) + 1
             busy[move.target] = busy.get(move.target, 0) + 1
         load = rank_load(table)
-        for joining in [m.target for m in self.moves.values()] + [t for _, t in self.finished]:
+        for joining in [m.target for m in self.moves.values()] + [f.target for f in self.finished]:
             if joining in load:
                 load[joining][-1] += 1
         started = []
@@ -74,8 +93,8 @@ class Repairs:
             load[target][-1] += 1
         return started
 
-    def _finishing(self, slot: int) -> bool:
-        return any(s == slot for s, _ in self.finished)
+    def finishing(self, slot: int) -> bool:
+        return any(f.slot == slot for f in self.finished)
 
     def on_done(self, done: CopyDone, table: TableData) -> bool:
         """Record a finished copy if it is the move we asked for and its target can still join."""
@@ -87,12 +106,12 @@ class Repairs:
         live = [n for n in table.replicas[done.slot] if n not in dead]
         if done.target in dead or not live or live[0] != done.node_id or done.target in live:
             return False
-        self.finished.append((done.slot, done.target))
+        self.finished.append(Finished(done.slot, done.target, move.replaces))
         self.slots_done += 1
         self.keys_done += done.keys
         return True
 
-    def take_finished(self) -> list[tuple[int, int]]:
+    def take_finished(self) -> list[Finished]:
         finished, self.finished = self.finished, []
         return finished
 
@@ -106,8 +125,75 @@ class Repairs:
             if broken or now - move.started > COPY_TIMEOUT:
                 del self.moves[slot]
                 cancelled.append(move)
-        self.finished = [(s, t) for s, t in self.finished if t not in dead]
+        self.finished = [f for f in self.finished if f.target not in dead]
         return cancelled
 
     def idle(self) -> bool:
         return not self.moves and not self.finished
+
+
+def plan_rebalance(table: TableData, repairs: Repairs, now: float) -> list[tuple[int, int]]:
+    """Start replica moves from the most to the least loaded nodes; return primary switches to publish at once.
+
+    Called only when no slot is short of replicas. Replica moves come first:
+    primaries are evened out only among nodes already balanced in total.
+    """
+    dead = set(table.dead)
+    live_lists = [[n for n in nodes if n not in dead] for nodes in table.replicas]
+    totals = {n: sum(ranks) for n, ranks in rank_load(table).items()}
+    if not totals:
+        return []
+    pending = [(m.target, m.replaces) for m in repairs.moves.values()] + [
+        (f.target, f.replaces) for f in repairs.finished
+    ]
+    for target, replaces in pending:
+        totals[target] = totals.get(target, 0) + 1
+        if replaces in totals:
+            totals[replaces] -= 1
+    busy = dict.fromkeys(totals, 0)
+    for move in repairs.moves.values():
+        for n in (move.source, move.target):
+            busy[n] = busy.get(n, 0) + 1
+    started = False
+    for slot, live in enumerate(live_lists):
+        heavy, light = max(totals, key=lambda n: (totals[n], n)), min(totals, key=lambda n: (totals[n], n))
+        if totals[heavy] - totals[light] <= 1:
+            break
+        if slot in repairs.moves or repairs.finishing(slot) or heavy not in live or light in live:
+            continue
+        if busy[live[0]] >= COPIES_PER_NODE or busy[light] >= COPIES_PER_NODE:
+            continue
+        repairs.moves[slot] = Move(slot, live[0], light, table.epochs[slot], now, replaces=heavy)
+        busy[live[0]] += 1
+        busy[light] += 1
+        totals[light] += 1
+        totals[heavy] -= 1
+        started = True
+    if started or not repairs.idle() or max(totals.values()) - min(totals.values()) > 1:
+        return []
+    return _primary_switches(live_lists, list(totals))
+
+
+def _primary_switches(live_lists: list[list[int]], nodes: list[int]) -> list[tuple[int, int]]:
+    """Hand primaries from nodes above the mean to live backups of the same slots below it.
+
+    Each switch narrows a gap of at least two, so repeated rounds converge on
+    every node within one primary of the others.
+    """
+    primaries = dict.fromkeys(nodes, 0)
+    for live in live_lists:
+        if live:
+            primaries[live[0]] += 1
+    mean = sum(primaries.values()) / len(primaries)
+    switches: list[tuple[int, int]] = []
+    for slot, live in enumerate(live_lists):
+        if len(switches) >= SWITCHES_PER_TABLE:
+            break
+        if not live or primaries[live[0]] <= mean:
+            continue
+        heir = min(live[1:], key=lambda n: (primaries[n], n), default=None)
+        if heir is not None and primaries[live[0]] - primaries[heir] >= 2:
+            switches.append((slot, heir))
+            primaries[live[0]] -= 1
+            primaries[heir] += 1
+    return switches

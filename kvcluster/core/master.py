@@ -26,9 +26,17 @@ import logging
 from dataclasses import dataclass
 
 from kvcluster.core.actions import Action, Answer, Route
-from kvcluster.core.healing import Repairs
+from kvcluster.core.healing import Move, Repairs, plan_rebalance
 from kvcluster.errors import ProtocolError
-from kvcluster.placement import initial_table, node_name, under_replicated, with_dead, with_replicas
+from kvcluster.placement import (
+    initial_table,
+    node_name,
+    under_replicated,
+    with_dead,
+    with_member,
+    with_moves,
+    with_replicas,
+)
 from kvcluster.protocol import (
     CopyDone,
     CopySlot,
@@ -107,18 +115,35 @@ class MasterCore:
             self._heal(now)
 
     def _heal(self, now: float) -> None:
-        """Publish the replicas that caught up (batched), cancel broken moves, and start new ones."""
+        """Publish the copies that caught up (batched), cancel broken moves, and start new ones."""
         assert self.table is not None
         for move in self.repairs.cancel_broken(self.table, now):
             log.info("cancelled copying slot %d to %s", move.slot, node_name(move.target))
         if self.repairs.finished and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
             self.last_repair_table = now
-            self._publish(with_replicas(self.table, self.repairs.take_finished()))
-        for move in self.repairs.plan(now, self.table):
-            self._send(self.nodes[move.source].route, CopySlot(move.slot, move.epoch, move.target))
-        if self.repairs.idle() and not under_replicated(self.table):
-            self.healthy = True
+            finished = self.repairs.take_finished()
+            table = with_replicas(self.table, [(f.slot, f.target) for f in finished if f.replaces is None])
+            replaced = [(f.slot, f.replaces, f.target) for f in finished if f.replaces is not None]
+            self._publish(with_moves(table, replaced, []) if replaced else table)
+        if under_replicated(self.table):
+            self._start(self.repairs.plan(now, self.table))
+            return
+        if self.repairs.started is not None and self.repairs.idle():
             self._log_healed(now)
+        before = set(self.repairs.moves)
+        switches = plan_rebalance(self.table, self.repairs, now)
+        self._start([m for slot, m in self.repairs.moves.items() if slot not in before])
+        if switches and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
+            self.last_repair_table = now
+            log.info("moving %d primaries to even out the nodes", len(switches))
+            self._publish(with_moves(self.table, [], switches))
+        elif not switches and self.repairs.idle():
+            self.healthy = True
+            log.info("every slot has %d replicas and the nodes are balanced", self.rep)
+
+    def _start(self, moves: list[Move]) -> None:
+        for move in moves:
+            self._send(self.nodes[move.source].route, CopySlot(move.slot, move.epoch, move.target))
 
     def _log_healed(self, now: float) -> None:
         started = self.repairs.started
@@ -158,13 +183,11 @@ class MasterCore:
         return self.table is not None and node_id in self.table.dead
 
     def _on_hello(self, route: Route, hello: Hello) -> None:
+        if self.table is not None:
+            self._on_join(route, hello, self.table)
+            return
         if not 1 <= hello.node_id <= self.expected:
             raise ProtocolError(f"hello from unknown node id {hello.node_id}")
-        if self.table is not None:
-            # Membership is fixed once the table exists: a late or restarted node holds no data we trust.
-            log.warning("%s said hello after the table was made; fencing it", node_name(hello.node_id))
-            self._send(route, Fenced(hello.node_id))
-            return
         self.nodes[hello.node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
         log.info(
             "%s registered at %s (pid %d), %d/%d",
@@ -176,6 +199,28 @@ class MasterCore:
         )
         if len(self.nodes) == self.expected:
             self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep))
+
+    def _on_join(self, route: Route, hello: Hello, table: TableData) -> None:
+        """A node joining a running cluster: the next id (added), or a dead node's id (restarted).
+
+        It holds no data we trust, so it joins with none and receives slots by
+        rebalancing. A hello under the id of a node not yet declared dead
+        waits (the node says hello again every heartbeat): the old incarnation
+        may still hold a lease.
+        """
+        node_id = hello.node_id
+        if node_id in table.endpoints and node_id not in table.dead:
+            record = self.nodes.get(node_id)
+            if record is None or record.route != route:
+                log.info("%s (pid %d) waits to join: the old %s is not declared dead", *(
+                    node_name(node_id), hello.pid, node_name(node_id)))  # fmt: skip
+            return
+        if node_id not in table.endpoints and node_id != max(table.endpoints) + 1:
+            raise ProtocolError(f"hello from unknown node id {node_id}")
+        self.nodes[node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
+        log.info("%s joined at %s (pid %d) with no data; rebalancing", node_name(node_id), hello.endpoint, hello.pid)
+        self._publish(with_member(table, node_id, hello.endpoint))
+        self.healthy = False
 
     def _on_heartbeat(self, route: Route, beat: Heartbeat) -> None:
         record = self.nodes.get(beat.node_id)

@@ -156,14 +156,18 @@ class NodeCore:
     def start(self, now: float) -> None:
         self.now = now
         self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
+        self.next_beat = now + self.timing.heartbeat
 
     def tick(self, now: float) -> None:
         """Time passed: heartbeat the master when due, and tell idle backups the commit watermark."""
         self.now = now
         if now >= self.next_beat:
-            keys = self.replica.keys
-            self.outbox.append(ToMaster(Heartbeat(self.node_id, now, self.table.version if self.table else 0, keys)))
             self.next_beat = now + self.timing.heartbeat
+            if self.table is None:
+                # Until the master takes us in (it may still be waiting out our previous incarnation), ask again.
+                self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
+                return
+            self.outbox.append(ToMaster(Heartbeat(self.node_id, now, self.table.version, self.replica.keys)))
             self._commit_idle_backups()
 
     def on_master(self, now: float, message: Message) -> None:
@@ -214,18 +218,21 @@ class NodeCore:
             self.known = [(-1, 0)] * table.slots
             self.ready = [True] * table.slots
         gained: list[int] = []
+        data = self.replica.data
         for slot in range(table.slots):
             epoch, primary = table.epoch(slot), table.primary(slot)
             if epoch >= self.known[slot][0] and primary is not None:
                 self.known[slot] = (epoch, primary)
             if old is not None and primary == self.node_id and old.primary(slot) != self.node_id:
                 gained.append(slot)
+            if data[slot] and slot not in self.copying and self.node_id not in table.live(slot):
+                self.replica.drop_slot(slot)  # moved to another node, which holds it now
         newly_dead = [n for n in table.data.dead if old is None or not old.is_dead(n)]
         log.info("%s installed table version %d (dead: %s)", self.name, table.version, table.data.dead)
         for node_id in newly_dead:
             self._forget_peer(node_id)
         if gained:
-            self._start_reconcile(gained)
+            self._start_reconcile(gained, old)
         self._settle_copies(table)
 
     def _forget_peer(self, node_id: int) -> None:
@@ -241,14 +248,23 @@ class NodeCore:
         self.sent_commit.pop(node_id, None)
         self.outbox.append(DropPeer(node_id))
 
-    def _start_reconcile(self, slots: list[int]) -> None:
-        """Send each backup of the gained slots this node's uncommitted tail of them; serve once all hold it."""
+    def _start_reconcile(self, slots: list[int], old: RoutingTable | None) -> None:
+        """Send each backup of the gained slots this node's uncommitted tail of them; serve once all hold it.
+
+        A previous primary that is still alive (the slot was handed over, not
+        failed over) gets it too: its acknowledgement proves it has seen the
+        new epoch and stopped serving the slot.
+        """
         assert self.table is not None
         by_backup: dict[int, list[SlotTail]] = defaultdict(list)
         sent = 0
         for slot, writes in self.replica.take_tails(slots).items():
             tail = SlotTail(slot, self.table.epoch(slot), self.replica.high[slot], writes)
-            for backup in self.table.live(slot)[1:]:
+            previous = old.primary(slot) if old is not None else None
+            handed_over = [previous] if previous is not None and not self.table.is_dead(previous) else []
+            for backup in dict.fromkeys([*self.table.live(slot)[1:], *handed_over]):
+                if backup == self.node_id:
+                    continue
                 by_backup[backup].append(tail)
                 sent += len(writes)
         sync = PendingReconcile(slots)
@@ -355,7 +371,7 @@ class NodeCore:
                 self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case Reconcile(repl_id, sender, tails):
                 rejected = [tail.slot for tail in tails if not self._accepts(tail.slot, tail.epoch, sender)]
-                accepted = [(t.slot, t.high, t.writes) for t in tails if t.slot not in rejected]
+                accepted = [(t.slot, t.high, t.writes) for t in tails if t.slot not in rejected and self._holds(t.slot)]
                 self.replica.reconcile_all(sender, accepted)
                 self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
             case Commit(sender, committed):
@@ -547,5 +563,11 @@ class NodeCore:
     def _apply_replicated(self, write: Write, sender: int) -> bool:
         if not self._accepts(write.slot, write.epoch, sender):
             return False
-        self.replica.apply_replicated(sender, write)
+        if self._holds(write.slot):
+            self.replica.apply_replicated(sender, write)
+        # else: the slot moved away from this node while the write was on its way; acknowledging it costs nothing.
         return True
+
+    def _holds(self, slot: int) -> bool:
+        """Whether this node keeps a copy of ``slot``: a replica in its table, or a replica being made."""
+        return self.table is not None and (self.node_id in self.table.live(slot) or slot in self.copying)

@@ -44,7 +44,8 @@ class NodeProcess:
         self.router = self.ctx.socket(zmq.ROUTER)
         endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
         self.master = self.ctx.socket(zmq.DEALER)
-        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}".encode())
+        # One identity per incarnation: the master tells a restarted node from its dead predecessor by it.
+        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}-{os.getpid()}".encode())
         self.master.connect(master_endpoint)
         self.poller = zmq.Poller()
         self.poller.register(self.master, zmq.POLLIN)
