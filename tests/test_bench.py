@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvcluster import bench
+from kvcluster.bench import balance, common, failover, failover_analysis
 from kvcluster.placement import replicas_for, slot_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -143,15 +143,15 @@ def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> 
 
 def test_percentile_is_nearest_rank() -> None:
     ordered = [float(i) for i in range(1, 101)]
-    assert bench._percentile(ordered, 0.50) == 50.0
-    assert bench._percentile(ordered, 0.99) == 99.0
-    assert bench._percentile([7.0], 0.95) == 7.0
-    assert bench._percentile([], 0.5) == 0.0
+    assert common.percentile(ordered, 0.50) == 50.0
+    assert common.percentile(ordered, 0.99) == 99.0
+    assert common.percentile([7.0], 0.95) == 7.0
+    assert common.percentile([], 0.5) == 0.0
 
 
 def record(
     key: str, put: bool, start: float, end: float, completion: str, value: str | None, node: int = 2
-) -> bench.OpRecord:
+) -> failover_analysis.OpRecord:
     return (key, put, start, end, completion, value, node)
 
 
@@ -165,9 +165,9 @@ def test_last_acknowledged_put_must_be_read_back() -> None:
         record("c", False, 2.0, 2.1, "ok", "c1"),
     ]
     final = {"a": "a1", "b": "b2", "c": "c0", "d": "d0"}
-    lost, unverified, acked = bench._lost_writes(records, preload, final)
+    lost, unverified, acked = failover_analysis.lost_writes(records, preload, final)
     assert (lost, unverified, acked) == (1, 0, 3)  # c went back to its preload value
-    assert bench._lost_writes(records, preload, {"a": "a1", "b": "b1", "c": "c1"}) == (0, 1, 3)
+    assert failover_analysis.lost_writes(records, preload, {"a": "a1", "b": "b1", "c": "c1"}) == (0, 1, 3)
 
 
 def test_unavailability_ends_at_first_success_from_another_node() -> None:
@@ -179,7 +179,7 @@ def test_unavailability_ends_at_first_success_from_another_node() -> None:
         record("b", False, 10.8, 10.85, "ok", "z", node=3),
         record("c", True, 9.9, 12.0, "timed_out", "w", node=0),
     ]
-    windows, unrecovered = bench._unavailability(records, victim, kill_t)
+    windows, unrecovered = failover_analysis.unavailability(records, victim, kill_t)
     assert sorted(round(w) for w in windows) == [800, 900]
     assert unrecovered == 1
 
@@ -193,21 +193,21 @@ def test_write_unavailability_counts_only_puts_issued_after_the_kill() -> None:
         record("b", True, 10.76, 10.78, "ok", "w"),
         record("c", False, 10.02, 10.03, "ok", "v"),
     ]
-    stalls, unwritten = bench._write_unavailability(records, kill_t)
+    stalls, unwritten = failover_analysis.write_unavailability(records, kill_t)
     assert sorted(round(s) for s in stalls) == [750, 780]
     assert unwritten == 1
 
 
 def test_balance_stats_compare_with_binomial_spread() -> None:
-    stats = bench._balance_stats(700, 7, 1, {f"server{i}": 100 for i in range(1, 8)})
+    stats = balance._balance_stats(700, 7, 1, {f"server{i}": 100 for i in range(1, 8)})
     assert (stats.max_over_mean, stats.min_over_mean, stats.stddev) == (1.0, 1.0, 0.0)
     assert stats.ideal_stddev == pytest.approx(math.sqrt(700 * (1 / 7) * (6 / 7)), abs=0.01)
-    replicated = bench._balance_stats(700, 7, 3, {f"server{i}": 300 for i in range(1, 8)})
+    replicated = balance._balance_stats(700, 7, 3, {f"server{i}": 300 for i in range(1, 8)})
     assert replicated.ideal_stddev == pytest.approx(math.sqrt(700 * (3 / 7) * (4 / 7)), abs=0.01)
 
 
 def test_failover_key_groups_follow_placement() -> None:
-    groups = bench._failover_keys(7, 3, victim=1)
+    groups = failover._failover_keys(7, 3, victim=1)
     assert set(groups) == {"primary", "backup", "unrelated"}
     for key in groups["primary"]:
         assert replicas_for(slot_of(key), 7, 3)[0] == 1
@@ -215,4 +215,4 @@ def test_failover_key_groups_follow_placement() -> None:
         assert 1 in replicas_for(slot_of(key), 7, 3)[1:]
     for key in groups["unrelated"]:
         assert 1 not in replicas_for(slot_of(key), 7, 3)
-    assert "unrelated" not in bench._failover_keys(3, 3, victim=1)  # every slot has every node
+    assert "unrelated" not in failover._failover_keys(3, 3, victim=1)  # every slot has every node

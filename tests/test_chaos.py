@@ -19,8 +19,9 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kvcluster import chaos
-from kvcluster.chaos import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys, run_chaos
+from kvcluster.bench import chaos, chaos_faults, chaos_report
+from kvcluster.bench.chaos import run_chaos
+from kvcluster.bench.chaos_faults import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys
 from kvcluster.errors import KvclusterError
 from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.placement import replicas_for, slot_of
@@ -32,7 +33,7 @@ LONG_ROUNDS = 5
 LONG_SEEDS = range(101, 111)
 
 
-def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos.PlannedFault]:
+def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos_faults.PlannedFault]:
     """The faults a schedule plans when nodes die only where it says, drawing delays as a run does."""
     schedule = FaultSchedule(nodes, rep, random.Random(seed), Timing())
     faults = []
@@ -119,9 +120,9 @@ def op(client: int, kind: str, key: str, value: str | None, invoke: float, compl
     return Operation(client, OpKind(kind), key, value, RELEASED + invoke, RELEASED + complete, outcome)
 
 
-def analyse(history: list[Operation], faults: list[chaos.Fault]) -> chaos.ChaosReport:
-    shape = chaos._Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1)
-    return chaos._report(shape, chaos._Run(history, faults, RELEASED, set(), set()))
+def analyse(history: list[Operation], faults: list[chaos_faults.Fault]) -> chaos_report.ChaosReport:
+    shape = chaos_report.Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1)
+    return chaos_report.analyse(shape, chaos_report.RunRecord(history, faults, RELEASED, set(), set()))
 
 
 def app_with_chaos() -> typer.Typer:
@@ -132,8 +133,8 @@ def app_with_chaos() -> typer.Typer:
     return app
 
 
-def kill_server1_at_1s() -> chaos.Fault:
-    return chaos.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
+def kill_server1_at_1s() -> chaos_faults.Fault:
+    return chaos_faults.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
 
 
 def lost_write() -> list[Operation]:
@@ -189,7 +190,7 @@ def test_command_exits_1_and_shows_the_violation(monkeypatch: pytest.MonkeyPatch
 # --- chaos runs ---
 
 
-def assert_linearizable_and_nontrivial(report: chaos.ChaosReport) -> None:
+def assert_linearizable_and_nontrivial(report: chaos_report.ChaosReport) -> None:
     assert report.verdict == "linearizable", f"seed {report.seed}, logs in {report.logs}:\n{report.violation}"
     assert report.checked >= 200
     assert report.faults_by_kind.get(FaultKind.PAUSE, 0) >= 1

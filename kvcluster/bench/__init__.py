@@ -1,0 +1,27 @@
+"""The ``kvcluster bench`` commands: throughput, balance, failover, chaos and the report that gathers them.
+
+One module per benchmark, each owning its run, its results, its tables and
+its charts: ``throughput``, ``balance``, ``failover`` (figures in
+``failover_analysis``), ``chaos`` (faults and linearizability), ``report``.
+``common`` and ``output`` hold what they share; nothing there imports a
+benchmark module. Only ``kvcluster bench ...`` imports this package, and
+``register`` imports the modules only when it is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add every benchmark command, and the chaos run, to ``app``."""
+    from kvcluster.bench import balance, chaos, failover, report, throughput  # noqa: PLC0415
+
+    app.command("throughput")(throughput.throughput_command)
+    app.command("balance")(balance.balance_command)
+    app.command("failover")(failover.failover_command)
+    app.command("report")(report.report_command)
+    chaos.register(app)
