@@ -1,16 +1,97 @@
 """The figures of a failover run, from what its clients recorded: unavailability, lost writes, a timeline.
 
-Pure functions of the operation records (no cluster, no I/O), so the
-arithmetic behind every failover figure can be tested on its own.
+Also the results' shapes (``Failover`` for one kill, ``FailoverSeries`` for
+several), which the JSON output follows. Pure functions of the operation
+records (no cluster, no I/O), so the arithmetic behind every failover figure
+can be tested on its own.
 """
 
 from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 TIMELINE_BIN = 0.1  # seconds per bar of the failover timeline
+
+
+@dataclass
+class Failover:
+    """What a SIGKILLed primary cost: unavailability, throughput over time, lost writes, healthy nodes lost."""
+
+    killed: str
+    nodes: int
+    rep: int
+    duration_s: float
+    kill_t: float
+    """Seconds from the start of the measured phase (the end of the bulk load, if any) to the kill."""
+    keys: dict[str, int]
+    unavailable_ms: dict[str, float | None]
+    unrecovered_keys: int
+    backup_write_unavailable_ms: dict[str, float | None]
+    acked_writes: int
+    lost_acked_writes: int
+    """Acknowledged writes not read back at the end: the clients' puts and the bulk-loaded keys."""
+    unverified_keys: int
+    failed_ops: int
+    timeline: list[dict[str, float]]
+    keys_loaded: int = 0
+    load_s: float = 0.0
+    idle: bool = False
+    """No client load besides light probes of the victim's keys."""
+    false_dead: list[str] = field(default_factory=list)
+    """Nodes the master declared dead besides the victim: each is fenced and exits, so this should stay empty."""
+    loaded_keys_lost: int = 0
+    loaded_keys_unreadable: int = 0
+
+
+@dataclass
+class FailoverSeries:
+    """Several kills of one shape, each on a fresh cluster: the figures over all of them, and each run's."""
+
+    nodes: int
+    rep: int
+    keys_loaded: int
+    idle: bool
+    kills: int
+    load_s: dict[str, float | None]
+    unavailable_ms: dict[str, float | None]
+    """Median of the runs' medians; max of their maxes (None when some key never came back)."""
+    unrecovered_keys: int
+    false_dead: int
+    """Nodes declared dead besides the victims, over every run."""
+    runs_with_false_dead: int
+    lost_acked_writes: int
+    unverified_keys: int
+    runs: list[Failover]
+
+
+def summarise(runs: Sequence[Failover]) -> FailoverSeries:
+    """The figures over several failover runs of one shape."""
+    first = runs[0]
+    medians = [m for r in runs if (m := r.unavailable_ms["median"]) is not None]
+    maxes = [m for r in runs if (m := r.unavailable_ms["max"]) is not None]
+    unrecovered = sum(r.unrecovered_keys for r in runs)
+    loads = [r.load_s for r in runs]
+    return FailoverSeries(
+        nodes=first.nodes,
+        rep=first.rep,
+        keys_loaded=first.keys_loaded,
+        idle=first.idle,
+        kills=len(runs),
+        load_s={"median": round(statistics.median(loads), 2), "max": round(max(loads), 2)},
+        unavailable_ms={
+            "median": round(statistics.median(medians), 1) if medians else None,
+            "max": round(max(maxes), 1) if maxes and len(maxes) == len(runs) else None,
+        },
+        unrecovered_keys=unrecovered,
+        false_dead=sum(len(r.false_dead) for r in runs),
+        runs_with_false_dead=sum(1 for r in runs if r.false_dead),
+        lost_acked_writes=sum(r.lost_acked_writes for r in runs),
+        unverified_keys=sum(r.unverified_keys for r in runs),
+        runs=list(runs),
+    )
 
 
 # One operation as a failover client saw it: (key, is_put, start, end, completion, value, node_id).

@@ -16,7 +16,9 @@ from typing import Annotated, Any
 import typer
 
 from kvcluster.bench.balance import Balance, balance_table, chart_balance, run_balance
-from kvcluster.bench.failover import Failover, chart_failover, failover_table, run_failover
+from kvcluster.bench.failover import FailoverShape, run_failover
+from kvcluster.bench.failover_analysis import Failover
+from kvcluster.bench.failover_views import chart_failover, failover_table
 from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
 from kvcluster.bench.throughput import (
     Mode,
@@ -280,9 +282,7 @@ def report_command(
             progress=progress,
         )
         balance = run_balance(keys=sizes.balance_keys, nodes=sizes.nodes, rep=1, progress=progress)
-        failover = run_failover(
-            nodes=sizes.nodes, rep=sizes.failover_rep, duration=sizes.failover_duration, progress=progress
-        )
+        failover = run_failover(FailoverShape(sizes.nodes, sizes.failover_rep, sizes.failover_duration), progress)
     console = stdout_console()
     console.print(throughput_table(runs))
     console.print(balance_table(balance))
