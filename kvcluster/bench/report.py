@@ -1,7 +1,9 @@
 """``kvcluster bench report``: every benchmark at the assignment's sizes, written up as Markdown with PNG charts.
 
 The report (``docs/REPORT.md`` by default) gets a JSON copy of every figure
-beside it, and the machine the figures were measured on.
+beside it, and the machine the figures were measured on. With
+``--failover-keys`` it also measures failover right after bulk loads of those
+sizes (``failover_sweep``), which takes long at a million keys and more.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import platform
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
@@ -16,8 +19,18 @@ from typing import Annotated, Any
 import typer
 
 from kvcluster.bench.balance import Balance, balance_table, chart_balance, run_balance
+from kvcluster.bench.common import int_list
 from kvcluster.bench.failover import FailoverShape, run_failover
-from kvcluster.bench.failover_analysis import Failover
+from kvcluster.bench.failover_analysis import Failover, FailoverSeries
+from kvcluster.bench.failover_sweep import (
+    SWEEP_KEYS,
+    chart_sweep,
+    run_sweep,
+    sweep_command_line,
+    sweep_json,
+    sweep_markdown,
+    sweep_table,
+)
 from kvcluster.bench.failover_views import chart_failover, failover_table
 from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
 from kvcluster.bench.throughput import (
@@ -82,7 +95,12 @@ QUICK_SIZES = ReportSizes(2_000, 500, 3, (1, 2, 3), (Mode(1, 32), Mode(16, 8)), 
 
 
 def write_report(
-    out: Path, sizes: ReportSizes, runs: list[ThroughputRun], balance: Balance, failover: Failover
+    out: Path,
+    sizes: ReportSizes,
+    runs: list[ThroughputRun],
+    balance: Balance,
+    failover: Failover,
+    sweep: Sequence[FailoverSeries] = (),
 ) -> None:
     """Write the Markdown report, its PNG charts and a JSON copy of every figure beside it."""
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -101,8 +119,13 @@ def write_report(
         "balance": to_json(balance),
         "failover": to_json(failover),
     }
+    if sweep:
+        charts["failover_sweep"] = out.parent / "failover_sweep.png"
+        chart_sweep(sweep, charts["failover_sweep"])
+        data["failover_sweep"] = sweep_json(sweep)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    out.write_text(_report_markdown(sizes, info, runs, balance, failover, {k: p.name for k, p in charts.items()}))
+    names = {k: p.name for k, p in charts.items()}
+    out.write_text(_report_markdown(sizes, info, runs, balance, failover, sweep, names))
 
 
 def _report_markdown(
@@ -111,6 +134,7 @@ def _report_markdown(
     runs: list[ThroughputRun],
     balance: Balance,
     failover: Failover,
+    sweep: Sequence[FailoverSeries],
     charts: dict[str, str],
 ) -> str:
     lines = [
@@ -244,6 +268,10 @@ def _report_markdown(
         "whole round before the next, so a key group stalls as one in the chart. An acknowledged write is lost when",
         "the final read of its key returns anything but the last acknowledged value (or a later put that timed out).",
         "",
+    ]
+    if sweep:
+        lines += sweep_markdown(sweep, charts["failover_sweep"])
+    lines += [
         "## Reproduce",
         "",
         "```shell",
@@ -253,10 +281,13 @@ def _report_markdown(
         f"kvcluster bench balance --keys {sizes.balance_keys} --nodes {sizes.nodes} --rep 1 --plot",
         f"kvcluster bench failover --nodes {sizes.nodes} --rep {sizes.failover_rep} "
         f"--duration {sizes.failover_duration:g} --plot",
-        "kvcluster bench report",
-        "```",
-        "",
     ]
+    report = "kvcluster bench report"
+    if sweep:
+        swept = [p.keys_loaded for p in sweep if p.idle]
+        lines.append(sweep_command_line(swept, sweep[0].nodes, sweep[0].rep, sweep[0].kills))
+        report += f" --failover-keys {','.join(map(str, swept))} --failover-runs {sweep[0].kills}"
+    lines += [report, "```", ""]
     return "\n".join(lines)
 
 
@@ -267,9 +298,21 @@ def report_command(
     quick: Annotated[
         bool, typer.Option("--quick", help="Tiny sizes, for a smoke test (seconds, not minutes).")
     ] = False,
+    failover_keys: Annotated[
+        str,
+        typer.Option(
+            "--failover-keys",
+            help="Also measure failover right after loading each of these numbers of keys, idle and under load "
+            f"(e.g. {SWEEP_KEYS}; long: each kill loads a fresh cluster).",
+        ),
+    ] = "",
+    failover_runs: Annotated[
+        int, typer.Option("--failover-runs", min=1, help="Kills per size and mode with --failover-keys.")
+    ] = 3,
 ) -> None:
     """Run every benchmark at the assignment's sizes and write a Markdown report with PNG charts."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
+    sweep_sizes = int_list(failover_keys, "--failover-keys") if failover_keys else []
     with interrupt_on_sigterm(), progress_bar() as progress:
         runs = run_throughput(
             ops=sizes.ops,
@@ -283,9 +326,19 @@ def report_command(
         )
         balance = run_balance(keys=sizes.balance_keys, nodes=sizes.nodes, rep=1, progress=progress)
         failover = run_failover(FailoverShape(sizes.nodes, sizes.failover_rep, sizes.failover_duration), progress)
+        sweep = run_sweep(
+            sweep_sizes,
+            nodes=sizes.nodes,
+            rep=sizes.failover_rep,
+            runs=failover_runs,
+            duration=sizes.failover_duration,
+            progress=progress,
+        )
     console = stdout_console()
     console.print(throughput_table(runs))
     console.print(balance_table(balance))
     console.print(failover_table(failover))
-    write_report(out, sizes, runs, balance, failover)
+    if sweep:
+        console.print(sweep_table(sweep))
+    write_report(out, sizes, runs, balance, failover, sweep)
     console.print(f"wrote {out} and its charts")
