@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
+from kvcluster.bench.bulk import BulkCheck, bulk_load, bulk_verify, release_timeout
 from kvcluster.bench.chaos_faults import (
     FATAL_KINDS,
     STALL_SHARE,
@@ -146,11 +147,14 @@ def run_chaos(
     read_ratio: float = 0.5,
     on_event: Callable[[str], None] | None = None,
     on_tick: Callable[[float], None] | None = None,
+    preload: int = 0,
 ) -> ChaosReport:
     """Run a cluster under load and faults for ``duration`` seconds, then check the history.
 
     Faults come every ``fault_interval`` seconds (drawn uniformly); a share
-    ``stall_share`` of them are stalls. A temporary home (``home`` None) is
+    ``stall_share`` of them are stalls. ``preload`` keys are bulk-loaded
+    before the clients start, so the faults land on a large data set; each
+    is read back at the end, and one lost makes the run fail. A temporary home (``home`` None) is
     removed after a linearizable run and kept otherwise, with the nodes'
     logs. ``on_event`` receives a line per fault and phase; ``on_tick`` the
     seconds elapsed, a few times a second.
@@ -160,7 +164,7 @@ def run_chaos(
     if seed is None:
         seed = secrets.randbelow(2**31)
     timing = Timing()
-    shape = Shape(nodes, rep, clients, chaos_keys(keys, nodes, rep), duration, read_ratio, seed)
+    shape = Shape(nodes, rep, clients, chaos_keys(keys, nodes, rep), duration, read_ratio, seed, preload)
     schedule = FaultSchedule(nodes, rep, random.Random(seed), timing, fault_interval, stall_share)
     with _home(home) as (path, temporary):
         run = _run_cluster(path, shape, schedule, timing, on_event or (lambda _text: None), on_tick)
@@ -207,23 +211,41 @@ def _run_cluster(
             )
             for i in range(shape.clients)
         ]
+        preload_s = 0.0
         with (
-            ClientPool(_run_client, jobs, niceness=CLIENT_NICENESS) as pool,
+            ClientPool(
+                _run_client, jobs, niceness=CLIENT_NICENESS, release_timeout=release_timeout(shape.preload)
+            ) as pool,
             Client(state.master_endpoint, deadline=1.0) as observer,
         ):
             say(f"starting {shape.clients} client processes")
+            if shape.preload:
+                say(f"loading {shape.preload:,} keys")
+                preload_s = bulk_load(state.master_endpoint, shape.preload, _ignore)
+                say(f"loaded {shape.preload:,} keys in {preload_s:.1f} s")
             injector.released = pool.release()
             say(f"load on keys {', '.join(shape.keys)} for {shape.duration:g} s")
             _inject_until(schedule, injector, observer, injector.released + shape.duration, on_tick)
             histories = pool.collect(timeout=CLIENT_DEADLINE + COLLECT_GRACE)
             declared = _declared_dead(observer)
+        check = BulkCheck(0, 0, 0)
+        if shape.preload:
+            say(f"reading the {shape.preload:,} loaded keys back")
+            check = bulk_verify(state.master_endpoint, shape.preload, _ignore)
         history = [Operation.from_json(record) for records in histories for record in records]
         targeted = {n for f in injector.faults if f.kind in FATAL_KINDS for n in node_ids(f.nodes)}
-        return RunRecord(history, injector.faults, injector.released, declared - targeted, declared - injector.exited())
+        dead = declared - targeted
+        return RunRecord(
+            history, injector.faults, injector.released, dead, declared - injector.exited(), preload_s, check
+        )
     finally:
         if injector is not None:
             injector.resume()
         supervisor.stop()
+
+
+def _ignore(_done: int) -> None:
+    """No progress bar for a chaos run's bulk load: its phases are reported as lines."""
 
 
 @contextmanager
@@ -297,6 +319,15 @@ def chaos_command(
             help="State directory for the run's cluster, kept afterwards (default: a temporary one, kept on failure).",
         ),
     ] = None,
+    preload: Annotated[
+        int,
+        typer.Option(
+            "--preload",
+            min=0,
+            help="Keys with 100-byte values to load before the faults start, so they land on a large data set; "
+            "each is read back at the end, and any missing or wrong is a lost write (exit 1).",
+        ),
+    ] = 0,
 ) -> None:
     """Kill and pause nodes under concurrent load, then check the history for linearizability; exit 1 if it is not."""
     from rich.console import Console  # noqa: PLC0415
@@ -312,7 +343,7 @@ def chaos_command(
     for round_seed in range(seed, seed + rounds):
         if rounds > 1:
             console.rule(f"round {round_seed - seed + 1} of {rounds}: seed {round_seed}")
-        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home)
+        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home, preload)
         reports.append(report)
         if save_history is not None:
             per_round = save_history.with_name(f"{save_history.stem}-{round_seed}{save_history.suffix}")
@@ -327,7 +358,15 @@ def chaos_command(
 
 
 def _chaos_round(
-    console: Any, nodes: int, rep: int, clients: int, keys: int, duration: float, seed: int, home: Path | None
+    console: Any,
+    nodes: int,
+    rep: int,
+    clients: int,
+    keys: int,
+    duration: float,
+    seed: int,
+    home: Path | None,
+    preload: int,
 ) -> ChaosReport:
     """One run on a fresh cluster, with its tables printed."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -345,6 +384,7 @@ def _chaos_round(
             home=home.expanduser().resolve() if home is not None else None,
             on_event=progress.console.print,
             on_tick=lambda elapsed: progress.update(task, completed=elapsed),
+            preload=preload,
         )
     console.print(faults_table(report))
     console.print(summary_table(report))

@@ -14,6 +14,7 @@ from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.chaos_faults import FATAL_KINDS, Fault, node_ids, primary_of
 from kvcluster.bench.output import measure_table
 from kvcluster.history import Operation, OpKind, Outcome
@@ -54,11 +55,18 @@ class ChaosReport:
     """Where the cluster's logs were kept (a temporary home is removed after a clean run)."""
     history_file: str | None
     """Where the history was saved for a second look, when the verdict was not ``linearizable``."""
+    preloaded: int = 0
+    """Keys (100-byte values) bulk-loaded before the faults started."""
+    preload_s: float = 0.0
+    preloaded_lost: int = 0
+    """Preloaded keys read back at the end with another value, missing, or with no live replica: lost writes."""
+    preloaded_unreadable: int = 0
+    """Preloaded keys whose final read did not complete."""
     history: list[Operation] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "linearizable"
+        return self.verdict == "linearizable" and self.preloaded_lost == 0
 
     def to_json(self) -> dict[str, Any]:
         """The report without the history, ready for ``json.dumps``."""
@@ -78,6 +86,8 @@ class Shape:
     duration: float
     read_ratio: float
     seed: int
+    preload: int = 0
+    """Keys bulk-loaded before the faults start, all read back at the end."""
 
 
 @dataclass
@@ -89,6 +99,8 @@ class RunRecord:
     released: float
     unplanned_dead: set[int]
     dead_but_running: set[int]
+    preload_s: float = 0.0
+    preloaded: BulkCheck = field(default_factory=lambda: BulkCheck(0, 0, 0))
 
 
 def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
@@ -127,6 +139,10 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         check_s=check_s,
         logs=None,
         history_file=None,
+        preloaded=shape.preload,
+        preload_s=round(run.preload_s, 2),
+        preloaded_lost=run.preloaded.lost,
+        preloaded_unreadable=run.preloaded.unreadable,
         history=run.history,
     )
 
@@ -224,6 +240,11 @@ def summary_table(report: ChaosReport) -> Any:
         table.add_row("declared dead without a fatal fault", ", ".join(report.unplanned_dead))
     if report.dead_but_running:
         table.add_row("[bold red]declared dead but still running[/]", ", ".join(report.dead_but_running))
+    if report.preloaded:
+        table.add_row("keys loaded before the faults", f"{report.preloaded:,} in {report.preload_s:.1f} s")
+        lost = report.preloaded_lost
+        table.add_row("  lost (read back wrong, missing or with no replica)", f"[bold red]{lost:,}[/]" if lost else "0")
+        table.add_row("  unreadable at the end", f"{report.preloaded_unreadable:,}")
     return table
 
 
@@ -248,4 +269,6 @@ def rounds_summary(reports: list[ChaosReport]) -> Any:
     table.add_row("operations checked", f"{sum(r.checked for r in reports):,}")
     table.add_row("faults injected", ", ".join(f"{kind} {count}" for kind, count in sorted(faults.items())) or "none")
     table.add_row("verdicts", ", ".join(f"{v} {n}" for v, n in sorted(Counter(r.verdict for r in reports).items())))
+    if any(r.preloaded for r in reports):
+        table.add_row("preloaded keys lost", f"{sum(r.preloaded_lost for r in reports):,}")
     return table
