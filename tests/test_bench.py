@@ -316,6 +316,12 @@ def test_series_figures_cover_every_kill() -> None:
     broken = failover_analysis.summarise([*runs, failover_run("server4", None, None)])
     assert broken.unavailable_ms == {"median": 750.0, "max": None}
     assert broken.unrecovered_keys == 3
+    # A run that lost healthy nodes during its load never got to the kill: only its false deaths count.
+    failed = failover_run("server4", None, None, unrecovered_keys=0, false_dead=["server2"], error="the load failed")
+    with_failure = failover_analysis.summarise([*runs, failed])
+    assert with_failure.unavailable_ms == series.unavailable_ms
+    assert with_failure.load_s == series.load_s
+    assert (with_failure.failed_runs, with_failure.false_dead, with_failure.runs_with_false_dead) == (1, 3, 2)
 
 
 def test_bulk_values_are_100_bytes_and_differ() -> None:

@@ -46,7 +46,7 @@ from kvcluster.bench.failover_analysis import (
 )
 from kvcluster.bench.failover_views import plot_failover, runs_table
 from kvcluster.bench.output import run_benchmark, to_json
-from kvcluster.errors import UsageError
+from kvcluster.errors import NodeNotRunning, UsageError
 from kvcluster.workers import ClientPool, Worker
 
 if TYPE_CHECKING:
@@ -192,12 +192,20 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         ]
         # Started before the load, so they are running the moment it ends.
         with ClientPool(_failover_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
-            load_s = _load(master, shape.keys, progress) if shape.keys else 0.0
+            try:
+                load_s = _load(master, shape.keys, progress) if shape.keys else 0.0
+            except BenchmarkError as exc:
+                # Healthy nodes lost during the load: a finding, not a reason to drop the other runs.
+                return _failed_load(name, shape, f"the load failed: {exc}", dead_nodes(master))
             released = pool.release()
             progress.update(task, description=f"failover {name}: {what}, killing it at {kill_after:g} s")
             _sleep_with_progress(progress, task, released, released + kill_after)
             kill_t = time.monotonic()
-            kill_node(state, name)
+            error = None
+            try:
+                kill_node(state, name)
+            except NodeNotRunning:
+                error = f"{name} had already exited when it was to be killed"
             _sleep_with_progress(progress, task, released, released + duration)
             progress.update(task, description=f"failover {name}: finishing the last round")
             records = pool.collect()
@@ -214,7 +222,32 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
     result.lost_acked_writes += check.lost
     result.unverified_keys += check.unreadable
     result.acked_writes += shape.keys
+    result.error = error
     return result
+
+
+def _failed_load(name: str, shape: FailoverShape, error: str, dead: list[str]) -> Failover:
+    """A run that ended before the kill: no figure but the nodes the master declared dead, all of them healthy."""
+    return Failover(
+        killed=name,
+        nodes=shape.nodes,
+        rep=shape.rep,
+        duration_s=shape.duration,
+        kill_t=0.0,
+        keys={},
+        unavailable_ms={"median": None, "max": None},
+        unrecovered_keys=0,
+        backup_write_unavailable_ms={"median": None, "max": None},
+        acked_writes=0,
+        lost_acked_writes=0,
+        unverified_keys=0,
+        failed_ops=0,
+        timeline=[],
+        keys_loaded=shape.keys,
+        idle=shape.idle,
+        false_dead=dead,
+        error=error,
+    )
 
 
 def _load(master: str, keys: int, progress: Progress) -> float:
@@ -362,6 +395,14 @@ def failover_command(
         plot=plot,
         json_out=json_out,
     )
+    check_outcome(results)
+
+
+def check_outcome(results: Sequence[Failover]) -> None:
+    """Fail the command (after its output) when an acknowledged write was lost or a run could not be completed."""
+    problems = [f"{r.killed}: {r.error}" for r in results if r.error]
     lost = sum(r.lost_acked_writes for r in results)
     if lost:
-        raise BenchmarkError(f"{lost} acknowledged writes were lost")
+        problems.insert(0, f"{lost} acknowledged writes were lost")
+    if problems:
+        raise BenchmarkError("; ".join(problems))

@@ -44,6 +44,8 @@ class Failover:
     """Nodes the master declared dead besides the victim: each is fenced and exits, so this should stay empty."""
     loaded_keys_lost: int = 0
     loaded_keys_unreadable: int = 0
+    error: str | None = None
+    """Why the run's figures mean nothing (a failed load, a victim already gone); None for a run that went through."""
 
 
 @dataclass
@@ -64,16 +66,19 @@ class FailoverSeries:
     runs_with_false_dead: int
     lost_acked_writes: int
     unverified_keys: int
+    failed_runs: int
+    """Runs that did not get to the kill (their false deaths still count); they have no unavailability."""
     runs: list[Failover]
 
 
 def summarise(runs: Sequence[Failover]) -> FailoverSeries:
     """The figures over several failover runs of one shape."""
     first = runs[0]
-    medians = [m for r in runs if (m := r.unavailable_ms["median"]) is not None]
-    maxes = [m for r in runs if (m := r.unavailable_ms["max"]) is not None]
+    measured = [r for r in runs if r.error is None]
+    medians = [m for r in measured if (m := r.unavailable_ms["median"]) is not None]
+    maxes = [m for r in measured if (m := r.unavailable_ms["max"]) is not None]
     unrecovered = sum(r.unrecovered_keys for r in runs)
-    loads = [r.load_s for r in runs]
+    loads = [r.load_s for r in measured] or [0.0]
     return FailoverSeries(
         nodes=first.nodes,
         rep=first.rep,
@@ -83,13 +88,14 @@ def summarise(runs: Sequence[Failover]) -> FailoverSeries:
         load_s={"median": round(statistics.median(loads), 2), "max": round(max(loads), 2)},
         unavailable_ms={
             "median": round(statistics.median(medians), 1) if medians else None,
-            "max": round(max(maxes), 1) if maxes and len(maxes) == len(runs) else None,
+            "max": round(max(maxes), 1) if maxes and len(maxes) == len(measured) else None,
         },
         unrecovered_keys=unrecovered,
         false_dead=sum(len(r.false_dead) for r in runs),
         runs_with_false_dead=sum(1 for r in runs if r.false_dead),
         lost_acked_writes=sum(r.lost_acked_writes for r in runs),
         unverified_keys=sum(r.unverified_keys for r in runs),
+        failed_runs=len(runs) - len(measured),
         runs=list(runs),
     )
 

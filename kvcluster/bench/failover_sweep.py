@@ -18,7 +18,7 @@ import typer
 
 from kvcluster.bench.bulk import BULK_CLIENTS
 from kvcluster.bench.common import PRELOAD_BATCH, PRELOAD_WINDOW, JsonOut, Nodes, Plot, check_shape, int_list
-from kvcluster.bench.failover import KILL_AFTER_LOAD, PROBE_PAUSE, FailoverShape, run_failovers
+from kvcluster.bench.failover import KILL_AFTER_LOAD, PROBE_PAUSE, FailoverShape, check_outcome, run_failovers
 from kvcluster.bench.failover_analysis import FailoverSeries, summarise
 from kvcluster.bench.output import ms_pair, png_chart, run_benchmark, terminal_chart, to_json
 from kvcluster.errors import UsageError
@@ -60,10 +60,20 @@ def sweep_table(points: Sequence[FailoverSeries]) -> RenderableType:
     first = points[0]
     kills = f"{first.kills} kill{'s' if first.kills > 1 else ''}"
     table = Table(title=f"Failover after a bulk load: {first.nodes} nodes, rep {first.rep}, {kills} each")
-    for column in ("keys", "at the kill", "load s", "unavailable median / max", "never back", "falsely dead", "lost"):
+    columns = (
+        "keys",
+        "at the kill",
+        "load s",
+        "unavailable median / max",
+        "never back",
+        "falsely dead",
+        "lost",
+        "failed",
+    )
+    for column in columns:
         table.add_column(column, justify="left" if column == "at the kill" else "right")
     for point in points:
-        red = point.false_dead or point.lost_acked_writes or point.unrecovered_keys
+        red = point.false_dead or point.lost_acked_writes or point.unrecovered_keys or point.failed_runs
         table.add_row(
             f"{point.keys_loaded:,}",
             _mode(point),
@@ -72,6 +82,7 @@ def sweep_table(points: Sequence[FailoverSeries]) -> RenderableType:
             str(point.unrecovered_keys),
             f"{point.false_dead} in {point.runs_with_false_dead} runs" if point.false_dead else "0",
             str(point.lost_acked_writes),
+            str(point.failed_runs),
             style="bold red" if red else None,
         )
     return table
@@ -126,6 +137,8 @@ def _trouble(point: FailoverSeries) -> str:
         parts.append(f"{point.unrecovered_keys} keys never back")
     if point.lost_acked_writes:
         parts.append(f"{point.lost_acked_writes} writes lost")
+    if point.failed_runs:
+        parts.append(f"{point.failed_runs} runs failed")
     return ", ".join(parts)
 
 
@@ -142,19 +155,23 @@ def sweep_markdown(points: Sequence[FailoverSeries], chart: str) -> list[str]:
         f"{PROBE_PAUSE * 1000:.0f} ms); *under load*: the failover benchmark's clients run. {first.kills} "
         f"kill{'s' if first.kills > 1 else ''} per point, of server1, server2... in turn, each on its own cluster.",
         "Unavailability is that of the victim's keys (median of the runs' medians / max of their maxes);",
-        "*falsely dead* counts the healthy nodes the master declared dead (each is fenced and exits).",
+        "*falsely dead* counts the healthy nodes the master declared dead (each is fenced and exits); a run",
+        "*failed* when healthy nodes were lost before the kill (during the load), and has no unavailability.",
         "",
         f"![failover after a bulk load]({chart})",
         "",
         "| keys loaded | at the kill | load s | unavailable, median / max | keys never back | falsely dead "
-        "| writes lost |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: |",
+        "| writes lost | runs failed |",
+        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     lines += [
         f"| {p.keys_loaded:,} | {_mode(p)} | {p.load_s['median']:.1f} | {ms_pair(p.unavailable_ms)} "
-        f"| {p.unrecovered_keys} | {p.false_dead} | **{p.lost_acked_writes}** |"
+        f"| {p.unrecovered_keys} | {p.false_dead} | **{p.lost_acked_writes}** | {p.failed_runs} |"
         for p in points
     ]
+    errors = [f"- {p.keys_loaded:,} keys, {_mode(p)}, {r.killed}: {r.error}" for p in points for r in p.runs if r.error]
+    if errors:
+        lines += ["", "Runs that did not get to the kill:", "", *errors]
     return [*lines, ""]
 
 
@@ -198,3 +215,4 @@ def sweep_command(
     )
     if png is not None:
         chart_sweep(points, png)
+    check_outcome([run for point in points for run in point.runs])

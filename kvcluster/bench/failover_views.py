@@ -48,6 +48,8 @@ def failover_table(result: Failover) -> RenderableType:
         table.add_row("  of which bulk-loaded keys", _red_if(result.loaded_keys_lost, result.loaded_keys_lost > 0))
     table.add_row("keys not readable at the end", str(result.unverified_keys))
     table.add_row("ops that did not complete", str(result.failed_ops))
+    if result.error:
+        table.add_row("[bold red]run not completed[/]", f"[bold red]{result.error}[/]")
     return table
 
 
@@ -74,7 +76,8 @@ def series_table(series: FailoverSeries) -> RenderableType:
         f"{series.false_dead} nodes falsely declared dead in {series.runs_with_false_dead} runs, "
         f"{series.lost_acked_writes} acknowledged writes lost, {series.unverified_keys} keys unreadable"
     )
-    return Group(table, summary)
+    errors = [f"[bold red]run {i}: {run.error}[/]" for i, run in enumerate(series.runs, start=1) if run.error]
+    return Group(table, summary, *errors)
 
 
 def _series_title(series: FailoverSeries) -> str:
@@ -88,14 +91,17 @@ def runs_table(runs: Sequence[Failover]) -> RenderableType:
     return failover_table(runs[0]) if len(runs) == 1 else series_table(summarise(runs))
 
 
-def worst(runs: Sequence[Failover]) -> Failover:
-    """The run whose victim's keys stayed unavailable longest (never coming back counts as longest)."""
-    return max(runs, key=lambda r: (r.unrecovered_keys, r.unavailable_ms["max"] or 0.0))
+def worst(runs: Sequence[Failover]) -> Failover | None:
+    """The run whose victim's keys stayed unavailable longest (never back counts as longest), if any got to it."""
+    measured = [r for r in runs if r.timeline]
+    return max(measured, key=lambda r: (r.unrecovered_keys, r.unavailable_ms["max"] or 0.0), default=None)
 
 
 def plot_failover(runs: Sequence[Failover]) -> None:
     """The ops/s timeline of the run (of the worst run, when there are several) in the terminal."""
     result = worst(runs)
+    if result is None:
+        return
     per_second = 1 / TIMELINE_BIN
     which = f"worst of {len(runs)} runs; " if len(runs) > 1 else ""
     title = f"{which}ops/s per {TIMELINE_BIN * 1000:.0f} ms; {result.killed} killed at {result.kill_t:.2f} s (red line)"
@@ -116,7 +122,7 @@ def chart_failover(result: Failover, path: Path) -> None:
     }
     with png_chart(path, width=8) as ax:
         for group, label in names.items():
-            if group not in result.timeline[0]:
+            if not result.timeline or group not in result.timeline[0]:
                 continue
             values = [p[group] * per_second for p in result.timeline]
             ax.bar(ts, values, TIMELINE_BIN, bottom=bottom, align="edge", label=label)
