@@ -60,32 +60,27 @@ def sweep_table(points: Sequence[FailoverSeries]) -> RenderableType:
     first = points[0]
     kills = f"{first.kills} kill{'s' if first.kills > 1 else ''}"
     table = Table(title=f"Failover after a bulk load: {first.nodes} nodes, rep {first.rep}, {kills} each")
-    columns = (
-        "keys",
-        "at the kill",
-        "load s",
-        "unavailable median / max",
-        "never back",
-        "falsely dead",
-        "lost",
-        "failed",
-    )
-    for column in columns:
-        table.add_column(column, justify="left" if column == "at the kill" else "right")
+    columns = ["keys", "mode", "load s", "unavailable\nms, med/max", "never\nback", "falsely\ndead"]
+    for column in [*columns, "lost\nwrites", "failed\nruns"]:
+        table.add_column(column, justify="left" if column == "mode" else "right")
     for point in points:
         red = point.false_dead or point.lost_acked_writes or point.unrecovered_keys or point.failed_runs
         table.add_row(
             f"{point.keys_loaded:,}",
-            _mode(point),
+            "idle" if point.idle else "load",
             f"{point.load_s['median']:.1f}",
-            ms_pair(point.unavailable_ms),
+            _ms_figures(point.unavailable_ms),
             str(point.unrecovered_keys),
-            f"{point.false_dead} in {point.runs_with_false_dead} runs" if point.false_dead else "0",
+            f"{point.false_dead} ({point.runs_with_false_dead} runs)" if point.false_dead else "0",
             str(point.lost_acked_writes),
             str(point.failed_runs),
             style="bold red" if red else None,
         )
     return table
+
+
+def _ms_figures(pair: dict[str, float | None]) -> str:
+    return "/".join("-" if v is None else f"{v:.0f}" for v in (pair["median"], pair["max"]))
 
 
 def _series(points: Sequence[FailoverSeries], idle: bool, which: str) -> list[float]:
