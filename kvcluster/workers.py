@@ -47,10 +47,11 @@ class Worker:
     index: int
     barrier: Barrier
     queue: Any
+    release_timeout: float = START_TIMEOUT
 
     def wait_for_release(self) -> None:
         """Block until every client of the pool is ready and the parent releases them all."""
-        self.barrier.wait(START_TIMEOUT)
+        self.barrier.wait(self.release_timeout)
 
     def progress(self, done: int) -> None:
         """Tell the parent that ``done`` more operations are finished."""
@@ -73,17 +74,29 @@ class ClientPool(Generic[J, R]):
 
     ``niceness``, when given, is set on every client process, so that the load
     they generate yields the CPU to the cluster processes on a busy machine.
+    ``release_timeout`` bounds how long a ready client waits for the release:
+    longer than the default when the parent does slow work (a bulk load) in
+    between, so that the clients are ready the moment it ends.
     """
 
-    def __init__(self, target: Callable[[J, Worker], R], jobs: Sequence[J], niceness: int | None = None) -> None:
+    def __init__(
+        self,
+        target: Callable[[J, Worker], R],
+        jobs: Sequence[J],
+        niceness: int | None = None,
+        release_timeout: float = START_TIMEOUT,
+    ) -> None:
         import multiprocessing  # noqa: PLC0415
 
         ctx = multiprocessing.get_context("spawn")
         self.barrier = ctx.Barrier(len(jobs) + 1)
         self.queue = ctx.Queue()
         self.niceness = niceness
+        self.release_timeout = release_timeout
         self.procs = [
-            ctx.Process(target=_serve, args=(target, job, Worker(i, self.barrier, self.queue)), daemon=True)
+            ctx.Process(
+                target=_serve, args=(target, job, Worker(i, self.barrier, self.queue, release_timeout)), daemon=True
+            )
             for i, job in enumerate(jobs)
         ]
         self.results: dict[int, R] = {}
@@ -112,7 +125,7 @@ class ClientPool(Generic[J, R]):
         import threading  # noqa: PLC0415
 
         try:
-            self.barrier.wait(START_TIMEOUT)
+            self.barrier.wait(self.release_timeout)
         except threading.BrokenBarrierError:
             self._raise_reported_error("a client process failed to start")
         return time.monotonic()

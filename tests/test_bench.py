@@ -14,7 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
-from kvcluster import bench
+from kvcluster.bench import balance, bulk, common, failover, failover_analysis, failover_sweep
 from kvcluster.placement import replicas_for, slot_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -97,22 +97,89 @@ def test_failover_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert len(timeline) == 30
     assert [p["t"] for p in timeline] == sorted(p["t"] for p in timeline)
     assert all(p["ops"] == sum(p[g] for g in result["keys"]) for p in timeline)
+    # Without --keys nothing is loaded first, and the kill comes after a third of the run, as it always did.
+    assert (result["keys_loaded"], result["load_s"], result["idle"]) == (0, 0.0, False)
+    assert result["loaded_keys_lost"] == result["loaded_keys_unreadable"] == 0
+    assert isinstance(result["false_dead"], list)
+    assert "server1" not in result["false_dead"]
+
+
+@pytest.mark.cluster
+def test_failover_right_after_a_bulk_load_idle_over_two_kills(tmp_path: Path) -> None:
+    out = tmp_path / "failover.json"
+    proc = run_bench(
+        tmp_path,
+        "failover", "--nodes", "3", "--rep", "2", "--keys", "3000", "--idle", "--runs", "2", "--duration", "2",
+        "--json", str(out),
+    )  # fmt: skip
+    series = json.loads(out.read_text())
+    assert (series["nodes"], series["rep"], series["keys_loaded"], series["idle"], series["kills"]) == (
+        3,
+        2,
+        3000,
+        True,
+        2,
+    )
+    runs = series["runs"]
+    assert [r["killed"] for r in runs] == ["server1", "server2"]  # a different node each time, on a fresh cluster
+    for run in runs:
+        assert run["keys_loaded"] == 3000
+        assert run["idle"] is True
+        assert run["load_s"] > 0
+        assert 0 < run["kill_t"] < 1  # right after the load
+        assert set(run["keys"]) == {"primary", "backup"}  # probes only: no unrelated key group
+        assert run["loaded_keys_lost"] == run["loaded_keys_unreadable"] == 0
+        assert run["lost_acked_writes"] == 0
+        assert run["acked_writes"] >= 3000
+        assert run["unrecovered_keys"] == 0
+        assert run["killed"] not in run["false_dead"]
+    medians = [r["unavailable_ms"]["median"] for r in runs]
+    maxes = [r["unavailable_ms"]["max"] for r in runs]
+    assert series["unavailable_ms"] == {"median": pytest.approx(sum(medians) / 2, abs=0.1), "max": max(maxes)}
+    assert series["load_s"]["median"] > 0
+    assert series["false_dead"] == sum(len(r["false_dead"]) for r in runs)
+    assert series["lost_acked_writes"] == 0
+    assert "over 2 kills" in proc.stdout
+
+
+@pytest.mark.cluster
+def test_failover_sweep_measures_each_size_idle_and_under_load(tmp_path: Path) -> None:
+    out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
+    proc = run_bench(
+        tmp_path,
+        "failover-sweep", "--keys", "1000,2000", "--nodes", "3", "--rep", "2", "--runs", "1", "--duration", "1.5",
+        "--plot", "--json", str(out), "--png", str(png),
+    )  # fmt: skip
+    points = json.loads(out.read_text())["points"]
+    assert [(p["keys_loaded"], p["idle"]) for p in points] == [(1000, True), (1000, False), (2000, True), (2000, False)]
+    for point in points:
+        assert point["kills"] == len(point["runs"]) == 1
+        assert point["runs"][0]["keys_loaded"] == point["keys_loaded"]
+        assert point["lost_acked_writes"] == 0
+        assert point["unavailable_ms"]["median"] is not None
+    assert png.read_bytes().startswith(PNG_MAGIC)
+    assert "Unavailability after kill -9" in proc.stdout
 
 
 @pytest.mark.cluster
 def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
-    run_bench(tmp_path, "report", "--quick", "--out", "tmp/REPORT.md")
+    run_bench(
+        tmp_path, "report", "--quick", "--out", "tmp/REPORT.md", "--failover-keys", "1000", "--failover-runs", "1"
+    )
     docs = tmp_path / "tmp"
     report = (docs / "REPORT.md").read_text()
     for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover"):
         assert heading in report
+    assert "## Failover after a bulk load" in report
     assert "design.md" in report
-    for chart in ("throughput.png", "balance.png", "failover.png"):
+    for chart in ("throughput.png", "balance.png", "failover.png", "failover_sweep.png"):
         assert f"]({chart})" in report
         assert (docs / chart).read_bytes().startswith(PNG_MAGIC)
+    assert "kvcluster bench failover-sweep --keys 1000 " in report
     data = json.loads((docs / "REPORT.json").read_text())
     assert data["failover"]["lost_acked_writes"] == 0
     assert {r["batch"] for r in data["throughput"]["runs"]} == {1, 16}
+    assert [(p["keys_loaded"], p["idle"]) for p in data["failover_sweep"]["points"]] == [(1000, True), (1000, False)]
 
 
 @pytest.mark.parametrize(
@@ -123,6 +190,11 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         ["throughput", "--batch", "1,8,16", "--window", "8,8"],
         ["balance", "--nodes", "3", "--rep", "4"],
         ["failover", "--rep", "1"],
+        ["failover", "--duration", "2", "--kill-after", "2"],
+        ["failover", "--keys", "-1"],
+        ["failover-sweep", "--keys", "ten"],
+        ["failover-sweep", "--nodes", "3", "--rep", "4"],
+        ["report", "--failover-keys", "0"],
     ],
 )
 def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
@@ -143,15 +215,15 @@ def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> 
 
 def test_percentile_is_nearest_rank() -> None:
     ordered = [float(i) for i in range(1, 101)]
-    assert bench._percentile(ordered, 0.50) == 50.0
-    assert bench._percentile(ordered, 0.99) == 99.0
-    assert bench._percentile([7.0], 0.95) == 7.0
-    assert bench._percentile([], 0.5) == 0.0
+    assert common.percentile(ordered, 0.50) == 50.0
+    assert common.percentile(ordered, 0.99) == 99.0
+    assert common.percentile([7.0], 0.95) == 7.0
+    assert common.percentile([], 0.5) == 0.0
 
 
 def record(
     key: str, put: bool, start: float, end: float, completion: str, value: str | None, node: int = 2
-) -> bench.OpRecord:
+) -> failover_analysis.OpRecord:
     return (key, put, start, end, completion, value, node)
 
 
@@ -165,9 +237,9 @@ def test_last_acknowledged_put_must_be_read_back() -> None:
         record("c", False, 2.0, 2.1, "ok", "c1"),
     ]
     final = {"a": "a1", "b": "b2", "c": "c0", "d": "d0"}
-    lost, unverified, acked = bench._lost_writes(records, preload, final)
+    lost, unverified, acked = failover_analysis.lost_writes(records, preload, final)
     assert (lost, unverified, acked) == (1, 0, 3)  # c went back to its preload value
-    assert bench._lost_writes(records, preload, {"a": "a1", "b": "b1", "c": "c1"}) == (0, 1, 3)
+    assert failover_analysis.lost_writes(records, preload, {"a": "a1", "b": "b1", "c": "c1"}) == (0, 1, 3)
 
 
 def test_unavailability_ends_at_first_success_from_another_node() -> None:
@@ -179,7 +251,7 @@ def test_unavailability_ends_at_first_success_from_another_node() -> None:
         record("b", False, 10.8, 10.85, "ok", "z", node=3),
         record("c", True, 9.9, 12.0, "timed_out", "w", node=0),
     ]
-    windows, unrecovered = bench._unavailability(records, victim, kill_t)
+    windows, unrecovered = failover_analysis.unavailability(records, victim, kill_t)
     assert sorted(round(w) for w in windows) == [800, 900]
     assert unrecovered == 1
 
@@ -193,21 +265,21 @@ def test_write_unavailability_counts_only_puts_issued_after_the_kill() -> None:
         record("b", True, 10.76, 10.78, "ok", "w"),
         record("c", False, 10.02, 10.03, "ok", "v"),
     ]
-    stalls, unwritten = bench._write_unavailability(records, kill_t)
+    stalls, unwritten = failover_analysis.write_unavailability(records, kill_t)
     assert sorted(round(s) for s in stalls) == [750, 780]
     assert unwritten == 1
 
 
 def test_balance_stats_compare_with_binomial_spread() -> None:
-    stats = bench._balance_stats(700, 7, 1, {f"server{i}": 100 for i in range(1, 8)})
+    stats = balance._balance_stats(700, 7, 1, {f"server{i}": 100 for i in range(1, 8)})
     assert (stats.max_over_mean, stats.min_over_mean, stats.stddev) == (1.0, 1.0, 0.0)
     assert stats.ideal_stddev == pytest.approx(math.sqrt(700 * (1 / 7) * (6 / 7)), abs=0.01)
-    replicated = bench._balance_stats(700, 7, 3, {f"server{i}": 300 for i in range(1, 8)})
+    replicated = balance._balance_stats(700, 7, 3, {f"server{i}": 300 for i in range(1, 8)})
     assert replicated.ideal_stddev == pytest.approx(math.sqrt(700 * (3 / 7) * (4 / 7)), abs=0.01)
 
 
 def test_failover_key_groups_follow_placement() -> None:
-    groups = bench._failover_keys(7, 3, victim=1)
+    groups = failover._failover_keys(7, 3, victim=1)
     assert set(groups) == {"primary", "backup", "unrelated"}
     for key in groups["primary"]:
         assert replicas_for(slot_of(key), 7, 3)[0] == 1
@@ -215,4 +287,50 @@ def test_failover_key_groups_follow_placement() -> None:
         assert 1 in replicas_for(slot_of(key), 7, 3)[1:]
     for key in groups["unrelated"]:
         assert 1 not in replicas_for(slot_of(key), 7, 3)
-    assert "unrelated" not in bench._failover_keys(3, 3, victim=1)  # every slot has every node
+    assert "unrelated" not in failover._failover_keys(3, 3, victim=1)  # every slot has every node
+
+
+def failover_run(killed: str, median: float | None, top: float | None, **fields: object) -> failover_analysis.Failover:
+    run = failover_analysis.Failover(
+        killed=killed, nodes=7, rep=3, duration_s=6.0, kill_t=0.2, keys={"primary": 10},
+        unavailable_ms={"median": median, "max": top}, unrecovered_keys=0 if median is not None else 3,
+        backup_write_unavailable_ms={"median": None, "max": None}, acked_writes=1000, lost_acked_writes=0,
+        unverified_keys=0, failed_ops=0, timeline=[], keys_loaded=1000, load_s=1.0,
+    )  # fmt: skip
+    for name, value in fields.items():
+        setattr(run, name, value)
+    return run
+
+
+def test_series_figures_cover_every_kill() -> None:
+    runs = [
+        failover_run("server1", 700.0, 720.0, load_s=2.0),
+        failover_run("server2", 800.0, 900.0, false_dead=["server4", "server5"], lost_acked_writes=4),
+        failover_run("server3", 750.0, 760.0, load_s=3.0),
+    ]
+    series = failover_analysis.summarise(runs)
+    assert series.unavailable_ms == {"median": 750.0, "max": 900.0}
+    assert series.load_s == {"median": 2.0, "max": 3.0}
+    assert (series.kills, series.false_dead, series.runs_with_false_dead, series.lost_acked_writes) == (3, 2, 1, 4)
+    # A run where some key never came back has no maximum: neither has the series.
+    broken = failover_analysis.summarise([*runs, failover_run("server4", None, None)])
+    assert broken.unavailable_ms == {"median": 750.0, "max": None}
+    assert broken.unrecovered_keys == 3
+    # A run that lost healthy nodes during its load never got to the kill: only its false deaths count.
+    failed = failover_run("server4", None, None, unrecovered_keys=0, false_dead=["server2"], error="the load failed")
+    with_failure = failover_analysis.summarise([*runs, failed])
+    assert with_failure.unavailable_ms == series.unavailable_ms
+    assert with_failure.load_s == series.load_s
+    assert (with_failure.failed_runs, with_failure.false_dead, with_failure.runs_with_false_dead) == (1, 3, 2)
+
+
+def test_bulk_values_are_100_bytes_and_differ() -> None:
+    values = {bulk.bulk_value(i) for i in (0, 7, 99_999, 1_999_999)}
+    assert len(values) == 4
+    assert {len(v) for v in values} == {100}
+
+
+def test_key_counts_read_as_k_and_m() -> None:
+    assert [failover_sweep.keys_label(n) for n in (500, 10_000, 1_500, 1_000_000, 2_000_000)] == [
+        "500", "10k", "1.5k", "1M", "2M",
+    ]  # fmt: skip

@@ -19,8 +19,10 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kvcluster import chaos
-from kvcluster.chaos import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys, run_chaos
+from kvcluster.bench import chaos, chaos_faults, chaos_report
+from kvcluster.bench.bulk import BulkCheck
+from kvcluster.bench.chaos import run_chaos
+from kvcluster.bench.chaos_faults import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys
 from kvcluster.errors import KvclusterError
 from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.placement import replicas_for, slot_of
@@ -32,7 +34,7 @@ LONG_ROUNDS = 5
 LONG_SEEDS = range(101, 111)
 
 
-def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos.PlannedFault]:
+def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos_faults.PlannedFault]:
     """The faults a schedule plans when nodes die only where it says, drawing delays as a run does."""
     schedule = FaultSchedule(nodes, rep, random.Random(seed), Timing())
     faults = []
@@ -119,9 +121,9 @@ def op(client: int, kind: str, key: str, value: str | None, invoke: float, compl
     return Operation(client, OpKind(kind), key, value, RELEASED + invoke, RELEASED + complete, outcome)
 
 
-def analyse(history: list[Operation], faults: list[chaos.Fault]) -> chaos.ChaosReport:
-    shape = chaos._Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1)
-    return chaos._report(shape, chaos._Run(history, faults, RELEASED, set(), set()))
+def analyse(history: list[Operation], faults: list[chaos_faults.Fault]) -> chaos_report.ChaosReport:
+    shape = chaos_report.Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1)
+    return chaos_report.analyse(shape, chaos_report.RunRecord(history, faults, RELEASED, set(), set()))
 
 
 def app_with_chaos() -> typer.Typer:
@@ -132,8 +134,8 @@ def app_with_chaos() -> typer.Typer:
     return app
 
 
-def kill_server1_at_1s() -> chaos.Fault:
-    return chaos.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
+def kill_server1_at_1s() -> chaos_faults.Fault:
+    return chaos_faults.Fault(t=1.0, kind=FaultKind.KILL, nodes=["server1"], duration_s=0.0, dead_before=[])
 
 
 def lost_write() -> list[Operation]:
@@ -176,6 +178,17 @@ def test_analysis_reports_a_lost_write_as_a_violation() -> None:
     assert "'v1'" in report.violation
 
 
+def test_a_lost_preloaded_key_fails_a_linearizable_run() -> None:
+    history = [op(1, "put", "k0", "v1", 0.0, 0.1), op(1, "get", "k0", "v1", 0.2, 0.3)]
+    shape = chaos_report.Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1, preload=1000)
+    check = BulkCheck(keys=1000, lost=2, unreadable=1)
+    report = chaos_report.analyse(shape, chaos_report.RunRecord(history, [], RELEASED, set(), set(), 1.5, check))
+    assert report.verdict == "linearizable"
+    assert (report.preloaded, report.preloaded_lost, report.preloaded_unreadable) == (1000, 2, 1)
+    assert not report.ok
+    assert report.to_json()["preloaded_lost"] == 2
+
+
 def test_command_exits_1_and_shows_the_violation(monkeypatch: pytest.MonkeyPatch) -> None:
     report = analyse(lost_write(), [kill_server1_at_1s()])
     monkeypatch.setattr(chaos, "run_chaos", lambda **_options: report)
@@ -189,7 +202,7 @@ def test_command_exits_1_and_shows_the_violation(monkeypatch: pytest.MonkeyPatch
 # --- chaos runs ---
 
 
-def assert_linearizable_and_nontrivial(report: chaos.ChaosReport) -> None:
+def assert_linearizable_and_nontrivial(report: chaos_report.ChaosReport) -> None:
     assert report.verdict == "linearizable", f"seed {report.seed}, logs in {report.logs}:\n{report.violation}"
     assert report.checked >= 200
     assert report.faults_by_kind.get(FaultKind.PAUSE, 0) >= 1
@@ -261,6 +274,7 @@ def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) ->
         tmp_path,
         "--nodes", "3", "--rep", "2", "--clients", "2", "--keys", "4", "--duration", "8", "--seed", "5",
         "--json", str(report_path), "--save-history", str(history_path), "--home", str(tmp_path / "home"),
+        "--preload", "3000",
     )  # fmt: skip
     assert code == 0, f"stdout:\n{stdout}\nstderr:\n{stderr}"
     assert stdout.splitlines()[0].startswith("chaos seed 5 ")
@@ -268,6 +282,9 @@ def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) ->
     assert report["verdict"] == "linearizable"
     assert report["seed"] == 5
     assert report["faults_by_kind"] == {"pause": 1}
+    # The preloaded keys are not in the history, but every one was read back after the faults.
+    assert (report["preloaded"], report["preloaded_lost"], report["preloaded_unreadable"]) == (3000, 0, 0)
+    assert report["preload_s"] > 0
     history = HistoryRecorder.load(history_path)
     assert len(history) == report["operations"] >= report["checked"] > 0
     assert "linearizable" in stdout

@@ -1,0 +1,31 @@
+"""The ``kvcluster bench`` commands: throughput, balance, failover, chaos and the report that gathers them.
+
+One module per benchmark, each owning its run, its results, its tables and
+its charts: ``throughput``, ``balance``, ``failover`` (figures in
+``failover_analysis``, tables and charts in ``failover_views``),
+``failover_sweep`` (failover against the data size), ``chaos`` (faults and
+linearizability, with ``chaos_faults`` and ``chaos_report``), ``report``.
+``bulk`` loads and reads back a large data set for failover and chaos runs.
+``common`` and ``output`` hold what they share; nothing there imports a
+benchmark module. Only ``kvcluster bench ...`` imports this package, and
+``register`` imports the modules only when it is called.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import typer
+
+
+def register(app: typer.Typer) -> None:
+    """Add every benchmark command, and the chaos run, to ``app``."""
+    from kvcluster.bench import balance, chaos, failover, failover_sweep, report, throughput  # noqa: PLC0415
+
+    app.command("throughput")(throughput.throughput_command)
+    app.command("balance")(balance.balance_command)
+    app.command("failover")(failover.failover_command)
+    app.command("failover-sweep")(failover_sweep.sweep_command)
+    app.command("report")(report.report_command)
+    chaos.register(app)

@@ -1,0 +1,124 @@
+"""How benchmark results are shown and kept: progress bars, tables, terminal and PNG charts, JSON.
+
+rich, plotext and matplotlib are imported inside the functions that use them,
+so importing a benchmark module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from kvcluster.workers import interrupt_on_sigterm
+
+if TYPE_CHECKING:
+    from rich.console import Console, RenderableType
+    from rich.progress import Progress
+    from rich.table import Table
+
+
+def progress_bar() -> Progress:
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(stderr=True),
+    )
+
+
+def stdout_console() -> Console:
+    from rich.console import Console  # noqa: PLC0415
+
+    return Console()
+
+
+@contextmanager
+def terminal_chart(title: str, width: int = 70) -> Iterator[Any]:
+    """plotext, cleared for a new chart, which is drawn in the terminal on the way out."""
+    import plotext as plt  # noqa: PLC0415
+
+    plt.clear_figure()
+    yield plt
+    plt.title(title)
+    plt.plotsize(width, 20)
+    plt.theme("clear")
+    plt.show()
+
+
+@contextmanager
+def png_chart(path: Path, width: float = 7) -> Iterator[Any]:
+    """The axes of a new matplotlib figure (no display needed), saved to ``path`` as PNG on the way out."""
+    import matplotlib as mpl  # noqa: PLC0415
+
+    mpl.use("Agg")
+    import matplotlib.pyplot as plt  # noqa: PLC0415
+
+    fig, ax = plt.subplots(figsize=(width, 4.2), dpi=120)
+    try:
+        yield ax
+        fig.tight_layout()
+        fig.savefig(path)
+    finally:
+        plt.close(fig)
+
+
+def measure_table(title: str) -> Table:
+    """A two-column table of named measures and their values, the shape of every single-run summary."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title)
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    return table
+
+
+def ms_pair(pair: dict[str, float | None]) -> str:
+    if pair["median"] is None or pair["max"] is None:
+        return "n/a"
+    return f"{pair['median']:.0f} ms / {pair['max']:.0f} ms"
+
+
+def to_json(value: Any) -> Any:
+    from dataclasses import asdict, is_dataclass  # noqa: PLC0415
+
+    if isinstance(value, list):
+        return [to_json(v) for v in value]
+    if is_dataclass(value) and not isinstance(value, type):
+        return asdict(value)
+    return value
+
+
+def write_json(path: Path | None, data: dict[str, Any]) -> None:
+    if path is None:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+Result = TypeVar("Result")
+
+
+def run_benchmark(
+    run: Callable[[Progress], Result],
+    table: Callable[[Result], RenderableType],
+    chart: Callable[[Result], None],
+    as_json: Callable[[Result], Any],
+    *,
+    plot: bool,
+    json_out: Path | None,
+) -> Result:
+    """Run a benchmark under a progress bar, then print its table, draw its chart if asked and write its JSON."""
+    with interrupt_on_sigterm(), progress_bar() as progress:
+        result = run(progress)
+    stdout_console().print(table(result))
+    if plot:
+        chart(result)
+    write_json(json_out, as_json(result))
+    return result

@@ -1,0 +1,403 @@
+"""``kvcluster bench throughput``: ops/s, latency percentiles and CPU per op for each replica count.
+
+Load comes from separate client processes (a ``workers.ClientPool``),
+released together by a barrier so the measured wall time covers the
+concurrent phase only. Each replica count gets a fresh, preloaded cluster;
+each mode (operations per message, messages in flight) is one measured phase.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+
+import typer
+
+from kvcluster.bench.common import (
+    CLIENT_DEADLINE,
+    CLIENT_TRY_TIMEOUT,
+    Advance,
+    JsonOut,
+    Nodes,
+    Plot,
+    check_shape,
+    cluster,
+    cpu_seconds,
+    dead_nodes,
+    execute_chunked,
+    int_list,
+    key_name,
+    percentile,
+    preload,
+)
+from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
+from kvcluster.errors import UsageError
+from kvcluster.workers import ClientPool, Worker
+
+if TYPE_CHECKING:
+    from rich.console import RenderableType
+    from rich.progress import Progress
+
+    from kvcluster.client import OpResult
+    from kvcluster.protocol import OpKind
+
+
+@dataclass
+class ThroughputRun:
+    """One measured load phase: one replica count, one mode (batch size and window)."""
+
+    rep: int
+    batch: int
+    ops: int
+    completed: int
+    failed: int
+    ops_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    wall_s: float
+    nodes: int
+    clients: int
+    window: int
+    failures: dict[str, int] = field(default_factory=dict)
+    # CPU spent per completed op during the measured phase: by the client processes, by master and nodes.
+    client_cpu_us_per_op: float = 0.0
+    cluster_cpu_us_per_op: float = 0.0
+    # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
+    dead_nodes: list[str] = field(default_factory=list)
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.batch, self.window)
+
+
+@dataclass(frozen=True)
+class LoadJob:
+    """One throughput client's share of the operations (pickled to a spawned process)."""
+
+    master: str
+    index: int
+    ops: int
+    keys: int
+    read_ratio: float
+    batch: int
+    window: int
+    seed: int
+
+
+@dataclass(frozen=True)
+class LoadOutcome:
+    """What one throughput client measured; latencies are ``array('d')`` bytes in seconds."""
+
+    index: int
+    started: float
+    ended: float
+    completed: int
+    failures: dict[str, int]
+    latencies: bytes
+    cpu_s: float  # this process, every thread (ZeroMQ's I/O thread too), during the measured phase
+
+
+def _load_ops(job: LoadJob) -> list[tuple[OpKind, str, str | None]]:
+    import random  # noqa: PLC0415
+
+    from kvcluster.protocol import OpKind  # noqa: PLC0415
+
+    rng = random.Random(job.seed)
+    ops: list[tuple[OpKind, str, str | None]] = []
+    for seq in range(job.ops):
+        key = key_name(rng.randrange(job.keys))
+        if rng.random() < job.read_ratio:
+            ops.append((OpKind.GET, key, None))
+        else:
+            ops.append((OpKind.PUT, key, f"c{job.index}.{seq}"))
+    return ops
+
+
+def _load_worker(job: LoadJob, worker: Worker) -> LoadOutcome:
+    """Entry point of a throughput client process: wait for the release, run the share, report."""
+    from array import array  # noqa: PLC0415
+
+    from kvcluster.client import Client, Completion  # noqa: PLC0415
+
+    ops = _load_ops(job)
+    latencies = array("d")
+    failures: dict[str, int] = {}
+    completed = 0
+    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+        client.refresh_table()
+
+        def tally(part: list[OpResult]) -> None:
+            nonlocal completed
+            for result in part:
+                if result.completion in (Completion.OK, Completion.NOT_FOUND):
+                    completed += 1
+                    latencies.append(result.latency)
+                else:
+                    failures[result.completion.value] = failures.get(result.completion.value, 0) + 1
+            worker.progress(len(part))
+
+        worker.wait_for_release()
+        started, cpu_started = time.monotonic(), time.process_time()
+        execute_chunked(client, ops, job.batch, job.window, tally)
+        ended, cpu = time.monotonic(), time.process_time() - cpu_started
+    return LoadOutcome(job.index, started, ended, completed, failures, latencies.tobytes(), cpu)
+
+
+def run_throughput(
+    *,
+    ops: int,
+    nodes: int,
+    reps: Sequence[int],
+    read_ratio: float,
+    keys: int,
+    clients: int,
+    modes: Sequence[Mode],
+    progress: Progress,
+) -> list[ThroughputRun]:
+    """For every replica count a fresh cluster: preload, then one measured phase per mode."""
+    runs: list[ThroughputRun] = []
+    for rep in reps:
+        task = progress.add_task(f"rep {rep}: starting {nodes} nodes", total=keys + ops * len(modes))
+        advance = functools.partial(progress.advance, task)
+        with cluster(nodes, rep) as (_, state):
+            progress.update(task, description=f"rep {rep}: preload")
+            preload(state.master_endpoint, keys, advance)
+            for mode in modes:
+                progress.update(task, description=f"rep {rep}: {mode.label}")
+                runs.append(
+                    measure_load(
+                        state.master_endpoint,
+                        rep=rep,
+                        ops=ops,
+                        keys=keys,
+                        read_ratio=read_ratio,
+                        clients=clients,
+                        window=mode.window,
+                        batch=mode.batch,
+                        nodes=nodes,
+                        advance=advance,
+                        cluster_pids=[state.master.pid, *(s.pid for s in state.servers)],
+                    )
+                )
+        progress.update(task, description=f"rep {rep}: done")
+    return runs
+
+
+def measure_load(
+    master: str,
+    *,
+    rep: int,
+    ops: int,
+    keys: int,
+    read_ratio: float,
+    clients: int,
+    window: int,
+    batch: int,
+    nodes: int,
+    advance: Advance,
+    cluster_pids: Sequence[int] = (),
+) -> ThroughputRun:
+    """Run ``ops`` operations from ``clients`` processes against a running, preloaded cluster and measure them.
+
+    ``cluster_pids`` (master and nodes) are only watched, to split the CPU spent between clients and cluster.
+    """
+    from array import array  # noqa: PLC0415
+
+    shares = [ops // clients + (1 if i < ops % clients else 0) for i in range(clients)]
+    jobs = [
+        LoadJob(master, i, share, keys, read_ratio, batch, window, seed=rep * 1000 + batch * 10 + i)
+        for i, share in enumerate(shares)
+        if share
+    ]
+    with ClientPool(_load_worker, jobs) as pool:
+        cluster_cpu = -cpu_seconds(cluster_pids)
+        pool.release()
+        outcomes = pool.collect(advance)
+        cluster_cpu += cpu_seconds(cluster_pids)
+    latencies = array("d")
+    failures: dict[str, int] = {}
+    for outcome in outcomes:
+        latencies.frombytes(outcome.latencies)
+        for name, count in outcome.failures.items():
+            failures[name] = failures.get(name, 0) + count
+    ordered = sorted(latencies)
+    wall = max(o.ended for o in outcomes) - min(o.started for o in outcomes)
+    completed = sum(o.completed for o in outcomes)
+    return ThroughputRun(
+        rep=rep,
+        batch=batch,
+        ops=ops,
+        completed=completed,
+        failed=sum(failures.values()),
+        ops_per_s=round(completed / wall, 1) if wall > 0 else 0.0,
+        p50_ms=round(percentile(ordered, 0.50) * 1000, 3),
+        p95_ms=round(percentile(ordered, 0.95) * 1000, 3),
+        p99_ms=round(percentile(ordered, 0.99) * 1000, 3),
+        wall_s=round(wall, 3),
+        nodes=nodes,
+        clients=len(jobs),
+        window=window,
+        failures=failures,
+        client_cpu_us_per_op=round(sum(o.cpu_s for o in outcomes) / max(1, completed) * 1e6, 1),
+        cluster_cpu_us_per_op=round(cluster_cpu / max(1, completed) * 1e6, 1),
+        dead_nodes=dead_nodes(master),
+    )
+
+
+def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
+    """Replica counts down, batch sizes across, so both modes sit side by side."""
+    from rich.table import Table  # noqa: PLC0415
+
+    modes = _modes(runs)
+    table = Table(
+        title=f"Throughput ({runs[0].ops} ops per run, {runs[0].nodes} nodes, {runs[0].clients} client processes)"
+    )
+    table.add_column("replicas", justify="right")
+    for mode in modes:
+        header = mode.label.replace(", ", "\n")
+        table.add_column(f"{header}\nops/s", justify="right")
+        table.add_column(f"{header}\np50/p95/p99 ms", justify="right")
+    table.add_column("failed\nops", justify="right")
+    for rep in sorted({r.rep for r in runs}):
+        row = [str(rep)]
+        failed = 0
+        for mode in modes:
+            run = _run_of(runs, rep, mode)
+            if run is None:
+                row += ["-", "-"]
+                continue
+            row += [f"{run.ops_per_s:,.0f}", f"{run.p50_ms:.1f}/{run.p95_ms:.1f}/{run.p99_ms:.1f}"]
+            failed += run.failed
+        row.append(str(failed) if not failed else f"[bold red]{failed}[/]")
+        table.add_row(*row)
+    return table
+
+
+def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
+    """The throughput table, followed by a line for each run where operations failed or nodes were declared dead."""
+    from rich.console import Group  # noqa: PLC0415
+
+    problems: list[str] = []
+    for run in runs:
+        where = f"rep {run.rep}, {run.mode.label}"
+        if run.failed:
+            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
+            problems.append(f"[bold red]{where}: {run.failed} ops did not complete ({kinds})[/]")
+        if run.dead_nodes:
+            problems.append(f"[bold red]{where}: the master declared {', '.join(run.dead_nodes)} dead under load[/]")
+    return Group(throughput_table(runs), *problems)
+
+
+def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
+    modes = _modes(runs)
+    reps = sorted({r.rep for r in runs})
+    labels = [f"rep {rep}" for rep in reps]
+    series = [[_ops_per_s(runs, rep, mode) for rep in reps] for mode in modes]
+    with terminal_chart("Throughput (ops/s) against replicas") as plt:
+        if len(series) == 1:
+            plt.bar(labels, series[0])
+        else:
+            plt.multiple_bar(labels, series, labels=[mode.label for mode in modes])
+
+
+class Mode(NamedTuple):
+    """How a client sends: operations per message, and messages in flight."""
+
+    batch: int
+    window: int
+
+    @property
+    def label(self) -> str:
+        return f"unbatched, window {self.window}" if self.batch == 1 else f"batch {self.batch}, window {self.window}"
+
+
+def _modes_of(batches: Sequence[int], windows: Sequence[int]) -> list[Mode]:
+    """Pair ``--batch`` with ``--window`` values: one window applies to every batch size."""
+    if len(windows) == 1:
+        windows = list(windows) * len(batches)
+    if len(windows) != len(batches):
+        raise UsageError(f"--window takes one value or one per --batch value ({len(batches)}), got {len(windows)}")
+    return list(dict.fromkeys(Mode(b, w) for b, w in zip(batches, windows, strict=True)))
+
+
+def _modes(runs: Sequence[ThroughputRun]) -> list[Mode]:
+    return sorted({r.mode for r in runs})
+
+
+def _run_of(runs: Sequence[ThroughputRun], rep: int, mode: Mode) -> ThroughputRun | None:
+    return next((r for r in runs if r.rep == rep and r.mode == mode), None)
+
+
+def _ops_per_s(runs: Sequence[ThroughputRun], rep: int, mode: Mode) -> float:
+    run = _run_of(runs, rep, mode)
+    return run.ops_per_s if run is not None else 0.0
+
+
+def chart_throughput(runs: Sequence[ThroughputRun], path: Path) -> None:
+    modes = _modes(runs)
+    reps = sorted({r.rep for r in runs})
+    width = 0.8 / len(modes)
+    with png_chart(path) as ax:
+        for i, mode in enumerate(modes):
+            values = [_ops_per_s(runs, rep, mode) for rep in reps]
+            xs = [x + (i - (len(modes) - 1) / 2) * width for x in range(len(reps))]
+            bars = ax.bar(xs, values, width, label=mode.label)
+            ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
+        ax.set_xticks(range(len(reps)), [f"{rep}" for rep in reps])
+        ax.set_xlabel("replicas")
+        ax.set_ylabel("ops/s")
+        ax.set_title(f"Throughput, {runs[0].ops:,} ops (50/50 get/put), {runs[0].nodes} nodes")
+        ax.legend()
+
+
+def throughput_json(runs: Sequence[ThroughputRun]) -> dict[str, Any]:
+    return {"runs": to_json(list(runs))}
+
+
+def throughput_command(
+    ops: Annotated[int, typer.Option("--ops", min=1, help="Operations per measured run.")] = 200_000,
+    nodes: Nodes = 7,
+    reps: Annotated[
+        str, typer.Option("--reps", help="Replica counts, comma-separated; a fresh cluster each.")
+    ] = "1,3,5",
+    read_ratio: Annotated[float, typer.Option("--read-ratio", min=0.0, max=1.0, help="Fraction of gets.")] = 0.5,
+    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys preloaded and drawn from uniformly.")] = 100_000,
+    clients: Annotated[int, typer.Option("--clients", min=1, help="Client processes.")] = 4,
+    window: Annotated[
+        str, typer.Option("--window", help="Messages in flight per client: one value, or one per --batch value.")
+    ] = "128",
+    batch: Annotated[
+        str,
+        typer.Option(
+            "--batch", help="Operations per message; a comma-separated list (e.g. 1,64) runs each mode side by side."
+        ),
+    ] = "1",
+    plot: Plot = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Ops/s and latency percentiles for each replica count, under many concurrent clients."""
+    rep_list = int_list(reps, "--reps")
+    modes = _modes_of(int_list(batch, "--batch"), int_list(window, "--window"))
+    check_shape(nodes, rep_list)
+    run_benchmark(
+        lambda progress: run_throughput(
+            ops=ops,
+            nodes=nodes,
+            reps=rep_list,
+            read_ratio=read_ratio,
+            keys=keys,
+            clients=clients,
+            modes=modes,
+            progress=progress,
+        ),
+        _throughput_summary,
+        _plot_throughput,
+        throughput_json,
+        plot=plot,
+        json_out=json_out,
+    )
