@@ -30,7 +30,8 @@ from pathlib import Path
 
 import psutil
 
-from kvcluster.bench import measure_load, preload
+from kvcluster.bench.common import preload
+from kvcluster.bench.throughput import measure_load
 from kvcluster.client import Client
 from kvcluster.core.actions import Action, ToMaster
 from kvcluster.protocol import Heartbeat, Timing
