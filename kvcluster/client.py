@@ -37,6 +37,7 @@ from kvcluster.history import HistoryRecorder, Operation, Outcome
 from kvcluster.history import OpKind as HistoryKind
 from kvcluster.placement import RoutingTable, node_name
 from kvcluster.protocol import (
+    Drain,
     NotReady,
     Op,
     OpKind,
@@ -257,7 +258,14 @@ class Client:
             raise ProtocolError(f"unexpected reply from master: {type(reply).__name__}")
         return reply
 
-    def _ask_master(self, message: TableRequest | StatusRequest, until: float) -> object:
+    def drain(self, node_id: int) -> StatusReport:
+        """Ask the master to move every slot off ``node_id``; answered with its view of the cluster."""
+        reply = self._ask_master(Drain(node_id), time.monotonic() + self.deadline)
+        if not isinstance(reply, StatusReport):
+            raise ProtocolError(f"unexpected reply from master: {type(reply).__name__}")
+        return reply
+
+    def _ask_master(self, message: TableRequest | StatusRequest | Drain, until: float) -> object:
         try:
             self.master.send(encode(message), NOBLOCK)
         except zmq.Again:

@@ -20,12 +20,20 @@ import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
 from kvcluster.cli import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
-from kvcluster.errors import ClusterNotRunning, KvclusterError, StartupFailed, UsageError
+from kvcluster.errors import (
+    ClusterNotRunning,
+    KvclusterError,
+    NodeNotRunning,
+    OperationTimedOut,
+    StartupFailed,
+    UsageError,
+)
 from kvcluster.protocol import Timing
 
 if TYPE_CHECKING:
     from rich.table import Table
 
+    from kvcluster.client import Client
     from kvcluster.protocol import StatusReport
     from kvcluster.supervisor import ClusterState, Supervisor
 
@@ -241,6 +249,45 @@ def add_node(
     say(f"added {names}; the master is moving slots onto them (see kvcluster status)")
 
 
+@app.command("remove-node")
+def remove_node(
+    node: Annotated[str, typer.Argument(help="Node to remove, e.g. server3.")],
+    timeout: Annotated[float, typer.Option("--timeout", min=1.0, help="Seconds to wait for the drain.")] = 600.0,
+    home: Home = None,
+) -> None:
+    """Move every slot off a node (never below rep replicas), then stop it."""
+    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.supervisor import ClusterState, stop_process  # noqa: PLC0415
+
+    state = ClusterState.load(home_dir(home))
+    info = state.server(node)
+    if not info.alive():
+        raise NodeNotRunning(f"{node} (pid {info.pid}) is not running")
+    node_id = int(node.removeprefix("server"))
+    live = sum(server.alive() for server in state.servers)
+    if live - 1 < state.rep:
+        raise UsageError(f"removing {node} would leave {live - 1} live nodes for {state.rep} replicas")
+    with Client(state.master_endpoint, deadline=5.0) as client:
+        client.drain(node_id)
+        deadline = time.monotonic() + timeout
+        while (left := _slots_held(client, node_id)) > 0:
+            if time.monotonic() > deadline:
+                raise OperationTimedOut(f"{node} still holds {left} slots after {timeout:g} s; it keeps running")
+            time.sleep(0.2)
+    stop_process(info)
+    say(f"removed {node} (pid {info.pid}): its slots are on the other nodes")
+
+
+def _slots_held(client: Client, node_id: int) -> int:
+    from kvcluster.placement import RoutingTable  # noqa: PLC0415
+
+    report = client.status()
+    if report.table is None:
+        return 1
+    moving = sum(node_id in (source, target) for _, source, target in report.moving)
+    return sum(RoutingTable(report.table).slots_of(node_id)) + moving
+
+
 JOIN_TIMEOUT = 20.0  # seconds: the master first waits out the old incarnation's lease (dead_after)
 
 
@@ -313,6 +360,7 @@ def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any
         "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
         "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
         "healing": _healing_document(report),
+        "draining": [f"server{n}" for n in report.draining] if report is not None else [],
         "nodes": nodes,
     }
 

@@ -69,6 +69,7 @@ class MsgType(enum.IntEnum):
     COPY_SLOT = 16  # master -> primary: copy a slot to a new replica
     SLOT_COPY = 17  # primary -> new replica
     COPY_DONE = 18  # primary -> master: the new replica holds the slot
+    DRAIN = 19  # client -> master: move every slot off a node before it is removed
 
 
 class OpKind(enum.IntEnum):
@@ -206,6 +207,7 @@ class StatusReport:
     healed_slots: int
     healed_keys: int
     healing_seconds: float
+    draining: list[int]
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +287,11 @@ class CopyDone:
 
 
 @dataclass(frozen=True, slots=True)
+class Drain:
+    node_id: int
+
+
+@dataclass(frozen=True, slots=True)
 class Fenced:
     node_id: int
 
@@ -311,6 +318,7 @@ Message = (
     | CopySlot
     | SlotCopy
     | CopyDone
+    | Drain
     | ReplicateAck
     | Fenced
     | NotReady
@@ -465,7 +473,7 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
             return MsgType.TABLE, [_table_wire(data)]
         case StatusRequest():
             return MsgType.STATUS_REQUEST, []
-        case StatusReport(master_pid, table, nodes, moving, healed_slots, healed_keys, healing_seconds):
+        case StatusReport(master_pid, table, nodes, moving, healed_slots, healed_keys, healing_seconds, draining):
             wire_nodes = [[n.node_id, n.endpoint, n.pid, n.alive, n.keys, n.last_seen_ms] for n in nodes]
             wire_table = None if table is None else _table_wire(table)
             return MsgType.STATUS, [
@@ -476,6 +484,7 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
                 healed_slots,
                 healed_keys,
                 healing_seconds,
+                draining,
             ]
         case Request(client, request_id, ops):
             return MsgType.REQUEST, [client, request_id, ops]
@@ -491,6 +500,8 @@ def _fields(message: Message) -> tuple[MsgType, list[Any]]:
             return MsgType.COPY_SLOT, [slot, epoch, target]
         case SlotCopy(repl_id, sender, slot, epoch, high, entries):
             return MsgType.SLOT_COPY, [repl_id, sender, slot, epoch, high, entries]
+        case Drain(node_id):
+            return MsgType.DRAIN, [node_id]
         case CopyDone(node_id, slot, epoch, target, keys):
             return MsgType.COPY_DONE, [node_id, slot, epoch, target, keys]
         case ReplicateAck(repl_id, node_id, rejected_slots):
@@ -511,6 +522,7 @@ def _status_report(f: list[Any]) -> StatusReport:
         _int(f[4], "healed_slots"),
         _int(f[5], "healed_keys"),
         _float(f[6], "healing_seconds"),
+        _each(f[7], "draining", _int),
     )
 
 
@@ -526,7 +538,7 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
     MsgType.TABLE_REQUEST: (0, lambda _: TableRequest()),
     MsgType.TABLE: (1, lambda f: Table(_table_data(f[0], "table"))),
     MsgType.STATUS_REQUEST: (0, lambda _: StatusRequest()),
-    MsgType.STATUS: (7, _status_report),
+    MsgType.STATUS: (8, _status_report),
     MsgType.REQUEST: (3, lambda f: Request(_int(f[0], "client"), _int(f[1], "request_id"), _each(f[2], "ops", _op))),
     MsgType.REPLY: (
         3,
@@ -555,6 +567,7 @@ _DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
             _each(f[5], "entries", _pair),
         ),
     ),
+    MsgType.DRAIN: (1, lambda f: Drain(_int(f[0], "node_id"))),
     MsgType.COPY_DONE: (
         5,
         lambda f: CopyDone(

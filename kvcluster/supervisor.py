@@ -337,6 +337,16 @@ def _wait_gone(infos: list[ProcessInfo], timeout: float) -> None:
         time.sleep(0.05)
 
 
+def stop_process(info: ProcessInfo, grace: float = STOP_GRACE) -> None:
+    """SIGTERM one process of the cluster and wait for it to go (SIGKILL after the grace period)."""
+    if info.alive():
+        os.kill(info.pid, signal.SIGTERM)
+        _wait_gone([info], grace)
+    if info.alive():
+        os.kill(info.pid, signal.SIGKILL)
+        _wait_gone([info], grace)
+
+
 def kill_node(state: ClusterState, name: str) -> ProcessInfo:
     """SIGKILL one storage node, as ``kill -9`` would."""
     info = state.server(name)

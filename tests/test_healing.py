@@ -101,3 +101,27 @@ def test_restart_and_add_node_rebalance_online_without_losing_writes(cluster: Cl
         if k in set(wrong)
     )
     assert not wrong, f"{len(wrong)} keys lost or wrong after rebalancing and a death ({kinds}), e.g. {wrong[:5]}"
+
+
+def test_remove_node_drains_it_first_and_refuses_to_go_below_rep(cluster: ClusterLauncher) -> None:
+    c = cluster(nodes=4, rep=2)
+    values = {f"d{i}": f"v{i}" for i in range(KEYS)}
+    with Client(c.master_address(), deadline=30.0) as client:
+        assert all(
+            r.completion == Completion.OK
+            for r in client.execute([(OpKind.PUT, k, v) for k, v in values.items()], batch=32, window=8)
+        )
+        assert "removed server4" in c.run("remove-node", "server4").stderr
+        doc = c.status()
+        server4 = next(n for n in doc["nodes"] if n["name"] == "server4")
+        assert not server4["process_alive"]
+        assert server4["primary_slots"] == server4["backup_slots"] == 0
+        assert "removed server3" in c.run("remove-node", "server3").stderr
+        refused = c.run("remove-node", "server2", check=False)
+        assert refused.returncode == 2
+        assert "would leave 1 live nodes for 2 replicas" in refused.stderr
+        results = client.execute([(OpKind.GET, k, None) for k in values], batch=32, window=8)
+    wrong = [
+        k for (k, v), r in zip(values.items(), results, strict=True) if (r.completion, r.value) != (Completion.OK, v)
+    ]
+    assert not wrong, f"{len(wrong)} keys lost after removing two nodes, e.g. {wrong[:5]}"

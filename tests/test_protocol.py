@@ -15,6 +15,7 @@ from kvcluster.protocol import (
     Commit,
     CopyDone,
     CopySlot,
+    Drain,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -66,9 +67,12 @@ SAMPLES: list[tuple[MsgType, Message]] = [
     (MsgType.STATUS_REQUEST, StatusRequest()),
     (
         MsgType.STATUS,
-        StatusReport(99, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)], [[2, 1, 3]], 4, 900, 1.5),
+        StatusReport(
+            99, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)], [[2, 1, 3]], 4, 900, 1.5, [2]
+        ),
     ),
-    (MsgType.STATUS, StatusReport(99, None, [], [], 0, 0, 0.0)),
+    (MsgType.STATUS, StatusReport(99, None, [], [], 0, 0, 0.0, [])),
+    (MsgType.DRAIN, Drain(3)),
     (MsgType.COPY_SLOT, CopySlot(17, 2, 3)),
     (MsgType.SLOT_COPY, SlotCopy(9, 1, 17, 2, (2 << 40) | 5, [("k", "v"), ("k2", "")])),
     (MsgType.COPY_DONE, CopyDone(1, 17, 2, 3, 2)),
@@ -161,7 +165,7 @@ MALFORMED: dict[str, bytes] = {
     "int-for-str": pack(V, int(MsgType.HELLO), 1, 5, 1),
     "bytes-for-str": pack(V, int(MsgType.HELLO), 1, b"tcp://x:1", 1),
     "str-for-float": pack(V, int(MsgType.HEARTBEAT_ACK), "now", 1),
-    "int-for-bool": pack(V, int(MsgType.STATUS), 1, None, [[1, "e", 2, 1, 0, 0.0]], [], 0, 0, 0.0),
+    "int-for-bool": pack(V, int(MsgType.STATUS), 1, None, [[1, "e", 2, 1, 0, 0.0]], [], 0, 0, 0.0, []),
     "ops-not-a-list": pack(V, int(MsgType.REQUEST), 1, 1, {"op": 1}),
     "op-too-short": pack(V, int(MsgType.REQUEST), 1, 1, [OP[:5]]),
     "op-too-long": pack(V, int(MsgType.REQUEST), 1, 1, [[*OP, 0]]),

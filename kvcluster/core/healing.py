@@ -61,7 +61,7 @@ class Repairs:
     keys_done: int = 0
     started: float | None = None  # when the current round of repairs began
 
-    def plan(self, now: float, table: TableData) -> list[Move]:
+    def plan(self, now: float, table: TableData, draining: frozenset[int] = frozenset()) -> list[Move]:
         """Start a move for every slot short of replicas that has none, within the per-node limits."""
         short = [slot for slot in under_replicated(table) if slot not in self.moves and not self.finishing(slot)]
         if not short:
@@ -82,7 +82,7 @@ class Repairs:
             source = next(n for n in table.replicas[slot] if n not in dead)
             if busy.get(source, 0) >= COPIES_PER_NODE:
                 continue
-            target = choose_target(table, slot, load)
+            target = choose_target(table, slot, load, draining)
             if target is None or busy.get(target, 0) >= COPIES_PER_NODE:
                 continue  # the best target is busy: wait for it rather than unbalance the nodes
             move = Move(slot, source, target, table.epochs[slot], now)
@@ -132,15 +132,21 @@ class Repairs:
         return not self.moves and not self.finished
 
 
-def plan_rebalance(table: TableData, repairs: Repairs, now: float) -> list[tuple[int, int]]:
+def plan_rebalance(
+    table: TableData, repairs: Repairs, now: float, draining: frozenset[int] = frozenset()
+) -> list[tuple[int, int]]:
     """Start replica moves from the most to the least loaded nodes; return primary switches to publish at once.
 
-    Called only when no slot is short of replicas. Replica moves come first:
+    Called only when no slot is short of replicas. A node being drained is
+    the most loaded of all until it holds nothing. Replica moves come first:
     primaries are evened out only among nodes already balanced in total.
     """
     dead = set(table.dead)
     live_lists = [[n for n in nodes if n not in dead] for nodes in table.replicas]
     totals = {n: sum(ranks) for n, ranks in rank_load(table).items()}
+    for n in draining & totals.keys():
+        if totals[n]:
+            totals[n] += 2 * len(live_lists)  # the heaviest, whatever the others hold
     if not totals:
         return []
     pending = [(m.target, m.replaces) for m in repairs.moves.values()] + [
@@ -155,8 +161,11 @@ def plan_rebalance(table: TableData, repairs: Repairs, now: float) -> list[tuple
         for n in (move.source, move.target):
             busy[n] = busy.get(n, 0) + 1
     started = False
+    takers = [n for n in totals if n not in draining]
+    if not takers:
+        return []
     for slot, live in enumerate(live_lists):
-        heavy, light = max(totals, key=lambda n: (totals[n], n)), min(totals, key=lambda n: (totals[n], n))
+        heavy, light = max(totals, key=lambda n: (totals[n], n)), min(takers, key=lambda n: (totals[n], n))
         if totals[heavy] - totals[light] <= 1:
             break
         if slot in repairs.moves or repairs.finishing(slot) or heavy not in live or light in live:
@@ -169,9 +178,13 @@ def plan_rebalance(table: TableData, repairs: Repairs, now: float) -> list[tuple
         totals[light] += 1
         totals[heavy] -= 1
         started = True
-    if started or not repairs.idle() or max(totals.values()) - min(totals.values()) > 1:
+    if (
+        started
+        or not repairs.idle()
+        or max(totals[n] for n in totals if n not in draining or totals[n]) - min(totals[n] for n in takers) > 1
+    ):
         return []
-    return _primary_switches(live_lists, list(totals))
+    return _primary_switches(live_lists, takers)
 
 
 def _primary_switches(live_lists: list[list[int]], nodes: list[int]) -> list[tuple[int, int]]:
@@ -182,16 +195,16 @@ def _primary_switches(live_lists: list[list[int]], nodes: list[int]) -> list[tup
     """
     primaries = dict.fromkeys(nodes, 0)
     for live in live_lists:
-        if live:
+        if live and live[0] in primaries:
             primaries[live[0]] += 1
     mean = sum(primaries.values()) / len(primaries)
     switches: list[tuple[int, int]] = []
     for slot, live in enumerate(live_lists):
         if len(switches) >= SWITCHES_PER_TABLE:
             break
-        if not live or primaries[live[0]] <= mean:
+        if not live or live[0] not in primaries or primaries[live[0]] <= mean:
             continue
-        heir = min(live[1:], key=lambda n: (primaries[n], n), default=None)
+        heir = min((n for n in live[1:] if n in primaries), key=lambda n: (primaries[n], n), default=None)
         if heir is not None and primaries[live[0]] - primaries[heir] >= 2:
             switches.append((slot, heir))
             primaries[live[0]] -= 1

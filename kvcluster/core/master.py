@@ -40,6 +40,7 @@ from kvcluster.placement import (
 from kvcluster.protocol import (
     CopyDone,
     CopySlot,
+    Drain,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -88,6 +89,7 @@ class MasterCore:
         self.stalled: dict[int, None] = {}  # nodes caught in a mass silence: they get the longer deadline
         self.last_tick: float | None = None
         self.repairs = Repairs()
+        self.draining: frozenset[int] = frozenset()  # nodes whose slots move elsewhere before they are removed
         self.healthy = True  # every slot has rep replicas: nothing to plan
         self.last_repair_table = 0.0
 
@@ -126,12 +128,12 @@ class MasterCore:
             replaced = [(f.slot, f.replaces, f.target) for f in finished if f.replaces is not None]
             self._publish(with_moves(table, replaced, []) if replaced else table)
         if under_replicated(self.table):
-            self._start(self.repairs.plan(now, self.table))
+            self._start(self.repairs.plan(now, self.table, self.draining))
             return
         if self.repairs.started is not None and self.repairs.idle():
             self._log_healed(now)
         before = set(self.repairs.moves)
-        switches = plan_rebalance(self.table, self.repairs, now)
+        switches = plan_rebalance(self.table, self.repairs, now, self.draining)
         self._start([m for slot, m in self.repairs.moves.items() if slot not in before])
         if switches and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
             self.last_repair_table = now
@@ -176,6 +178,9 @@ class MasterCore:
             case CopyDone():
                 if self.table is not None:
                     self.repairs.on_done(message, self.table)
+            case Drain(node_id):
+                self._drain_node(node_id)
+                self._send(route, self._status())
             case _:
                 raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
@@ -221,6 +226,20 @@ class MasterCore:
         log.info("%s joined at %s (pid %d) with no data; rebalancing", node_name(node_id), hello.endpoint, hello.pid)
         self._publish(with_member(table, node_id, hello.endpoint))
         self.healthy = False
+
+    def _drain_node(self, node_id: int) -> None:
+        """Move every slot off ``node_id`` (replicas first copied elsewhere), so it can be stopped safely."""
+        if self.table is None or node_id not in self.table.endpoints or node_id in self.table.dead:
+            return
+        staying = set(self.table.endpoints) - set(self.table.dead) - self.draining - {node_id}
+        if len(staying) < self.table.rep:
+            log.warning("not draining %s: %d nodes would be left for %d replicas", *(
+                node_name(node_id), len(staying), self.table.rep))  # fmt: skip
+            return
+        if node_id not in self.draining:
+            log.info("draining %s: moving its slots to the other nodes", node_name(node_id))
+            self.draining = self.draining | {node_id}
+            self.healthy = False
 
     def _on_heartbeat(self, route: Route, beat: Heartbeat) -> None:
         record = self.nodes.get(beat.node_id)
@@ -273,6 +292,7 @@ class MasterCore:
                     (now - self.nodes[node_id].last_seen) * 1000,
                 )
             self._publish(with_dead(self.table, due))
+            self.draining = self.draining - set(due)
             self.healthy = False
 
     def _stall_limit(self) -> float:
@@ -324,4 +344,7 @@ class MasterCore:
         repairs = self.repairs
         moving = [[m.slot, m.source, m.target] for m in repairs.moves.values()]
         seconds = 0.0 if repairs.started is None else now - repairs.started
-        return StatusReport(self.pid, self.table, reports, moving, repairs.slots_done, repairs.keys_done, seconds)
+        draining = sorted(self.draining)
+        return StatusReport(
+            self.pid, self.table, reports, moving, repairs.slots_done, repairs.keys_done, seconds, draining
+        )
