@@ -8,6 +8,9 @@ how long the victim's keys were unavailable, the RSS per key-replica, and
 whether every key still reads back.
 
     python benchmarks/million_kill.py --keys 1000000 --delay 0
+
+Run it with another installation's interpreter (from a directory outside the
+repository) to measure that version with the same script.
 """
 
 from __future__ import annotations
@@ -31,7 +34,11 @@ VALUE = "v" * 92
 
 def kv(*args: str, home: Path) -> str:
     out = subprocess.run(
-        ["kvcluster", *args, "--home", str(home)], capture_output=True, text=True, check=True, timeout=120
+        [sys.executable, "-m", "kvcluster", *args, "--home", str(home)],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
     )
     return out.stdout
 
