@@ -35,9 +35,9 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
-from dataclasses import dataclass, field
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
+from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 from kvcluster.errors import ProtocolError
 from kvcluster.placement import RoutingTable, node_name
 from kvcluster.protocol import (
@@ -69,46 +69,6 @@ from kvcluster.protocol import (
 from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 
 log = logging.getLogger("kvcluster.storage")
-
-
-@dataclass(eq=False, kw_only=True)
-class Waiter:
-    """Something waiting for backups to acknowledge replication messages, by their ids."""
-
-    waiting: set[int] = field(default_factory=set)
-    rejected: set[int] = field(default_factory=set)  # slots a backup refused: we are not their primary any more
-
-    def acked(self, repl_id: int, rejected_slots: list[int]) -> None:
-        self.waiting.discard(repl_id)
-        self.rejected.update(rejected_slots)
-
-
-@dataclass(eq=False)
-class PendingRequest(Waiter):
-    """A client request with puts that wait for their backups."""
-
-    route: Route
-    request: Request
-    results: list[Result | None]
-    writes: list[tuple[int, Write]] = field(default_factory=list)
-    backups: set[int] = field(default_factory=set)  # backups still to be sent this pass's writes
-
-
-@dataclass(eq=False)
-class PendingCopy(Waiter):
-    """A slot being copied to a new replica: done once it acknowledged the copy and the writes then in flight."""
-
-    slot: int
-    epoch: int
-    target: int
-    keys: int
-
-
-@dataclass(eq=False)
-class PendingReconcile(Waiter):
-    """Slots a newly promoted primary is bringing its backups in line on before serving them."""
-
-    slots: list[int]
 
 
 class NodeCore:
