@@ -88,6 +88,24 @@ def client_command(
     run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
 
 
+@app.command()
+def load(
+    file: Annotated[str, typer.Argument(metavar="FILE", help="Lines of 'KEY VALUE'; - reads standard input.")],
+    home: Home = None,
+    master: Master = None,
+    batch: Annotated[int, typer.Option("--batch", min=1, help="Puts per message.")] = 256,
+    window: Annotated[int, typer.Option("--window", min=1, help="Messages in flight.")] = 32,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Give up on a chunk of puts after this many seconds.")
+    ] = 5.0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON for scripts.")] = False,
+) -> None:
+    """Store every KEY VALUE line of FILE in batches; bad lines are reported with their numbers, the rest stored."""
+    from kvcluster import load as bulk  # noqa: PLC0415
+
+    bulk.run(target_for(home, master, False, timeout), file, batch=batch, window=window, as_json=as_json)
+
+
 def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
     try:
         return Timing(heartbeat_ms / 1000, lease_ms / 1000, dead_after_ms / 1000)

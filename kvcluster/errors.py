@@ -42,6 +42,10 @@ class ClusterAlreadyRunning(UsageError):
     """``up`` was asked to start a cluster where one is already running."""
 
 
+class UnreadableFile(UsageError):
+    """An input file cannot be opened or read; nothing from it was stored."""
+
+
 class KeyNotFound(KvclusterError):
     """The key has never been written."""
 
@@ -89,3 +93,7 @@ class ProtocolError(KvclusterError):
 
 class StartupFailed(KvclusterError):
     """A process of the cluster did not start or did not become ready in time."""
+
+
+class LoadIncomplete(KvclusterError):
+    """``load`` did not store every line of its input: lines were rejected, puts failed, or it stopped partway."""

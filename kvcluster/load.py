@@ -1,0 +1,360 @@
+"""Bulk loading for ``kvcluster load``: the file format, its parser, and storing a file chunk by chunk.
+
+This module owns the ``KEY VALUE`` line format and its parser (``parse_lines``,
+a pure function), reading a file or standard input in chunks, storing the good
+lines of each chunk with ``Client.execute`` (many puts per message, many
+messages in flight), and the outcome: keys stored, rejected lines with their
+numbers and reasons, time taken, as text or JSON. The Typer command is in
+``commands.py``; rich is imported only to draw a progress bar on a terminal.
+
+The format: one ``KEY VALUE`` pair per line, two fields separated by
+whitespace, each checked with the rules ``put`` applies (``check_key`` and
+``check_value``). Lines holding only whitespace are skipped. A line with one
+field or more than two, or that is not UTF-8, is rejected, and the load goes
+on. When a key appears on several lines, the last one wins.
+
+Chunks are stored one after the other, each by one ``execute`` call, so the
+deadline (``--timeout``) bounds one chunk, and a key's puts never overlap. The
+chunk size follows the rate measured so far: a chunk takes about a third of
+the deadline, which keeps the pause between chunks (the last replies of one
+drain before the next is read) small against the chunk itself.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import os
+import stat
+import sys
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any
+
+from kvcluster.errors import KvclusterError, LoadIncomplete, UnreadableFile
+
+if TYPE_CHECKING:
+    from rich.progress import Progress, TaskID
+
+    from kvcluster.cli import Target
+    from kvcluster.client import Client, OpResult
+
+STDIN = "-"
+TRY_TIMEOUT = 2.0  # a node working through a full window answers late, not never: resending early only adds load
+FIRST_CHUNK = 10_000  # lines in the first chunk, before any rate is known
+MIN_CHUNK = 1_000
+MAX_CHUNK = 200_000  # bounds the memory a chunk takes (about 250 bytes a line beyond its text)
+CHUNK_SHARE = 1 / 3  # of the deadline, that one chunk should take at the rate measured so far
+KEPT_PROBLEMS = 1_000  # rejected or failed lines kept with their reasons; the rest are only counted
+SHOWN_PROBLEMS = 10  # of those, listed in the text summary
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """A line that was not stored, and why."""
+
+    line: int
+    reason: str
+
+
+@dataclass(slots=True)
+class ParsedChunk:
+    """The lines of one chunk, sorted into puts to make, rejected lines, and blank lines."""
+
+    entries: dict[str, tuple[str, int]]  # key -> (value, number of the last line that set it)
+    rejected: list[Problem]
+    lines: int
+    blank: int
+
+    @property
+    def good(self) -> int:
+        """Lines to store, counting those whose key a later line of the chunk sets again."""
+        return self.lines - self.blank - len(self.rejected)
+
+
+def parse_lines(lines: Iterable[bytes], first_line: int = 1) -> ParsedChunk:
+    """Sort raw lines (numbered from ``first_line``) into puts, rejected lines and blank lines.
+
+    Fields are split on whitespace as ``str.split`` does, so a trailing ``\\r``
+    or extra spaces between the fields are fine. Keys and values are then
+    checked with the same rules as ``put``.
+    """
+    from kvcluster.protocol import check_key, check_value  # noqa: PLC0415 - keeps ``commands`` import cheap
+
+    entries: dict[str, tuple[str, int]] = {}
+    rejected: list[Problem] = []
+    blank = 0
+    number = first_line - 1
+    for number, raw in enumerate(lines, first_line):
+        try:
+            fields = raw.decode().split()
+        except UnicodeDecodeError:
+            rejected.append(Problem(number, "not valid UTF-8"))
+            continue
+        if len(fields) != 2:
+            if fields:
+                count = f"{len(fields)} fields" if len(fields) > 1 else "1 field"
+                rejected.append(Problem(number, f"expected KEY VALUE, got {count}"))
+            else:
+                blank += 1
+            continue
+        key, value = fields
+        problem = check_key(key) or check_value(value)
+        if problem is not None:
+            rejected.append(Problem(number, problem))
+            continue
+        entries[key] = (value, number)
+    return ParsedChunk(entries, rejected, number - first_line + 1, blank)
+
+
+@dataclass
+class LoadReport:
+    """What a load did, line by line: every line read is blank, rejected, stored or failed.
+
+    A line whose key a later line of the same chunk sets again counts as
+    stored once that later line's put is acknowledged.
+    """
+
+    source: str
+    lines: int = 0
+    blank: int = 0
+    stored: int = 0
+    rejected: int = 0
+    failed: int = 0
+    seconds: float = 0.0
+    problems: list[Problem] = field(default_factory=list)  # the first KEPT_PROBLEMS, in line order
+    stopped: str | None = None  # why the load stopped before the end of its input
+
+    @property
+    def keys_per_second(self) -> float:
+        return self.stored / self.seconds if self.seconds > 0 else 0.0
+
+    @property
+    def complete(self) -> bool:
+        return self.stopped is None and not self.rejected and not self.failed
+
+    def add_problems(self, problems: list[Problem]) -> None:
+        room = KEPT_PROBLEMS - len(self.problems)
+        if room > 0:
+            self.problems.extend(sorted(problems, key=lambda p: p.line)[:room])
+
+    def document(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "complete": self.complete,
+            "lines": self.lines,
+            "stored": self.stored,
+            "rejected": self.rejected,
+            "failed": self.failed,
+            "blank": self.blank,
+            "seconds": round(self.seconds, 3),
+            "keys_per_second": round(self.keys_per_second, 1),
+            "problems": [{"line": p.line, "reason": p.reason} for p in self.problems],
+            "stopped": self.stopped,
+        }
+
+    def text(self) -> str:
+        out = [
+            f"stored {self.stored:,} of {self.lines:,} {_lines(self.lines)} of {self.source} "
+            f"in {self.seconds:.1f} s ({self.keys_per_second:,.0f} keys/s)"
+        ]
+        if self.blank:
+            out.append(f"({self.blank:,} blank {_lines(self.blank)} skipped)")
+        missing = self.rejected + self.failed
+        if missing:
+            kinds = [f"{n:,} {what}" for n, what in ((self.rejected, "rejected"), (self.failed, "failed")) if n]
+            out.append(f"{missing:,} {_lines(missing)} not stored ({', '.join(kinds)}):")
+            out.extend(f"  line {p.line}: {p.reason}" for p in self.problems[:SHOWN_PROBLEMS])
+            if missing > SHOWN_PROBLEMS:
+                out.append(f"  ... and {missing - SHOWN_PROBLEMS:,} more")
+        if self.stopped is not None:
+            out.append(f"stopped after line {self.lines:,}: {self.stopped}")
+        return "\n".join(out)
+
+    def error(self) -> str:
+        """The one ``error:`` line for an incomplete load."""
+        if self.stopped is not None:
+            return f"{self.stopped}; stopped after line {self.lines:,} with {self.stored:,} lines stored"
+        first = self.problems[0].line if self.problems else 0
+        kinds = [f"{n:,} {what}" for n, what in ((self.rejected, "rejected"), (self.failed, "failed")) if n]
+        missing = self.rejected + self.failed
+        return (
+            f"{missing:,} of {self.lines:,} {_lines(self.lines)} not stored ({', '.join(kinds)}; "
+            f"the first is line {first}); the other lines are stored"
+        )
+
+
+def _lines(count: int) -> str:
+    return "line" if count == 1 else "lines"
+
+
+def run(target: Target, source: str, *, batch: int, window: int, as_json: bool) -> None:
+    """Store every good line of ``source`` (a path, or ``-`` for stdin), then print the summary.
+
+    Raises ``UnreadableFile`` (nothing stored) when the file cannot be opened,
+    the cluster's errors when it cannot be reached before anything is stored,
+    and ``LoadIncomplete`` after the summary when some line was not stored.
+    """
+    stream, size = _open(source)
+    interrupted = False
+    with stream:
+        report = LoadReport(source="standard input" if source == STDIN else source)
+        with _client(target) as client:
+            client.refresh_table()  # an unreachable cluster fails here, before a line is read
+            with _progress_bar(size) as progress:
+                try:
+                    _load(client, stream, report, batch, window, progress)
+                except UnreadableFile:
+                    raise  # nothing was stored
+                except KvclusterError as exc:
+                    report.stopped = str(exc)
+                except KeyboardInterrupt:
+                    report.stopped, interrupted = "interrupted", True
+    sys.stdout.write(json.dumps(report.document(), indent=2) + "\n" if as_json else report.text() + "\n")
+    if interrupted:
+        raise KeyboardInterrupt  # after the summary of what was stored: the CLI reports it
+    if not report.complete:
+        raise LoadIncomplete(report.error())
+
+
+def _open(source: str) -> tuple[IO[bytes], int | None]:
+    """The binary stream to read, and its size when it is a regular file; ``UnreadableFile`` if it cannot be opened."""
+    try:
+        stream = _stream(source)
+        info = os.fstat(stream.fileno())
+    except (OSError, ValueError) as exc:  # ValueError: stdin is closed
+        raise UnreadableFile(f"cannot read {source}: {getattr(exc, 'strerror', None) or exc}") from None
+    return stream, info.st_size if stat.S_ISREG(info.st_mode) else None
+
+
+def _stream(source: str) -> IO[bytes]:
+    if source == STDIN:
+        # ``run`` closes the stream it reads: that must not close the process's standard input.
+        return open(sys.stdin.fileno(), "rb", closefd=False)
+    return Path(source).open("rb")
+
+
+def _client(target: Target) -> Client:
+    """A client for the load: like ``Target.client``, with tries that wait long enough for a loaded node."""
+    from kvcluster.cli import home_dir  # noqa: PLC0415
+    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
+
+    if target.master is not None:
+        return Client(target.master, deadline=target.timeout, try_timeout=TRY_TIMEOUT)
+    home = home_dir(target.home)
+    master = ClusterState.load(home).master_endpoint
+    return Client(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
+
+
+def _load(client: Client, stream: IO[bytes], report: LoadReport, batch: int, window: int, progress: _Bar) -> None:
+    """Read, check and store chunk after chunk, adding each one's outcome to ``report``."""
+    from kvcluster.client import Completion  # noqa: PLC0415
+    from kvcluster.protocol import OpKind  # noqa: PLC0415
+
+    started = time.monotonic()
+    puts, stored_time = 0, 0.0  # made, and seconds spent in ``execute``: the rate that sizes the next chunk
+    chunk = FIRST_CHUNK
+    try:
+        while raw := _read(stream, chunk, report):
+            parsed = parse_lines(raw, report.lines + 1)
+            report.lines += parsed.lines
+            report.blank += parsed.blank
+            report.rejected += len(parsed.rejected)
+            problems = parsed.rejected
+            if parsed.entries:
+                ops = [(OpKind.PUT, key, value) for key, (value, _) in parsed.entries.items()]
+                execute_started = time.monotonic()
+                results = client.execute(ops, batch=batch, window=window)
+                stored_time += time.monotonic() - execute_started
+                failed = [i for i, result in enumerate(results) if result.completion is not Completion.OK]
+                report.stored += parsed.good - len(failed)
+                report.failed += len(failed)
+                if failed:
+                    problems = problems + _failures(parsed, results, failed)
+                    if len(failed) == len(ops):
+                        report.add_problems(problems)
+                        raise LoadIncomplete(
+                            f"no put of lines {report.lines - parsed.lines + 1:,}-"
+                            f"{report.lines:,} was stored ({problems[-1].reason})"
+                        )
+                puts += len(ops)
+                chunk = _next_chunk(chunk, puts, stored_time, client.deadline)
+            report.add_problems(problems)
+            report.seconds = time.monotonic() - started
+            progress.advance(sum(map(len, raw)), report)
+    finally:
+        report.seconds = time.monotonic() - started
+
+
+def _read(stream: IO[bytes], lines: int, report: LoadReport) -> list[bytes]:
+    """The next ``lines`` raw lines (fewer at the end of the input, none after it)."""
+    try:
+        return list(itertools.islice(stream, lines))
+    except OSError as exc:
+        reason = f"cannot read {report.source}: {exc.strerror or exc}"
+        if report.stored:
+            raise LoadIncomplete(reason) from None
+        raise UnreadableFile(reason) from None
+
+
+_FAILURES = {
+    "no_replica": "not stored: every replica of its slot is down",
+    "timed_out": "not acknowledged within the deadline (it may or may not have been stored)",
+    "invalid": "refused by the node as malformed",
+}
+
+
+def _failures(parsed: ParsedChunk, results: list[OpResult], failed: list[int]) -> list[Problem]:
+    numbers = [number for _, number in parsed.entries.values()]
+    return [
+        Problem(numbers[i], _FAILURES.get(results[i].completion.value, results[i].completion.value))
+        for i in failed[:KEPT_PROBLEMS]
+    ]
+
+
+def _next_chunk(current: int, puts: int, seconds: float, deadline: float) -> int:
+    """Lines for the next chunk: what the rate so far stores in a share of the deadline, growing at most 2x."""
+    if seconds <= 0:
+        return min(MAX_CHUNK, current * 2)
+    wanted = int(puts / seconds * deadline * CHUNK_SHARE)
+    return max(MIN_CHUNK, min(MAX_CHUNK, current * 2, wanted))
+
+
+class _Bar:
+    """The progress bar on stderr, drawn only when stderr is a terminal (rich decides)."""
+
+    def __init__(self, progress: Progress | None, task: TaskID | None) -> None:
+        self.progress = progress
+        self.task = task
+
+    def advance(self, consumed: int, report: LoadReport) -> None:
+        if self.progress is not None and self.task is not None:
+            self.progress.update(self.task, advance=consumed, stored=report.stored, rate=report.keys_per_second)
+
+
+@contextlib.contextmanager
+def _progress_bar(total: int | None) -> Iterator[_Bar]:
+    if not sys.stderr.isatty():
+        yield _Bar(None, None)  # nothing to draw: rich is not even imported
+        return
+    from rich.console import Console  # noqa: PLC0415
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn  # noqa: PLC0415
+
+    console = Console(stderr=True)
+    if not console.is_terminal:
+        yield _Bar(None, None)
+        return
+    with Progress(
+        TextColumn("loading"),
+        BarColumn(),
+        TaskProgressColumn(),
+        TextColumn("{task.fields[stored]:,} keys stored, {task.fields[rate]:,.0f} keys/s"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        yield _Bar(progress, progress.add_task("loading", total=total, stored=0, rate=0.0))
