@@ -16,91 +16,11 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, NoReturn
+from typing import NoReturn
 
-from kvcluster.errors import KvclusterError, UsageError
-
-if TYPE_CHECKING:
-    from kvcluster.client import Client
-
-DEFAULT_TIMEOUT = 5.0
-
-
-def say(text: str) -> None:
-    """Tell the user something on stderr, keeping stdout for results."""
-    sys.stderr.write(f"{text}\n")
-
-
-def home_dir(home: Path | None) -> Path:
-    """The state directory: ``--home``, else ``KVCLUSTER_HOME``, else the per-user default."""
-    from kvcluster.supervisor import default_home  # noqa: PLC0415
-
-    return (home or default_home()).expanduser().resolve()
-
-
-@dataclass(frozen=True)
-class Target:
-    """Which cluster a data command talks to, and how."""
-
-    home: Path | None
-    master: str | None
-    verbose: bool
-    timeout: float
-
-    def client(self) -> Client:
-        """A client for ``--master``, or for the cluster recorded in the state directory (with its table cache)."""
-        from kvcluster.client import Client  # noqa: PLC0415
-        from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
-
-        on_event = say if self.verbose else None
-        if self.master is not None:
-            return Client(self.master, deadline=self.timeout, on_event=on_event)
-        home = home_dir(self.home)
-        state = ClusterState.load(home)
-        return Client(state.master_endpoint, deadline=self.timeout, table_cache=home / TABLE_CACHE, on_event=on_event)
-
-
-def target_for(home: Path | None, master: str | None, verbose: bool, timeout: float) -> Target:
-    if master is not None:
-        from kvcluster.client import parse_address  # noqa: PLC0415
-
-        parse_address(master)  # a bad address is a usage error before anything else happens
-    return Target(home, master, verbose, timeout)
-
-
-def put_and_print(target: Target, key: str, value: str) -> None:
-    from kvcluster.client import validate  # noqa: PLC0415
-
-    validate(key, value)
-    with target.client() as client:
-        server = client.put(key, value)
-    sys.stdout.write(f"OK, {server}\n")
-
-
-def get_and_print(target: Target, key: str) -> None:
-    from kvcluster.client import validate  # noqa: PLC0415
-
-    validate(key)
-    with target.client() as client:
-        value, server = client.get(key)
-    sys.stdout.write(f"{key}, {value}, {server}\n")
-
-
-def run_client_form(put_key: str | None, val: str | None, get_key: str | None, target: Target) -> None:
-    """The assignment's ``client --put K --val V`` / ``client --get K``."""
-    if (put_key is None) == (get_key is None):
-        raise UsageError("give exactly one of --put KEY --val VALUE or --get KEY")
-    if put_key is not None:
-        if val is None:
-            raise UsageError("--put needs --val VALUE")
-        put_and_print(target, put_key, val)
-    else:
-        if val is not None:
-            raise UsageError("--val goes with --put, not --get")
-        assert get_key is not None
-        get_and_print(target, get_key)
+from kvcluster.console import DEFAULT_TIMEOUT, get_and_print, put_and_print, run_client_form, target_for
+from kvcluster.errors import KvclusterError
 
 
 class _QuietParser(argparse.ArgumentParser):

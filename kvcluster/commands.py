@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
-from kvcluster.cli import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
+from kvcluster.console import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
 from kvcluster.errors import (
     ClusterNotRunning,
     KvclusterError,

@@ -39,8 +39,8 @@ from kvcluster.errors import KvclusterError, LoadIncomplete, UnreadableFile
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from kvcluster.cli import Target
     from kvcluster.client import Client, OpResult
+    from kvcluster.console import Target
 
 STDIN = "-"
 TRY_TIMEOUT = 2.0  # a node working through a full window answers late, not never: resending early only adds load
@@ -239,8 +239,8 @@ def _stream(source: str) -> IO[bytes]:
 
 def _client(target: Target) -> Client:
     """A client for the load: like ``Target.client``, with tries that wait long enough for a loaded node."""
-    from kvcluster.cli import home_dir  # noqa: PLC0415
     from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.console import home_dir  # noqa: PLC0415
     from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
 
     if target.master is not None:
