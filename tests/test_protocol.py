@@ -6,6 +6,8 @@ from typing import Any
 
 import msgspec
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from kvcluster.errors import ProtocolError
 from kvcluster.protocol import (
@@ -357,6 +359,68 @@ def test_decode_rejects_malformed_frames(frame: bytes) -> None:
 def test_protocol_error_says_what_is_wrong(case: str, reason: str) -> None:
     with pytest.raises(ProtocolError, match=reason):
         decode(MALFORMED[case])
+
+
+# --- properties: decode never lets anything but a message or ProtocolError out, batches round-trip ---
+
+MESSAGE_TYPES = tuple(type(m) for _, m in SAMPLES)
+INT64 = st.integers(min_value=-(2**63), max_value=2**63 - 1)
+COUNT = st.integers(min_value=0, max_value=2**64 - 1)
+NODE_ID = st.integers(min_value=1, max_value=2**64 - 1)
+TAGS = st.sampled_from([T(t) for t in MsgType]) | st.integers(min_value=-(2**63), max_value=2**64 - 1)
+MSGPACK_VALUES = st.recursive(
+    st.none() | st.booleans() | INT64 | COUNT | st.floats() | st.text(max_size=8) | st.binary(max_size=8),
+    lambda inner: st.lists(inner, max_size=7) | st.dictionaries(INT64 | st.text(max_size=4), inner, max_size=3),
+    max_leaves=24,
+)
+
+
+def decodes_or_refuses(frame: bytes) -> None:
+    try:
+        message = decode(frame)
+    except ProtocolError:
+        return
+    assert isinstance(message, MESSAGE_TYPES)
+    assert type(decode(encode(message))) is type(message)  # whatever is accepted can be sent on
+
+
+@settings(max_examples=1000, deadline=None)
+@given(st.binary())
+def test_decode_of_any_bytes_is_a_message_or_protocol_error(frame: bytes) -> None:
+    decodes_or_refuses(frame)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(TAGS, st.lists(MSGPACK_VALUES, max_size=6))
+def test_decode_of_any_msgpack_array_is_a_message_or_protocol_error(tag: int, fields: list[Any]) -> None:
+    decodes_or_refuses(pack(tag, *fields))
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.sampled_from([encode(m) for _, m in SAMPLES]), st.data())
+def test_decode_of_damaged_frames_is_a_message_or_protocol_error(frame: bytes, data: st.DataObject) -> None:
+    at = data.draw(st.integers(min_value=0, max_value=len(frame)))
+    cut = data.draw(st.integers(min_value=0, max_value=3))
+    decodes_or_refuses(frame[:at] + data.draw(st.binary(max_size=4)) + frame[at + cut :])
+
+
+OPS = st.builds(Op, INT64, st.text(), st.none() | st.text(), INT64, INT64, INT64)
+WRITES = st.builds(Write, COUNT, COUNT, st.text(), st.text(), COUNT, COUNT, INT64)
+BATCHES = st.one_of(
+    st.builds(Request, COUNT, COUNT, st.lists(OPS, max_size=70)),
+    st.builds(Reply, COUNT, NODE_ID, st.lists(st.builds(Result, INT64, st.none() | st.text()), max_size=70)),
+    st.builds(Replicate, COUNT, NODE_ID, st.integers(min_value=-1, max_value=2**64 - 1), st.lists(WRITES, max_size=70)),
+    st.builds(
+        Reconcile, COUNT, NODE_ID, st.lists(st.builds(SlotTail, COUNT, COUNT, COUNT, st.lists(WRITES, max_size=5)))
+    ),
+    st.builds(SlotCopy, COUNT, NODE_ID, COUNT, COUNT, COUNT, st.lists(st.tuples(st.text(), st.text()), max_size=70)),
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(BATCHES)
+def test_batches_round_trip(message: Message) -> None:
+    assert decode(encode(message)) == message
 
 
 # --- keys and values ---
