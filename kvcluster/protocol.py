@@ -1,10 +1,19 @@
-"""The wire contract between master, storage nodes and clients.
+"""The wire contract between master, storage nodes and clients: every message, its layout and its checks.
 
-Every message is a msgpack array ``[PROTOCOL_VERSION, MsgType, *fields]``.
-``decode`` validates the version, the type and every field before it builds a
-message, so a malformed or truncated frame raises ``ProtocolError`` instead of
-reaching the state machines. Batches of operations travel as arrays of small
-named tuples, which msgpack packs as plain arrays at no extra cost.
+This module owns what crosses a socket. Every message is a ``msgspec.Struct``
+sent as a msgpack array ``[tag, *fields]``, where ``tag = PROTOCOL_VERSION << 8
+| MsgType``, so one integer names both the version and the type. Records inside
+messages (``Op``, ``Result``, ``Write``, ``SlotTail``, ``TableData``,
+``NodeReport``) are arrays of their fields, in declaration order. ``decode``
+checks the tag, the arity and the exact type of every field, the ranges that
+always hold (counters >= 0, node ids >= 1) and the table's cross-field rules
+before it returns a message; anything else, truncated or trailing bytes
+included, raises ``ProtocolError`` and never reaches the state machines.
+
+What a node can refuse per operation is deliberately *not* checked here: a
+bad kind, key, value or slot inside one ``Op`` decodes, and the node answers
+``INVALID`` for that op alone (``check_key``/``check_value`` below), so one
+bad op does not cost its whole batch.
 
 Timing (heartbeats, leases, failure detection) is part of the contract too:
 the lease a node holds must run out before the master may declare it dead.
@@ -14,15 +23,15 @@ from __future__ import annotations
 
 import enum
 import re
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, NamedTuple, TypeVar
+from typing import Annotated
 
-import msgpack
+import msgspec
+from msgspec import Meta, Struct
 
 from kvcluster.errors import ProtocolError
 
-PROTOCOL_VERSION = 2
+PROTOCOL_VERSION = 3
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
 _WHITESPACE = re.compile(r"\s")
@@ -89,8 +98,38 @@ class Status(enum.IntEnum):
     INVALID = 4  # the operation is malformed (bad key, slot or value)
 
 
-class Op(NamedTuple):
-    """One client operation. ``op_id`` is unique per client and deduplicates resends."""
+# --- field types: ranges that hold for every well-formed message, checked by ``decode`` ---
+
+Count = Annotated[int, Meta(ge=0)]  # counters, versions, ids, pids, key counts, slots
+NodeId = Annotated[int, Meta(ge=1)]  # storage nodes are numbered 1..n
+Watermark = Annotated[int, Meta(ge=-1)]  # a write counter, or -1 (replica.NO_COMMIT: says nothing)
+
+
+class _Record(Struct, array_like=True, frozen=True, forbid_unknown_fields=True, gc=False):
+    """A fixed-length array of fields on the wire; a frame with a field missing or extra is refused.
+
+    ``gc=False``: these never form reference cycles, so the garbage collector
+    need not track the thousands a batch carries (16 bytes less each, too).
+    """
+
+
+class _Message(_Record, frozen=True):
+    """A whole frame: a record whose first array item is its tag."""
+
+
+def _tag(msg_type: MsgType) -> int:
+    return PROTOCOL_VERSION << 8 | msg_type
+
+
+# --- records inside messages ---
+
+
+class Op(_Record, frozen=True):
+    """One client operation. ``op_id`` is unique per client and deduplicates resends.
+
+    Only types are checked when decoding: a node answers ``INVALID`` for an op
+    with a bad kind, key, value or slot, and serves the rest of the batch.
+    """
 
     kind: int
     key: str
@@ -100,26 +139,26 @@ class Op(NamedTuple):
     op_id: int
 
 
-class Result(NamedTuple):
-    """A node's answer to one ``Op``."""
+class Result(_Record, frozen=True):
+    """A node's answer to one ``Op``; a client treats a status it does not know as ``INVALID``."""
 
     status: int
     value: str | None
 
 
-class Write(NamedTuple):
+class Write(_Record, frozen=True):
     """One put forwarded from a primary to a backup."""
 
-    slot: int
-    epoch: int
+    slot: Count
+    epoch: Count
     key: str
     value: str
-    version: int
-    client: int
-    op_id: int
+    version: Count
+    client: Count
+    op_id: int  # as the client sent it: Op.op_id is not range-checked, so neither is this
 
 
-class SlotTail(NamedTuple):
+class SlotTail(_Record, frozen=True):
     """What a new primary holds of a slot beyond what every replica is known to hold.
 
     ``high`` is the highest version it holds; ``writes`` are its uncommitted
@@ -127,179 +166,182 @@ class SlotTail(NamedTuple):
     ``high`` and applies the writes it lacks.
     """
 
-    slot: int
-    epoch: int
-    high: int
+    slot: Count
+    epoch: Count
+    high: Count
     writes: list[Write]
 
 
-@dataclass(frozen=True, slots=True)
-class TableData:
+class TableData(_Record, frozen=True):
     """The routing table: the cluster shape, endpoints, dead nodes in order of death, and per slot its replica
-    list (primary first) and epoch."""
+    list (primary first) and epoch.
 
-    version: int
+    ``endpoints`` travels as a msgpack map with integer keys. Every process
+    derives placement from these numbers, so they must describe a cluster that
+    can exist: checked when decoding and whenever one is built.
+    """
+
+    version: Annotated[int, Meta(ge=1)]
     rep: int
     slots: int
     endpoints: dict[int, str]
     dead: list[int]
     replicas: list[list[int]]
-    epochs: list[int]
+    epochs: list[Count]
+
+    def __post_init__(self) -> None:
+        nodes = self.endpoints.keys()
+        if nodes != set(range(1, len(nodes) + 1)):
+            raise ValueError(f"table: node ids must be 1..{len(nodes)}, got {sorted(nodes)}")
+        if not 1 <= self.rep <= len(nodes) or self.slots < 1:
+            raise ValueError(f"table: inconsistent shape (rep {self.rep}, {len(nodes)} nodes, {self.slots} slots)")
+        if not nodes >= set(self.dead):
+            raise ValueError(f"table: dead nodes {self.dead} are not all among nodes 1..{len(nodes)}")
+        if len(self.replicas) != self.slots or len(self.epochs) != self.slots:
+            raise ValueError(f"table: expected a replica list and an epoch for each of {self.slots} slots")
+        known = set(nodes)
+        for replicas in self.replicas:
+            distinct = set(replicas)
+            if len(distinct) != len(replicas) or not replicas or not distinct <= known:
+                raise ValueError(f"table: invalid replica list {replicas}")
 
 
-@dataclass(frozen=True, slots=True)
-class NodeReport:
+class NodeReport(_Record, frozen=True):
     """The master's view of one storage node, for ``status``."""
 
-    node_id: int
+    node_id: NodeId
     endpoint: str
-    pid: int
+    pid: Count
     alive: bool
-    keys: int
-    last_seen_ms: float
+    keys: Count
+    last_seen_ms: float  # may be negative: the master moves last_seen forward over its own stalls
 
 
-@dataclass(frozen=True, slots=True)
-class Hello:
-    node_id: int
+# --- messages ---
+
+
+class Hello(_Message, frozen=True, tag=_tag(MsgType.HELLO)):
+    node_id: NodeId
     endpoint: str
-    pid: int
+    pid: Count
 
 
-@dataclass(frozen=True, slots=True)
-class Heartbeat:
-    node_id: int
+class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
+    node_id: NodeId
     sent_at: float
-    table_version: int
-    keys: int
+    table_version: Count
+    keys: Count
 
 
-@dataclass(frozen=True, slots=True)
-class HeartbeatAck:
+class HeartbeatAck(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT_ACK)):
     sent_at: float
-    table_version: int
+    table_version: Count
 
 
-@dataclass(frozen=True, slots=True)
-class TableRequest:
+class TableRequest(_Message, frozen=True, tag=_tag(MsgType.TABLE_REQUEST)):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class Table:
+class Table(_Message, frozen=True, tag=_tag(MsgType.TABLE)):
     data: TableData
 
 
-@dataclass(frozen=True, slots=True)
-class StatusRequest:
+class StatusRequest(_Message, frozen=True, tag=_tag(MsgType.STATUS_REQUEST)):
     pass
 
 
-@dataclass(frozen=True, slots=True)
-class StatusReport:
+class StatusReport(_Message, frozen=True, tag=_tag(MsgType.STATUS)):
     """The master's view; ``moving`` lists ``[slot, source, target]`` of copies under way, and the healed
     counts and seconds describe the current round of repairs (seconds is 0 when none is running)."""
 
-    master_pid: int
+    master_pid: Count
     table: TableData | None
     nodes: list[NodeReport]
-    moving: list[list[int]]
-    healed_slots: int
-    healed_keys: int
+    moving: list[Annotated[list[Count], Meta(min_length=3, max_length=3)]]
+    healed_slots: Count
+    healed_keys: Count
     healing_seconds: float
-    draining: list[int]
+    draining: list[NodeId]
 
 
-@dataclass(frozen=True, slots=True)
-class Request:
-    client: int
-    request_id: int
+class Request(_Message, frozen=True, tag=_tag(MsgType.REQUEST)):
+    client: Count
+    request_id: Count
     ops: list[Op]
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    request_id: int
-    node_id: int
+class Reply(_Message, frozen=True, tag=_tag(MsgType.REPLY)):
+    request_id: Count
+    node_id: NodeId
     results: list[Result]
 
 
-@dataclass(frozen=True, slots=True)
-class Replicate:
+class Replicate(_Message, frozen=True, tag=_tag(MsgType.REPLICATE)):
     """Writes for a backup; ``committed``: the sender's writes up to this counter are on every replica."""
 
-    repl_id: int
-    sender: int
-    committed: int
+    repl_id: Count
+    sender: NodeId
+    committed: Watermark
     writes: list[Write]
 
 
-@dataclass(frozen=True, slots=True)
-class Reconcile:
-    repl_id: int
-    sender: int
+class Reconcile(_Message, frozen=True, tag=_tag(MsgType.RECONCILE)):
+    repl_id: Count
+    sender: NodeId
     tails: list[SlotTail]
 
 
-@dataclass(frozen=True, slots=True)
-class Commit:
+class Commit(_Message, frozen=True, tag=_tag(MsgType.COMMIT)):
     """The commit watermark alone, sent when a primary has no writes to carry it."""
 
-    sender: int
-    committed: int
+    sender: NodeId
+    committed: Watermark
 
 
-@dataclass(frozen=True, slots=True)
-class ReplicateAck:
-    repl_id: int
-    node_id: int
-    rejected_slots: list[int]
-
-
-@dataclass(frozen=True, slots=True)
-class CopySlot:
+class CopySlot(_Message, frozen=True, tag=_tag(MsgType.COPY_SLOT)):
     """Start streaming ``slot`` (at ``epoch``) to ``target``, which joins as a replica once it has caught up."""
 
-    slot: int
-    epoch: int
-    target: int
+    slot: Count
+    epoch: Count
+    target: NodeId
 
 
-@dataclass(frozen=True, slots=True)
-class SlotCopy:
+class SlotCopy(_Message, frozen=True, tag=_tag(MsgType.SLOT_COPY)):
     """A slot's committed contents; the writes after ``high`` follow as ordinary replication."""
 
-    repl_id: int
-    sender: int
-    slot: int
-    epoch: int
-    high: int
+    repl_id: Count
+    sender: NodeId
+    slot: Count
+    epoch: Count
+    high: Count
     entries: list[tuple[str, str]]
 
 
-@dataclass(frozen=True, slots=True)
-class CopyDone:
-    node_id: int
-    slot: int
-    epoch: int
-    target: int
-    keys: int
+class CopyDone(_Message, frozen=True, tag=_tag(MsgType.COPY_DONE)):
+    node_id: NodeId
+    slot: Count
+    epoch: Count
+    target: NodeId
+    keys: Count
 
 
-@dataclass(frozen=True, slots=True)
-class Drain:
-    node_id: int
+class ReplicateAck(_Message, frozen=True, tag=_tag(MsgType.REPLICATE_ACK)):
+    repl_id: Count
+    node_id: NodeId
+    rejected_slots: list[Count]
 
 
-@dataclass(frozen=True, slots=True)
-class Fenced:
-    node_id: int
+class Drain(_Message, frozen=True, tag=_tag(MsgType.DRAIN)):
+    node_id: NodeId
 
 
-@dataclass(frozen=True, slots=True)
-class NotReady:
-    registered: int
-    expected: int
+class Fenced(_Message, frozen=True, tag=_tag(MsgType.FENCED)):
+    node_id: NodeId
+
+
+class NotReady(_Message, frozen=True, tag=_tag(MsgType.NOT_READY)):
+    registered: Count
+    expected: Count
 
 
 Message = (
@@ -324,296 +366,60 @@ Message = (
     | NotReady
 )
 
-
-# --- validation helpers: each returns the value with a precise type or raises ---
-
-T = TypeVar("T")
-
-
-def _int(value: Any, name: str) -> int:
-    if type(value) is not int:
-        raise ProtocolError(f"{name}: expected int, got {type(value).__name__}")
-    return value
-
-
-def _float(value: Any, name: str) -> float:
-    if type(value) is float:
-        return value
-    if type(value) is int:
-        return float(value)
-    raise ProtocolError(f"{name}: expected float, got {type(value).__name__}")
-
-
-def _str(value: Any, name: str) -> str:
-    if type(value) is not str:
-        raise ProtocolError(f"{name}: expected str, got {type(value).__name__}")
-    return value
-
-
-def _opt_str(value: Any, name: str) -> str | None:
-    return None if value is None else _str(value, name)
-
-
-def _bool(value: Any, name: str) -> bool:
-    if type(value) is not bool:
-        raise ProtocolError(f"{name}: expected bool, got {type(value).__name__}")
-    return value
-
-
-def _list(value: Any, name: str, length: int | None = None) -> list[Any]:
-    if type(value) is not list:
-        raise ProtocolError(f"{name}: expected array, got {type(value).__name__}")
-    if length is not None and len(value) != length:
-        raise ProtocolError(f"{name}: expected {length} fields, got {len(value)}")
-    return value
-
-
-def _each(value: Any, name: str, parse: Callable[[Any, str], T]) -> list[T]:
-    return [parse(item, name) for item in _list(value, name)]
-
-
-R = TypeVar("R", bound=tuple[Any, ...])
-_OPTIONAL_STR = (str, type(None))
-
-
-def _record(make: Callable[[list[Any]], R], *fields: tuple[str, tuple[type, ...]]) -> Callable[[Any, str], R]:
-    """A parser for a record sent as a fixed-length array, checking each field's exact type.
-
-    Batches carry thousands of these, so the check is one loop rather than a
-    call per field.
-    """
-    arity = len(fields)
-
-    def parse(raw: Any, name: str) -> R:
-        if type(raw) is not list or len(raw) != arity:
-            raise ProtocolError(f"{name}: expected an array of {arity} fields")
-        for value, (field_name, types) in zip(raw, fields, strict=True):
-            if type(value) not in types:
-                raise ProtocolError(f"{name}.{field_name}: unexpected {type(value).__name__}")
-        return make(raw)
-
-    return parse
-
-
-_INT = (int,)
-_STR = (str,)
-_op = _record(Op._make, ("kind", _INT), ("key", _STR), ("value", _OPTIONAL_STR), ("slot", _INT), ("epoch", _INT),
-              ("op_id", _INT))  # fmt: skip
-_result = _record(Result._make, ("status", _INT), ("value", _OPTIONAL_STR))
-_write = _record(Write._make, ("slot", _INT), ("epoch", _INT), ("key", _STR), ("value", _STR), ("version", _INT),
-                 ("client", _INT), ("op_id", _INT))  # fmt: skip
-
-
-def _pair(raw: Any, name: str) -> tuple[str, str]:
-    key, value = _list(raw, name, 2)
-    return _str(key, "key"), _str(value, "value")
-
-
-def _slot_tail(raw: Any, name: str) -> SlotTail:
-    slot, epoch, high, writes = _list(raw, name, 4)
-    return SlotTail(_int(slot, "slot"), _int(epoch, "epoch"), _int(high, "high"), _each(writes, "writes", _write))
-
-
-def _table_data(raw: Any, name: str) -> TableData:
-    version, rep, slots, endpoints, dead, replicas, epochs = _list(raw, name, 7)
-    pairs = _list(endpoints, "endpoints")
-    data = TableData(
-        version=_int(version, "version"),
-        rep=_int(rep, "rep"),
-        slots=_int(slots, "slots"),
-        endpoints={_int(p[0], "node_id"): _str(p[1], "endpoint") for p in (_list(p, "endpoint", 2) for p in pairs)},
-        dead=_each(dead, "dead", _int),
-        replicas=[_each(nodes, "replicas", _int) for nodes in _list(replicas, "replicas")],
-        epochs=_each(epochs, "epochs", _int),
-    )
-    # Every process derives placement from these numbers, so they must describe a cluster that can exist.
-    nodes = len(data.endpoints)
-    if set(data.endpoints) != set(range(1, nodes + 1)):
-        raise ProtocolError(f"{name}: node ids must be 1..{nodes}")
-    if not 1 <= data.rep <= nodes or data.slots < 1 or not set(data.dead) <= set(data.endpoints):
-        raise ProtocolError(f"{name}: inconsistent table (rep {data.rep}, {nodes} nodes, {data.slots} slots)")
-    if len(data.replicas) != data.slots or len(data.epochs) != data.slots:
-        raise ProtocolError(f"{name}: expected a replica list and an epoch for each of {data.slots} slots")
-    for replicas in data.replicas:
-        if not replicas or len(set(replicas)) != len(replicas) or not set(replicas) <= data.endpoints.keys():
-            raise ProtocolError(f"{name}: invalid replica list {replicas}")
-    return data
-
-
-def _table_wire(data: TableData) -> list[Any]:
-    return [data.version, data.rep, data.slots, sorted(data.endpoints.items()), data.dead, data.replicas, data.epochs]
-
-
-def _node_report(raw: Any, name: str) -> NodeReport:
-    node_id, endpoint, pid, alive, keys, last_seen_ms = _list(raw, name, 6)
-    return NodeReport(
-        _int(node_id, "node_id"),
-        _str(endpoint, "endpoint"),
-        _int(pid, "pid"),
-        _bool(alive, "alive"),
-        _int(keys, "keys"),
-        _float(last_seen_ms, "last_seen_ms"),
-    )
-
-
-# --- encoding: message -> fields, and fields -> message, per type ---
-
-
-def _fields(message: Message) -> tuple[MsgType, list[Any]]:
-    match message:
-        case Hello(node_id, endpoint, pid):
-            return MsgType.HELLO, [node_id, endpoint, pid]
-        case Heartbeat(node_id, sent_at, table_version, keys):
-            return MsgType.HEARTBEAT, [node_id, sent_at, table_version, keys]
-        case HeartbeatAck(sent_at, table_version):
-            return MsgType.HEARTBEAT_ACK, [sent_at, table_version]
-        case TableRequest():
-            return MsgType.TABLE_REQUEST, []
-        case Table(data):
-            return MsgType.TABLE, [_table_wire(data)]
-        case StatusRequest():
-            return MsgType.STATUS_REQUEST, []
-        case StatusReport(master_pid, table, nodes, moving, healed_slots, healed_keys, healing_seconds, draining):
-            wire_nodes = [[n.node_id, n.endpoint, n.pid, n.alive, n.keys, n.last_seen_ms] for n in nodes]
-            wire_table = None if table is None else _table_wire(table)
-            return MsgType.STATUS, [
-                master_pid,
-                wire_table,
-                wire_nodes,
-                moving,
-                healed_slots,
-                healed_keys,
-                healing_seconds,
-                draining,
-            ]
-        case Request(client, request_id, ops):
-            return MsgType.REQUEST, [client, request_id, ops]
-        case Reply(request_id, node_id, results):
-            return MsgType.REPLY, [request_id, node_id, results]
-        case Replicate(repl_id, sender, committed, writes):
-            return MsgType.REPLICATE, [repl_id, sender, committed, writes]
-        case Reconcile(repl_id, sender, tails):
-            return MsgType.RECONCILE, [repl_id, sender, tails]
-        case Commit(sender, committed):
-            return MsgType.COMMIT, [sender, committed]
-        case CopySlot(slot, epoch, target):
-            return MsgType.COPY_SLOT, [slot, epoch, target]
-        case SlotCopy(repl_id, sender, slot, epoch, high, entries):
-            return MsgType.SLOT_COPY, [repl_id, sender, slot, epoch, high, entries]
-        case Drain(node_id):
-            return MsgType.DRAIN, [node_id]
-        case CopyDone(node_id, slot, epoch, target, keys):
-            return MsgType.COPY_DONE, [node_id, slot, epoch, target, keys]
-        case ReplicateAck(repl_id, node_id, rejected_slots):
-            return MsgType.REPLICATE_ACK, [repl_id, node_id, rejected_slots]
-        case Fenced(node_id):
-            return MsgType.FENCED, [node_id]
-        case NotReady(registered, expected):
-            return MsgType.NOT_READY, [registered, expected]
-    raise TypeError(f"not a message: {message!r}")
-
-
-def _status_report(f: list[Any]) -> StatusReport:
-    return StatusReport(
-        _int(f[0], "master_pid"),
-        None if f[1] is None else _table_data(f[1], "table"),
-        _each(f[2], "nodes", _node_report),
-        [_each(move, "move", _int) for move in _list(f[3], "moving")],
-        _int(f[4], "healed_slots"),
-        _int(f[5], "healed_keys"),
-        _float(f[6], "healing_seconds"),
-        _each(f[7], "draining", _int),
-    )
-
-
-_DECODERS: dict[MsgType, tuple[int, Callable[[list[Any]], Message]]] = {
-    MsgType.HELLO: (3, lambda f: Hello(_int(f[0], "node_id"), _str(f[1], "endpoint"), _int(f[2], "pid"))),
-    MsgType.HEARTBEAT: (
-        4,
-        lambda f: Heartbeat(
-            _int(f[0], "node_id"), _float(f[1], "sent_at"), _int(f[2], "table_version"), _int(f[3], "keys")
-        ),
-    ),
-    MsgType.HEARTBEAT_ACK: (2, lambda f: HeartbeatAck(_float(f[0], "sent_at"), _int(f[1], "table_version"))),
-    MsgType.TABLE_REQUEST: (0, lambda _: TableRequest()),
-    MsgType.TABLE: (1, lambda f: Table(_table_data(f[0], "table"))),
-    MsgType.STATUS_REQUEST: (0, lambda _: StatusRequest()),
-    MsgType.STATUS: (8, _status_report),
-    MsgType.REQUEST: (3, lambda f: Request(_int(f[0], "client"), _int(f[1], "request_id"), _each(f[2], "ops", _op))),
-    MsgType.REPLY: (
-        3,
-        lambda f: Reply(_int(f[0], "request_id"), _int(f[1], "node_id"), _each(f[2], "results", _result)),
-    ),
-    MsgType.REPLICATE: (
-        4,
-        lambda f: Replicate(
-            _int(f[0], "repl_id"), _int(f[1], "sender"), _int(f[2], "committed"), _each(f[3], "writes", _write)
-        ),
-    ),
-    MsgType.RECONCILE: (
-        3,
-        lambda f: Reconcile(_int(f[0], "repl_id"), _int(f[1], "sender"), _each(f[2], "tails", _slot_tail)),
-    ),
-    MsgType.COMMIT: (2, lambda f: Commit(_int(f[0], "sender"), _int(f[1], "committed"))),
-    MsgType.COPY_SLOT: (3, lambda f: CopySlot(_int(f[0], "slot"), _int(f[1], "epoch"), _int(f[2], "target"))),
-    MsgType.SLOT_COPY: (
-        6,
-        lambda f: SlotCopy(
-            _int(f[0], "repl_id"),
-            _int(f[1], "sender"),
-            _int(f[2], "slot"),
-            _int(f[3], "epoch"),
-            _int(f[4], "high"),
-            _each(f[5], "entries", _pair),
-        ),
-    ),
-    MsgType.DRAIN: (1, lambda f: Drain(_int(f[0], "node_id"))),
-    MsgType.COPY_DONE: (
-        5,
-        lambda f: CopyDone(
-            _int(f[0], "node_id"), _int(f[1], "slot"), _int(f[2], "epoch"), _int(f[3], "target"), _int(f[4], "keys")
-        ),
-    ),
-    MsgType.REPLICATE_ACK: (
-        3,
-        lambda f: ReplicateAck(_int(f[0], "repl_id"), _int(f[1], "node_id"), _each(f[2], "rejected_slots", _int)),
-    ),
-    MsgType.FENCED: (1, lambda f: Fenced(_int(f[0], "node_id"))),
-    MsgType.NOT_READY: (2, lambda f: NotReady(_int(f[0], "registered"), _int(f[1], "expected"))),
-}
+_ENCODER = msgspec.msgpack.Encoder()
+_DECODER = msgspec.msgpack.Decoder(Message)
 
 
 def encode(message: Message) -> bytes:
     """Serialise a message to one frame."""
-    msg_type, fields = _fields(message)
-    packed: bytes = msgpack.packb([PROTOCOL_VERSION, int(msg_type), *fields], use_bin_type=True)
-    return packed
+    if not isinstance(message, _Message):
+        raise TypeError(f"not a message: {message!r}")
+    return _ENCODER.encode(message)
 
 
 def decode(frame: bytes) -> Message:
     """Parse and validate one frame; raise ``ProtocolError`` on anything malformed."""
     try:
-        raw = msgpack.unpackb(frame, raw=False, use_list=True, strict_map_key=True)
-    except Exception as exc:  # noqa: BLE001 - msgpack raises many unrelated classes for bad input
-        raise ProtocolError(f"undecodable frame ({len(frame)} bytes): {exc}") from None
-    if type(raw) is not list or len(raw) < 2:
-        raise ProtocolError("frame is not a [version, type, ...] array")
-    if type(raw[0]) is not int or raw[0] != PROTOCOL_VERSION:
-        raise ProtocolError(f"unsupported protocol version {raw[0]!r}")
-    if type(raw[1]) is not int:
-        raise ProtocolError(f"message type must be an integer, got {raw[1]!r}")
+        return _DECODER.decode(frame)
+    except msgspec.DecodeError as exc:  # ValidationError included: wrong type, range, arity or tag
+        raise ProtocolError(_explain(frame, str(exc))) from None
+    except RecursionError:  # only if a field ever takes arbitrarily nested data: none does today
+        raise ProtocolError(f"malformed frame ({len(frame)} bytes): nested too deeply") from None
+
+
+def _explain(frame: bytes, problem: str) -> str:
+    """Name the version and message type of a rejected frame when its head shows them."""
+    tag = _head_tag(frame)
+    if tag is None:
+        return f"malformed frame ({len(frame)} bytes): {problem}"
+    version = tag >> 8 if tag > 0xFF else tag  # versions 1 and 2 sent [version, type, ...]
+    if version != PROTOCOL_VERSION:
+        return f"unsupported protocol version {version} (message tag {tag}); this process speaks {PROTOCOL_VERSION}"
     try:
-        msg_type = MsgType(raw[1])
+        name = MsgType(tag & 0xFF).name
     except ValueError:
-        raise ProtocolError(f"unknown message type {raw[1]!r}") from None
-    arity, build = _DECODERS[msg_type]
-    fields = raw[2:]
-    if len(fields) != arity:
-        raise ProtocolError(f"{msg_type.name}: expected {arity} fields, got {len(fields)}")
-    try:
-        return build(fields)
-    except (ValueError, TypeError, KeyError, IndexError) as exc:
-        raise ProtocolError(f"{msg_type.name}: {exc}") from None
+        return f"unknown message type {tag & 0xFF} (message tag {tag})"
+    return f"{name}: {problem}"
+
+
+def _head_tag(frame: bytes) -> int | None:
+    """The first item of a frame that is a non-empty msgpack array starting with an unsigned int, else None."""
+    if not frame:
+        return None
+    marker = frame[0]
+    if 0x91 <= marker <= 0x9F:
+        start = 1
+    elif marker in (0xDC, 0xDD) and int.from_bytes(frame[1 : 3 if marker == 0xDC else 5], "big") > 0:
+        start = 3 if marker == 0xDC else 5
+    else:
+        return None
+    head = frame[start : start + 9]
+    if head and head[0] <= 0x7F:
+        return head[0]
+    width = {0xCC: 1, 0xCD: 2, 0xCE: 4, 0xCF: 8}.get(head[0]) if head else None
+    if width is None or len(head) < 1 + width:
+        return None
+    return int.from_bytes(head[1 : 1 + width], "big")
 
 
 def check_key(key: str) -> str | None:

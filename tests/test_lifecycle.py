@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-import msgpack
+import msgspec
 import pytest
 import zmq
 from conftest import (
@@ -65,19 +65,21 @@ def test_status_table_for_people(shared: Cluster) -> None:
 def bad_frames() -> list[bytes]:
     """Frames no kvcluster process may act on: each must be logged as malformed and dropped."""
     good = encode(Request(1, 1, [Op(OpKind.GET, "k", None, slot_of("k"), 0, 1)]))
-    request = int(MsgType.REQUEST)
+    request = PROTOCOL_VERSION << 8 | MsgType.REQUEST
+    pack = msgspec.msgpack.encode
     return [
         b"",
         b"\xc1\xc1\xc1",  # 0xc1 is never used in msgpack
         b"this is not msgpack",
         good[:-4],  # truncated
-        msgpack.packb({"version": 1}),
-        msgpack.packb([PROTOCOL_VERSION + 98, request, 1, 1, []]),  # wrong version
-        msgpack.packb([PROTOCOL_VERSION, 99]),  # unknown type
-        msgpack.packb([PROTOCOL_VERSION, request, "client", 1, []]),  # wrong-typed field
-        msgpack.packb([PROTOCOL_VERSION, request, 1, 1, [[1, "k", None, 0, 0]]]),  # op with a field missing
-        msgpack.packb([PROTOCOL_VERSION, request, 1, 1]),  # wrong arity
-        msgpack.packb([PROTOCOL_VERSION, request, 1, 1, [[1, b"k", None, slot_of("k"), 0, 1]]]),  # bytes for str
+        pack({"version": 1}),
+        pack([(PROTOCOL_VERSION + 98) << 8 | MsgType.REQUEST, 1, 1, []]),  # wrong version
+        pack([2, int(MsgType.REQUEST), 1, 1, []]),  # the [version, type, ...] layout of version 2
+        pack([PROTOCOL_VERSION << 8 | 99]),  # unknown type
+        pack([request, "client", 1, []]),  # wrong-typed field
+        pack([request, 1, 1, [[1, "k", None, 0, 0]]]),  # op with a field missing
+        pack([request, 1, 1]),  # wrong arity
+        pack([request, 1, 1, [[1, b"k", None, slot_of("k"), 0, 1]]]),  # bytes for str
         encode(Fenced(1)),  # well-formed, but nobody may fence a process over a client socket
     ]
 

@@ -48,7 +48,7 @@ def machine() -> dict[str, Any]:
     """What the numbers were measured on."""
     import datetime  # noqa: PLC0415
 
-    import msgpack  # noqa: PLC0415
+    import msgspec  # noqa: PLC0415
     import zmq  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
@@ -68,7 +68,7 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(),
-        "msgpack": ".".join(str(x) for x in msgpack.version),
+        "msgspec": msgspec.__version__,
     }
 
 
@@ -153,7 +153,7 @@ def _report_markdown(
         f"| OS | {info['os']} |",
         f"| Python | {info['python']} |",
         f"| pyzmq / libzmq | {info['pyzmq']} / {info['libzmq']} |",
-        f"| msgpack | {info['msgpack']} |",
+        f"| msgspec | {info['msgspec']} |",
         "",
         "Master, storage nodes and client processes all share these cores, so the figures measure the whole",
         "system on one machine, not a node's capacity. Other work running at the same time lowers them.",
