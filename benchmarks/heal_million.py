@@ -1,4 +1,4 @@
-"""Measure healing at the sizes users reach: time to restore every slot to rep replicas, and client throughput meanwhile.
+"""Measure healing at the sizes users reach: time to restore rep replicas, and client throughput meanwhile.
 
 Starts ``kvcluster up -d`` (7 nodes, rep 3 by default) in a temporary state
 directory, writes ``--keys`` keys with 100-byte values, starts a client process
@@ -17,7 +17,7 @@ import argparse
 import json
 import multiprocessing as mp
 import os
-import statistics
+import queue
 import subprocess
 import sys
 import tempfile
@@ -69,6 +69,38 @@ def rate(samples: list[tuple[float, int]], start: float, end: float) -> float:
     return sum(n for _, n in inside[1:]) / (inside[-1][0] - inside[0][0])
 
 
+def wait_healed(home: Path, killed_at: float) -> float | None:
+    while time.monotonic() - killed_at < 300:
+        doc = json.loads(cli("status", "--json", home=home))
+        if doc["dead"] and doc["under_replicated_slots"] == 0 and doc["healing"]["copies_under_way"] == 0:
+            return time.monotonic()
+        time.sleep(0.25)
+    return None
+
+
+def collect(samples_queue: mp.Queue[tuple[float, int]], worker: mp.Process) -> list[tuple[float, int]]:
+    samples = []
+    while worker.is_alive() or not samples_queue.empty():
+        try:
+            samples.append(samples_queue.get(timeout=1))
+        except queue.Empty:
+            break
+    worker.join(timeout=30)
+    return samples
+
+
+def unreadable(master: str, keys: int) -> int:
+    missing = 0
+    with Client(master, deadline=60.0) as client:
+        for start in range(0, keys, 50_000):
+            ops = [(OpKind.GET, f"key{i}", None) for i in range(start, min(keys, start + 50_000))]
+            results = client.execute(ops, batch=64, window=16)
+            missing += sum(
+                r.completion != Completion.OK or r.value != f"{VALUE}{start + j:08d}" for j, r in enumerate(results)
+            )
+    return missing
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keys", type=int, default=1_000_000)
@@ -92,24 +124,11 @@ def main() -> None:
         victim = next(s for s in state["servers"] if s["name"] == args.victim)
         killed_at = time.monotonic()
         os.kill(victim["pid"], 9)
-        healed_at = None
-        while time.monotonic() - killed_at < 300:
-            doc = json.loads(cli("status", "--json", home=home))
-            if doc["dead"] and doc["under_replicated_slots"] == 0 and doc["healing"]["copies_under_way"] == 0:
-                healed_at = time.monotonic()
-                break
-            time.sleep(0.25)
+        healed_at = wait_healed(home, killed_at)
         stop.set()
-        samples = []
-        while worker.is_alive() or not samples_queue.empty():
-            try:
-                samples.append(samples_queue.get(timeout=1))
-            except Exception:  # noqa: BLE001 - queue drained
-                break
-        worker.join(timeout=30)
+        samples = collect(samples_queue, worker)
         before = rate(samples, killed_at - args.before, killed_at)
-        end = healed_at if healed_at is not None else time.monotonic()
-        during = rate(samples, killed_at + 1.0, end)  # from after the failover to the end of healing
+        during = rate(samples, killed_at + 1.0, healed_at or time.monotonic())  # after the failover, until healed
         doc = json.loads(cli("status", "--json", home=home))
         took = None if healed_at is None else round(healed_at - killed_at, 1)
         print(f"keys: {args.keys}, nodes: {args.nodes}, rep: {args.rep}")
@@ -119,16 +138,7 @@ def main() -> None:
         print(f"declared dead: {doc['dead']}")
         totals = [n["primary_slots"] + n["backup_slots"] for n in doc["nodes"] if n["alive"]]
         print(f"slots per live node: {totals} (spread {max(totals) - min(totals)})")
-        with Client(master, deadline=60.0) as client:
-            missing = 0
-            for start in range(0, args.keys, 50_000):
-                ops = [(OpKind.GET, f"key{i}", None) for i in range(start, min(args.keys, start + 50_000))]
-                results = client.execute(ops, batch=64, window=16)
-                missing += sum(
-                    r.completion != Completion.OK or r.value != f"{VALUE}{start + j:08d}" for j, r in enumerate(results)
-                )
-        print(f"keys not read back after healing: {missing}")
-        print(f"median window: {statistics.median(n for _, n in samples) if samples else 0} ops per 0.5 s")
+        print(f"keys not read back after healing: {unreadable(master, args.keys)}")
     finally:
         cli("down", home=home)
 
