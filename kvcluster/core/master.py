@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from kvcluster.core.actions import Action, Answer, Route
 from kvcluster.core.healing import Repairs
 from kvcluster.errors import ProtocolError
-from kvcluster.placement import initial_table, node_name, under_replicated, with_dead, with_replicas
+from kvcluster.placement import NUM_SLOTS, initial_table, node_name, under_replicated, with_dead, with_replicas
 from kvcluster.protocol import (
     CopyDone,
     CopySlot,
@@ -69,9 +69,10 @@ class NodeRecord:
 class MasterCore:
     """The master's state; every public method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int) -> None:
+    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int, slots: int = NUM_SLOTS) -> None:
         self.expected = nodes
         self.rep = rep
+        self.slots = slots  # of the first table; a simulated cluster uses a few
         self.timing = timing
         self.pid = pid
         self.outbox: list[Action] = []
@@ -175,7 +176,7 @@ class MasterCore:
             self.expected,
         )
         if len(self.nodes) == self.expected:
-            self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep))
+            self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep, self.slots))
 
     def _on_heartbeat(self, route: Route, beat: Heartbeat) -> None:
         record = self.nodes.get(beat.node_id)
