@@ -85,3 +85,7 @@ class ProtocolError(KvclusterError):
 
 class StartupFailed(KvclusterError):
     """A process of the cluster did not start or did not become ready in time."""
+
+
+class SimulationFailed(KvclusterError):
+    """A simulated schedule broke a guarantee: linearizability, a lost write, a crash or a stuck run."""
