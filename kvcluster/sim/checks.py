@@ -8,7 +8,9 @@
   acknowledged put followed in real time. Keys whose every replica died are
   exempt (the design promises nothing for them; the fault planner keeps that
   from happening).
-- Final reads of available keys must succeed, nodes must refuse no
+- Healing must be over within ``SETTLE_LIMIT`` of the workload's end (unless
+  the master's full queue dropped a node's message, which may delay a copy
+  by ``COPY_TIMEOUT``), final reads of available keys must succeed, nodes must refuse no
   well-formed operation, no core may raise, the run must finish, and the
   master must declare dead only nodes whose faults could silence them.
 """
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 from kvcluster.history import Operation, OpKind, Outcome
 from kvcluster.linearizability import CheckTooExpensive, check
-from kvcluster.sim.world import RunResult
+from kvcluster.sim.world import SETTLE_LIMIT, RunResult
 
 
 def problems(result: RunResult) -> list[str]:
@@ -35,6 +37,8 @@ def problems(result: RunResult) -> list[str]:
     found += lost_writes(result)
     if not result.finished:
         found.append(f"the run did not finish: stuck at t={result.sim_time:.3f} after {result.events} events")
+    if not result.healed and not result.dropped_to_master and result.finished:
+        found.append(f"healing did not restore every slot's replicas within {SETTLE_LIMIT:g} s of the workload")
     allowed = {f.node for f in result.faults if f.may_kill()}
     for node_id in result.declared_dead:
         if node_id not in allowed:

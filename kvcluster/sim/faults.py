@@ -1,13 +1,18 @@
 """Faults: what can go wrong in a run, drawn from its seed, within what the design promises to survive.
 
 A plan is a list of ``Fault``s with their times, made before the run starts
-so that a process can honour a pause or a kill in the middle of a pass. The
-planner keeps the design's promise checkable: at most ``rep - 1`` nodes (and
-a minority) may be declared dead in a run, counting every fault that can
-silence a node for long enough (a kill, or a pause or a cut from the master
-longer than ``SAFE_SILENCE``). Faults on one node are spaced so that their
-silences never add up, and every fault but a kill is over before the
-workload ends, so the final reads run on a healed cluster.
+so that a process can honour a pause or a kill in the middle of a pass.
+A fault *may kill* if the master may declare its node dead: a kill, or a
+pause or a cut from the master longer than ``SAFE_SILENCE``. The planner
+keeps every plan survivable: at any moment the nodes that may be dying
+(from a fault's start until ``HEAL_TIME`` after it ends, time enough to be
+declared dead and for the master to restore every slot's replicas) are
+fewer than ``rep`` and than the nodes still alive, and at most a minority
+of them once more than one; across the run, nodes may keep dying one wave
+after another as long as one survives. A node whose fault may kill gets no
+later fault. Faults on one node are spaced so that their silences never add
+up, and every fault but a kill is over before the workload ends, so the
+final reads run on a healed cluster.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ import random
 from dataclasses import dataclass
 
 SAFE_SILENCE = 0.35  # seconds: a node silent this long is never declared dead (dead_after is 0.7 s)
+HEAL_TIME = 1.5  # seconds after a silence ends until the cluster is whole again: detection, copies, a table
 SPACING = 0.5  # seconds between two faults on the same node
 FIRST_AT = 0.2  # no fault before the cluster has settled
 
@@ -74,19 +80,15 @@ class Fault:
 
 
 def plan_faults(rng: random.Random, nodes: int, rep: int, duration: float, most: int) -> list[Fault]:
-    """Up to ``most`` faults within ``[FIRST_AT, duration)``, each fitting the budget and spacing rules."""
-    budget = min(rep - 1, (nodes - 1) // 2)
-    doomed: list[int] = []
+    """Up to ``most`` faults within ``[FIRST_AT, duration)``, each fitting the survival and spacing rules."""
     faults: list[Fault] = []
     kinds = list(WEIGHTS)
     weights = list(WEIGHTS.values())
     for _ in range(rng.randint(0, most)):
         for _attempt in range(5):
             fault = _draw(rng, rng.choices(kinds, weights)[0], nodes, duration)
-            if fault is not None and _fits(fault, faults, doomed, budget):
+            if fault is not None and _spaced(fault, faults) and survivable([*faults, fault], nodes, rep):
                 faults.append(fault)
-                if fault.may_kill() and fault.node not in doomed:
-                    doomed.append(fault.node)
                 break
     return sorted(faults, key=lambda f: (f.at, f.node))
 
@@ -110,12 +112,30 @@ def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float) -> F
     return Fault(kind, at, rng.randint(1, nodes), length, extra)
 
 
-def _fits(fault: Fault, faults: list[Fault], doomed: list[int], budget: int) -> bool:
-    if fault.may_kill() and fault.node not in doomed and len(doomed) >= budget:
-        return False
+def _spaced(fault: Fault, faults: list[Fault]) -> bool:
+    """No overlap with another fault of the same node, and nothing after one that may have killed it."""
     for other in faults:
         if other.node != fault.node:
             continue
-        if fault.at < other.until + SPACING and other.at < fault.until + SPACING:
+        other_end = float("inf") if other.may_kill() else other.until
+        fault_end = float("inf") if fault.may_kill() else fault.until
+        if fault.at < other_end + SPACING and other.at < fault_end + SPACING:
             return False
     return True
+
+
+def survivable(faults: list[Fault], nodes: int, rep: int) -> bool:
+    """Whether every slot keeps a live replica whatever the master concludes from these faults."""
+    deadly = sorted((f for f in faults if f.may_kill()), key=lambda f: f.at)
+    for fault in deadly:
+        gone = {f.node for f in deadly if _healed_by(f) <= fault.at}
+        dying = {f.node for f in deadly if f.at <= fault.at < _healed_by(f)} - gone
+        live = nodes - len(gone)
+        if len(dying) > min(rep, live) - 1 or (len(dying) > 1 and 2 * len(dying) >= live):
+            return False
+    return True
+
+
+def _healed_by(fault: Fault) -> float:
+    """When the cluster is whole again after ``fault``'s node died (if it did)."""
+    return (fault.at if fault.kind == FaultKind.KILL else fault.until) + HEAL_TIME

@@ -201,6 +201,7 @@ class Network:
         self.sent = 0
         self.delivered = 0
         self.encoded = 0
+        self.dropped_to_master = 0
         self._spike = params.spike_rate
 
     def latency(self) -> float:

@@ -306,6 +306,7 @@ class SimNode(SimProcess):
                     master = self.master_link
                     assert master is not None
                     if master.backlog() >= self.hwm:
+                        self.network.dropped_to_master += 1
                         self.network.note(t, master, message, "dropped: master queue full")
                     else:
                         master.send(message, t)

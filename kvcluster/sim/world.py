@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.history import Operation
-from kvcluster.placement import RoutingTable
+from kvcluster.placement import RoutingTable, under_replicated
 from kvcluster.protocol import OpKind, Timing
 from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
 from kvcluster.sim.clock import Clock
@@ -30,6 +30,7 @@ from kvcluster.sim.processes import SimMaster, SimNode, SimProcess
 from kvcluster.sim.trace import Trace, core_logs
 
 MAX_EVENTS = 3_000_000
+SETTLE_LIMIT = 3.0  # seconds after the workload for healing to finish before the final reads
 SINGLE_SHARE = 0.7  # of client calls: one put or get, as the CLI makes them
 
 
@@ -45,6 +46,8 @@ class RunResult:
     keys: list[str]
     declared_dead: list[int]
     unavailable: list[str]  # keys whose slot has no live replica in the master's last table
+    healed: bool  # every slot had its replicas back (or could not) before the final reads
+    dropped_to_master: int  # node messages the master's full queue turned away
     finished: bool
     error: str | None
     invalid: list[str]
@@ -96,6 +99,8 @@ class World:
         self.clients = [self._client(i, self._workload(i), self.history) for i in range(config.clients)]
         self.idle = 0
         self.reader: SimClient | None = None
+        self.settle_from = 0.0
+        self.healed = False
 
     def stream(self, name: str) -> random.Random:
         return random.Random(f"{self.seed}/{name}")
@@ -162,15 +167,32 @@ class World:
             return
         self.idle += 1
         if self.idle == len(self.clients):
-            self.trace.note(self.clock.now, "workload over; a new client reads every key")
-            pending = list(self.keys)
+            self.trace.note(self.clock.now, "workload over; waiting for every slot to have its replicas")
+            self.settle_from = self.clock.now
+            self._settle(None)
 
-            def reads() -> CallSpec | None:
-                return CallSpec([(OpKind.GET, pending.pop(0), None)]) if pending else None
+    def _settle(self, _arg: object) -> None:
+        """Wait (up to ``SETTLE_LIMIT``) until healing is over, then start the reader."""
+        self.healed = self._healed()
+        if not self.healed and self.clock.now < self.settle_from + SETTLE_LIMIT:
+            self.clock.at(self.clock.now + 0.1, self._settle)
+            return
+        self.trace.note(self.clock.now, "a new client reads every key")
+        pending = list(self.keys)
 
-            self.reader = self._client(len(self.clients), reads, self.final)
-            self.reader.think = lambda: 0.0
-            self.reader.start(self.clock.now + 0.01)
+        def reads() -> CallSpec | None:
+            return CallSpec([(OpKind.GET, pending.pop(0), None)]) if pending else None
+
+        self.reader = self._client(len(self.clients), reads, self.final)
+        self.reader.think = lambda: 0.0
+        self.reader.start(self.clock.now + 0.01)
+
+    def _healed(self) -> bool:
+        """Every slot has ``rep`` live replicas, or too few nodes are left for that."""
+        table = self.master.core.table
+        if table is None:
+            return False
+        return len(table.endpoints) - len(table.dead) < table.rep or not under_replicated(table)
 
     # --- faults ---
 
@@ -237,7 +259,7 @@ class World:
                 client.start(0.05 + boot.uniform(0.0, 0.05))
             for fault in self.faults:
                 self._apply(fault)
-            limit = self.config.duration + DEADLINE * (len(self.keys) + 2)
+            limit = self.config.duration + SETTLE_LIMIT + DEADLINE * (len(self.keys) + 2)
             try:
                 finished = clock.run(limit, MAX_EVENTS)
             except Exception:  # noqa: BLE001 - any exception in a core is a finding, reported with its traceback
@@ -259,6 +281,8 @@ class World:
             keys=self.keys,
             declared_dead=list(data.dead) if data is not None else [],
             unavailable=unavailable,
+            healed=self.healed,
+            dropped_to_master=self.net.dropped_to_master,
             finished=finished and self.reader is not None and self.reader.done,
             error=error,
             invalid=invalid,
