@@ -1,0 +1,212 @@
+"""The simulator: the same seed gives the same run, hundreds of schedules pass, and a broken rule is caught.
+
+The simulator drives the real cores (``kvcluster.core``) on a simulated
+network, so these tests check the cores' guarantees under faults without
+starting a process; the last tests prove the checks can fail by breaking a
+rule in the node core and watching the simulator report it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from kvcluster import commands
+from kvcluster.core import node as node_core
+from kvcluster.core.actions import ToPeer
+from kvcluster.core.healing import Repairs
+from kvcluster.core.node import NodeCore
+from kvcluster.errors import SimulationFailed
+from kvcluster.placement import initial_table, with_dead
+from kvcluster.protocol import (
+    CopySlot,
+    HeartbeatAck,
+    Reconcile,
+    ReplicateAck,
+    Request,
+    SlotCopy,
+    Table,
+    TableData,
+    Timing,
+)
+from kvcluster.sim import SimConfig, report, run_schedule, run_schedules
+from kvcluster.sim.trace import Trace
+
+SEEDS = range(1, 301)  # the default run: a few hundred schedules, about 10 s of CPU
+LONG_SEEDS = range(1_000_000, 1_100_000)
+DIGEST_SEED = 11
+
+
+def digest_of(seed: int) -> tuple[str, int]:
+    trace = Trace(digest=True)
+    outcome = run_schedule(seed, SimConfig(), trace=trace)
+    return trace.digest(), len(outcome.result.history)
+
+
+def test_the_same_seed_gives_the_same_run() -> None:
+    first, ops = digest_of(DIGEST_SEED)
+    again, _ = digest_of(DIGEST_SEED)
+    assert ops > 50
+    assert first == again
+    assert digest_of(DIGEST_SEED + 1)[0] != first
+
+
+def test_the_same_seed_gives_the_same_run_in_another_process() -> None:
+    """String hashes are salted per process: a run must not depend on them."""
+    code = f"from test_sim import digest_of; print(digest_of({DIGEST_SEED})[0])"
+    digests = set()
+    for salt in ("1", "2"):
+        env = {**os.environ, "PYTHONHASHSEED": salt, "PYTHONPATH": str(Path(__file__).parent)}
+        proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
+        digests.add(proc.stdout.strip())
+    assert digests == {digest_of(DIGEST_SEED)[0]}
+
+
+def test_hundreds_of_schedules_keep_every_guarantee() -> None:
+    faults = ops = 0
+    for seed in SEEDS:
+        outcome = run_schedule(seed, SimConfig())
+        if not outcome.ok:
+            pytest.fail(report(outcome, SimConfig()))
+        faults += len(outcome.result.faults)
+        ops += len(outcome.result.history)
+    assert faults > len(SEEDS)  # the runs were not fault-free by accident
+    assert ops > 100 * len(SEEDS)
+
+
+@pytest.fixture
+def lease_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Break a rule: a node serves as primary whether or not its lease from the master is fresh."""
+    serve = NodeCore._on_request
+
+    def on_request(self: NodeCore, route: object, request: Request) -> None:
+        self.lease_until = float("inf")
+        serve(self, route, request)
+
+    monkeypatch.setattr(node_core.NodeCore, "_on_request", on_request)
+
+
+@pytest.mark.usefixtures("lease_ignored")
+def test_a_primary_that_ignores_its_lease_is_caught() -> None:
+    """An isolated primary keeps serving stale reads after its successor took writes."""
+    for seed in SEEDS:
+        outcome = run_schedule(seed, SimConfig())
+        if not outcome.ok:
+            assert any("linearizability violation" in p for p in outcome.problems), outcome.problems
+            text = report(outcome, SimConfig())
+            assert f"replay: kvcluster sim --seed {seed} --schedules 1 -v" in text
+            assert "faults:" in text
+            assert "isolate" in text or "mute" in text or "pause" in text
+            return
+    pytest.fail("no schedule caught a primary serving without a lease")
+
+
+@pytest.mark.usefixtures("lease_ignored")
+def test_the_command_reports_a_failing_seed(capsys: pytest.CaptureFixture[str]) -> None:
+    failing = next(seed for seed in SEEDS if not run_schedule(seed, SimConfig()).ok)
+    with pytest.raises(SimulationFailed, match=f"replay one with: kvcluster sim --seed {failing} --schedules 1 -v"):
+        commands.run(["sim", "--seed", str(failing), "--schedules", "2"])
+    out = capsys.readouterr().out
+    assert re.search(rf"^seed {failing} \(.*\): FAILED: linearizability violation", out, re.MULTILINE), out
+    assert re.search(r"^2 schedules, [12] failed, \d+ ops checked", out, re.MULTILINE), out
+
+
+def test_the_command_runs_schedules_and_sums_them_up() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvcluster", "sim", "--seed", "5", "--schedules", "4", "--jobs", "2"],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert re.fullmatch(
+        r"4 schedules, 0 failed, \d+ ops checked, \d+ faults injected, [\d.]+ s wall, [\d.]+ s CPU, "
+        r"\d+ schedules per CPU minute\n",
+        proc.stdout,
+    ), proc.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--nodes", "3", "--rep", "4"], "--rep 4 needs at least 4 nodes"),
+        (["--schedules", "0"], "--schedules"),
+        (["--duration", "0.1"], "--duration"),
+    ],
+)
+def test_the_command_refuses_bad_options(args: list[str], fragment: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "kvcluster", "sim", *args], capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error: ")
+    assert fragment in lines[0]
+
+
+# --- bugs the simulator found, kept found ---
+
+HEALING_SEEDS = [210, 243]  # a primary killed (healing waited 10 s); two nodes killed 0.4 s apart (the same)
+
+
+@pytest.mark.parametrize("seed", HEALING_SEEDS)
+def test_healing_restores_every_slot_soon_after_deaths(seed: int) -> None:
+    outcome = run_schedule(seed, SimConfig())
+    assert outcome.result.declared_dead
+    assert outcome.result.healed, report(outcome, SimConfig())
+
+
+def rep3_cluster() -> tuple[TableData, int, int, int, int]:
+    """A 5-node, rep-3 table and a slot of it: (table, slot, its primary, first backup, second backup)."""
+    table = initial_table({i: f"sim://server{i}" for i in range(1, 6)}, 3, 16)
+    slot = 7
+    primary, first, second = table.replicas[slot]
+    return table, slot, primary, first, second
+
+
+def test_a_copy_asked_for_while_reconciling_starts_once_reconciled() -> None:
+    """The master asks for copies in the tick that publishes a death, so the promoted primary is still reconciling.
+
+    It used to drop the request, and the master asked again only after ``COPY_TIMEOUT`` (10 s).
+    """
+    table, slot, dead, promoted, backup = rep3_cluster()
+    target = next(n for n in table.endpoints if n not in table.replicas[slot])
+    core = NodeCore(promoted, table.endpoints[promoted], 1, Timing())
+    core.on_master(0.0, Table(table))
+    core.on_master(0.0, HeartbeatAck(0.0, 1))
+    after = with_dead(table, [dead])
+    core.on_master(1.0, Table(after))
+    core.on_master(1.0, CopySlot(slot, after.epochs[slot], target))
+    core.flush(1.0)
+    sent = [a for a in core.take() if isinstance(a, ToPeer)]
+    assert not [a for a in sent if isinstance(a.message, SlotCopy)]
+    reconcile = next(a for a in sent if isinstance(a.message, Reconcile) and a.node_id == backup)
+    assert isinstance(reconcile.message, Reconcile)
+    core.on_peer(1.001, ReplicateAck(reconcile.message.repl_id, backup, []))
+    core.flush(1.001)
+    copies = [a for a in core.take() if isinstance(a, ToPeer) and isinstance(a.message, SlotCopy)]
+    assert [(c.node_id, c.message.slot) for c in copies if isinstance(c.message, SlotCopy)] == [(target, slot)]
+
+
+def test_a_move_whose_slot_lost_another_replica_is_planned_again() -> None:
+    """A source refuses a copy asked for at an older epoch; the master used to wait ``COPY_TIMEOUT`` to ask again."""
+    table, slot, dead, _, other = rep3_cluster()
+    repairs = Repairs()
+    short = with_dead(table, [dead])
+    moves = [m for m in repairs.plan(1.0, short) if m.slot == slot]
+    assert moves
+    assert repairs.cancel_broken(short, 1.1) == []
+    assert slot in [m.slot for m in repairs.cancel_broken(with_dead(short, [other]), 1.2)]
+
+
+@pytest.mark.long
+def test_a_hundred_thousand_schedules_keep_every_guarantee() -> None:
+    lines: list[str] = []
+    summary = run_schedules(LONG_SEEDS.start, len(LONG_SEEDS), SimConfig(), lines.append, jobs=os.cpu_count() or 1)
+    assert not summary.failed, "\n".join(lines)
