@@ -212,6 +212,8 @@ class SimNode(SimProcess):
         for inbox in list(self.peer_inboxes.values()):
             if t is not None and inbox:
                 t = self._drain(t, inbox, core.on_peer)
+        if t is not None:
+            t = self._step(t, 1)  # a pause or a kill may fall between the last message and the flush
         if t is None:
             return  # killed in the middle of the pass
         core.flush(t)
