@@ -72,15 +72,13 @@ def test_the_same_seed_gives_the_same_run_in_another_process() -> None:
 
 
 def test_hundreds_of_schedules_keep_every_guarantee() -> None:
-    faults = ops = 0
-    for seed in SEEDS:
-        outcome = run_schedule(seed, SimConfig())
-        if not outcome.ok:
-            pytest.fail(report(outcome, SimConfig()))
-        faults += len(outcome.result.faults)
-        ops += len(outcome.result.history)
-    assert faults > len(SEEDS)  # the runs were not fault-free by accident
-    assert ops > 100 * len(SEEDS)
+    lines: list[str] = []
+    summary = run_schedules(SEEDS.start, len(SEEDS), SimConfig(), lines.append, jobs=min(2, os.cpu_count() or 1))
+    if summary.failed:
+        pytest.fail(report(run_schedule(summary.failed[0], SimConfig()), SimConfig()) + "\n" + "\n".join(lines))
+    assert summary.schedules == len(SEEDS)
+    assert summary.faults > len(SEEDS)  # the runs were not fault-free by accident
+    assert summary.ops > 100 * len(SEEDS)
 
 
 @pytest.fixture

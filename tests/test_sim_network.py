@@ -24,7 +24,7 @@ class End:
 STEP = st.tuples(st.sampled_from(["send", "send", "send", "cut", "heal", "stop"]), st.booleans(), st.floats(0, 0.01))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(steps=st.lists(STEP, max_size=80), seed=st.integers(0, 2**32), codec=st.booleans())
 def test_links_deliver_everything_in_order_and_hold_while_cut(
     steps: list[tuple[str, bool, float]], seed: int, codec: bool
