@@ -237,7 +237,7 @@ def sim_command(
 
     from kvcluster.errors import SimulationFailed  # noqa: PLC0415
     from kvcluster.sim import SimConfig, run_schedules  # noqa: PLC0415
-    from kvcluster.sim.runner import replay_command  # noqa: PLC0415
+    from kvcluster.sim.runner import explain, replay_command  # noqa: PLC0415
 
     config = SimConfig(nodes=nodes, rep=rep, clients=clients, duration=duration)
     problem = config.problem()
@@ -252,6 +252,10 @@ def sim_command(
         sys.stdout.flush()
 
     summary = run_schedules(seed, schedules, config, out, verbose=verbose, jobs=jobs)
+    if summary.failed and not verbose:
+        first = min(summary.failed)
+        out(f"\nthe first failure in full (seed {first}):")
+        out(explain(first, config))
     out(summary.line())
     if summary.failed:
         first = min(summary.failed)

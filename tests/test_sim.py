@@ -115,7 +115,10 @@ def test_the_command_reports_a_failing_seed(capsys: pytest.CaptureFixture[str]) 
         commands.run(["sim", "--seed", str(failing), "--schedules", "2"])
     out = capsys.readouterr().out
     assert re.search(rf"^seed {failing} \(.*\): FAILED: linearizability violation", out, re.MULTILINE), out
-    assert re.search(r"^2 schedules, [12] failed, \d+ ops checked", out, re.MULTILINE), out
+    assert f"the first failure in full (seed {failing}):" in out
+    assert "faults:\n  t=" in out
+    assert "no linearization exists" in out
+    assert re.search(r"2 schedules, [12] failed, \d+ ops checked.*\n\Z", out), out
 
 
 def test_the_command_runs_schedules_and_sums_them_up() -> None:

@@ -22,6 +22,19 @@ from kvcluster.linearizability import CheckTooExpensive, check
 from kvcluster.sim.world import SETTLE_LIMIT, RunResult
 
 
+def focus(result: RunResult) -> float | None:
+    """When the first problem showed: the end of a linearizability violation, or the final read of a lost write."""
+    try:
+        verdict = check([*result.history, *result.final])
+    except CheckTooExpensive:
+        return None
+    if verdict.violation is not None:
+        return max(op.complete for op in verdict.violation.operations)
+    keys = [line.split("'")[1] for line in lost_writes(result) if "'" in line]
+    reads = [read.complete for read in result.final if read.key in keys]
+    return min(reads) if reads else None
+
+
 def problems(result: RunResult) -> list[str]:
     """Everything wrong with a run, most fundamental first; empty if it passed."""
     if result.error is not None:

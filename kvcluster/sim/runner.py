@@ -15,13 +15,14 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 
-from kvcluster.sim.checks import problems
+from kvcluster.sim.checks import focus, problems
 from kvcluster.sim.config import SimConfig
 from kvcluster.sim.faults import Fault
-from kvcluster.sim.trace import Trace
+from kvcluster.sim.trace import Trace, format_entry
 from kvcluster.sim.world import RunResult, World
 
 RECENT = 60  # trace entries shown in a failure report
+FULL = 1_000_000  # trace entries kept to find those before a problem
 
 
 @dataclass
@@ -96,12 +97,21 @@ def report(outcome: Outcome, config: SimConfig, shrunk: Outcome | None = None) -
         lines.append("  (none)")
     if shrunk is not None and len(shrunk.result.faults) < len(result.faults):
         lines += ["still fails with only:", *(f"  {fault.describe()}" for fault in shrunk.result.faults)]
-    lines += [f"last {min(RECENT, len(result.trace.recent))} events:", *result.trace.lines()[-RECENT:]]
+    at = focus(result)
+    entries = [entry for entry in result.trace.recent if at is None or entry[0] <= at]
+    heading = "until the run ended" if at is None else f"up to t={at:.6f}, when the problem showed"
+    lines += [f"last {min(RECENT, len(entries))} events {heading}:", *map(format_entry, entries[-RECENT:])]
     lines += ["problems:", *(f"  {p}" for p in outcome.problems)]
     if result.error is not None:
         lines += ["traceback:", result.error.rstrip()]
     lines.append(f"replay: {replay_command(outcome.seed, config)}")
     return "\n".join(lines)
+
+
+def explain(seed: int, config: SimConfig) -> str:
+    """Run a failing seed again and report it in full, with its fault list shrunk."""
+    outcome = run_schedule(seed, config, trace=Trace(keep=FULL))
+    return report(outcome, config, shrink(outcome, config)) if not outcome.ok else f"seed {seed} passed this time"
 
 
 @dataclass
@@ -170,7 +180,7 @@ def _run_range(first: int, count: int, config: SimConfig, out: Callable[[str], N
     summary = Summary()
     cpu = time.process_time()
     for seed in range(first, first + count):
-        trace = Trace(keep=RECENT, echo=out, digest=True) if verbose and out is not None else None
+        trace = Trace(keep=FULL, echo=out, digest=True) if verbose and out is not None else None
         outcome = run_schedule(seed, config, trace=trace)
         result = outcome.result
         summary.schedules += 1
