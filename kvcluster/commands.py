@@ -221,14 +221,17 @@ def status(home: Home = None, as_json: Json = False) -> None:
 
 @app.command("sim")
 def sim_command(
-    seed: Annotated[int | None, typer.Option("--seed", min=0, help="First seed [default: random, printed].")] = None,
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="First seed (default: a random one, printed).")
+    ] = None,
     schedules: Annotated[int, typer.Option("--schedules", min=1, help="Seeds SEED, SEED+1, ... to run.")] = 100,
-    nodes: Annotated[int | None, typer.Option("--nodes", "-n", help="Storage nodes [default: drawn per seed].")] = None,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-n", help="Storage nodes (default: drawn per seed).")] = None,
     rep: Annotated[
-        int | None, typer.Option("--rep", "-k", help="Replicas of each key [default: drawn per seed].")
+        int | None, typer.Option("--rep", "-k", help="Replicas of each key (default: drawn per seed).")
     ] = None,
     duration: Annotated[float, typer.Option("--duration", help="Simulated seconds of workload and faults each.")] = 3.0,
     clients: Annotated[int, typer.Option("--clients", help="Simulated clients.")] = 3,
+    keys: Annotated[int, typer.Option("--keys", help="Keys the clients share (fewer keys, more contention).")] = 6,
     jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Processes to spread the schedules over.")] = 1,
     verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Print every event of every schedule.")] = False,
 ) -> None:
@@ -239,7 +242,7 @@ def sim_command(
     from kvcluster.sim import SimConfig, run_schedules  # noqa: PLC0415
     from kvcluster.sim.runner import explain, replay_command  # noqa: PLC0415
 
-    config = SimConfig(nodes=nodes, rep=rep, clients=clients, duration=duration)
+    config = SimConfig(nodes=nodes, rep=rep, clients=clients, duration=duration, keys=keys)
     problem = config.problem()
     if problem is not None:
         raise UsageError(problem)

@@ -43,6 +43,8 @@ class SimConfig:
             return f"--rep {self.rep} needs --nodes"
         if not 1 <= self.clients <= 50:
             return f"--clients must be between 1 and 50, got {self.clients}"
+        if not 1 <= self.keys <= 1000:
+            return f"--keys must be between 1 and 1000, got {self.keys}"
         if not 0.5 <= self.duration <= 600:
             return f"--duration must be between 0.5 and 600 seconds, got {self.duration:g}"
         return None

@@ -80,6 +80,8 @@ def replay_command(seed: int, config: SimConfig) -> str:
         parts.append(f"--duration {config.duration:g}")
     if config.clients != defaults.clients:
         parts.append(f"--clients {config.clients}")
+    if config.keys != defaults.keys:
+        parts.append(f"--keys {config.keys}")
     return " ".join([*parts, "-v"])
 
 
