@@ -38,6 +38,7 @@ from kvcluster.protocol import (
     TableData,
     Timing,
 )
+from kvcluster.replica import DEDUP_SPAN, AppliedOps
 from kvcluster.sim import SimConfig, report, run_schedule, run_schedules
 from kvcluster.sim.trace import Trace
 
@@ -167,6 +168,35 @@ def test_healing_restores_every_slot_soon_after_deaths(seed: int) -> None:
     assert outcome.result.healed, report(outcome, SimConfig())
 
 
+HOT_KEYS = SimConfig(nodes=3, rep=2, duration=6, clients=6, keys=3)
+
+
+def test_a_put_resent_after_a_later_put_of_its_client_was_applied_is_not_applied_again() -> None:
+    """No fault at all: a lost reply, and the resend was applied again over a newer put (seed 701050)."""
+    outcome = run_schedule(701050, HOT_KEYS, faults=[])
+    assert outcome.ok, report(outcome, HOT_KEYS)
+
+
+def test_dedup_remembers_an_op_applied_after_a_later_op_of_the_same_client() -> None:
+    """A client's requests run concurrently, so a node may apply its op 6 after its op 8.
+
+    The first op id seen set the start of the client's window, and anything below it was dropped
+    as "long over": op 6 was never remembered, and a resend of it was applied again.
+    """
+    applied = AppliedOps()
+    applied.add(1, 8)
+    applied.add(1, 6)
+    applied.add(1, 100)
+    applied.add(1, 0)
+    assert [(1, op) in applied for op in (0, 6, 8, 100)] == [True] * 4
+    assert [(1, op) in applied for op in (1, 7, 9, 99)] == [False] * 4
+    far = AppliedOps()
+    far.add(2, DEDUP_SPAN + 100)
+    far.add(2, 50)  # older than the span remembered: forgotten by design
+    assert (2, 50) not in far
+    assert (2, DEDUP_SPAN + 100) in far
+
+
 def rep3_cluster() -> tuple[TableData, int, int, int, int]:
     """A 5-node, rep-3 table and a slot of it: (table, slot, its primary, first backup, second backup)."""
     table = initial_table({i: f"sim://server{i}" for i in range(1, 6)}, 3, 16)
@@ -223,8 +253,8 @@ def deliver(source: NodeCore, target: NodeCore, now: float) -> None:
 @pytest.mark.xfail(
     strict=True,
     reason="SlotCopy carries no op ids: a replica made by a copy does not know which puts were applied before it, "
-    "so a resend reaching it once it is primary is applied again (e.g. kvcluster sim --seed 400927 --nodes 3 "
-    "--rep 2 --duration 6 with 3 keys); fixing it needs the applied op ids in the copy, a wire change",
+    "so a resend reaching it once it is primary is applied again (kvcluster sim --seed 700892 --nodes 3 --rep 2 "
+    "--duration 6 --clients 6 --keys 3); fixing it needs the applied op ids in the copy, a wire change",
 )
 def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
     endpoints = {i: f"sim://server{i}" for i in range(1, 4)}
