@@ -1,4 +1,4 @@
-"""Developer sessions: tests, lint, typing and bench, all sharing one install step."""
+"""Developer sessions: tests, lint, typing, bench, sim and the long runs, all sharing one install step."""
 
 from __future__ import annotations
 
@@ -44,3 +44,17 @@ def chaos(session: nox.Session) -> None:
     """Long chaos runs: ten seeds of five 30 s rounds each, checked for linearizability (not part of CI)."""
     install(session)
     session.run("python", "-m", "pytest", "-m", "long", "tests/test_chaos.py", *session.posargs)
+
+
+@nox.session
+def sim(session: nox.Session) -> None:
+    """5,000 simulated schedules from a random seed (printed): whole clusters under faults, checked (minutes)."""
+    install(session)
+    session.run("kvcluster", "sim", "--schedules", "5000", "--jobs", "2", *session.posargs)
+
+
+@nox.session
+def long(session: nox.Session) -> None:
+    """The long runs: 100,000 simulated schedules, then the chaos runs on real clusters (an hour or more)."""
+    install(session)
+    session.run("python", "-m", "pytest", "-m", "long", "tests/test_sim.py", "tests/test_chaos.py", *session.posargs)

@@ -338,6 +338,55 @@ def status(home: Home = None, as_json: Json = False) -> None:
     _print_status(ClusterState.load(home_dir(home)), as_json=as_json)
 
 
+@app.command("sim")
+def sim_command(
+    seed: Annotated[
+        int | None, typer.Option("--seed", min=0, help="First seed (default: a random one, printed).")
+    ] = None,
+    schedules: Annotated[int, typer.Option("--schedules", min=1, help="Seeds SEED, SEED+1, ... to run.")] = 100,
+    nodes: Annotated[int | None, typer.Option("--nodes", "-n", help="Storage nodes (default: drawn per seed).")] = None,
+    rep: Annotated[
+        int | None, typer.Option("--rep", "-k", help="Replicas of each key (default: drawn per seed).")
+    ] = None,
+    duration: Annotated[float, typer.Option("--duration", help="Simulated seconds of workload and faults each.")] = 3.0,
+    clients: Annotated[int, typer.Option("--clients", help="Simulated clients.")] = 3,
+    keys: Annotated[int, typer.Option("--keys", help="Keys the clients share (fewer keys, more contention).")] = 6,
+    jobs: Annotated[int, typer.Option("--jobs", "-j", min=1, help="Processes to spread the schedules over.")] = 1,
+    verbose: Annotated[bool, typer.Option("-v", "--verbose", help="Print every event of every schedule.")] = False,
+) -> None:
+    """Simulate whole clusters under faults, deterministically per seed; check linearizability and lost writes."""
+    import secrets  # noqa: PLC0415
+
+    from kvcluster.errors import SimulationFailed  # noqa: PLC0415
+    from kvcluster.sim import SimConfig, run_schedules  # noqa: PLC0415
+    from kvcluster.sim.runner import explain, replay_command  # noqa: PLC0415
+
+    config = SimConfig(nodes=nodes, rep=rep, clients=clients, duration=duration, keys=keys)
+    problem = config.problem()
+    if problem is not None:
+        raise UsageError(problem)
+    if seed is None:
+        seed = secrets.randbelow(1 << 31)
+        sys.stdout.write(f"seed {seed}\n")
+
+    def out(line: str) -> None:
+        sys.stdout.write(line + "\n")
+        sys.stdout.flush()
+
+    summary = run_schedules(seed, schedules, config, out, verbose=verbose, jobs=jobs)
+    if summary.failed and not verbose:
+        first = min(summary.failed)
+        out(f"\nthe first failure in full (seed {first}):")
+        out(explain(first, config))
+    out(summary.line())
+    if summary.failed:
+        first = min(summary.failed)
+        raise SimulationFailed(
+            f"{len(summary.failed)} of {summary.schedules} schedules failed; replay one with: "
+            f"{replay_command(first, config)}"
+        )
+
+
 def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
     """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
     from kvcluster.client import Client  # noqa: PLC0415

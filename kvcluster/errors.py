@@ -97,3 +97,7 @@ class StartupFailed(KvclusterError):
 
 class LoadIncomplete(KvclusterError):
     """``load`` did not store every line of its input: lines were rejected, puts failed, or it stopped partway."""
+
+
+class SimulationFailed(KvclusterError):
+    """A simulated schedule broke a guarantee: linearizability, a lost write, a crash or a stuck run."""

@@ -67,9 +67,16 @@ class AppliedOps:
                 del self.clients[next(iter(self.clients))]
         self.clients[client] = window
         offset = op_id - window[0]
-        if offset < 0:
-            return  # older than anything remembered for this client: its resends are long over
         bits: bytearray = window[1]
+        if offset < 0:
+            # A client's requests run concurrently, so an op can be applied after a later one of the same client:
+            # reach back for it, unless that would stretch the window beyond the latest DEDUP_SPAN ids.
+            grow = (7 - offset) >> 3
+            if len(bits) + grow > DEDUP_SPAN // 8:
+                return  # older than anything remembered for this client: its resends are long over
+            bits[:0] = bytes(grow)
+            window[0] -= grow * 8
+            offset += grow * 8
         if offset >= len(bits) * 8:
             bits.extend(bytes((offset >> 3) + 1 - len(bits)))
             excess = len(bits) - DEDUP_SPAN // 8

@@ -116,12 +116,17 @@ class Repairs:
         return finished
 
     def cancel_broken(self, table: TableData, now: float) -> list[Move]:
-        """Drop moves whose source or target died or whose source is no longer primary, and stale ones."""
+        """Drop moves whose source or target died or whose source is no longer primary, and stale ones.
+
+        A move whose slot changed epoch (another of its replicas died) is
+        dropped too: its source refuses a copy asked for at an older epoch, so
+        it is planned again at once rather than after ``COPY_TIMEOUT``.
+        """
         dead = set(table.dead)
         cancelled = []
         for slot, move in list(self.moves.items()):
             live = [n for n in table.replicas[slot] if n not in dead]
-            broken = move.target in dead or not live or live[0] != move.source
+            broken = move.target in dead or not live or live[0] != move.source or table.epochs[slot] != move.epoch
             if broken or now - move.started > COPY_TIMEOUT:
                 del self.moves[slot]
                 cancelled.append(move)

@@ -29,6 +29,7 @@ from kvcluster.core.actions import Action, Answer, Route
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
 from kvcluster.errors import ProtocolError
 from kvcluster.placement import (
+    NUM_SLOTS,
     initial_table,
     node_name,
     under_replicated,
@@ -78,9 +79,10 @@ class NodeRecord:
 class MasterCore:
     """The master's state; every public method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int) -> None:
+    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int, slots: int = NUM_SLOTS) -> None:
         self.expected = nodes
         self.rep = rep
+        self.slots = slots  # of the first table; a simulated cluster uses a few
         self.timing = timing
         self.pid = pid
         self.outbox: list[Action] = []
@@ -203,7 +205,7 @@ class MasterCore:
             self.expected,
         )
         if len(self.nodes) == self.expected:
-            self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep))
+            self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep, self.slots))
 
     def _on_join(self, route: Route, hello: Hello, table: TableData) -> None:
         """A node joining a running cluster: the next id (added), or a dead node's id (restarted).

@@ -104,6 +104,7 @@ class NodeCore:
         self.copies: list[PendingCopy] = []
         self.learners: dict[int, list[int]] = {}  # slot -> nodes being copied to: they get its writes too
         self.copying: dict[int, int] = {}  # slot -> the primary copying it to this node
+        self.deferred_copies: dict[int, tuple[int, int]] = {}  # slot -> (epoch, target) asked for while reconciling
         self.stopped = False
 
     # --- events ---
@@ -255,6 +256,10 @@ class NodeCore:
         so the target's history is a prefix of the same stream as the others'.
         """
         table = self.table
+        if table is not None and not self.ready[slot] and any(slot in sync.slots for sync in self.syncs):
+            # Promoted by the table that came with this request: copy once the backups are reconciled.
+            self.deferred_copies[slot] = (epoch, target)
+            return
         if (
             table is None
             or table.primary(slot) != self.node_id
@@ -498,6 +503,8 @@ class NodeCore:
                 self.ready[slot] = slot not in sync.rejected
             log.info("%s finished reconciling %d slots", self.name, len(sync.slots))
         self.syncs = still
+        for slot in [s for s in self.deferred_copies if self.ready[s] or not any(s in y.slots for y in still)]:
+            self._start_copy(slot, *self.deferred_copies.pop(slot))
 
     def _on_peer(self, message: Message) -> None:
         if not isinstance(message, ReplicateAck):

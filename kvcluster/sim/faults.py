@@ -1,0 +1,141 @@
+"""Faults: what can go wrong in a run, drawn from its seed, within what the design promises to survive.
+
+A plan is a list of ``Fault``s with their times, made before the run starts
+so that a process can honour a pause or a kill in the middle of a pass.
+A fault *may kill* if the master may declare its node dead: a kill, or a
+pause or a cut from the master longer than ``SAFE_SILENCE``. The planner
+keeps every plan survivable: at any moment the nodes that may be dying
+(from a fault's start until ``HEAL_TIME`` after it ends, time enough to be
+declared dead and for the master to restore every slot's replicas) are
+fewer than ``rep`` and than the nodes still alive, and at most a minority
+of them once more than one; across the run, nodes may keep dying one wave
+after another as long as one survives. A node whose fault may kill gets no
+later fault. Faults on one node are spaced so that their silences never add
+up, and every fault but a kill is over before the workload ends, so the
+final reads run on a healed cluster.
+"""
+
+from __future__ import annotations
+
+import enum
+import random
+from dataclasses import dataclass
+
+SAFE_SILENCE = 0.35  # seconds: a node silent this long is never declared dead (dead_after is 0.7 s)
+HEAL_TIME = 1.5  # seconds after a silence ends until the cluster is whole again: detection, copies, a table
+SPACING = 0.5  # seconds between two faults on the same node
+FIRST_AT = 0.2  # no fault before the cluster has settled
+
+
+class FaultKind(enum.StrEnum):
+    KILL = "kill"  # SIGKILL: the node is gone for good
+    PAUSE = "pause"  # SIGSTOP, then SIGCONT
+    SLOW = "slow"  # every message costs the node extra CPU time
+    ISOLATE = "isolate"  # node and master cannot reach each other; both directions hold their messages
+    DEAF = "deaf"  # the master's messages to the node are held (no acks, no tables)
+    MUTE = "mute"  # the node's messages to the master are held (no heartbeats)
+    CUT_PEERS = "cut-peers"  # the node and every other node cannot reach each other
+    PAUSE_MASTER = "pause-master"  # SIGSTOP of the master, then SIGCONT
+
+
+SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE, FaultKind.MUTE)
+WEIGHTS = {
+    FaultKind.KILL: 3,
+    FaultKind.PAUSE: 3,
+    FaultKind.SLOW: 1,
+    FaultKind.ISOLATE: 2,
+    FaultKind.DEAF: 1,
+    FaultKind.MUTE: 1,
+    FaultKind.CUT_PEERS: 2,
+    FaultKind.PAUSE_MASTER: 1,
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """One fault: ``node`` 0 is the master; ``extra`` is the added CPU time per message of a slow node."""
+
+    kind: FaultKind
+    at: float
+    node: int
+    duration: float = 0.0
+    extra: float = 0.0
+
+    @property
+    def until(self) -> float:
+        return float("inf") if self.kind == FaultKind.KILL else self.at + self.duration
+
+    def may_kill(self) -> bool:
+        """Whether the master may declare the node dead because of this fault."""
+        return self.kind == FaultKind.KILL or (self.kind in SILENCING and self.duration > SAFE_SILENCE)
+
+    def describe(self) -> str:
+        who = "master" if self.node == 0 else f"server{self.node}"
+        text = f"t={self.at:.4f} {self.kind} {who}"
+        if self.kind != FaultKind.KILL:
+            text += f" for {self.duration:.3f} s"
+        if self.kind == FaultKind.SLOW:
+            text += f" (+{self.extra * 1000:.1f} ms per message)"
+        return text
+
+
+def plan_faults(rng: random.Random, nodes: int, rep: int, duration: float, most: int) -> list[Fault]:
+    """Up to ``most`` faults within ``[FIRST_AT, duration)``, each fitting the survival and spacing rules."""
+    faults: list[Fault] = []
+    kinds = list(WEIGHTS)
+    weights = list(WEIGHTS.values())
+    for _ in range(rng.randint(0, most)):
+        for _attempt in range(5):
+            fault = _draw(rng, rng.choices(kinds, weights)[0], nodes, duration)
+            if fault is not None and _spaced(fault, faults) and survivable([*faults, fault], nodes, rep):
+                faults.append(fault)
+                break
+    return sorted(faults, key=lambda f: (f.at, f.node))
+
+
+def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float) -> Fault | None:
+    last = duration - 0.1
+    at = rng.uniform(FIRST_AT, max(FIRST_AT, last - 0.05))
+    if kind == FaultKind.KILL:
+        return Fault(kind, at, rng.randint(1, nodes))
+    if kind == FaultKind.PAUSE_MASTER:
+        length = rng.choice((rng.uniform(0.02, 0.3), rng.uniform(0.3, 1.5)))
+        return Fault(kind, at, 0, min(length, last - at)) if last - at > 0.01 else None
+    if kind in SILENCING:
+        length = rng.uniform(0.01, SAFE_SILENCE) if rng.random() < 0.5 else rng.uniform(0.55, 2.0)
+    else:
+        length = rng.uniform(0.01, 1.0)
+    length = min(length, last - at)
+    if length <= 0.005:
+        return None
+    extra = rng.choice((0.0005, 0.002, 0.01)) if kind == FaultKind.SLOW else 0.0
+    return Fault(kind, at, rng.randint(1, nodes), length, extra)
+
+
+def _spaced(fault: Fault, faults: list[Fault]) -> bool:
+    """No overlap with another fault of the same node, and nothing after one that may have killed it."""
+    for other in faults:
+        if other.node != fault.node:
+            continue
+        other_end = float("inf") if other.may_kill() else other.until
+        fault_end = float("inf") if fault.may_kill() else fault.until
+        if fault.at < other_end + SPACING and other.at < fault_end + SPACING:
+            return False
+    return True
+
+
+def survivable(faults: list[Fault], nodes: int, rep: int) -> bool:
+    """Whether every slot keeps a live replica whatever the master concludes from these faults."""
+    deadly = sorted((f for f in faults if f.may_kill()), key=lambda f: f.at)
+    for fault in deadly:
+        gone = {f.node for f in deadly if _healed_by(f) <= fault.at}
+        dying = {f.node for f in deadly if f.at <= fault.at < _healed_by(f)} - gone
+        live = nodes - len(gone)
+        if len(dying) > min(rep, live) - 1 or (len(dying) > 1 and 2 * len(dying) >= live):
+            return False
+    return True
+
+
+def _healed_by(fault: Fault) -> float:
+    """When the cluster is whole again after ``fault``'s node died (if it did)."""
+    return (fault.at if fault.kind == FaultKind.KILL else fault.until) + HEAL_TIME

@@ -1,0 +1,293 @@
+"""One simulated run: the master, the nodes and the clients on one clock, with the faults of its plan.
+
+``World`` wires the real cores (through ``processes.py``) and the simulated
+clients to the simulated network, applies the fault plan, runs the event
+loop until the workload has ended and a fresh reader has read every key
+back, and returns a ``RunResult``: the history, the final reads and what the
+master concluded. Every random choice comes from streams derived from the
+seed by name (``random.Random(f"{seed}/{name}")``), so removing a fault
+leaves the workload and the network weather of the other streams as they
+were.
+"""
+
+from __future__ import annotations
+
+import random
+import traceback
+from dataclasses import dataclass, field
+
+from kvcluster.core.master import MasterCore
+from kvcluster.core.node import NodeCore
+from kvcluster.history import Operation
+from kvcluster.placement import RoutingTable, under_replicated
+from kvcluster.protocol import OpKind, Timing
+from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
+from kvcluster.sim.clock import Clock
+from kvcluster.sim.config import Shape, SimConfig, draw_shape
+from kvcluster.sim.faults import Fault, FaultKind, plan_faults
+from kvcluster.sim.network import Link, Network
+from kvcluster.sim.processes import SimMaster, SimNode, SimProcess
+from kvcluster.sim.trace import Trace, core_logs
+
+MAX_EVENTS = 3_000_000
+SETTLE_LIMIT = 3.0  # seconds after the workload for healing to finish before the final reads
+SINGLE_SHARE = 0.7  # of client calls: one put or get, as the CLI makes them
+
+
+@dataclass
+class RunResult:
+    """What one run produced, for the checks and the report."""
+
+    seed: int
+    shape: Shape
+    faults: list[Fault]
+    history: list[Operation]
+    final: list[Operation]
+    keys: list[str]
+    declared_dead: list[int]
+    unavailable: list[str]  # keys whose slot has no live replica in the master's last table
+    healed: bool  # every slot had its replicas back (or could not) before the final reads
+    dropped_to_master: int  # node messages the master's full queue turned away
+    finished: bool
+    error: str | None
+    invalid: list[str]
+    events: int
+    messages: int
+    sim_time: float
+    trace: Trace = field(repr=False)
+
+
+class World:
+    """Everything of one run; ``run()`` once."""
+
+    def __init__(
+        self, seed: int, config: SimConfig, faults: list[Fault] | None = None, trace: Trace | None = None
+    ) -> None:
+        self.seed = seed
+        self.config = config
+        self.shape = shape = draw_shape(seed, config)
+        self.clock = clock = Clock()
+        self.trace = trace if trace is not None else Trace()
+        self.net = Network(clock, self.stream("net"), shape.net)
+        self.net.observer = self.trace.delivery
+        timing = Timing()
+        self.master = SimMaster(MasterCore(shape.nodes, shape.rep, timing, 1, shape.slots), clock, self.stream("cpu"))
+        self.master.notes = self.trace.note
+        self.nodes: dict[int, SimNode] = {}
+        self.by_endpoint: dict[str, SimNode] = {}
+        for node_id in range(1, shape.nodes + 1):
+            endpoint = f"sim://server{node_id}"
+            core = NodeCore(node_id, endpoint, 100 + node_id, timing)
+            node = SimNode(
+                core, clock, self.stream(f"cpu{node_id}"), self.net, self._connect_peer, shape.net.master_hwm
+            )
+            node.notes = self.trace.note
+            node.master_link = self.net.connect(
+                node, self.master, f"{node.name}>master", self.master.arrive, node.arrive_master
+            )
+            self.nodes[node_id] = node
+            self.by_endpoint[endpoint] = node
+        self.incarnations: dict[tuple[int, int], int] = {}
+        self.faults = (
+            faults
+            if faults is not None
+            else plan_faults(self.stream("faults"), shape.nodes, shape.rep, config.duration, config.max_faults)
+        )
+        self.keys = [f"k{i}" for i in range(config.keys)]
+        self.history: list[Operation] = []
+        self.final: list[Operation] = []
+        self.clients = [self._client(i, self._workload(i), self.history) for i in range(config.clients)]
+        self.idle = 0
+        self.reader: SimClient | None = None
+        self.settle_from = 0.0
+        self.healed = False
+
+    def stream(self, name: str) -> random.Random:
+        return random.Random(f"{self.seed}/{name}")
+
+    # --- wiring ---
+
+    def _connect_peer(self, node: SimNode, endpoint: str) -> Link:
+        peer = self.by_endpoint[endpoint]
+        pair = (node.pid, peer.pid)
+        self.incarnations[pair] = count = self.incarnations.get(pair, 0) + 1
+        name = f"{node.name}>{peer.name}" + (f"#{count}" if count > 1 else "")
+        return self.net.connect(node, peer, name, peer.arrive_router, node.arrive_peer)
+
+    def _connect_client(self, client: SimClient, node_id: int | None) -> Link:
+        if node_id is None:
+            return self.net.connect(
+                client, self.master, f"{client.name}>master", self.master.arrive, client.arrive_master
+            )
+        node = self.nodes[node_id]
+        return self.net.connect(
+            client, node, f"{client.name}>{node.name}", node.arrive_router, client.arrive_reply, lossy=True
+        )
+
+    def _client(self, index: int, workload: Workload, into: list[Operation]) -> SimClient:
+        rng = self.stream(f"client{index}")
+        think = self.config.think
+
+        def record(op: Operation) -> None:
+            into.append(op)
+            self.trace.operation(op)
+
+        client = SimClient(
+            index, self.clock, rng, self._connect_client, workload, lambda: rng.expovariate(1.0 / think), record
+        )
+        client.on_done = self._client_done
+        return client
+
+    def _workload(self, index: int) -> Workload:
+        """Mostly single puts and gets, sometimes an ``execute`` of a few with several requests in flight."""
+        rng = self.stream(f"workload{index}")
+        keys, put_ratio, end = self.keys, self.config.put_ratio, self.config.duration
+        written = [0]
+
+        def op() -> Spec:
+            key = keys[rng.randrange(len(keys))]
+            if rng.random() < put_ratio:
+                written[0] += 1
+                return OpKind.PUT, key, f"{index}.{written[0]}"
+            return OpKind.GET, key, None
+
+        def next_call() -> CallSpec | None:
+            if self.clock.now >= end:
+                return None
+            if rng.random() < SINGLE_SHARE:
+                return CallSpec([op()])
+            ops = [op() for _ in range(rng.randint(2, 6))]
+            return CallSpec(ops, batch=rng.choice((1, 2, 4)), window=rng.choice((1, 2, 4, 8)))
+
+        return next_call
+
+    def _client_done(self, client: SimClient) -> None:
+        if client is self.reader:
+            self.clock.stopped = True
+            return
+        self.idle += 1
+        if self.idle == len(self.clients):
+            self.trace.note(self.clock.now, "workload over; waiting for every slot to have its replicas")
+            self.settle_from = self.clock.now
+            self._settle(None)
+
+    def _settle(self, _arg: object) -> None:
+        """Wait (up to ``SETTLE_LIMIT``) until healing is over, then start the reader."""
+        self.healed = self._healed()
+        if not self.healed and self.clock.now < self.settle_from + SETTLE_LIMIT:
+            self.clock.at(self.clock.now + 0.1, self._settle)
+            return
+        self.trace.note(self.clock.now, "a new client reads every key")
+        pending = list(self.keys)
+
+        def reads() -> CallSpec | None:
+            return CallSpec([(OpKind.GET, pending.pop(0), None)]) if pending else None
+
+        self.reader = self._client(len(self.clients), reads, self.final)
+        self.reader.think = lambda: 0.0
+        self.reader.start(self.clock.now + 0.01)
+
+    def _healed(self) -> bool:
+        """Every slot has ``rep`` live replicas, or too few nodes are left for that."""
+        table = self.master.core.table
+        if table is None:
+            return False
+        return len(table.endpoints) - len(table.dead) < table.rep or not under_replicated(table)
+
+    # --- faults ---
+
+    def _apply(self, fault: Fault) -> None:
+        clock = self.clock
+        clock.at(fault.at, self._note_fault, f"fault: {fault.describe()}")
+        if fault.kind != FaultKind.KILL:
+            clock.at(fault.until, self._note_fault, f"fault over: {fault.kind} {fault.node or 'master'}")
+        match fault.kind:
+            case FaultKind.KILL:
+                node = self.nodes[fault.node]
+                node.kill_at = fault.at
+                clock.at(fault.at, node.kill)
+            case FaultKind.PAUSE | FaultKind.PAUSE_MASTER:
+                process = self.nodes[fault.node] if fault.node else self.master
+                process.pauses = sorted([*process.pauses, (fault.at, fault.until)])
+                clock.at(fault.at, self._stop, (process, fault.until))
+            case FaultKind.SLOW:
+                self.nodes[fault.node].slow.append((fault.at, fault.until, fault.extra))
+            case _:
+                pairs = self._cut_pairs(fault)
+                clock.at(fault.at, self._cut, pairs)
+                clock.at(fault.until, self._heal, pairs)
+
+    def _stop(self, stop: tuple[SimProcess, float]) -> None:
+        process, until = stop
+        self.net.stop(process, self.clock.now, until)
+
+    def _cut_pairs(self, fault: Fault) -> list[tuple[int, int]]:
+        node = fault.node
+        match fault.kind:
+            case FaultKind.ISOLATE:
+                return [(node, 0), (0, node)]
+            case FaultKind.DEAF:
+                return [(0, node)]
+            case FaultKind.MUTE:
+                return [(node, 0)]
+        others = [n for n in self.nodes if n != node]
+        return [(node, n) for n in others] + [(n, node) for n in others]
+
+    def _cut(self, pairs: list[tuple[int, int]]) -> None:
+        for src, dst in pairs:
+            self.net.cut(src, dst)
+
+    def _heal(self, pairs: list[tuple[int, int]]) -> None:
+        for src, dst in pairs:
+            self.net.heal(src, dst)
+
+    def _note_fault(self, text: str) -> None:
+        self.trace.note(self.clock.now, text)
+
+    # --- the run ---
+
+    def run(self) -> RunResult:
+        clock = self.clock
+        boot = self.stream("boot")
+        error: str | None = None
+        finished = False
+        with core_logs(self.trace, lambda: clock.now):
+            self.master.start()
+            for node in self.nodes.values():
+                clock.at(boot.uniform(0.0, 0.005), node.boot)
+            for client in self.clients:
+                client.start(0.05 + boot.uniform(0.0, 0.05))
+            for fault in self.faults:
+                self._apply(fault)
+            limit = self.config.duration + SETTLE_LIMIT + DEADLINE * (len(self.keys) + 2)
+            try:
+                finished = clock.run(limit, MAX_EVENTS)
+            except Exception:  # noqa: BLE001 - any exception in a core is a finding, reported with its traceback
+                error = traceback.format_exc()
+        return self._result(finished, error)
+
+    def _result(self, finished: bool, error: str | None) -> RunResult:
+        data = self.master.core.table
+        table = RoutingTable(data) if data is not None else None
+        unavailable = [k for k in self.keys if table is None or table.primary(table.slot_of(k)) is None]
+        clients = [*self.clients, *([self.reader] if self.reader is not None else [])]
+        invalid = [text for client in clients for text in client.invalid]
+        return RunResult(
+            seed=self.seed,
+            shape=self.shape,
+            faults=self.faults,
+            history=self.history,
+            final=self.final,
+            keys=self.keys,
+            declared_dead=list(data.dead) if data is not None else [],
+            unavailable=unavailable,
+            healed=self.healed,
+            dropped_to_master=self.net.dropped_to_master,
+            finished=finished and self.reader is not None and self.reader.done,
+            error=error,
+            invalid=invalid,
+            events=self.clock.events,
+            messages=self.net.delivered,
+            sim_time=self.clock.now,
+            trace=self.trace,
+        )
