@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from kvcluster.client import Client, Completion
-from kvcluster.protocol import OpKind
+from kvcluster.core.protocol import OpKind
 
 VALUE = "v" * 92
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from kvcluster.client import Client, Completion
-from kvcluster.protocol import OpKind
+from kvcluster.core.protocol import OpKind
 
 VALUE = "v" * 92
 

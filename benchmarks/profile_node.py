@@ -34,7 +34,7 @@ from kvcluster.bench.common import preload
 from kvcluster.bench.throughput import measure_load
 from kvcluster.client import Client
 from kvcluster.core.actions import Action, ToMaster
-from kvcluster.protocol import Heartbeat, Timing
+from kvcluster.core.protocol import Heartbeat, Timing
 from kvcluster.runtime import node as node_runtime
 
 PROFILED_NODE = 1

@@ -4,13 +4,16 @@ Each figure is the best of ``--repeat`` runs of ``--number`` calls, in microseco
 a REQUEST of 64 puts with 100-byte values, the REPLY to it (64 OK results), a REPLY to 64 gets (64 OK results
 with 100-byte values), a REPLICATE of 64 writes with 100-byte values, and (timed with 100 times fewer calls) the
 TABLE of a 7-node cluster with 3 replicas and 4096 slots. It uses only the message
-constructors, ``encode`` and ``decode``, so the same script times any version of ``kvcluster.protocol``
+constructors, ``encode`` and ``decode``, so the same script times any version of ``kvcluster.core.protocol``
 that is first on the import path:
 
     python benchmarks/wire_codec.py
-    mkdir -p /tmp/kv-old/kvcluster && git show main:kvcluster/protocol.py > /tmp/kv-old/kvcluster/protocol.py \
-        && git show main:kvcluster/errors.py > /tmp/kv-old/kvcluster/errors.py \
-        && touch /tmp/kv-old/kvcluster/__init__.py && PYTHONPATH=/tmp/kv-old python benchmarks/wire_codec.py
+    # the msgpack version 2 (commit 06e1490), put first on the path as kvcluster.core.protocol:
+    mkdir -p /tmp/kv-old/kvcluster/core && touch /tmp/kv-old/kvcluster/__init__.py \
+        && touch /tmp/kv-old/kvcluster/core/__init__.py \
+        && git show 06e1490:kvcluster/protocol.py > /tmp/kv-old/kvcluster/core/protocol.py \
+        && git show 06e1490:kvcluster/errors.py > /tmp/kv-old/kvcluster/errors.py \
+        && PYTHONPATH=/tmp/kv-old python benchmarks/wire_codec.py
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import timeit
 from collections.abc import Callable
 from functools import partial
 
-from kvcluster import protocol
-from kvcluster.protocol import (
+from kvcluster.core import protocol
+from kvcluster.core.protocol import (
     Op,
     OpKind,
     Replicate,
@@ -76,7 +79,7 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=20_000, help="calls per timed run")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs; the best is reported")
     args = parser.parse_args()
-    print(f"kvcluster.protocol from {protocol.__file__}, PROTOCOL_VERSION {protocol.PROTOCOL_VERSION}")
+    print(f"kvcluster.core.protocol from {protocol.__file__}, PROTOCOL_VERSION {protocol.PROTOCOL_VERSION}")
     print(f"{'message':<24} {'bytes':>6} {'encode us':>10} {'decode us':>10}")
     for name, message in samples().items():
         frame = encode(message)

@@ -102,7 +102,7 @@ def _run_process(argv: list[str]) -> bool:
         return False
     import logging  # noqa: PLC0415
 
-    from kvcluster.protocol import Timing  # noqa: PLC0415
+    from kvcluster.core.protocol import Timing  # noqa: PLC0415
 
     args = _process_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", stream=sys.stderr)

@@ -23,20 +23,10 @@ from pathlib import Path
 
 import zmq
 
-from kvcluster.errors import (
-    ClusterUnavailable,
-    InvalidAddress,
-    InvalidKey,
-    InvalidValue,
-    KeyNotFound,
-    NoLiveReplica,
-    OperationTimedOut,
-    ProtocolError,
-)
-from kvcluster.history import HistoryRecorder, Operation, Outcome
-from kvcluster.history import OpKind as HistoryKind
-from kvcluster.placement import RoutingTable, node_name
-from kvcluster.protocol import (
+from kvcluster.check.history import HistoryRecorder, Operation, Outcome
+from kvcluster.check.history import OpKind as HistoryKind
+from kvcluster.core.placement import RoutingTable, node_name
+from kvcluster.core.protocol import (
     Drain,
     NotReady,
     Op,
@@ -52,6 +42,16 @@ from kvcluster.protocol import (
     check_value,
     decode,
     encode,
+)
+from kvcluster.errors import (
+    ClusterUnavailable,
+    InvalidAddress,
+    InvalidKey,
+    InvalidValue,
+    KeyNotFound,
+    NoLiveReplica,
+    OperationTimedOut,
+    ProtocolError,
 )
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry

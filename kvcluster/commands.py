@@ -20,6 +20,7 @@ import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
 from kvcluster.console import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
+from kvcluster.core.protocol import Timing
 from kvcluster.errors import (
     ClusterNotRunning,
     KvclusterError,
@@ -28,13 +29,12 @@ from kvcluster.errors import (
     StartupFailed,
     UsageError,
 )
-from kvcluster.protocol import Timing
 
 if TYPE_CHECKING:
     from rich.table import Table
 
     from kvcluster.client import Client
-    from kvcluster.protocol import StatusReport
+    from kvcluster.core.protocol import StatusReport
     from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
@@ -297,7 +297,7 @@ def remove_node(
 
 
 def _slots_held(client: Client, node_id: int) -> int:
-    from kvcluster.placement import RoutingTable  # noqa: PLC0415
+    from kvcluster.core.placement import RoutingTable  # noqa: PLC0415
 
     report = client.status()
     if report.table is None:
@@ -390,7 +390,7 @@ def sim_command(
 def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
     """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
     from kvcluster.client import Client  # noqa: PLC0415
-    from kvcluster.placement import RoutingTable, under_replicated  # noqa: PLC0415
+    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
 
     report = None
     try:

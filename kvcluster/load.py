@@ -82,7 +82,7 @@ def parse_lines(lines: Iterable[bytes], first_line: int = 1) -> ParsedChunk:
     or extra spaces between the fields are fine. Keys and values are then
     checked with the same rules as ``put``.
     """
-    from kvcluster.protocol import check_key, check_value  # noqa: PLC0415 - keeps ``commands`` import cheap
+    from kvcluster.core.protocol import check_key, check_value  # noqa: PLC0415 - keeps ``commands`` import cheap
 
     entries: dict[str, tuple[str, int]] = {}
     rejected: list[Problem] = []
@@ -253,7 +253,7 @@ def _client(target: Target) -> Client:
 def _load(client: Client, stream: IO[bytes], report: LoadReport, batch: int, window: int, progress: _Bar) -> None:
     """Read, check and store chunk after chunk, adding each one's outcome to ``report``."""
     from kvcluster.client import Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     started = time.monotonic()
     puts, stored_time = 0, 0.0  # made, and seconds spent in ``execute``: the rate that sizes the next chunk

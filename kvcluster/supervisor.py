@@ -24,6 +24,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from kvcluster.core.placement import node_name
+from kvcluster.core.protocol import StatusReport, Timing
 from kvcluster.errors import (
     ClusterAlreadyRunning,
     ClusterNotRunning,
@@ -32,8 +34,6 @@ from kvcluster.errors import (
     StartupFailed,
     UnknownNode,
 )
-from kvcluster.placement import node_name
-from kvcluster.protocol import StatusReport, Timing
 
 STATE_FILE = "cluster.json"
 TABLE_CACHE = "table.cache"

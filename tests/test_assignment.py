@@ -9,7 +9,7 @@ import pytest
 from conftest import Cluster, ClusterLauncher, wait_until
 
 from kvcluster.client import Client
-from kvcluster.placement import replicas_for, slot_of
+from kvcluster.core.placement import replicas_for, slot_of
 
 # The assignment's Tests 1 and 2: (command arguments, expected stdout line); "{server}" stands for any server.
 TRACE = [

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from kvcluster.bench import balance, bulk, common, failover, failover_analysis, failover_sweep
-from kvcluster.placement import replicas_for, slot_of
+from kvcluster.core.placement import replicas_for, slot_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

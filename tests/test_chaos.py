@@ -23,10 +23,10 @@ from kvcluster.bench import chaos, chaos_faults, chaos_report
 from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.chaos import run_chaos
 from kvcluster.bench.chaos_faults import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys
+from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
+from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import Timing
 from kvcluster.errors import KvclusterError
-from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
-from kvcluster.placement import replicas_for, slot_of
-from kvcluster.protocol import Timing
 
 # Its schedule starts with a pause, then a kill (test_default_seed_pauses_then_kills checks it).
 DEFAULT_SEED = 3

@@ -20,9 +20,9 @@ import pytest
 from conftest import Cluster, ClusterLauncher, run_cli, same_process_alive, wait_until
 
 from kvcluster.client import Client, Completion, validate
+from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import MAX_VALUE_BYTES, OpKind
 from kvcluster.errors import InvalidValue, KeyNotFound
-from kvcluster.placement import replicas_for, slot_of
-from kvcluster.protocol import MAX_VALUE_BYTES, OpKind
 
 USAGE = 2
 FAILURE = 1

@@ -20,9 +20,9 @@ import zmq
 from conftest import Cluster, ClusterLauncher, wait_until
 
 from kvcluster.client import Client
+from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import Op, OpKind, Reply, Request, Result, Status, decode, encode
 from kvcluster.errors import KvclusterError, OperationTimedOut
-from kvcluster.placement import replicas_for, slot_of
-from kvcluster.protocol import Op, OpKind, Reply, Request, Result, Status, decode, encode
 
 NODES, REP = 3, 2
 VICTIM = 2

@@ -21,8 +21,8 @@ from conftest import (
     wait_until,
 )
 
-from kvcluster.placement import NUM_SLOTS, replicas_for, slot_of
-from kvcluster.protocol import PROTOCOL_VERSION, Fenced, MsgType, Op, OpKind, Request, encode
+from kvcluster.core.placement import NUM_SLOTS, replicas_for, slot_of
+from kvcluster.core.protocol import PROTOCOL_VERSION, Fenced, MsgType, Op, OpKind, Request, encode
 
 
 def all_gone(processes: dict[str, tuple[int, float]]) -> bool:

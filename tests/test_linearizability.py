@@ -1,4 +1,4 @@
-"""Tests for kvcluster.history and kvcluster.linearizability."""
+"""Tests for kvcluster.check.history and kvcluster.check.linearizability."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
-from kvcluster.linearizability import CheckTooExpensive, Violation, check
+from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
+from kvcluster.check.linearizability import CheckTooExpensive, Violation, check
 
 
 def put(

@@ -22,9 +22,9 @@ import pytest
 from conftest import COMMAND_TIMEOUT, Cluster, ClusterLauncher, run_cli, wait_until
 
 from kvcluster.client import Client, Completion
+from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import MAX_KEY_BYTES, MAX_VALUE_BYTES, OpKind
 from kvcluster.load import KEPT_PROBLEMS, MAX_CHUNK, MIN_CHUNK, LoadReport, Problem, _next_chunk, parse_lines
-from kvcluster.placement import replicas_for, slot_of
-from kvcluster.protocol import MAX_KEY_BYTES, MAX_VALUE_BYTES, OpKind
 
 USAGE = 2
 FAILURE = 1

@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from kvcluster.placement import (
+from kvcluster.core.placement import (
     NUM_SLOTS,
     RoutingTable,
     choose_target,
@@ -21,7 +21,7 @@ from kvcluster.placement import (
     with_dead,
     with_replicas,
 )
-from kvcluster.protocol import TableData
+from kvcluster.core.protocol import TableData
 
 SHAPES = [(n, k) for n in range(1, 10) for k in range(1, n + 1)]
 
@@ -51,7 +51,7 @@ def test_slot_of_with_fewer_slots() -> None:
 
 def test_slot_of_does_not_depend_on_the_process_hash_seed() -> None:
     keys = [f"key{i}" for i in range(50)]
-    code = f"from kvcluster.placement import slot_of; print([slot_of(k) for k in {keys!r}])"
+    code = f"from kvcluster.core.placement import slot_of; print([slot_of(k) for k in {keys!r}])"
     for seed in ("1", "2"):
         out = subprocess.run(
             [sys.executable, "-c", code],

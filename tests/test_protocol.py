@@ -9,8 +9,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcluster.errors import ProtocolError
-from kvcluster.protocol import (
+from kvcluster.core.protocol import (
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     PROTOCOL_VERSION,
@@ -49,6 +48,7 @@ from kvcluster.protocol import (
     decode,
     encode,
 )
+from kvcluster.errors import ProtocolError
 
 TABLE = TableData(
     version=3,

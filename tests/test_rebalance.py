@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from kvcluster.core.healing import COPIES_PER_NODE, Repairs, plan_rebalance
-from kvcluster.placement import (
+from kvcluster.core.placement import (
     choose_target,
     initial_table,
     rank_load,
@@ -15,7 +15,7 @@ from kvcluster.placement import (
     with_moves,
     with_replicas,
 )
-from kvcluster.protocol import TableData
+from kvcluster.core.protocol import TableData
 
 
 def healed(data: TableData) -> TableData:

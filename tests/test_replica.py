@@ -6,9 +6,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcluster import replica
-from kvcluster.protocol import Write
-from kvcluster.replica import DEDUP_SPAN, NO_COMMIT, AppliedOps, Replica, make_version
+from kvcluster.core import replica
+from kvcluster.core.protocol import Write
+from kvcluster.core.replica import DEDUP_SPAN, NO_COMMIT, AppliedOps, Replica, make_version
 
 SLOTS = 4
 OLD, NEW = 1, 2

@@ -21,9 +21,8 @@ from kvcluster.core import node as node_core
 from kvcluster.core.actions import Answer, ToMaster, ToPeer
 from kvcluster.core.healing import Repairs
 from kvcluster.core.node import NodeCore
-from kvcluster.errors import SimulationFailed
-from kvcluster.placement import initial_table, slot_of, with_dead, with_replicas
-from kvcluster.protocol import (
+from kvcluster.core.placement import initial_table, slot_of, with_dead, with_replicas
+from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
     HeartbeatAck,
@@ -38,7 +37,8 @@ from kvcluster.protocol import (
     TableData,
     Timing,
 )
-from kvcluster.replica import DEDUP_SPAN, AppliedOps
+from kvcluster.core.replica import DEDUP_SPAN, AppliedOps
+from kvcluster.errors import SimulationFailed
 from kvcluster.sim import SimConfig, report, run_schedule, run_schedules
 from kvcluster.sim.trace import Trace
 

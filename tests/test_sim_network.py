@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kvcluster.protocol import Commit, Message
+from kvcluster.core.protocol import Commit, Message
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link, NetParams, Network
 

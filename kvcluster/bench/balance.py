@@ -50,7 +50,7 @@ def run_balance(*, keys: int, nodes: int, rep: int, progress: Progress) -> Balan
 def _settled_counts(master: str, expected: int) -> dict[str, int]:
     """Poll the master until the key counts the nodes report (each heartbeat) add up to ``expected``."""
     from kvcluster.client import Client  # noqa: PLC0415
-    from kvcluster.placement import node_name  # noqa: PLC0415
+    from kvcluster.core.placement import node_name  # noqa: PLC0415
 
     deadline = time.monotonic() + SETTLE_TIMEOUT
     with Client(master, deadline=5.0) as client:

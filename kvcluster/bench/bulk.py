@@ -27,7 +27,7 @@ from kvcluster.bench.common import (
 from kvcluster.workers import ClientPool, Worker
 
 if TYPE_CHECKING:
-    from kvcluster.protocol import OpKind
+    from kvcluster.core.protocol import OpKind
 
 VALUE_SIZE = 100
 BULK_CLIENTS = 4  # client processes: four load a 7-node cluster on 2 cores about twice as fast as one
@@ -96,7 +96,7 @@ class BulkCheck:
 def _bulk_worker(job: BulkJob, worker: Worker) -> BulkOutcome:
     """Entry point of a bulk client process: write (or read back) its range in chunks, reporting progress."""
     from kvcluster.client import Client, Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     outcome = BulkOutcome()
     with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:

@@ -46,9 +46,9 @@ from kvcluster.bench.chaos_report import (
     rounds_summary,
     summary_table,
 )
+from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
+from kvcluster.core.protocol import Timing
 from kvcluster.errors import KvclusterError, UsageError
-from kvcluster.history import HistoryRecorder, Operation, OpKind, Outcome
-from kvcluster.protocol import Timing
 from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
 
 if TYPE_CHECKING:

@@ -34,8 +34,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from kvcluster.placement import NUM_SLOTS, node_name, replicas_for, slot_of
-from kvcluster.protocol import Timing
+from kvcluster.core.placement import NUM_SLOTS, node_name, replicas_for, slot_of
+from kvcluster.core.protocol import Timing
 
 if TYPE_CHECKING:
     from kvcluster.supervisor import ClusterState, ProcessInfo, Supervisor

@@ -17,9 +17,9 @@ from typing import Any
 from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.chaos_faults import FATAL_KINDS, Fault, node_ids, primary_of
 from kvcluster.bench.output import measure_table
-from kvcluster.history import Operation, OpKind, Outcome
-from kvcluster.placement import node_name
-from kvcluster.protocol import Timing
+from kvcluster.check.history import Operation, OpKind, Outcome
+from kvcluster.core.placement import node_name
+from kvcluster.core.protocol import Timing
 
 
 @dataclass
@@ -104,7 +104,7 @@ class RunRecord:
 
 
 def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
-    from kvcluster.linearizability import CheckTooExpensive, check  # noqa: PLC0415
+    from kvcluster.check.linearizability import CheckTooExpensive, check  # noqa: PLC0415
 
     _measure_unavailability(run, shape)
     started = time.monotonic()

@@ -25,7 +25,7 @@ from kvcluster.errors import KvclusterError, UsageError
 
 if TYPE_CHECKING:
     from kvcluster.client import Client, Completion, OpResult
-    from kvcluster.protocol import OpKind
+    from kvcluster.core.protocol import OpKind
     from kvcluster.supervisor import ClusterState, Supervisor
 
 PRELOAD_BATCH = 64  # ops per message when filling a cluster before measuring
@@ -43,7 +43,7 @@ def cluster(nodes: int, rep: int) -> Iterator[tuple[Supervisor, ClusterState]]:
     """A fresh cluster in its own temporary state directory, stopped and reaped on the way out."""
     import tempfile  # noqa: PLC0415
 
-    from kvcluster.protocol import Timing  # noqa: PLC0415
+    from kvcluster.core.protocol import Timing  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="kvcluster-bench-") as home:
@@ -107,7 +107,7 @@ Advance = Callable[[int], None]  # told how many more operations are done, for a
 def preload(master: str, keys: int, advance: Advance) -> None:
     """Write every key once (batched), so gets in the measured phase find their key."""
     from kvcluster.client import Client, Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, key_name(i), f"init{i}") for i in range(keys)]
     with Client(master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
@@ -143,7 +143,7 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 def dead_nodes(master: str) -> list[str]:
     from kvcluster.client import Client  # noqa: PLC0415
-    from kvcluster.placement import node_name  # noqa: PLC0415
+    from kvcluster.core.placement import node_name  # noqa: PLC0415
 
     with Client(master, deadline=5.0) as client:
         table = client.status().table

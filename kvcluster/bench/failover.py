@@ -105,7 +105,7 @@ def _failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
     import random  # noqa: PLC0415
 
     from kvcluster.client import Client, Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     records: list[OpRecord] = []
@@ -146,7 +146,7 @@ def _failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
 
 def _failover_keys(nodes: int, rep: int, victim: int, per_group: int = FAILOVER_KEYS_PER_GROUP) -> dict[str, list[str]]:
     """Keys grouped by the victim's role in their slot: its primary, one of its backups, or neither."""
-    from kvcluster.placement import replicas_for, slot_of  # noqa: PLC0415
+    from kvcluster.core.placement import replicas_for, slot_of  # noqa: PLC0415
 
     groups: dict[str, list[str]] = {"primary": [], "backup": [], "unrelated": []}
     index = 0
@@ -168,7 +168,7 @@ def run_failovers(shape: FailoverShape, runs: int, progress: Progress) -> list[F
 
 def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> Failover:
     """Load, then steady load (or probes) from one client per key group; SIGKILL the victim; check every write."""
-    from kvcluster.placement import node_name  # noqa: PLC0415
+    from kvcluster.core.placement import node_name  # noqa: PLC0415
     from kvcluster.supervisor import kill_node  # noqa: PLC0415
 
     name = node_name(victim)
@@ -269,7 +269,7 @@ def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: 
 
 def _put_all(master: str, values: dict[str, str]) -> None:
     from kvcluster.client import Client, Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, k, v) for k, v in values.items()]
     with Client(master, deadline=CLIENT_DEADLINE) as client:
@@ -281,7 +281,7 @@ def _put_all(master: str, values: dict[str, str]) -> None:
 def _get_all(master: str, keys: list[str]) -> dict[str, str | None]:
     """The value of every key after the load (None if gone), or no entry where the final read timed out."""
     from kvcluster.client import Client, Completion  # noqa: PLC0415
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.GET, k, None) for k in keys]
     with Client(master, deadline=FAILOVER_DEADLINE) as client:

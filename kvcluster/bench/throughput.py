@@ -43,7 +43,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from kvcluster.client import OpResult
-    from kvcluster.protocol import OpKind
+    from kvcluster.core.protocol import OpKind
 
 
 @dataclass
@@ -105,7 +105,7 @@ class LoadOutcome:
 def _load_ops(job: LoadJob) -> list[tuple[OpKind, str, str | None]]:
     import random  # noqa: PLC0415
 
-    from kvcluster.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     ops: list[tuple[OpKind, str, str | None]] = []

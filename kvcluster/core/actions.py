@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from kvcluster.protocol import Message
+from kvcluster.core.protocol import Message
 
 Route = object
 

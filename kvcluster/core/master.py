@@ -27,8 +27,7 @@ from dataclasses import dataclass
 
 from kvcluster.core.actions import Action, Answer, Route
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
-from kvcluster.errors import ProtocolError
-from kvcluster.placement import (
+from kvcluster.core.placement import (
     NUM_SLOTS,
     initial_table,
     node_name,
@@ -38,7 +37,7 @@ from kvcluster.placement import (
     with_moves,
     with_replicas,
 )
-from kvcluster.protocol import (
+from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
     Drain,
@@ -56,6 +55,7 @@ from kvcluster.protocol import (
     TableRequest,
     Timing,
 )
+from kvcluster.errors import ProtocolError
 
 log = logging.getLogger("kvcluster.master")
 

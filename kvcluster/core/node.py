@@ -37,10 +37,8 @@ import logging
 from collections import defaultdict
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
-from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
-from kvcluster.errors import ProtocolError
-from kvcluster.placement import RoutingTable, node_name
-from kvcluster.protocol import (
+from kvcluster.core.placement import RoutingTable, node_name
+from kvcluster.core.protocol import (
     Commit,
     CopyDone,
     CopySlot,
@@ -66,7 +64,9 @@ from kvcluster.protocol import (
     check_key,
     check_value,
 )
-from kvcluster.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
+from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
+from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
+from kvcluster.errors import ProtocolError
 
 log = logging.getLogger("kvcluster.storage")
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvcluster.core.actions import Route
-from kvcluster.protocol import Request, Result, Write
+from kvcluster.core.protocol import Request, Result, Write
 
 
 @dataclass(eq=False, kw_only=True)

@@ -12,8 +12,8 @@ import zmq
 
 from kvcluster.core.actions import Answer
 from kvcluster.core.master import TICK, MasterCore
+from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.errors import ProtocolError
-from kvcluster.protocol import Timing, decode, encode
 
 log = logging.getLogger("kvcluster.master")
 

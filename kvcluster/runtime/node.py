@@ -21,8 +21,8 @@ import zmq
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.node import NodeCore
+from kvcluster.core.protocol import Message, Timing, decode, encode
 from kvcluster.errors import ProtocolError
-from kvcluster.protocol import Message, Timing, decode, encode
 
 log = logging.getLogger("kvcluster.storage")
 

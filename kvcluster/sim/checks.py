@@ -17,8 +17,8 @@
 
 from __future__ import annotations
 
-from kvcluster.history import Operation, OpKind, Outcome
-from kvcluster.linearizability import CheckTooExpensive, check
+from kvcluster.check.history import Operation, OpKind, Outcome
+from kvcluster.check.linearizability import CheckTooExpensive, check
 from kvcluster.sim.world import SETTLE_LIMIT, RunResult
 
 

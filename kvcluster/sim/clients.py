@@ -29,11 +29,11 @@ from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+from kvcluster.check.history import Operation, Outcome
+from kvcluster.check.history import OpKind as HistoryKind
 from kvcluster.client import MAX_TRY_TIMEOUT, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, SUSPECT_POLL
-from kvcluster.history import Operation, Outcome
-from kvcluster.history import OpKind as HistoryKind
-from kvcluster.placement import RoutingTable
-from kvcluster.protocol import Message, NotReady, Op, OpKind, Reply, Request, Status, Table, TableRequest
+from kvcluster.core.placement import RoutingTable
+from kvcluster.core.protocol import Message, NotReady, Op, OpKind, Reply, Request, Status, Table, TableRequest
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link
 

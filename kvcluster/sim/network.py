@@ -32,7 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Protocol
 
-from kvcluster.protocol import Message, decode, encode
+from kvcluster.core.protocol import Message, decode, encode
 from kvcluster.sim.clock import Clock
 
 SEND_BUFFER_WINDOW = 0.001  # seconds: at most this recent, a send may still sit in the process's own queue

@@ -26,7 +26,7 @@ from collections.abc import Callable
 from kvcluster.core.actions import Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
-from kvcluster.protocol import Message
+from kvcluster.core.protocol import Message
 from kvcluster.runtime.node import BEAT_CHECK_EVERY, DRAIN_LIMIT
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link, Network

@@ -15,8 +15,8 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-from kvcluster.history import Operation
-from kvcluster.protocol import (
+from kvcluster.check.history import Operation
+from kvcluster.core.protocol import (
     Commit,
     CopyDone,
     CopySlot,

@@ -16,11 +16,11 @@ import random
 import traceback
 from dataclasses import dataclass, field
 
+from kvcluster.check.history import Operation
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
-from kvcluster.history import Operation
-from kvcluster.placement import RoutingTable, under_replicated
-from kvcluster.protocol import OpKind, Timing
+from kvcluster.core.placement import RoutingTable, under_replicated
+from kvcluster.core.protocol import OpKind, Timing
 from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape

@@ -36,7 +36,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TypeAlias
 
-from kvcluster.history import Operation, OpKind, Outcome
+from kvcluster.check.history import Operation, OpKind, Outcome
 
 DEFAULT_MAX_STATES = 2_000_000
 """Memoised configurations explored per key before giving up."""

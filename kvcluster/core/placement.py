@@ -23,7 +23,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from kvcluster.protocol import TableData
+from kvcluster.core.protocol import TableData
 
 NUM_SLOTS = 4096
 

@@ -25,7 +25,7 @@ from collections import deque
 from collections.abc import Iterator
 from typing import Any, NamedTuple
 
-from kvcluster.protocol import Write
+from kvcluster.core.protocol import Write
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
