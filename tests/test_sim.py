@@ -311,6 +311,7 @@ def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
 
 
 @pytest.mark.long
+@pytest.mark.timeout(4 * 3600)
 def test_a_hundred_thousand_schedules_keep_every_guarantee() -> None:
     lines: list[str] = []
     summary = run_schedules(LONG_SEEDS.start, len(LONG_SEEDS), SimConfig(), lines.append, jobs=os.cpu_count() or 1)
