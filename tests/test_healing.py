@@ -111,13 +111,13 @@ def test_remove_node_drains_it_first_and_refuses_to_go_below_rep(cluster: Cluste
             r.completion == Completion.OK
             for r in client.execute([(OpKind.PUT, k, v) for k, v in values.items()], batch=32, window=8)
         )
-        assert "removed server4" in c.run("remove-node", "server4").stderr
+        assert "removed server4" in c.run("remove-node", "server4", timeout=240).stderr
         doc = c.status()
         server4 = next(n for n in doc["nodes"] if n["name"] == "server4")
         assert not server4["process_alive"]
         assert server4["primary_slots"] == server4["backup_slots"] == 0
-        assert "removed server3" in c.run("remove-node", "server3").stderr
-        refused = c.run("remove-node", "server2", check=False)
+        assert "removed server3" in c.run("remove-node", "server3", timeout=240).stderr
+        refused = c.run("remove-node", "server2", check=False, timeout=240)
         assert refused.returncode == 2
         assert "would leave 1 live nodes for 2 replicas" in refused.stderr
         results = client.execute([(OpKind.GET, k, None) for k in values], batch=32, window=8)
