@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class KvclusterError(Exception):
@@ -97,3 +98,9 @@ class StartupFailed(KvclusterError):
 
 class LoadIncomplete(KvclusterError):
     """``load`` did not store every line of its input: lines were rejected, puts failed, or it stopped partway."""
+
+
+class Interrupted(KvclusterError):
+    """Ctrl-C or SIGTERM stopped a command that first reported what it had done."""
+
+    exit_code = EXIT_INTERRUPTED
