@@ -1,15 +1,19 @@
 """The client processes of ``kvcluster load``: each stores its share of every chunk, in order.
 
 A single client process tops out well below what the cluster can take, so
-``load`` hands the puts to several ``Client`` processes (``multiprocessing``
-with the "spawn" context, each with its own ZeroMQ context). The parent reads
-and checks the input; ``Loaders.send`` splits each chunk's puts by key, so all
+``load`` hands the puts to several ``Client`` processes. The parent reads and
+checks the input; ``Loaders.send`` splits each chunk's puts by key, so all
 puts of one key go to the same process, which stores its shares one after the
 other: the last line of a key still wins. Each share is one ``execute`` call,
 so the deadline bounds a share. Every process has a short queue of shares, so
 it starts the next share the moment one is done while the parent reads ahead,
 and the parent blocks (instead of reading the whole input into memory) when
 the processes fall behind.
+
+The processes are forked, before the parent has started a thread or holds a
+ZeroMQ context: each builds its own, and none pays for importing kvcluster
+again. (Spawned processes would also bring multiprocessing's resource
+tracker, which can warn on stderr about the queues' semaphores at exit.)
 
 Results come back on one queue, per process in the order of its shares, and
 are turned back into line numbers here. Client processes ignore SIGINT (the
@@ -56,7 +60,7 @@ class Loaders:
     def __init__(self, master: str, count: int, *, deadline: float, batch: int, window: int) -> None:
         import multiprocessing  # noqa: PLC0415
 
-        ctx = multiprocessing.get_context("spawn")
+        ctx = multiprocessing.get_context("fork")  # see the module docstring
         self.results: Any = ctx.Queue()
         self.inboxes: list[Any] = [ctx.Queue(maxsize=QUEUED_SHARES) for _ in range(count)]
         self.procs = [
@@ -159,6 +163,7 @@ class _Job:
 def _store_shares(job: _Job, inbox: Any, results: Any) -> None:
     """Entry point of a client process: store each share from ``inbox`` and report its outcome on ``results``."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises KeyboardInterrupt: not wanted here
     threading.Thread(target=_exit_without, args=(job.parent,), daemon=True).start()
     try:
         _serve(job, inbox, results)

@@ -20,7 +20,15 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import COMMAND_TIMEOUT, Cluster, ClusterLauncher, run_cli, same_process_alive, wait_until
+from conftest import (
+    COMMAND_TIMEOUT,
+    OPERATION_TIMEOUT,
+    Cluster,
+    ClusterLauncher,
+    run_cli,
+    same_process_alive,
+    wait_until,
+)
 
 from kvcluster.client import Client, Completion
 from kvcluster.load import KEPT_PROBLEMS, MAX_CHUNK, MIN_CHUNK, LoadReport, Problem, _next_chunk, parse_lines
@@ -128,8 +136,8 @@ def test_the_problems_of_the_first_lines_are_kept_whatever_order_they_come_in() 
 @pytest.mark.parametrize(
     ("current", "puts", "seconds", "expected"),
     [
-        (10_000, 10_000, 1.0, 16_666),  # a third of a 5 s deadline at 10,000 puts/s
-        (10_000, 100_000, 1.0, 20_000),  # grows at most twice per chunk
+        (10_000, 10_000, 1.0, 10_000),  # a fifth of a 5 s deadline at 10,000 puts/s
+        (10_000, 300_000, 1.0, 20_000),  # grows at most twice per chunk
         (10_000, 100, 10.0, MIN_CHUNK),
         (MAX_CHUNK, 10**7, 1.0, MAX_CHUNK),
         (10_000, 0, 0.5, 10_000),  # no outcome back yet: no rate to go by
@@ -205,7 +213,7 @@ def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Cl
     path = tmp_path / "mixed.txt"
     path.write_text("\n".join(lines) + "\n")
 
-    proc = load(shared.home, str(path))
+    proc = load(shared.home, str(path), "--timeout", OPERATION_TIMEOUT)
 
     error = assert_one_error_line(proc, FAILURE, "5 of 12,505 lines not stored", "5 rejected", "first is line 3")
     assert "other lines are stored" in error
@@ -231,7 +239,18 @@ def test_standard_input_and_json_summary(shared: Cluster, reader: Client) -> Non
     good = {f"piped{i}": f"v{i}" for i in range(2_000)}
     text = "".join(f"{k}\t{v}\r\n" for k, v in good.items()) + "\n\n"
 
-    proc = load(shared.home, "-", "--json", "--batch", "16", "--window", "4", stdin=text.encode())
+    proc = load(
+        shared.home,
+        "-",
+        "--json",
+        "--batch",
+        "16",
+        "--window",
+        "4",
+        "--timeout",
+        OPERATION_TIMEOUT,
+        stdin=text.encode(),
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
@@ -302,7 +321,7 @@ def test_puts_to_a_dead_primary_are_reported_and_the_rest_stored(cluster: Cluste
     path = tmp_path / "data.txt"
     path.write_text("".join(f"{k} v\n" for k in keys))
 
-    proc = load(c.home, str(path), "--json")
+    proc = load(c.home, str(path), "--json", "--timeout", OPERATION_TIMEOUT)
 
     assert_one_error_line(proc, FAILURE, f"{len(lost)} of 300 lines not stored", f"{len(lost)} failed")
     doc = json.loads(proc.stdout)
@@ -322,12 +341,8 @@ def test_sigterm_reports_what_was_stored_and_leaves_no_process(shared: Cluster, 
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         loader = psutil.Process(proc.pid)
-
-        def clients() -> list[psutil.Process]:
-            children = loader.children(recursive=True)
-            return children if sum("spawn_main" in " ".join(c.cmdline()) for c in children) == 2 else []
-
-        started = [(child.pid, child.create_time()) for child in wait_until(clients, message="2 client processes")]
+        clients = wait_until(lambda: len(loader.children()) == 2 and loader.children(), message="2 client processes")
+        started = [(child.pid, child.create_time()) for child in clients]
         wait_until(lambda: stored_replicas(reader) > before, message="the load stores keys")
         proc.terminate()
         out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
