@@ -72,7 +72,6 @@ class Loaders:
             for index, inbox in enumerate(self.inboxes)
         ]
         self.lines: list[deque[list[int]]] = [deque() for _ in range(count)]  # per process: each share's lines
-        self.finished: set[int] = set()
 
     def __enter__(self) -> Loaders:
         for proc in self.procs:
@@ -150,7 +149,7 @@ class Loaders:
 
 @dataclass(frozen=True, slots=True)
 class _Job:
-    """What a client process needs to know, pickled to it at its start."""
+    """What a client process needs to know, handed to it when it starts."""
 
     master: str
     deadline: float
