@@ -425,7 +425,9 @@ class _Run:
         if self.queues and len(self.flights) < self.window:
             wake = now
         for sock, _ in self.client.poller.poll(max(0, int((wake - now) * 1000))):
-            self._drain(sock)
+            # A reply drained just before may have refreshed the table and closed this node's socket.
+            if not sock.closed:
+                self._drain(sock)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         while True:

@@ -98,12 +98,17 @@ def load(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Give up on a chunk of puts after this many seconds.")
     ] = 5.0,
+    clients: Annotated[
+        int, typer.Option("--clients", min=1, help="Client processes storing in parallel (a key's puts stay in one).")
+    ] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON for scripts.")] = False,
 ) -> None:
     """Store every KEY VALUE line of FILE in batches; bad lines are reported with their numbers, the rest stored."""
     from kvcluster import load as bulk  # noqa: PLC0415
 
-    bulk.run(target_for(home, master, False, timeout), file, batch=batch, window=window, as_json=as_json)
+    bulk.run(
+        target_for(home, master, False, timeout), file, batch=batch, window=window, clients=clients, as_json=as_json
+    )
 
 
 def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:

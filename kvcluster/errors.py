@@ -8,6 +8,7 @@ from __future__ import annotations
 
 EXIT_FAILURE = 1
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 class KvclusterError(Exception):
@@ -101,3 +102,9 @@ class LoadIncomplete(KvclusterError):
 
 class SimulationFailed(KvclusterError):
     """A simulated schedule broke a guarantee: linearizability, a lost write, a crash or a stuck run."""
+
+
+class Interrupted(KvclusterError):
+    """Ctrl-C or SIGTERM stopped a command that first reported what it had done."""
+
+    exit_code = EXIT_INTERRUPTED

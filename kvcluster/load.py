@@ -13,11 +13,12 @@ whitespace, each checked with the rules ``put`` applies (``check_key`` and
 field or more than two, or that is not UTF-8, is rejected, and the load goes
 on. When a key appears on several lines, the last one wins.
 
-Chunks are stored one after the other, each by one ``execute`` call, so the
-deadline (``--timeout``) bounds one chunk, and a key's puts never overlap. The
-chunk size follows the rate measured so far: a chunk takes about a third of
-the deadline, which keeps the pause between chunks (the last replies of one
-drain before the next is read) small against the chunk itself.
+The parent process reads and checks the input chunk by chunk and hands each
+chunk's puts to client processes (``loaders.py``), split by key so that the
+puts of a key stay in order, each share stored by one ``execute`` call whose
+deadline (``--timeout``) therefore bounds it. The chunk size follows the rate
+measured so far, so that a chunk takes a fifth of the deadline: a machine
+that turns five times slower halfway through a chunk still stores it in time.
 """
 
 from __future__ import annotations
@@ -34,20 +35,20 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
-from kvcluster.errors import KvclusterError, LoadIncomplete, UnreadableFile
+from kvcluster.errors import Interrupted, KvclusterError, LoadIncomplete, UnreadableFile
+from kvcluster.loaders import TRY_TIMEOUT, Loaders, Stored
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from kvcluster.client import Client, OpResult
+    from kvcluster.client import Client
     from kvcluster.console import Target
 
 STDIN = "-"
-TRY_TIMEOUT = 2.0  # a node working through a full window answers late, not never: resending early only adds load
 FIRST_CHUNK = 10_000  # lines in the first chunk, before any rate is known
 MIN_CHUNK = 1_000
 MAX_CHUNK = 200_000  # bounds the memory a chunk takes (about 250 bytes a line beyond its text)
-CHUNK_SHARE = 1 / 3  # of the deadline, that one chunk should take at the rate measured so far
+CHUNK_SHARE = 1 / 5  # of the deadline, that one chunk should take at the rate measured so far
 KEPT_PROBLEMS = 1_000  # rejected or failed lines kept with their reasons; the rest are only counted
 SHOWN_PROBLEMS = 10  # of those, listed in the text summary
 
@@ -137,9 +138,9 @@ class LoadReport:
         return self.stopped is None and not self.rejected and not self.failed
 
     def add_problems(self, problems: list[Problem]) -> None:
-        room = KEPT_PROBLEMS - len(self.problems)
-        if room > 0:
-            self.problems.extend(sorted(problems, key=lambda p: p.line)[:room])
+        """Keep the first ``KEPT_PROBLEMS`` by line number (failed puts come back after later lines are read)."""
+        if problems:
+            self.problems = sorted(self.problems + problems[:KEPT_PROBLEMS], key=lambda p: p.line)[:KEPT_PROBLEMS]
 
     def document(self) -> dict[str, Any]:
         return {
@@ -191,31 +192,37 @@ def _lines(count: int) -> str:
     return "line" if count == 1 else "lines"
 
 
-def run(target: Target, source: str, *, batch: int, window: int, as_json: bool) -> None:
+def run(target: Target, source: str, *, batch: int, window: int, clients: int, as_json: bool) -> None:
     """Store every good line of ``source`` (a path, or ``-`` for stdin), then print the summary.
 
     Raises ``UnreadableFile`` (nothing stored) when the file cannot be opened,
     the cluster's errors when it cannot be reached before anything is stored,
     and ``LoadIncomplete`` after the summary when some line was not stored.
     """
+    from kvcluster.workers import interrupt_on_sigterm  # noqa: PLC0415
+
     stream, size = _open(source)
     interrupted = False
-    with stream:
+    with stream, interrupt_on_sigterm():
         report = LoadReport(source="standard input" if source == STDIN else source)
         with _client(target) as client:
             client.refresh_table()  # an unreachable cluster fails here, before a line is read
-            with _progress_bar(size) as progress:
-                try:
-                    _load(client, stream, report, batch, window, progress)
-                except UnreadableFile:
-                    raise  # nothing was stored
-                except KvclusterError as exc:
-                    report.stopped = str(exc)
-                except KeyboardInterrupt:
-                    report.stopped, interrupted = "interrupted", True
+            master = client.address
+        try:
+            with (
+                Loaders(master, clients, deadline=target.timeout, batch=batch, window=window) as loaders,
+                _progress_bar(size) as progress,
+            ):
+                _load(loaders, stream, report, target.timeout, progress)
+        except UnreadableFile:
+            raise  # nothing was stored
+        except KvclusterError as exc:
+            report.stopped = str(exc)
+        except KeyboardInterrupt:
+            report.stopped, interrupted = "interrupted", True
     sys.stdout.write(json.dumps(report.document(), indent=2) + "\n" if as_json else report.text() + "\n")
     if interrupted:
-        raise KeyboardInterrupt  # after the summary of what was stored: the CLI reports it
+        raise Interrupted(report.error())
     if not report.complete:
         raise LoadIncomplete(report.error())
 
@@ -250,42 +257,37 @@ def _client(target: Target) -> Client:
     return Client(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
 
 
-def _load(client: Client, stream: IO[bytes], report: LoadReport, batch: int, window: int, progress: _Bar) -> None:
-    """Read, check and store chunk after chunk, adding each one's outcome to ``report``."""
-    from kvcluster.client import Completion  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
-
+def _load(loaders: Loaders, stream: IO[bytes], report: LoadReport, deadline: float, progress: _Bar) -> None:
+    """Read and check chunk after chunk, hand the puts to ``loaders``, and add every outcome to ``report``."""
     started = time.monotonic()
-    puts, stored_time = 0, 0.0  # made, and seconds spent in ``execute``: the rate that sizes the next chunk
     chunk = FIRST_CHUNK
+    done = 0  # lines whose put came back, stored or failed: the rate that sizes the next chunk
+
+    def on_stored(outcome: Stored) -> None:
+        nonlocal done
+        done += outcome.stored + len(outcome.failed)
+        report.stored += outcome.stored
+        report.failed += len(outcome.failed)
+        report.add_problems([Problem(line, reason) for line, reason in outcome.failed[:KEPT_PROBLEMS]])
+        if outcome.failed and not outcome.stored:
+            lines = [line for line, _ in outcome.failed]
+            raise LoadIncomplete(f"no put of lines {min(lines):,}-{max(lines):,} was stored ({outcome.failed[0][1]})")
+        report.seconds = time.monotonic() - started
+        progress.update(report)
+
     try:
         while raw := _read(stream, chunk, report):
             parsed = parse_lines(raw, report.lines + 1)
             report.lines += parsed.lines
             report.blank += parsed.blank
             report.rejected += len(parsed.rejected)
-            problems = parsed.rejected
-            if parsed.entries:
-                ops = [(OpKind.PUT, key, value) for key, (value, _) in parsed.entries.items()]
-                execute_started = time.monotonic()
-                results = client.execute(ops, batch=batch, window=window)
-                stored_time += time.monotonic() - execute_started
-                failed = [i for i, result in enumerate(results) if result.completion is not Completion.OK]
-                report.stored += parsed.good - len(failed)
-                report.failed += len(failed)
-                if failed:
-                    problems = problems + _failures(parsed, results, failed)
-                    if len(failed) == len(ops):
-                        report.add_problems(problems)
-                        raise LoadIncomplete(
-                            f"no put of lines {report.lines - parsed.lines + 1:,}-"
-                            f"{report.lines:,} was stored ({problems[-1].reason})"
-                        )
-                puts += len(ops)
-                chunk = _next_chunk(chunk, puts, stored_time, client.deadline)
-            report.add_problems(problems)
-            report.seconds = time.monotonic() - started
-            progress.advance(sum(map(len, raw)), report)
+            report.stored += parsed.good - len(parsed.entries)  # lines a later line of the same key overrides
+            report.add_problems(parsed.rejected)
+            loaders.send(parsed.entries, on_stored)
+            progress.update(report, consumed=sum(map(len, raw)))
+            loaders.collect(on_stored, 0)
+            chunk = _next_chunk(chunk, done, time.monotonic() - started, deadline)
+        loaders.finish(on_stored)
     finally:
         report.seconds = time.monotonic() - started
 
@@ -301,25 +303,10 @@ def _read(stream: IO[bytes], lines: int, report: LoadReport) -> list[bytes]:
         raise UnreadableFile(reason) from None
 
 
-_FAILURES = {
-    "no_replica": "not stored: every replica of its slot is down",
-    "timed_out": "not acknowledged within the deadline (it may or may not have been stored)",
-    "invalid": "refused by the node as malformed",
-}
-
-
-def _failures(parsed: ParsedChunk, results: list[OpResult], failed: list[int]) -> list[Problem]:
-    numbers = [number for _, number in parsed.entries.values()]
-    return [
-        Problem(numbers[i], _FAILURES.get(results[i].completion.value, results[i].completion.value))
-        for i in failed[:KEPT_PROBLEMS]
-    ]
-
-
 def _next_chunk(current: int, puts: int, seconds: float, deadline: float) -> int:
     """Lines for the next chunk: what the rate so far stores in a share of the deadline, growing at most 2x."""
-    if seconds <= 0:
-        return min(MAX_CHUNK, current * 2)
+    if puts <= 0 or seconds <= 0:
+        return current  # no outcome yet: no rate to go by
     wanted = int(puts / seconds * deadline * CHUNK_SHARE)
     return max(MIN_CHUNK, min(MAX_CHUNK, current * 2, wanted))
 
@@ -331,7 +318,8 @@ class _Bar:
         self.progress = progress
         self.task = task
 
-    def advance(self, consumed: int, report: LoadReport) -> None:
+    def update(self, report: LoadReport, consumed: int = 0) -> None:
+        """Show the counts of ``report``, and ``consumed`` more bytes of the input read."""
         if self.progress is not None and self.task is not None:
             self.progress.update(self.task, advance=consumed, stored=report.stored, rate=report.keys_per_second)
 

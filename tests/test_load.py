@@ -18,8 +18,17 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
-from conftest import COMMAND_TIMEOUT, Cluster, ClusterLauncher, run_cli, wait_until
+from conftest import (
+    COMMAND_TIMEOUT,
+    OPERATION_TIMEOUT,
+    Cluster,
+    ClusterLauncher,
+    run_cli,
+    same_process_alive,
+    wait_until,
+)
 
 from kvcluster.client import Client, Completion
 from kvcluster.core.placement import replicas_for, slot_of
@@ -115,22 +124,23 @@ def test_the_summary_lists_the_first_problems_and_counts_the_rest() -> None:
     assert not report.complete
 
 
-def test_only_the_first_problems_are_kept() -> None:
+def test_the_problems_of_the_first_lines_are_kept_whatever_order_they_come_in() -> None:
     report = LoadReport("f.txt")
-    report.add_problems([Problem(n, "x") for n in range(KEPT_PROBLEMS + 500)])
-    report.add_problems([Problem(0, "late")])
+    report.add_problems([Problem(n, "rejected") for n in range(1, 2 * KEPT_PROBLEMS + 500, 2)])
+    report.add_problems([Problem(2, "failed"), Problem(KEPT_PROBLEMS * 3, "failed")])  # a put's outcome comes later
     assert len(report.problems) == KEPT_PROBLEMS
-    assert report.problems[-1].line == KEPT_PROBLEMS - 1
+    assert report.problems[:3] == [Problem(1, "rejected"), Problem(2, "failed"), Problem(3, "rejected")]
+    assert report.problems[-1].line == 2 * KEPT_PROBLEMS - 3
 
 
 @pytest.mark.parametrize(
     ("current", "puts", "seconds", "expected"),
     [
-        (10_000, 10_000, 1.0, 16_666),  # a third of a 5 s deadline at 10,000 puts/s
-        (10_000, 100_000, 1.0, 20_000),  # grows at most twice per chunk
+        (10_000, 10_000, 1.0, 10_000),  # a fifth of a 5 s deadline at 10,000 puts/s
+        (10_000, 300_000, 1.0, 20_000),  # grows at most twice per chunk
         (10_000, 100, 10.0, MIN_CHUNK),
         (MAX_CHUNK, 10**7, 1.0, MAX_CHUNK),
-        (10_000, 0, 0.0, 20_000),
+        (10_000, 0, 0.5, 10_000),  # no outcome back yet: no rate to go by
     ],
 )
 def test_chunks_follow_the_rate(current: int, puts: int, seconds: float, expected: int) -> None:
@@ -197,17 +207,18 @@ def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Cl
     }
     for number in sorted(bad):
         lines.insert(number - 1, bad[number])
-    lines.append("mix0 overwritten")  # after a chunk boundary: the last line wins
-    good["mix0"] = "overwritten"
+    for i in range(500):  # after a chunk boundary, each key's last line wins whichever client process stores it
+        lines.append(f"mix{i} again{i}")
+        good[f"mix{i}"] = f"again{i}"
     path = tmp_path / "mixed.txt"
     path.write_text("\n".join(lines) + "\n")
 
-    proc = load(shared.home, str(path))
+    proc = load(shared.home, str(path), "--timeout", OPERATION_TIMEOUT)
 
-    error = assert_one_error_line(proc, FAILURE, "5 of 12,006 lines not stored", "5 rejected", "first is line 3")
+    error = assert_one_error_line(proc, FAILURE, "5 of 12,505 lines not stored", "5 rejected", "first is line 3")
     assert "other lines are stored" in error
     out = proc.stdout.splitlines()
-    assert out[0].startswith(f"stored 12,001 of 12,006 lines of {path} in ")
+    assert out[0].startswith(f"stored 12,500 of 12,505 lines of {path} in ")
     assert "5 lines not stored (5 rejected):" in out
     listed = {int(line.split(":")[0].removeprefix("  line ")): line for line in out if line.startswith("  line ")}
     assert sorted(listed) == sorted(bad)
@@ -218,7 +229,7 @@ def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Cl
     assert "1 MiB" in listed[11_990]
 
     assert read_all(reader, good) == good
-    for key in ("mix0", "mix1", "mix11999"):
+    for key in ("mix0", "mix499", "mix500", "mix11999"):
         assert shared.get(key)[0] == good[key]
     for probe in ("two", "onlykey", "late", "bigvalue"):
         assert read_all(reader, {probe: ""}) == {probe: None}
@@ -228,7 +239,18 @@ def test_standard_input_and_json_summary(shared: Cluster, reader: Client) -> Non
     good = {f"piped{i}": f"v{i}" for i in range(2_000)}
     text = "".join(f"{k}\t{v}\r\n" for k, v in good.items()) + "\n\n"
 
-    proc = load(shared.home, "-", "--json", "--batch", "16", "--window", "4", stdin=text.encode())
+    proc = load(
+        shared.home,
+        "-",
+        "--json",
+        "--batch",
+        "16",
+        "--window",
+        "4",
+        "--timeout",
+        OPERATION_TIMEOUT,
+        stdin=text.encode(),
+    )
 
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr == ""  # no progress bar when stderr is not a terminal
@@ -299,7 +321,7 @@ def test_puts_to_a_dead_primary_are_reported_and_the_rest_stored(cluster: Cluste
     path = tmp_path / "data.txt"
     path.write_text("".join(f"{k} v\n" for k in keys))
 
-    proc = load(c.home, str(path), "--json")
+    proc = load(c.home, str(path), "--json", "--timeout", OPERATION_TIMEOUT)
 
     assert_one_error_line(proc, FAILURE, f"{len(lost)} of 300 lines not stored", f"{len(lost)} failed")
     doc = json.loads(proc.stdout)
@@ -309,3 +331,25 @@ def test_puts_to_a_dead_primary_are_reported_and_the_rest_stored(cluster: Cluste
     with Client(c.master_address(), deadline=20.0) as client:
         kept = {k: "v" for n, k in enumerate(keys, 1) if n not in lost}
         assert read_all(client, kept) == kept
+
+
+def test_sigterm_reports_what_was_stored_and_leaves_no_process(shared: Cluster, reader: Client, tmp_path: Path) -> None:
+    path = tmp_path / "big.txt"
+    path.write_text("".join(f"term{i} v{i}\n" for i in range(1_000_000)))  # far more than stores in the test's time
+    argv = [sys.executable, "-m", "kvcluster", "load", str(path), "--home", str(shared.home)]
+    before = stored_replicas(reader)
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        loader = psutil.Process(proc.pid)
+        clients = wait_until(lambda: len(loader.children()) == 2 and loader.children(), message="2 client processes")
+        started = [(child.pid, child.create_time()) for child in clients]
+        wait_until(lambda: stored_replicas(reader) > before, message="the load stores keys")
+        proc.terminate()
+        out, err = proc.communicate(timeout=COMMAND_TIMEOUT)
+    finally:
+        proc.kill()
+    assert_one_error_line(subprocess.CompletedProcess(argv, proc.returncode, out, err), 130, "interrupted")
+    assert "lines stored" in err
+    assert out.startswith("stored ")
+    assert "stopped after line " in out
+    wait_until(lambda: not any(same_process_alive(*child) for child in started), message="no client process left")
