@@ -170,10 +170,14 @@ def plan_rebalance(
     if not takers:
         return []
     for slot, live in enumerate(live_lists):
-        heavy, light = max(totals, key=lambda n: (totals[n], n)), min(takers, key=lambda n: (totals[n], n))
-        if totals[heavy] - totals[light] <= 1:
+        heavy, lightest = max(totals, key=lambda n: (totals[n], n)), min(takers, key=lambda n: (totals[n], n))
+        if totals[heavy] - totals[lightest] <= 1:
             break
-        if slot in repairs.moves or repairs.finishing(slot) or heavy not in live or light in live:
+        if slot in repairs.moves or repairs.finishing(slot) or heavy not in live:
+            continue
+        # The least loaded node that does not hold the slot yet (for a drain, any node may be the only way out).
+        light = min((n for n in takers if n not in live), key=lambda n: (totals[n], n), default=None)
+        if light is None or totals[heavy] - totals[light] <= 1:
             continue
         if busy[live[0]] >= COPIES_PER_NODE or busy[light] >= COPIES_PER_NODE:
             continue

@@ -141,9 +141,13 @@ class MasterCore:
             self.last_repair_table = now
             log.info("moving %d primaries to even out the nodes", len(switches))
             self._publish(with_moves(self.table, [], switches))
-        elif not switches and self.repairs.idle():
+        elif not switches and self.repairs.idle() and not self._draining_holds_slots():
             self.healthy = True
             log.info("every slot has %d replicas and the nodes are balanced", self.rep)
+
+    def _draining_holds_slots(self) -> bool:
+        assert self.table is not None
+        return any(n in nodes for nodes in self.table.replicas for n in self.draining)
 
     def _start(self, moves: list[Move]) -> None:
         for move in moves:
