@@ -80,7 +80,7 @@ def bad_frames() -> list[bytes]:
         pack([request, 1, 1, [[1, "k", None, 0, 0]]]),  # op with a field missing
         pack([request, 1, 1]),  # wrong arity
         pack([request, 1, 1, [[1, b"k", None, slot_of("k"), 0, 1]]]),  # bytes for str
-        encode(Fenced(1)),  # well-formed, but nobody may fence a process over a client socket
+        encode(Fenced(1, 1)),  # well-formed, but nobody may fence a process over a client socket
     ]
 
 

@@ -24,6 +24,7 @@ from kvcluster.core.protocol import (
     Message,
     MsgType,
     NodeReport,
+    NotLeader,
     NotReady,
     Op,
     OpKind,
@@ -62,18 +63,18 @@ TABLE = TableData(
 
 SAMPLES: list[tuple[MsgType, Message]] = [
     (MsgType.HELLO, Hello(3, "tcp://127.0.0.1:40001", 4242)),
-    (MsgType.HEARTBEAT, Heartbeat(3, 12345.678, 7, 100)),
-    (MsgType.HEARTBEAT_ACK, HeartbeatAck(12345.678, 7)),
+    (MsgType.HEARTBEAT, Heartbeat(3, 4242, 12345.678, 7, 100)),
+    (MsgType.HEARTBEAT_ACK, HeartbeatAck(12345.678, 7, 2)),
     (MsgType.TABLE_REQUEST, TableRequest()),
     (MsgType.TABLE, Table(TABLE)),
     (MsgType.STATUS_REQUEST, StatusRequest()),
     (
         MsgType.STATUS,
         StatusReport(
-            99, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)], [[2, 1, 3]], 4, 900, 1.5, [2]
+            99, 2, 7, TABLE, [NodeReport(1, "tcp://127.0.0.1:5001", 11, True, 5, 12.5)], [[2, 1, 3]], 4, 900, 1.5, [2]
         ),
     ),
-    (MsgType.STATUS, StatusReport(99, None, [], [], 0, 0, 0.0, [])),
+    (MsgType.STATUS, StatusReport(99, 1, 1, None, [], [], 0, 0, 0.0, [])),
     (MsgType.DRAIN, Drain(3)),
     (MsgType.COPY_SLOT, CopySlot(17, 2, 3)),
     (MsgType.SLOT_COPY, SlotCopy(9, 1, 17, 2, (2 << 40) | 5, [("k", "v"), ("k2", "")])),
@@ -91,8 +92,9 @@ SAMPLES: list[tuple[MsgType, Message]] = [
     ),
     (MsgType.COMMIT, Commit(1, 41)),
     (MsgType.REPLICATE_ACK, ReplicateAck(5, 2, [17, 18])),
-    (MsgType.FENCED, Fenced(4)),
+    (MsgType.FENCED, Fenced(4, 1)),
     (MsgType.NOT_READY, NotReady(2, 5)),
+    (MsgType.NOT_LEADER, NotLeader(3, 2)),
 ]
 
 
@@ -230,8 +232,8 @@ MALFORMED: dict[str, bytes] = {
     "truncated": encode(sample(MsgType.REQUEST))[:-3],
     "truncated-header": encode(Hello(1, "tcp://x:1", 1))[:1],
     "truncated-tag": encode(Hello(1, "tcp://x:1", 1))[:2],
-    "trailing-bytes": encode(Fenced(1)) + b"\x00",
-    "two-frames": encode(Fenced(1)) * 2,
+    "trailing-bytes": encode(Fenced(1, 1)) + b"\x00",
+    "two-frames": encode(Fenced(1, 1)) * 2,
     "not-an-array": msgspec.msgpack.encode({"v": 1, "t": 1}),
     "map": msgspec.msgpack.encode({"tag": T(MsgType.FENCED), "node_id": 1}),
     "scalar": msgspec.msgpack.encode(7),
@@ -249,7 +251,7 @@ MALFORMED: dict[str, bytes] = {
     "unknown-type": pack(T(200)),  # type: ignore[arg-type]
     "type-zero": pack(V << 8, 1),
     "too-few-fields": pack(T(MsgType.HELLO), 1, "tcp://x:1"),
-    "too-many-fields": pack(T(MsgType.FENCED), 1, 2),
+    "too-many-fields": pack(T(MsgType.FENCED), 1, 2, 3),
     "fields-on-empty-message": pack(T(MsgType.TABLE_REQUEST), 1),
     "str-for-int": pack(T(MsgType.FENCED), "1"),
     "float-for-int": pack(T(MsgType.FENCED), 1.0),
@@ -258,10 +260,10 @@ MALFORMED: dict[str, bytes] = {
     "int-for-str": pack(T(MsgType.HELLO), 1, 5, 1),
     "bytes-for-str": pack(T(MsgType.HELLO), 1, b"tcp://x:1", 1),
     "invalid-utf8": b"\x94" + msgspec.msgpack.encode(T(MsgType.HELLO)) + b"\x01\xa2\xc3\x28\x01",
-    "str-for-float": pack(T(MsgType.HEARTBEAT_ACK), "now", 1),
+    "str-for-float": pack(T(MsgType.HEARTBEAT_ACK), "now", 1, 1),
     "int-for-bool": pack(T(MsgType.STATUS), 1, None, [[1, "e", 2, 1, 0, 0.0]], [], 0, 0, 0.0, []),
     "node-id-zero": pack(T(MsgType.FENCED), 0),
-    "node-id-negative": pack(T(MsgType.HEARTBEAT), -1, 0.0, 0, 0),
+    "node-id-negative": pack(T(MsgType.HEARTBEAT), -1, 1, 0.0, 0, 0),
     "client-negative": pack(T(MsgType.REQUEST), -1, 1, []),
     "request-id-negative": pack(T(MsgType.REQUEST), 1, -1, []),
     "ops-not-a-list": pack(T(MsgType.REQUEST), 1, 1, {"op": 1}),

@@ -214,7 +214,7 @@ def test_a_copy_asked_for_while_reconciling_starts_once_reconciled() -> None:
     target = next(n for n in table.endpoints if n not in table.replicas[slot])
     core = NodeCore(promoted, table.endpoints[promoted], 1, Timing())
     core.on_master(0.0, Table(table))
-    core.on_master(0.0, HeartbeatAck(0.0, 1))
+    core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
     after = with_dead(table, [dead])
     core.on_master(1.0, Table(after))
     core.on_master(1.0, CopySlot(slot, after.epochs[slot], target))
@@ -266,7 +266,7 @@ def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
     primary, copy = NodeCore(p, endpoints[p], 1, Timing()), NodeCore(t, endpoints[t], 2, Timing())
     for core in (primary, copy):
         core.on_master(0.0, Table(first))
-        core.on_master(0.0, HeartbeatAck(0.0, 1))
+        core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
         core.take()
     # Client 1 puts X (op 7); the backup dies before acknowledging; the next table commits X; the OK gets lost.
     primary.on_router(0.1, "client1", Request(1, 1, [Op(OpKind.PUT, key, "X", slot, 0, 7)]))
@@ -275,7 +275,7 @@ def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
     second = with_dead(first, [b])
     for core in (primary, copy):
         core.on_master(1.0, Table(second))
-        core.on_master(1.0, HeartbeatAck(0.9, 2))
+        core.on_master(1.0, HeartbeatAck(0.9, 2, 1))
     primary.flush(1.0)
     copy.take()
     assert [a.message for a in primary.take() if isinstance(a, Answer) and a.route == "client1"]
@@ -287,7 +287,7 @@ def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
     third = with_replicas(second, [(slot, t)])
     for core in (primary, copy):
         core.on_master(1.2, Table(third))
-        core.on_master(1.2, HeartbeatAck(1.15, 3))
+        core.on_master(1.2, HeartbeatAck(1.15, 3, 1))
         core.take()
     # Client 2 puts Y, acknowledged by both replicas.
     primary.on_router(1.3, "client2", Request(2, 1, [Op(OpKind.PUT, key, "Y", slot, third.epochs[slot], 1)]))
@@ -298,7 +298,7 @@ def test_a_resend_to_a_replica_made_by_a_copy_is_not_applied_twice() -> None:
     # The primary dies; t is promoted; client 1, still without an answer, resends X with the same op id.
     fourth = with_dead(third, [p])
     copy.on_master(2.0, Table(fourth))
-    copy.on_master(2.0, HeartbeatAck(1.9, 4))
+    copy.on_master(2.0, HeartbeatAck(1.9, 4, 1))
     copy.flush(2.0)
     copy.take()
     copy.on_router(2.1, "client1", Request(1, 2, [Op(OpKind.PUT, key, "X", slot, fourth.epochs[slot], 7)]))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from kvcluster.core.group import MasterState
 from kvcluster.core.protocol import Message
 
 Route = object
@@ -50,4 +51,10 @@ class Exit(NamedTuple):
     reason: str
 
 
-Action = ToMaster | ToPeer | Answer | DropPeer | Exit
+class Propose(NamedTuple):
+    """Append ``state`` to the master group's log; call ``MasterCore.on_committed`` with it once committed."""
+
+    state: MasterState
+
+
+Action = ToMaster | ToPeer | Answer | DropPeer | Exit | Propose

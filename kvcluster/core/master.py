@@ -15,6 +15,11 @@ master holds its verdict for ``MASS_SILENCE_FACTOR`` times longer. Every node de
 from the table alone: for each slot the first live replica is the primary, so
 the dead node's backups are promoted and the slot's epoch grows.
 
+With a master group (``replicated``), only the member its driver made leader
+acts (``lead``); the others answer ``NotLeader``. Every change is proposed to
+the group's log (a ``Propose`` action) and reaches nodes and clients only once
+committed (``on_committed``); the rules for taking over are in ``core/group.py``.
+
 The master never serves keys. Clients ask it for the table once and go to the
 primaries directly; nodes receive every new table as soon as it is made, and
 again in answer to any heartbeat that reports an older version.
@@ -25,7 +30,8 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from kvcluster.core.actions import Action, Answer, Route
+from kvcluster.core.actions import Action, Answer, Propose, Route
+from kvcluster.core.group import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
 from kvcluster.core.placement import (
     NUM_SLOTS,
@@ -47,6 +53,7 @@ from kvcluster.core.protocol import (
     Hello,
     Message,
     NodeReport,
+    NotLeader,
     NotReady,
     StatusReport,
     StatusRequest,
@@ -67,9 +74,9 @@ MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live node
 
 @dataclass
 class NodeRecord:
-    """What the master knows of one registered node."""
+    """What the master knows of one registered node; a new leader knows no route until the node's next heartbeat."""
 
-    route: Route
+    route: Route | None
     endpoint: str
     pid: int
     last_seen: float
@@ -79,7 +86,17 @@ class NodeRecord:
 class MasterCore:
     """The master's state; every public method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, nodes: int, rep: int, timing: Timing, pid: int, slots: int = NUM_SLOTS) -> None:
+    def __init__(
+        self,
+        nodes: int,
+        rep: int,
+        timing: Timing,
+        pid: int,
+        slots: int = NUM_SLOTS,
+        *,
+        master_id: int = 1,
+        replicated: bool = False,
+    ) -> None:
         self.expected = nodes
         self.rep = rep
         self.slots = slots  # of the first table; a simulated cluster uses a few
@@ -87,7 +104,13 @@ class MasterCore:
         self.pid = pid
         self.outbox: list[Action] = []
         self.nodes: dict[int, NodeRecord] = {}
-        self.table: TableData | None = None
+        self.table: TableData | None = None  # the newest table made; with a group, perhaps not yet committed
+        self.committed: TableData | None = None  # the newest table nodes and clients may see
+        self.master_id = master_id
+        self.replicated = replicated
+        self.acting = not replicated  # a group member acts only once its driver says it leads
+        self.term = 0 if replicated else 1
+        self.leader = 0 if replicated else master_id
         self.stalled: dict[int, None] = {}  # nodes caught in a mass silence: they get the longer deadline
         self.last_tick: float | None = None
         self.repairs = Repairs()
@@ -102,7 +125,46 @@ class MasterCore:
 
     def on_message(self, now: float, route: Route, message: Message) -> None:
         self.now = now
-        self._handle(route, message)
+        if self.acting:
+            self._handle(route, message)
+        elif isinstance(message, TableRequest | StatusRequest | Drain):
+            self._send(route, NotLeader(self.term, self.leader))
+
+    def lead(self, now: float, term: int, state: MasterState | None, grace: float) -> None:
+        """This member won ``term``: carry on from the newest committed ``state``, judging no node for ``grace``.
+
+        Routes are per master, so every node is unreachable until its next
+        heartbeat (which names its incarnation); moves that were under way are
+        asked for again from their source then.
+        """
+        self.now, self.term, self.leader, self.acting = now, term, self.master_id, True
+        self.nodes, self.stalled, self.last_tick, self.repairs = {}, {}, None, Repairs()
+        self.outbox = []
+        table = state.table if state is not None else None
+        self.table = self.committed = table
+        if state is None or table is None:
+            self.draining = frozenset()
+            return
+        self.draining = frozenset(state.draining)
+        for node_id, pid in state.pids.items():
+            self.nodes[node_id] = NodeRecord(None, table.endpoints[node_id], pid, now + grace)
+        for m in state.moves:
+            self.repairs.moves[m.slot] = Move(m.slot, m.source, m.target, m.epoch, now, m.replaces or None)
+        self.healthy = False
+        log.info("leading the master group in term %d from table version %d", term, table.version)
+
+    def follow(self, term: int, leader: int) -> None:
+        """Another member leads ``term`` (``leader`` 0: none is known yet): stop acting."""
+        if self.acting:
+            log.warning("no longer leading the master group (term %d)", term)
+        self.term, self.leader, self.acting = term, leader, False
+        self.outbox = []
+
+    def on_committed(self, state: MasterState) -> None:
+        """``state`` is in the group's log: its table may now reach nodes and clients."""
+        table = state.table
+        if self.acting and table is not None and (self.committed is None or table.version > self.committed.version):
+            self._announce(table)
 
     def tick(self, now: float) -> None:
         """Time passed: declare dead the nodes that stayed silent too long.
@@ -111,12 +173,18 @@ class MasterCore:
         a heartbeat that waited while the master was busy still counts.
         """
         self.now = now
+        if not self.acting:
+            return
         if self.last_tick is not None:
             self._forgive_own_stall(now - self.last_tick)
         self.last_tick = now
         self._detect_failures(now)
-        if not self.healthy:
+        if not self.healthy and self._settled():
             self._heal(now)
+
+    def _settled(self) -> bool:
+        """Every table made is committed: copies name epochs of the table they were planned on, so nodes need it."""
+        return self.table is not None and self.committed is not None and self.committed.version == self.table.version
 
     def _heal(self, now: float) -> None:
         """Publish the copies that caught up (batched), cancel broken moves, and start new ones."""
@@ -151,7 +219,9 @@ class MasterCore:
 
     def _start(self, moves: list[Move]) -> None:
         for move in moves:
-            self._send(self.nodes[move.source].route, CopySlot(move.slot, move.epoch, move.target))
+            route = self.nodes[move.source].route
+            if route is not None:  # else asked for once the source is heard (see ``lead``)
+                self._send(route, CopySlot(move.slot, move.epoch, move.target))
 
     def _log_healed(self, now: float) -> None:
         started = self.repairs.started
@@ -178,7 +248,8 @@ class MasterCore:
             case Heartbeat():
                 self._on_heartbeat(route, message)
             case TableRequest():
-                self._send(route, Table(self.table) if self.table else NotReady(len(self.nodes), self.expected))
+                table = self.committed
+                self._send(route, Table(table) if table else NotReady(len(self.nodes), self.expected))
             case StatusRequest():
                 self._send(route, self._status())
             case CopyDone():
@@ -246,19 +317,30 @@ class MasterCore:
             log.info("draining %s: moving its slots to the other nodes", node_name(node_id))
             self.draining = self.draining | {node_id}
             self.healthy = False
+            if self.replicated:
+                self.outbox.append(Propose(self._state()))
 
     def _on_heartbeat(self, route: Route, beat: Heartbeat) -> None:
         record = self.nodes.get(beat.node_id)
+        if record is not None and record.route is None and record.pid == beat.pid:
+            self._adopt(beat.node_id, record, route)
         if record is None or record.route != route or self._is_dead(beat.node_id):
-            self._send(route, Fenced(beat.node_id))
+            self._send(route, Fenced(beat.node_id, self.term))
             return
         record.last_seen = self.now
         self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys
-        version = self.table.version if self.table else 0
-        self._send(route, HeartbeatAck(beat.sent_at, version))
-        if self.table is not None and beat.table_version < version:
-            self._send(route, Table(self.table))
+        version = self.committed.version if self.committed else 0
+        self._send(route, HeartbeatAck(beat.sent_at, version, self.term))
+        if self.committed is not None and beat.table_version < version:
+            self._send(route, Table(self.committed))
+
+    def _adopt(self, node_id: int, record: NodeRecord, route: Route) -> None:
+        """The first heartbeat under a new leader: this incarnation is the one the log names."""
+        record.route = route
+        for move in self.repairs.moves.values():
+            if move.source == node_id:
+                self._send(route, CopySlot(move.slot, move.epoch, move.target))
 
     def _forgive_own_stall(self, gap: float) -> None:
         """Don't count time this process itself could not run against the nodes.
@@ -335,11 +417,25 @@ class MasterCore:
 
     def _publish(self, table: TableData) -> None:
         self.table = table
+        if self.replicated:
+            self.outbox.append(Propose(self._state()))
+        else:
+            self._announce(table)
+
+    def _announce(self, table: TableData) -> None:
+        self.committed = table
         message = Table(table)
         for node_id, record in self.nodes.items():
-            if node_id not in table.dead:
+            if node_id not in table.dead and record.route is not None:
                 self._send(record.route, message)
         log.info("published table version %d (dead: %s)", table.version, [node_name(n) for n in table.dead])
+
+    def _state(self) -> MasterState:
+        moves = [
+            MoveRecord(m.slot, m.source, m.target, m.epoch, m.replaces or 0) for m in self.repairs.moves.values()
+        ]
+        pids = {node_id: record.pid for node_id, record in self.nodes.items()}
+        return MasterState(self.table, sorted(self.draining), pids, moves)
 
     def _status(self) -> StatusReport:
         now = self.now
@@ -352,5 +448,14 @@ class MasterCore:
         seconds = 0.0 if repairs.started is None else now - repairs.started
         draining = sorted(self.draining)
         return StatusReport(
-            self.pid, self.table, reports, moving, repairs.slots_done, repairs.keys_done, seconds, draining
+            self.pid,
+            self.master_id,
+            self.term,
+            self.committed,
+            reports,
+            moving,
+            repairs.slots_done,
+            repairs.keys_done,
+            seconds,
+            draining,
         )

@@ -88,6 +88,7 @@ class NodeCore:
         self.known: list[tuple[int, int]] = []  # per slot: newest (epoch, primary) seen anywhere
         self.ready: list[bool] = []  # per slot: reconciled as primary for the current epoch
         self.lease_until = 0.0
+        self.master_term = 0  # the newest master group term heard: grants and fencing from older ones are ignored
         self.next_beat = 0.0
         self.counter = 0
         self.inflight: set[tuple[int, int]] = set()  # (client, op id) of puts waiting for their backups
@@ -128,7 +129,7 @@ class NodeCore:
                 # Until the master takes us in (it may still be waiting out our previous incarnation), ask again.
                 self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
                 return
-            self.outbox.append(ToMaster(Heartbeat(self.node_id, now, self.table.version, self.replica.keys)))
+            self.outbox.append(ToMaster(Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys)))
             self._commit_idle_backups()
 
     def on_master(self, now: float, message: Message) -> None:
@@ -158,8 +159,12 @@ class NodeCore:
 
     def _on_master(self, message: Message) -> None:
         match message:
-            case HeartbeatAck(sent_at, _):
+            case HeartbeatAck(sent_at, _, term) if term >= self.master_term:
+                # A grant from an older term may come from a deposed master: only the newest leader's count.
+                self.master_term = term
                 self.lease_until = max(self.lease_until, sent_at + self.timing.lease)
+            case HeartbeatAck() | Fenced(_, _) if message.term < self.master_term:
+                pass
             case Table(data):
                 if self.table is None or data.version > self.table.version:
                     self._install(RoutingTable(data))

@@ -31,7 +31,7 @@ from msgspec import Meta, Struct
 
 from kvcluster.errors import ProtocolError
 
-PROTOCOL_VERSION = 3
+PROTOCOL_VERSION = 4
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
 _WHITESPACE = re.compile(r"\s")
@@ -79,6 +79,7 @@ class MsgType(enum.IntEnum):
     SLOT_COPY = 17  # primary -> new replica
     COPY_DONE = 18  # primary -> master: the new replica holds the slot
     DRAIN = 19  # client -> master: move every slot off a node before it is removed
+    NOT_LEADER = 20  # master -> client: ask the leader of the master group instead
 
 
 class OpKind(enum.IntEnum):
@@ -227,15 +228,21 @@ class Hello(_Message, frozen=True, tag=_tag(MsgType.HELLO)):
 
 
 class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
+    """Sent to every master; ``pid`` names the incarnation, so a new leader can tell an old one apart."""
+
     node_id: NodeId
+    pid: Count
     sent_at: float
     table_version: Count
     keys: Count
 
 
 class HeartbeatAck(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT_ACK)):
+    """The lease grant: only the acting leader sends it, and a node ignores it from a term older than one it saw."""
+
     sent_at: float
     table_version: Count
+    term: Count
 
 
 class TableRequest(_Message, frozen=True, tag=_tag(MsgType.TABLE_REQUEST)):
@@ -255,6 +262,8 @@ class StatusReport(_Message, frozen=True, tag=_tag(MsgType.STATUS)):
     counts and seconds describe the current round of repairs (seconds is 0 when none is running)."""
 
     master_pid: Count
+    master_id: Count
+    term: Count
     table: TableData | None
     nodes: list[NodeReport]
     moving: list[Annotated[list[Count], Meta(min_length=3, max_length=3)]]
@@ -337,6 +346,14 @@ class Drain(_Message, frozen=True, tag=_tag(MsgType.DRAIN)):
 
 class Fenced(_Message, frozen=True, tag=_tag(MsgType.FENCED)):
     node_id: NodeId
+    term: Count
+
+
+class NotLeader(_Message, frozen=True, tag=_tag(MsgType.NOT_LEADER)):
+    """This master does not act: ``leader`` is the acting one's id (1-based), or 0 when none is known."""
+
+    term: Count
+    leader: Count
 
 
 class NotReady(_Message, frozen=True, tag=_tag(MsgType.NOT_READY)):
@@ -364,6 +381,7 @@ Message = (
     | ReplicateAck
     | Fenced
     | NotReady
+    | NotLeader
 )
 
 _ENCODER = msgspec.msgpack.Encoder()

@@ -106,9 +106,9 @@ def describe(message: Message) -> str:
             return f"ReplicateAck #{repl_id} from server{node_id}" + (f" rejected {rejected}" if rejected else "")
         case Table(data):
             return f"Table v{data.version} dead {list(data.dead)}"
-        case Heartbeat(node_id, sent_at, version, _):
+        case Heartbeat(node_id, _, sent_at, version, _):
             return f"Heartbeat server{node_id} sent {sent_at:.4f} table v{version}"
-        case HeartbeatAck(sent_at, version):
+        case HeartbeatAck(sent_at, version, _):
             return f"HeartbeatAck sent {sent_at:.4f} table v{version}"
         case Commit(sender, committed):
             return f"Commit from server{sender} up to {committed}"
