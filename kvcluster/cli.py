@@ -81,6 +81,10 @@ def _process_parser() -> argparse.ArgumentParser:
     master.add_argument("--nodes", type=int, required=True)
     master.add_argument("--rep", type=int, required=True)
     master.add_argument("--bind", required=True)
+    master.add_argument("--id", type=int, default=1)
+    master.add_argument("--group", default="", help="every member's Raft address, comma-separated")
+    master.add_argument("--secret-file", type=Path)
+    master.add_argument("--journal", type=Path)
     node = processes.add_parser("_node", parents=[timing])
     node.add_argument("--id", type=int, required=True)
     node.add_argument("--master", required=True)
@@ -89,6 +93,7 @@ def _process_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--nodes", type=int, required=True)
     supervise.add_argument("--rep", type=int, required=True)
     supervise.add_argument("--bind", required=True)
+    supervise.add_argument("--masters", type=int, required=True)
     return parser
 
 
@@ -110,7 +115,11 @@ def _run_process(argv: list[str]) -> bool:
     if args.process == "_master":
         from kvcluster.runtime import master  # noqa: PLC0415
 
-        master.serve(args.nodes, args.rep, args.bind, timing)
+        membership = None
+        if args.group:
+            secret = args.secret_file.read_text().strip()
+            membership = master.Membership(args.id, args.group.split(","), secret, args.journal)
+        master.serve(args.nodes, args.rep, args.bind, timing, membership)
     elif args.process == "_node":
         from kvcluster.runtime import node  # noqa: PLC0415
 
@@ -118,7 +127,7 @@ def _run_process(argv: list[str]) -> bool:
     else:
         from kvcluster import supervisor  # noqa: PLC0415
 
-        supervisor.supervise(args.home, args.nodes, args.rep, args.bind, timing)
+        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing)
     return True
 
 

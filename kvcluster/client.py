@@ -45,7 +45,6 @@ from kvcluster.core.protocol import (
 )
 from kvcluster.errors import (
     ClusterUnavailable,
-    InvalidAddress,
     InvalidKey,
     InvalidValue,
     KeyNotFound,
@@ -53,6 +52,7 @@ from kvcluster.errors import (
     OperationTimedOut,
     ProtocolError,
 )
+from kvcluster.master_link import MasterLink
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
@@ -60,15 +60,6 @@ MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however ofte
 REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: flag arithmetic on zmq's enum costs more than the send itself
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
-
-
-def parse_address(address: str) -> str:
-    """Turn ``HOST:PORT`` (or ``tcp://HOST:PORT``) into a ZeroMQ endpoint, or raise ``InvalidAddress``."""
-    bare = address.removeprefix("tcp://")
-    host, sep, port = bare.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidAddress(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
-    return f"tcp://{host}:{int(port)}"
 
 
 def validate(key: str, value: str | None = None) -> None:
@@ -124,7 +115,6 @@ class Client:
         recorder: HistoryRecorder | None = None,
     ) -> None:
         self.address = master
-        self.endpoint = parse_address(master)
         self.deadline = deadline
         # The timeout of a try doubles with every earlier try of the same operation, up to MAX_TRY_TIMEOUT.
         self.try_timeouts = [min(MAX_TRY_TIMEOUT, try_timeout * 2**attempt) for attempt in range(8)]
@@ -134,8 +124,7 @@ class Client:
         self.client_id = random.getrandbits(62)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.master = self.ctx.socket(zmq.DEALER)
-        self.master.connect(self.endpoint)
+        self.masters = MasterLink(self.ctx, master, deadline)
         self.sockets: dict[int, zmq.Socket[bytes]] = {}
         self.socket_endpoints: dict[int, str] = {}
         self.poller = zmq.Poller()
@@ -266,19 +255,8 @@ class Client:
         return reply
 
     def _ask_master(self, message: TableRequest | StatusRequest | Drain, until: float) -> object:
-        try:
-            self.master.send(encode(message), NOBLOCK)
-        except zmq.Again:
-            raise ClusterUnavailable(self.address, self.deadline) from None  # requests pile up unanswered
         wanted = Table if isinstance(message, TableRequest) else StatusReport
-        while True:
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not self.master.poll(int(remaining * 1000) + 1):
-                raise ClusterUnavailable(self.address, self.deadline)
-            reply = decode(self.master.recv())
-            if isinstance(reply, wanted | NotReady):
-                return reply
-            # A late answer to an earlier question: skip it.
+        return self.masters.ask(message, wanted, until)
 
     def _socket(self, node_id: int, table: RoutingTable) -> zmq.Socket[bytes]:
         sock = self.sockets.get(node_id)
@@ -307,7 +285,7 @@ class Client:
             raw = self.table_cache.read_bytes()
             endpoint, _, frame = raw.partition(b"\n")
             message = decode(frame)
-            if endpoint.decode(errors="replace") != self.endpoint or not isinstance(message, Table):
+            if endpoint.decode(errors="replace") != self.masters.key or not isinstance(message, Table):
                 return None
             return RoutingTable(message.data)
         except (OSError, ProtocolError, ValueError, KeyError):
@@ -317,7 +295,7 @@ class Client:
         if self.table_cache is None:
             return
         tmp = self.table_cache.with_suffix(".tmp")
-        tmp.write_bytes(self.endpoint.encode() + b"\n" + encode(message))
+        tmp.write_bytes(self.masters.key.encode() + b"\n" + encode(message))
         tmp.replace(self.table_cache)
 
 

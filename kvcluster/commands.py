@@ -23,12 +23,12 @@ from kvcluster.console import get_and_print, home_dir, put_and_print, run_client
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import (
     ClusterNotRunning,
-    KvclusterError,
     NodeNotRunning,
     OperationTimedOut,
     StartupFailed,
     UsageError,
 )
+from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
     from rich.table import Table
@@ -131,6 +131,9 @@ def _check_shape(nodes: int, rep: int) -> None:
 def up(
     nodes: Annotated[int, typer.Option("--nodes", "-n", help="Number of storage nodes.")] = 7,
     rep: Annotated[int, typer.Option("--rep", "-k", help="Replicas of every key (1..nodes).")] = 3,
+    masters: Annotated[
+        int, typer.Option("--masters", help="Masters in the group, replicated with Raft: 1, 3 or 5.")
+    ] = DEFAULT_MASTERS,
     detach: Annotated[
         bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")
     ] = False,
@@ -145,20 +148,21 @@ def up(
     ] = 700,
     home: Home = None,
 ) -> None:
-    """Start a master and NODES storage nodes with REP replicas each."""
+    """Start a group of MASTERS masters and NODES storage nodes with REP replicas each."""
     from kvcluster.supervisor import Supervisor, check_can_start, stop_flag  # noqa: PLC0415
 
     _check_shape(nodes, rep)
+    check_master_count(masters)
     timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
     state_home = home_dir(home)
     check_can_start(state_home)
     bind = f"{host}:{port}"
     if detach:
-        state = _start_detached(state_home, nodes, rep, bind, timing)
+        state = _start_detached(state_home, nodes, rep, masters, bind, timing)
         _print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
-    supervisor = Supervisor(state_home, nodes, rep, bind, timing)
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing)
     stop = stop_flag()
     try:
         state = supervisor.start()
@@ -178,7 +182,8 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
 
     console = Console()
     console.print(
-        f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, master at {state.master_endpoint}"
+        f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, "
+        f"{len(state.masters)} masters at {state.master_endpoint}"
     )
     console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, get KEY, kill serverN")
     with Live(_status_table(_status_document(state)), console=console, auto_refresh=False) as live:
@@ -191,12 +196,12 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
             time.sleep(0.1)
 
 
-def _start_detached(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> ClusterState:
+def _start_detached(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> ClusterState:
     from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, last_log_line, timing_args  # noqa: PLC0415
 
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
-    shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--bind", bind]
+    shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), "--bind", bind]
     args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
     with (logs / "supervisor.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
@@ -234,22 +239,40 @@ def down(home: Home = None) -> None:
 
 
 @app.command()
-def kill(node: Annotated[str, typer.Argument(help="Node to kill, e.g. server3.")], home: Home = None) -> None:
-    """Kill one storage node with SIGKILL, as kill -9 would."""
-    from kvcluster.supervisor import ClusterState, kill_node  # noqa: PLC0415
+def kill(
+    node: Annotated[str, typer.Argument(help="What to kill: serverN, masterN, or master (the leader).")],
+    home: Home = None,
+) -> None:
+    """Kill one storage node or master with SIGKILL, as kill -9 would."""
+    from kvcluster.supervisor import ClusterState, kill_master, kill_node  # noqa: PLC0415
 
-    info = kill_node(ClusterState.load(home_dir(home)), node)
+    state = ClusterState.load(home_dir(home))
+    if node.startswith("master"):
+        leader = _leader_id(state) if node == "master" else 0
+        info = kill_master(state, node, leader)
+    else:
+        info = kill_node(state, node)
     say(f"killed {info.name} (pid {info.pid}) with SIGKILL")
+
+
+def _leader_id(state: ClusterState) -> int:
+    masters, _ = _masters_document(state, timeout=2.0)
+    return next((i for i, m in enumerate(masters, start=1) if m["role"] == "leader"), 0)
 
 
 @app.command()
 def restart(
-    node: Annotated[str, typer.Argument(help="Dead node to start again, e.g. server3.")], home: Home = None
+    node: Annotated[str, typer.Argument(help="A dead node (serverN) or a stopped master (masterN) to start again.")],
+    home: Home = None,
 ) -> None:
-    """Start a dead node again: it joins with no data and receives slots by rebalancing."""
-    from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
+    """Start a dead node again (it joins with no data and receives slots by rebalancing), or a stopped master."""
+    from kvcluster.supervisor import ClusterState, start_master, start_node  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
+    if node.startswith("master"):
+        info = start_master(state, node)
+        say(f"restarted {info.name} (pid {info.pid}); it rejoins the master group from its journal")
+        return
     node_id = int(state.server(node).name.removeprefix("server"))
     info = start_node(state, node_id)
     _wait_joined(state, [node_id])
@@ -393,16 +416,10 @@ def sim_command(
 
 
 def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
-    """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    """The cluster as JSON-ready data: the leading master's view where one answers, process liveness always."""
     from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
 
-    report = None
-    try:
-        with Client(state.master_endpoint, deadline=timeout) as client:
-            report = client.status()
-    except KvclusterError:
-        pass
+    masters, report = _masters_document(state, timeout)
     table = RoutingTable(report.table) if report is not None and report.table is not None else None
     views = {n.node_id: n for n in report.nodes} if report is not None else {}
     nodes = []
@@ -422,11 +439,19 @@ def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any
             "backup_slots": backup,
             "keys": view.keys if view is not None else None,
         })  # fmt: skip
+    leader = next((m for m in masters if m["role"] == "leader"), None)
     return {
         "home": state.home,
         "nodes_total": state.nodes,
         "rep": state.rep,
-        "master": {"endpoint": state.master_endpoint, "pid": state.master.pid, "alive": report is not None},
+        "master": {
+            "endpoint": state.master_endpoint,
+            "pid": leader["pid"] if leader else None,
+            "alive": report is not None,
+            "leader": leader["name"] if leader else None,
+            "term": leader["term"] if leader else None,
+        },
+        "masters": masters,
         "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
         "table_version": table.version if table is not None else None,
         "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
@@ -435,6 +460,33 @@ def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any
         "draining": [f"server{n}" for n in report.draining] if report is not None else [],
         "nodes": nodes,
     }
+
+
+def _masters_document(state: ClusterState, timeout: float) -> tuple[list[dict[str, Any]], StatusReport | None]:
+    """Each master's role and term as it answers for itself, and the leader's view of the cluster."""
+    import zmq  # noqa: PLC0415
+
+    from kvcluster.core.protocol import NotLeader, StatusRequest  # noqa: PLC0415
+    from kvcluster.core.protocol import StatusReport as Report  # noqa: PLC0415
+    from kvcluster.master_link import survey  # noqa: PLC0415
+
+    ctx = zmq.Context()
+    try:
+        answers = survey(ctx, [m.endpoint for m in state.masters], StatusRequest(), timeout)
+    finally:
+        ctx.destroy(linger=0)
+    masters, report = [], None
+    for info, answer in zip(state.masters, answers, strict=True):
+        role, term = "not answering", None
+        if isinstance(answer, Report):
+            role, term, report = "leader", answer.term, answer
+        elif isinstance(answer, NotLeader):
+            role, term = ("follower" if answer.leader else "no leader"), answer.term
+        masters.append({
+            "name": info.name, "pid": info.pid, "endpoint": info.endpoint, "process_alive": info.alive(),
+            "role": role, "term": term,
+        })  # fmt: skip
+    return masters, report
 
 
 def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
@@ -455,11 +507,8 @@ def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
 def _status_table(doc: dict[str, Any]) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
-    master = doc["master"]
-    title = (
-        f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
-        f"rep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
-    )
+    masters = ", ".join(_master_label(m) for m in doc["masters"])
+    title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
     table = Table(title=title, caption=_status_caption(doc))
     for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
         numeric = column in ("pid", "primary", "backup", "keys")
@@ -474,8 +523,23 @@ def _status_table(doc: dict[str, Any]) -> Table:
     return table
 
 
+def _master_label(master: dict[str, Any]) -> str:
+    if not master["process_alive"]:
+        return f"{master['name']} [red]down[/]"
+    if master["term"] is None:
+        return f"{master['name']} [red]not answering[/]"
+    colour = "green" if master["role"] == "leader" else "white"
+    return f"{master['name']} [{colour}]{master['role']}[/] (term {master['term']})"
+
+
 def _status_caption(doc: dict[str, Any]) -> str:
     lines = ["primary, backup: slots held in each role"]
+    if doc["master"]["leader"] is None:
+        answering = sum(m["term"] is not None for m in doc["masters"])
+        lines.append(
+            f"[red]no master is leading ({answering} of {len(doc['masters'])} answering): the table cannot change; "
+            "nodes serve only while their leases last[/]"
+        )
     short, healing = doc["under_replicated_slots"], doc["healing"]
     if short:
         lines.append(f"[yellow]{short} slots have fewer than {doc['rep']} replicas[/]")

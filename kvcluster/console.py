@@ -55,9 +55,9 @@ class Target:
 
 def target_for(home: Path | None, master: str | None, verbose: bool, timeout: float) -> Target:
     if master is not None:
-        from kvcluster.client import parse_address  # noqa: PLC0415
+        from kvcluster.master_link import parse_addresses  # noqa: PLC0415
 
-        parse_address(master)  # a bad address is a usage error before anything else happens
+        parse_addresses(master)  # a bad address is a usage error before anything else happens
     return Target(home, master, verbose, timeout)
 
 

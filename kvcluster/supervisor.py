@@ -1,6 +1,6 @@
 """Starting, watching and stopping a cluster's processes, and the state directory.
 
-The supervisor is the parent of the master and of every storage node: it
+The supervisor is the parent of the masters and of every storage node: it
 spawns them with ``sys.executable -m kvcluster`` so they run in the same
 environment, records their PIDs in ``cluster.json`` in the state directory,
 reaps them when they die (so a ``kill -9``-ed node never lingers as a zombie)
@@ -34,6 +34,7 @@ from kvcluster.errors import (
     StartupFailed,
     UnknownNode,
 )
+from kvcluster.masters import group_args, master_name, prepare_group
 
 STATE_FILE = "cluster.json"
 TABLE_CACHE = "table.cache"
@@ -76,10 +77,11 @@ class ClusterState:
     home: str
     nodes: int
     rep: int
-    master_endpoint: str
+    master_endpoint: str  # every master's endpoint, comma-separated, as ``--master`` takes them
     supervisor: ProcessInfo
-    master: ProcessInfo
+    masters: list[ProcessInfo]
     servers: list[ProcessInfo] = field(default_factory=list)
+    raft_addresses: list[str] = field(default_factory=list)  # empty for a lone master
     timing: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
 
@@ -98,9 +100,9 @@ class ClusterState:
         try:
             raw = json.loads(cls.path(home).read_text())
             return cls(
-                **{k: v for k, v in raw.items() if k not in ("supervisor", "master", "servers")},
+                **{k: v for k, v in raw.items() if k not in ("supervisor", "masters", "servers")},
                 supervisor=ProcessInfo(**raw["supervisor"]),
-                master=ProcessInfo(**raw["master"]),
+                masters=[ProcessInfo(**m) for m in raw["masters"]],
                 servers=[ProcessInfo(**s) for s in raw["servers"]],
             )
         except FileNotFoundError:
@@ -115,8 +117,15 @@ class ClusterState:
         names = ", ".join(s.name for s in self.servers)
         raise UnknownNode(f"unknown node {name!r}: this cluster has {names}")
 
+    def master(self, name: str) -> ProcessInfo:
+        for info in self.masters:
+            if info.name == name:
+                return info
+        names = ", ".join(m.name for m in self.masters)
+        raise UnknownNode(f"unknown master {name!r}: this cluster has {names}")
+
     def processes(self) -> list[ProcessInfo]:
-        return [self.supervisor, self.master, *self.servers]
+        return [self.supervisor, *self.masters, *self.servers]
 
     def running(self) -> bool:
         return any(p.alive() for p in self.processes())
@@ -153,10 +162,11 @@ def _create_time(pid: int) -> float:
 class Supervisor:
     """Owns the child processes of one cluster for as long as it runs."""
 
-    def __init__(self, home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+    def __init__(self, home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> None:
         self.home = home
         self.nodes = nodes
         self.rep = rep
+        self.masters = masters
         self.bind = bind
         self.timing = timing
         self.children: list[subprocess.Popen[bytes]] = []
@@ -187,21 +197,9 @@ class Supervisor:
 
     def _start(self) -> ClusterState:
         deadline = time.monotonic() + START_TIMEOUT
-        master = self._spawn(
-            "master",
-            [
-                "_master",
-                "--nodes",
-                str(self.nodes),
-                "--rep",
-                str(self.rep),
-                "--bind",
-                self.bind,
-                *timing_args(self.timing),
-            ],
-            stdout=subprocess.PIPE,
-        )
-        endpoint = self._read_ready_line(master, deadline)
+        raft = prepare_group(self.home, self.masters)
+        masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
+        endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
         servers = [
             self._spawn(node_name(i), ["_node", "--id", str(i), "--master", endpoint, *timing_args(self.timing)])
             for i in range(1, self.nodes + 1)
@@ -215,7 +213,11 @@ class Supervisor:
             rep=self.rep,
             master_endpoint=endpoint,
             supervisor=ProcessInfo("supervisor", me, _create_time(me)),
-            master=ProcessInfo("master", master.pid, _create_time(master.pid), endpoint),
+            masters=[
+                ProcessInfo(name, m.pid, _create_time(m.pid), e)
+                for (name, m), e in zip(masters, endpoint.split(","), strict=True)
+            ],
+            raft_addresses=raft,
             servers=[
                 ProcessInfo(node_name(i), p.pid, _create_time(p.pid), endpoints.get(i, ""))
                 for i, p in enumerate(servers, start=1)
@@ -226,13 +228,21 @@ class Supervisor:
         self.state.save()
         return self.state
 
-    def _read_ready_line(self, master: subprocess.Popen[bytes], deadline: float) -> str:
+    def _spawn_master(self, member_id: int, raft: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
+        host, _, port = self.bind.rpartition(":")
+        bind = f"{host}:{int(port) + member_id - 1 if int(port) else 0}"
+        shape = ["--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", bind]
+        name = master_name(member_id)
+        args = ["_master", *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
+        return name, self._spawn(name, args, stdout=subprocess.PIPE)
+
+    def _read_ready_line(self, master: subprocess.Popen[bytes], name: str, deadline: float) -> str:
         assert master.stdout is not None
         ready, _, _ = select.select([master.stdout], [], [], max(0.0, deadline - time.monotonic()))
         line = master.stdout.readline().decode().strip() if ready else ""
         if not line.startswith("READY "):
-            log_path = self.home / LOG_DIR / "master.log"
-            raise StartupFailed(f"the master did not start (see {log_path}): {last_log_line(log_path)}")
+            log_path = self.home / LOG_DIR / f"{name}.log"
+            raise StartupFailed(f"{name} did not start (see {log_path}): {last_log_line(log_path)}")
         return line.removeprefix("READY ")
 
     def _wait_for_table(self, endpoint: str, deadline: float) -> StatusReport:
@@ -291,9 +301,9 @@ def stop_flag() -> list[bool]:
     return stop
 
 
-def supervise(home: Path, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+def supervise(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, bind, timing)
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing)
     stop = stop_flag()
     try:
         supervisor.start()
@@ -369,24 +379,58 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
             raise NodeStillRunning(f"{name} (pid {old.pid}) is running; kill it first to restart it")
     elif node_id != len(state.servers) + 1:
         raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
-    home = Path(state.home)
     timing = Timing(**state.timing)
-    logs = home / LOG_DIR
-    logs.mkdir(parents=True, exist_ok=True)
-    with (logs / f"{name}.log").open("ab") as log_file:
-        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "kvcluster", "_node", "--id", str(node_id), "--master", state.master_endpoint,
-             *timing_args(timing)],
-            stdin=subprocess.DEVNULL,
-            stdout=log_file,
-            stderr=log_file,
-            start_new_session=True,
-        )  # fmt: skip
-    info = ProcessInfo(name, proc.pid, _create_time(proc.pid))
+    args = ["_node", "--id", str(node_id), "--master", state.master_endpoint, *timing_args(timing)]
+    info = _start_detached_child(Path(state.home), name, args)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
     else:
         state.servers.append(info)
         state.nodes = len(state.servers)
+    state.save()
+    return info
+
+
+def _start_detached_child(home: Path, name: str, args: list[str]) -> ProcessInfo:
+    """Start ``kvcluster ARGS`` in a session of its own, so it outlives this command like the rest of the cluster."""
+    logs = home / LOG_DIR
+    logs.mkdir(parents=True, exist_ok=True)
+    with (logs / f"{name}.log").open("ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            [sys.executable, "-m", "kvcluster", *args],
+            stdin=subprocess.DEVNULL,
+            stdout=log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    return ProcessInfo(name, proc.pid, _create_time(proc.pid))
+
+
+def kill_master(state: ClusterState, name: str, leader: int) -> ProcessInfo:
+    """SIGKILL one master: ``master`` names the leader (id ``leader``, 0 when none is known), ``masterN`` a member."""
+    if name == "master":
+        if not leader:
+            raise NodeNotRunning("no master is leading right now (see kvcluster status)")
+        name = master_name(leader)
+    info = state.master(name)
+    if not info.alive():
+        raise NodeNotRunning(f"{name} (pid {info.pid}) is not running")
+    os.kill(info.pid, signal.SIGKILL)
+    return info
+
+
+def start_master(state: ClusterState, name: str) -> ProcessInfo:
+    """Start a stopped member of the master group again, under its id, Raft address and journal."""
+    old = state.master(name)
+    if old.alive():
+        raise NodeStillRunning(f"{name} (pid {old.pid}) is running; kill it first to restart it")
+    member_id = state.masters.index(old) + 1
+    host, _, port = old.endpoint.removeprefix("tcp://").rpartition(":")
+    timing = Timing(**state.timing)
+    shape = ["--nodes", str(state.nodes), "--rep", str(state.rep), "--bind", f"{host}:{port}"]
+    group = group_args(Path(state.home), state.raft_addresses, member_id)
+    info = _start_detached_child(Path(state.home), name, ["_master", *shape, *timing_args(timing), *group])
+    info.endpoint = old.endpoint
+    state.masters[member_id - 1] = info
     state.save()
     return info

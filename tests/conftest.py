@@ -79,7 +79,7 @@ def recorded_processes(home: Path) -> dict[str, tuple[int, float]]:
         raw = json.loads((home / "cluster.json").read_text())
     except (OSError, ValueError):
         return {}
-    infos = [raw["supervisor"], raw["master"], *raw["servers"]]
+    infos = [raw["supervisor"], *raw["masters"], *raw["servers"]]
     return {info["name"]: (info["pid"], info["create_time"]) for info in infos}
 
 
@@ -103,10 +103,10 @@ class Cluster:
     def run(self, *args: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> subprocess.CompletedProcess[str]:
         proc = run_cli(*args, home=self.home, check=False, timeout=timeout)
         if check and proc.returncode != 0:
-            master_log = "\n".join(self.log("master").splitlines()[-15:])
+            master_log = "\n".join(self.log("master1").splitlines()[-15:])
             pytest.fail(
                 f"kvcluster {' '.join(args)} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}\n"
-                f"last lines of {self.home}/logs/master.log:\n{master_log}"
+                f"last lines of {self.home}/logs/master1.log:\n{master_log}"
             )
         return proc
 
@@ -135,13 +135,13 @@ class Cluster:
         self.run("kill", name)
 
     def pids(self) -> dict[str, int]:
-        """Name -> pid of every process recorded in ``cluster.json`` (supervisor, master, servers)."""
+        """Name -> pid of every process recorded in ``cluster.json`` (supervisor, masters, servers)."""
         return {name: pid for name, (pid, _) in recorded_processes(self.home).items()}
 
     def master_address(self) -> str:
-        """The master's HOST:PORT, as ``--master`` takes it."""
-        endpoint: str = self.status()["master"]["endpoint"]
-        return endpoint.removeprefix("tcp://")
+        """Every master's HOST:PORT, comma-separated, as ``--master`` takes them."""
+        endpoints: str = self.status()["master"]["endpoint"]
+        return ",".join(e.removeprefix("tcp://") for e in endpoints.split(","))
 
     def node(self, name: str) -> dict[str, Any]:
         """The ``status --json`` entry of one node."""
@@ -152,6 +152,10 @@ class Cluster:
         """Whether the master's table lists every one of ``names`` as dead."""
         dead = set(self.status()["dead"])
         return all(name in dead for name in names)
+
+    def master_logs(self) -> str:
+        """What every master wrote: any of them may be the one leading."""
+        return "".join(self.log(path.stem) for path in sorted((self.home / "logs").glob("master*.log")))
 
     def log(self, name: str) -> str:
         path = self.home / "logs" / f"{name}.log"
@@ -172,13 +176,13 @@ class ClusterLauncher:
         self.base = base
         self.clusters: list[Cluster] = []
 
-    def __call__(self, nodes: int = 3, rep: int = 2) -> Cluster:
+    def __call__(self, nodes: int = 3, rep: int = 2, masters: int = 3) -> Cluster:
         home = self.base / f"home{len(self.clusters)}"
         cluster = Cluster(home, nodes, rep)
         self.clusters.append(cluster)
-        run_cli("up", "-d", "--nodes", str(nodes), "--rep", str(rep), home=home)
+        run_cli("up", "-d", "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), home=home)
         cluster.started = recorded_processes(home)
-        assert len(cluster.started) == nodes + 2, f"cluster.json records {sorted(cluster.started)}"
+        assert len(cluster.started) == nodes + masters + 1, f"cluster.json records {sorted(cluster.started)}"
         return cluster
 
     def close(self) -> None:

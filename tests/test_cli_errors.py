@@ -191,14 +191,15 @@ def test_missing_key(store: Store) -> None:
     assert_error(store.cluster.run("client", "--get", "neverwritten", check=False), FAILURE, "not found")
 
 
-@pytest.mark.parametrize("name", ["server9", "server0", "master", "bogus"])
+@pytest.mark.parametrize("name", ["server9", "server0", "master9", "bogus"])
 def test_kill_unknown_node(store: Store, name: str) -> None:
     assert_error(store.cluster.run("kill", name, check=False), USAGE, name)
     assert all(same_process_alive(pid, created) for pid, created in store.cluster.started.values())
 
 
 @pytest.mark.parametrize(
-    "address", ["nonsense", "127.0.0.1", "127.0.0.1:port", "127.0.0.1:70000", ":5000", "127.0.0.1:0"]
+    "address",
+    ["nonsense", "127.0.0.1", "127.0.0.1:port", "127.0.0.1:70000", ":5000", "127.0.0.1:0", "127.0.0.1:5000,nonsense"],
 )
 def test_bad_master_address(store: Store, address: str) -> None:
     assert_error(store.cluster.run("get", "k", "--master", address, check=False), USAGE, "address", repr(address))
@@ -229,6 +230,13 @@ def test_up_over_a_running_cluster(store: Store) -> None:
 def test_up_with_impossible_shape(empty_home: Path, nodes: str, rep: str, fragment: str) -> None:
     proc = run_cli("up", "-d", "--nodes", nodes, "--rep", rep, home=empty_home, check=False)
     assert_error(proc, USAGE, fragment)
+    assert not (empty_home / "cluster.json").exists()
+
+
+@pytest.mark.parametrize("masters", ["2", "4", "0", "7"])
+def test_up_with_a_master_group_that_cannot_be(empty_home: Path, masters: str) -> None:
+    proc = run_cli("up", "-d", "--nodes", "1", "--rep", "1", "--masters", masters, home=empty_home, check=False)
+    assert_error(proc, USAGE, "--masters", masters)
     assert not (empty_home / "cluster.json").exists()
 
 

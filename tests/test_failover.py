@@ -197,7 +197,7 @@ def test_a_stall_of_most_nodes_declares_no_one_dead(cluster: ClusterLauncher) ->
     for pid in paused:
         os.kill(pid, signal.SIGSTOP)
     try:
-        wait_until(lambda: "it looks like a stall" in c.log("master"), message="the master holds its verdict")
+        wait_until(lambda: "it looks like a stall" in c.master_logs(), message="the master holds its verdict")
     finally:
         for pid in paused:
             os.kill(pid, signal.SIGCONT)

@@ -47,7 +47,10 @@ def test_status_after_up(shared: Cluster) -> None:
         assert node["process_alive"]
         assert not node["declared_dead"]
         assert node["pid"] == pids[node["name"]]
-    assert doc["master"]["pid"] == pids["master"]
+    assert doc["master"]["pid"] == pids[doc["master"]["leader"]]
+    roles = sorted(m["role"] for m in doc["masters"])
+    assert roles == ["follower", "follower", "leader"]
+    assert len({m["term"] for m in doc["masters"]}) == 1
     primaries = [n["primary_slots"] for n in doc["nodes"]]
     backups = [n["backup_slots"] for n in doc["nodes"]]
     assert sum(primaries) == NUM_SLOTS
@@ -88,10 +91,10 @@ def malformed_count(log: str) -> int:
     return sum("malformed" in line for line in log.splitlines())
 
 
-@pytest.mark.parametrize("target", ["master", "server2"])
+@pytest.mark.parametrize("target", ["master1", "server2"])
 def test_malformed_frames_are_rejected(shared: Cluster, dealer: zmq.Socket[bytes], target: str) -> None:
     doc = shared.status()
-    endpoint = doc["master"]["endpoint"] if target == "master" else shared.node(target)["endpoint"]
+    endpoint = doc["masters"][0]["endpoint"] if target == "master1" else shared.node(target)["endpoint"]
     before = malformed_count(shared.log(target))
     dealer.connect(endpoint)
     frames = bad_frames()
@@ -135,9 +138,9 @@ def test_status_after_kill_shows_slots_moved(cluster: ClusterLauncher) -> None:
 def test_down_stops_every_process(cluster: ClusterLauncher) -> None:
     c = cluster(nodes=2, rep=1)
     processes = recorded_processes(c.home)
-    assert len(processes) == 4
+    assert len(processes) == 6  # the supervisor, three masters and two servers
     out = c.run("down")
-    assert "stopped 4 processes" in out.stderr
+    assert "stopped 6 processes" in out.stderr
     wait_until(lambda: all_gone(processes), message="every process of the cluster exits")
     assert not (c.home / "cluster.json").exists()
     assert "no cluster running" in c.run("status", check=False).stderr

@@ -49,6 +49,7 @@ from kvcluster.bench.chaos_report import (
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import KvclusterError, UsageError
+from kvcluster.masters import DEFAULT_MASTERS
 from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
 
 if TYPE_CHECKING:
@@ -199,7 +200,7 @@ def _run_cluster(
     from kvcluster.client import Client  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
-    supervisor = Supervisor(path, shape.nodes, shape.rep, "127.0.0.1:0", timing)
+    supervisor = Supervisor(path, shape.nodes, shape.rep, DEFAULT_MASTERS, "127.0.0.1:0", timing)
     injector: FaultInjector | None = None
     try:
         say(f"starting {shape.nodes} nodes with {shape.rep} replicas in {path}")

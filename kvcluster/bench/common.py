@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kvcluster.errors import KvclusterError, UsageError
+from kvcluster.masters import DEFAULT_MASTERS
 
 if TYPE_CHECKING:
     from kvcluster.client import Client, Completion, OpResult
@@ -39,7 +40,7 @@ class BenchmarkError(KvclusterError):
 
 
 @contextmanager
-def cluster(nodes: int, rep: int) -> Iterator[tuple[Supervisor, ClusterState]]:
+def cluster(nodes: int, rep: int, masters: int = DEFAULT_MASTERS) -> Iterator[tuple[Supervisor, ClusterState]]:
     """A fresh cluster in its own temporary state directory, stopped and reaped on the way out."""
     import tempfile  # noqa: PLC0415
 
@@ -47,7 +48,7 @@ def cluster(nodes: int, rep: int) -> Iterator[tuple[Supervisor, ClusterState]]:
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="kvcluster-bench-") as home:
-        supervisor = Supervisor(Path(home), nodes, rep, "127.0.0.1:0", Timing())
+        supervisor = Supervisor(Path(home), nodes, rep, masters, "127.0.0.1:0", Timing())
         try:
             state = supervisor.start()
             yield supervisor, state

@@ -94,7 +94,7 @@ class FailoverJob:
     """Seconds between rounds: 0 under load, ``PROBE_PAUSE`` for an idle run's probes."""
 
 
-def _failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
+def failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
     """Entry point of a failover client process.
 
     Each round issues one operation per owned key, all in flight at once, and
@@ -184,14 +184,14 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         master = state.master_endpoint
         all_keys = [k for keys in groups.values() for k in keys]
         initial = {key: f"init-{key}" for key in all_keys}
-        _put_all(master, initial)
+        put_all(master, initial)
         pause = PROBE_PAUSE if shape.idle else 0.0
         jobs = [
             FailoverJob(master, i, group, keys, duration, seed=i, pause=pause)
             for i, (group, keys) in enumerate(groups.items())
         ]
         # Started before the load, so they are running the moment it ends.
-        with ClientPool(_failover_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
+        with ClientPool(failover_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
             try:
                 load_s = _load(master, shape.keys, progress) if shape.keys else 0.0
             except BenchmarkError as exc:
@@ -211,7 +211,7 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
             records = pool.collect()
         supervisor.reap()
         progress.update(task, description=f"failover {name}: reading every key back", completed=duration)
-        final = _get_all(master, all_keys)
+        final = get_all(master, all_keys)
         check = _verify(master, shape.keys, progress) if shape.keys else BulkCheck(0, 0, 0)
         dead = dead_nodes(master)
     by_group = {job.group: job_records for job, job_records in zip(jobs, records, strict=True)}
@@ -267,7 +267,7 @@ def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: 
     progress.update(task, completed=until - start)
 
 
-def _put_all(master: str, values: dict[str, str]) -> None:
+def put_all(master: str, values: dict[str, str]) -> None:
     from kvcluster.client import Client, Completion  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
@@ -278,7 +278,7 @@ def _put_all(master: str, values: dict[str, str]) -> None:
         raise BenchmarkError("the failover key set could not be written before the kill")
 
 
-def _get_all(master: str, keys: list[str]) -> dict[str, str | None]:
+def get_all(master: str, keys: list[str]) -> dict[str, str | None]:
     """The value of every key after the load (None if gone), or no entry where the final read timed out."""
     from kvcluster.client import Client, Completion  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415

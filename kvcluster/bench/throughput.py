@@ -181,7 +181,7 @@ def run_throughput(
                         batch=mode.batch,
                         nodes=nodes,
                         advance=advance,
-                        cluster_pids=[state.master.pid, *(s.pid for s in state.servers)],
+                        cluster_pids=[*(m.pid for m in state.masters), *(s.pid for s in state.servers)],
                     )
                 )
         progress.update(task, description=f"rep {rep}: done")

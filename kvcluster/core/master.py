@@ -129,6 +129,8 @@ class MasterCore:
             self._handle(route, message)
         elif isinstance(message, TableRequest | StatusRequest | Drain):
             self._send(route, NotLeader(self.term, self.leader))
+        elif not isinstance(message, Hello | Heartbeat | CopyDone):  # nodes tell every member; the leader answers
+            raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
     def lead(self, now: float, term: int, state: MasterState | None, grace: float) -> None:
         """This member won ``term``: carry on from the newest committed ``state``, judging no node for ``grace``.
@@ -165,6 +167,11 @@ class MasterCore:
         table = state.table
         if self.acting and table is not None and (self.committed is None or table.version > self.committed.version):
             self._announce(table)
+
+    def on_commit_failed(self) -> None:
+        """The log dropped a proposal (its leader changed): while still acting, propose the newest state again."""
+        if self.acting:
+            self.outbox.append(Propose(self._state()))
 
     def tick(self, now: float) -> None:
         """Time passed: declare dead the nodes that stayed silent too long.
@@ -431,9 +438,7 @@ class MasterCore:
         log.info("published table version %d (dead: %s)", table.version, [node_name(n) for n in table.dead])
 
     def _state(self) -> MasterState:
-        moves = [
-            MoveRecord(m.slot, m.source, m.target, m.epoch, m.replaces or 0) for m in self.repairs.moves.values()
-        ]
+        moves = [MoveRecord(m.slot, m.source, m.target, m.epoch, m.replaces or 0) for m in self.repairs.moves.values()]
         pids = {node_id: record.pid for node_id, record in self.nodes.items()}
         return MasterState(self.table, sorted(self.draining), pids, moves)
 

@@ -1,27 +1,48 @@
-"""The master process: ``MasterCore`` driven over one ZeroMQ ROUTER socket with the real clock."""
+"""The master process: ``MasterCore`` driven over one ZeroMQ ROUTER socket with the real clock.
+
+Alone (``--masters 1``) it acts from the start. As a member of a group it
+also ticks its Raft member (``runtime/group.py``) every pass: the core acts
+only while this member leads, from the state the group committed, and every
+table it makes waits in the log until committed before it reaches a node.
+"""
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
 import sys
 import time
+from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
-from kvcluster.core.actions import Answer
+from kvcluster.core.actions import Answer, Propose
+from kvcluster.core.group import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.errors import ProtocolError
+from kvcluster.runtime.group import FALLBACK, MasterGroup, Role
 
 log = logging.getLogger("kvcluster.master")
+
+
+@dataclass(frozen=True, slots=True)
+class Membership:
+    """Where this master sits in its group: its id (1-based), every member's Raft address, and the shared files."""
+
+    member_id: int
+    addresses: list[str]
+    secret: str
+    journal: Path
 
 
 class MasterProcess:
     """Runs one ``MasterCore`` until SIGTERM."""
 
-    def __init__(self, nodes: int, rep: int, bind: str, timing: Timing) -> None:
+    def __init__(self, nodes: int, rep: int, bind: str, timing: Timing, membership: Membership | None) -> None:
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -32,7 +53,14 @@ class MasterProcess:
             self.router.bind(f"tcp://{bind}")
             chosen = int(port)
         self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
-        self.core = MasterCore(nodes, rep, timing, os.getpid())
+        member_id = membership.member_id if membership else 1
+        self.core = MasterCore(nodes, rep, timing, os.getpid(), master_id=member_id, replicated=membership is not None)
+        self.group = (
+            MasterGroup(member_id, membership.addresses, membership.secret, membership.journal) if membership else None
+        )
+        self.role = Role(leading=False, term=0, leader=0)
+        self.electing = False  # this member won; its barrier is not applied yet
+        self.won_at = 0.0
         self.stopping = False
 
     def run(self) -> None:
@@ -42,15 +70,49 @@ class MasterProcess:
         try:
             while not self.stopping:
                 self.router.poll(int(TICK * 1000))
+                if self.group is not None:
+                    # Before any heartbeat is read: a member that lost its majority must not grant a lease.
+                    self._follow_group(self.group)
                 self._drain()
                 self.core.tick(time.monotonic())
                 self._act()
         finally:
+            if self.group is not None:
+                self.group.close()
             self.ctx.destroy(linger=0)
             log.info("master stopped")
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
+
+    def _follow_group(self, group: MasterGroup) -> None:
+        group.tick()
+        role = group.role()
+        if role.leading and not self.core.acting and not self.electing:
+            self.electing, self.won_at = True, time.monotonic()
+            group.barrier(lambda ok: self._on_barrier(group, role.term, ok))
+        elif not role.leading and (self.core.acting or role != self.role):
+            self.electing = False
+            self.core.follow(role.term, role.leader)
+        self.role = role
+        self._act()
+
+    def _on_barrier(self, group: MasterGroup, term: int, ok: bool) -> None:
+        self.electing = False
+        role = group.role()
+        if not ok or not role.leading or role.term != term:
+            return  # lost it again before taking over; the next pass sees the new role
+        blob = group.state()
+        state = decode_state(blob) if blob else None
+        self.core.lead(time.monotonic(), term, state, takeover_grace(self.core.timing, FALLBACK))
+        took = (time.monotonic() - self.won_at) * 1000
+        log.info("took over as leader of term %d in %.0f ms after winning", term, took)
+
+    def _on_commit(self, state: MasterState, ok: bool) -> None:
+        if ok:
+            self.core.on_committed(state)
+        else:
+            self.core.on_commit_failed()
 
     def _drain(self) -> None:
         while True:
@@ -66,14 +128,18 @@ class MasterProcess:
 
     def _act(self) -> None:
         for action in self.core.take():
+            if isinstance(action, Propose):
+                assert self.group is not None
+                self.group.append(encode_state(action.state), functools.partial(self._on_commit, action.state))
+                continue
             assert isinstance(action, Answer)
             assert isinstance(action.route, tuple)
             self.router.send_multipart([*action.route, encode(action.message)])
 
 
-def serve(nodes: int, rep: int, bind: str, timing: Timing) -> None:
+def serve(nodes: int, rep: int, bind: str, timing: Timing, membership: Membership | None = None) -> None:
     """Run the master in this process; announce its endpoint on stdout once bound."""
-    master = MasterProcess(nodes, rep, bind, timing)
+    master = MasterProcess(nodes, rep, bind, timing, membership)
     sys.stdout.write(f"READY {master.endpoint}\n")
     sys.stdout.flush()
     master.run()

@@ -1,7 +1,9 @@
 """The storage node process: ``NodeCore`` driven over ZeroMQ with the real clock.
 
 One process, one thread, one ``zmq.Poller`` loop: a ROUTER socket takes client
-requests and replication from primaries, a DEALER talks to the master, and one
+requests and replication from primaries, a DEALER per master talks to the
+master group (everything for the master goes to every member: only the
+leader answers, so no message waits on finding it), and one
 DEALER per peer carries this node's replication as a primary. The driver
 decodes what arrives, hands it to the core with ``time.monotonic()``, and
 carries out the actions the core returns. It owns every socket and the clock;
@@ -23,6 +25,7 @@ from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToP
 from kvcluster.core.node import NodeCore
 from kvcluster.core.protocol import Message, Timing, decode, encode
 from kvcluster.errors import ProtocolError
+from kvcluster.master_link import parse_addresses
 
 log = logging.getLogger("kvcluster.storage")
 
@@ -43,12 +46,15 @@ class NodeProcess:
         self.ctx.linger = 0
         self.router = self.ctx.socket(zmq.ROUTER)
         endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
-        self.master = self.ctx.socket(zmq.DEALER)
-        # One identity per incarnation: the master tells a restarted node from its dead predecessor by it.
-        self.master.setsockopt(zmq.IDENTITY, f"node-{node_id}-{os.getpid()}".encode())
-        self.master.connect(master_endpoint)
         self.poller = zmq.Poller()
-        self.poller.register(self.master, zmq.POLLIN)
+        self.masters: list[zmq.Socket[bytes]] = []
+        for address in parse_addresses(master_endpoint):
+            sock = self.ctx.socket(zmq.DEALER)
+            # One identity per incarnation: the master tells a restarted node from its dead predecessor by it.
+            sock.setsockopt(zmq.IDENTITY, f"node-{node_id}-{os.getpid()}".encode())
+            sock.connect(address)
+            self.poller.register(sock, zmq.POLLIN)
+            self.masters.append(sock)
         self.poller.register(self.router, zmq.POLLIN)
         self.peers: dict[int, zmq.Socket[bytes]] = {}
         self.core = NodeCore(node_id, endpoint, os.getpid(), timing)
@@ -69,8 +75,9 @@ class NodeProcess:
                 started, cpu_started = time.monotonic(), time.thread_time()
                 if self.router in ready:
                     self._drain(self.router, lambda env, msg: core.on_router(time.monotonic(), env, msg))
-                if self.master in ready:
-                    self._drain(self.master, lambda _env, msg: core.on_master(time.monotonic(), msg))
+                for master in self.masters:
+                    if master in ready:
+                        self._drain(master, lambda _env, msg: core.on_master(time.monotonic(), msg))
                 for peer in list(self.peers.values()):
                     if peer in ready:
                         self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg))
@@ -122,8 +129,10 @@ class NodeProcess:
             case ToMaster(message):
                 # With the master gone its queue fills up: drop the message rather than block the loop (a late
                 # heartbeat is worth nothing anyway).
-                with contextlib.suppress(zmq.Again):
-                    self.master.send(encode(message), NOBLOCK)
+                frame = encode(message)
+                for master in self.masters:
+                    with contextlib.suppress(zmq.Again):
+                        master.send(frame, NOBLOCK)
             case DropPeer(node_id):
                 sock = self.peers.pop(node_id, None)
                 if sock is not None:

@@ -1,0 +1,115 @@
+"""How a client reaches the acting master: a socket per master, a guess at the leader, and redirects.
+
+``--master`` takes one address or a comma-separated list of every master in
+the group. A question goes to the master believed to lead; a ``NOT_LEADER``
+answer names the one that does (or, mid-election, none, and the next is
+tried after a short pause), and a master that stays silent for ``TRY_TIMEOUT``
+is passed over for the next. The whole question has the caller's deadline.
+"""
+
+from __future__ import annotations
+
+import time
+
+import zmq
+
+from kvcluster.core.protocol import Message, NotLeader, NotReady, decode, encode
+from kvcluster.errors import ClusterUnavailable, InvalidAddress
+
+TRY_TIMEOUT = 1.0  # seconds one master of a group gets to answer before the next is asked
+ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the leader
+
+
+def parse_address(address: str) -> str:
+    """Turn ``HOST:PORT`` (or ``tcp://HOST:PORT``) into a ZeroMQ endpoint, or raise ``InvalidAddress``."""
+    bare = address.removeprefix("tcp://")
+    host, sep, port = bare.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidAddress(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
+    return f"tcp://{host}:{int(port)}"
+
+
+def parse_addresses(addresses: str) -> list[str]:
+    """Every endpoint of a comma-separated list of masters, or ``InvalidAddress`` naming the bad one."""
+    parts = addresses.split(",")
+    if len(parts) == 1:
+        return [parse_address(addresses)]
+    try:
+        return [parse_address(part.strip()) for part in parts]
+    except InvalidAddress as exc:
+        raise InvalidAddress(f"{exc}, in the list {addresses!r}") from None
+
+
+class MasterLink:
+    """Sockets to every master of one cluster; not thread-safe, like the client that owns it."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float) -> None:
+        self.address = addresses
+        self.endpoints = parse_addresses(addresses)
+        self.deadline = deadline
+        self.sockets: list[zmq.Socket[bytes]] = []
+        for endpoint in self.endpoints:
+            sock = ctx.socket(zmq.DEALER)
+            sock.connect(endpoint)
+            self.sockets.append(sock)
+        self.current = 0  # the master believed to lead
+
+    @property
+    def key(self) -> str:
+        """The masters, as the table cache records them."""
+        return ",".join(self.endpoints)
+
+    def ask(self, message: Message, wanted: type[Message], until: float) -> Message:
+        """Send ``message`` to the leader and return its ``wanted`` (or ``NotReady``) answer by ``until``."""
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0:
+                raise ClusterUnavailable(self.address, self.deadline)
+            wait = remaining if len(self.sockets) == 1 else min(remaining, TRY_TIMEOUT)
+            reply = self._ask_one(self.sockets[self.current], message, wanted, time.monotonic() + wait)
+            if isinstance(reply, NotLeader) and reply.leader:
+                self.current = reply.leader - 1
+            elif reply is None or isinstance(reply, NotLeader):
+                if isinstance(reply, NotLeader):
+                    time.sleep(min(ELECTION_PAUSE, max(0.0, until - time.monotonic())))
+                self.current = (self.current + 1) % len(self.sockets)
+            else:
+                return reply
+
+    def _ask_one(
+        self, sock: zmq.Socket[bytes], message: Message, wanted: type[Message], until: float
+    ) -> Message | None:
+        try:
+            sock.send(encode(message), zmq.NOBLOCK)
+        except zmq.Again:
+            return None  # requests pile up unanswered: this master is gone
+        while True:
+            remaining = until - time.monotonic()
+            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
+                return None
+            reply = decode(sock.recv())
+            if isinstance(reply, wanted | NotReady | NotLeader):
+                return reply
+            # A late answer to an earlier question: skip it.
+
+
+def survey(
+    ctx: zmq.Context[zmq.Socket[bytes]], endpoints: list[str], question: Message, timeout: float
+) -> list[Message | None]:
+    """Ask every master ``question`` at once; each answer, or ``None`` for one silent for ``timeout`` seconds."""
+    sockets = []
+    poller = zmq.Poller()
+    for endpoint in endpoints:
+        sock = ctx.socket(zmq.DEALER)
+        sock.connect(endpoint)
+        sock.send(encode(question), zmq.NOBLOCK)
+        poller.register(sock, zmq.POLLIN)
+        sockets.append(sock)
+    answers: list[Message | None] = [None] * len(sockets)
+    until = time.monotonic() + timeout
+    while any(a is None for a in answers) and (remaining := until - time.monotonic()) > 0:
+        for sock, _ in poller.poll(int(remaining * 1000) + 1):
+            answers[sockets.index(sock)] = decode(sock.recv())
+    for sock in sockets:
+        sock.close(linger=0)
+    return answers

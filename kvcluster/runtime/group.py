@@ -1,0 +1,108 @@
+"""The master group's log: a pysyncobj (Raft) member ticked from the master's own loop, and the role it gives.
+
+pysyncobj 0.3.17 keeps the log, elects the leader and persists the term and
+the vote (in ``<journal>.meta``, written before any vote is sent) next to its
+journal, so a member restarted under its old id cannot vote twice in one
+term. What this module adds to it:
+
+- **One thread.** ``autoTick`` is off: the master's loop calls ``tick`` between
+  its ZeroMQ polls, so the log, the ``MasterCore`` and the sockets are only
+  ever touched by one thread.
+- **A leader that stays a leader only while a majority answers.** pysyncobj
+  steps a leader down once it has heard from no majority for
+  ``leaderFallbackTimeout``; its default of 30 s would let a deposed leader
+  grant leases for that long, so it is ``FALLBACK`` here, and the new leader
+  waits it out (``core/group.py``).
+- **Pickle only from members.** pysyncobj's transport unpickles what it
+  receives. Members bind to loopback, and every frame is encrypted and
+  authenticated with the cluster's secret (Fernet, the library's ``password``
+  option) before it is unpickled, so a stranger's bytes are dropped unread.
+- **A barrier on election.** A new leader may not have applied every entry
+  committed before it won; it appends a no-op and reads the state only once
+  that is applied, which implies all earlier ones are.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+
+RAFT_PERIOD = 0.1  # seconds between a leader's appends (heartbeats of the group)
+RAFT_MIN_TIMEOUT = 0.5  # a follower that heard no leader for a random time in [min, max] stands for election
+RAFT_MAX_TIMEOUT = 1.0
+FALLBACK = 0.4  # a leader that heard from no majority this long steps down
+COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
+
+
+class _Log(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
+    """The replicated state: the newest ``MasterState`` blob appended."""
+
+    def __init__(self, self_address: str, partners: list[str], conf: SyncObjConf) -> None:
+        super().__init__(self_address, partners, conf)
+        self.state = b""  # set after SyncObj.__init__, so pysyncobj snapshots it with the log
+
+    @replicated  # type: ignore[untyped-decorator]
+    def append(self, blob: bytes) -> None:
+        self.state = blob
+
+    @replicated  # type: ignore[untyped-decorator]
+    def barrier(self) -> None:
+        """Nothing: once applied, every entry before it is applied too."""
+
+
+@dataclass(frozen=True, slots=True)
+class Role:
+    """What this member is in the group: the leader's id is 1-based, 0 when none is known."""
+
+    leading: bool
+    term: int
+    leader: int
+
+
+class MasterGroup:
+    """One member of the group, at ``addresses[member_id - 1]``."""
+
+    def __init__(self, member_id: int, addresses: list[str], secret: str, journal: Path) -> None:
+        self.addresses = addresses
+        conf = SyncObjConf(
+            autoTick=False,
+            password=secret,
+            journalFile=str(journal),
+            fullDumpFile=str(journal.with_suffix(".dump")),
+            appendEntriesPeriod=RAFT_PERIOD,
+            raftMinTimeout=RAFT_MIN_TIMEOUT,
+            raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            leaderFallbackTimeout=FALLBACK,
+            logCompactionMinEntries=COMPACT_AFTER,
+            commandsWaitLeader=False,
+            connectionRetryTime=1.0,  # a restarted member rejoins within a second
+        )
+        me = addresses[member_id - 1]
+        self.log = _Log(me, [a for a in addresses if a != me], conf)
+
+    def tick(self) -> None:
+        """Exchange messages with the other members and apply what is committed; never blocks."""
+        self.log.doTick(0.0)
+
+    def role(self) -> Role:
+        leader = self.log._getLeader()
+        address = None if leader is None else leader.address
+        leader_id = self.addresses.index(address) + 1 if address in self.addresses else 0
+        return Role(bool(self.log._isLeader()), int(self.log._getTerm()), leader_id)
+
+    def state(self) -> bytes:
+        """The newest state applied here (empty before the first)."""
+        return bytes(self.log.state)
+
+    def append(self, blob: bytes, done: Callable[[bool], None]) -> None:
+        """Append ``blob``; ``done(True)`` once committed and applied here, ``done(False)`` if it never will be."""
+        self.log.append(blob, callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
+
+    def barrier(self, done: Callable[[bool], None]) -> None:
+        self.log.barrier(callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
+
+    def close(self) -> None:
+        self.log.destroy()
