@@ -36,6 +36,7 @@ from kvcluster.bench.common import (
 )
 from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
 from kvcluster.errors import UsageError
+from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 from kvcluster.workers import ClientPool, Worker
 
 if TYPE_CHECKING:
@@ -158,13 +159,14 @@ def run_throughput(
     clients: int,
     modes: Sequence[Mode],
     progress: Progress,
+    masters: int = DEFAULT_MASTERS,
 ) -> list[ThroughputRun]:
     """For every replica count a fresh cluster: preload, then one measured phase per mode."""
     runs: list[ThroughputRun] = []
     for rep in reps:
         task = progress.add_task(f"rep {rep}: starting {nodes} nodes", total=keys + ops * len(modes))
         advance = functools.partial(progress.advance, task)
-        with cluster(nodes, rep) as (_, state):
+        with cluster(nodes, rep, masters) as (_, state):
             progress.update(task, description=f"rep {rep}: preload")
             preload(state.master_endpoint, keys, advance)
             for mode in modes:
@@ -377,10 +379,12 @@ def throughput_command(
             "--batch", help="Operations per message; a comma-separated list (e.g. 1,64) runs each mode side by side."
         ),
     ] = "1",
+    masters: Annotated[int, typer.Option("--masters", help="Masters in the group: 1, 3 or 5.")] = DEFAULT_MASTERS,
     plot: Plot = False,
     json_out: JsonOut = None,
 ) -> None:
     """Ops/s and latency percentiles for each replica count, under many concurrent clients."""
+    check_master_count(masters)
     rep_list = int_list(reps, "--reps")
     modes = _modes_of(int_list(batch, "--batch"), int_list(window, "--window"))
     check_shape(nodes, rep_list)
@@ -394,6 +398,7 @@ def throughput_command(
             clients=clients,
             modes=modes,
             progress=progress,
+            masters=masters,
         ),
         _throughput_summary,
         _plot_throughput,
