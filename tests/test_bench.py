@@ -182,10 +182,29 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
     assert [(p["keys_loaded"], p["idle"]) for p in data["failover_sweep"]["points"]] == [(1000, True), (1000, False)]
 
 
+@pytest.mark.cluster
+def test_master_failover_elects_a_new_leader_after_each_fault_and_loses_no_write(tmp_path: Path) -> None:
+    out = tmp_path / "master-failover.json"
+    run_bench(tmp_path, "master-failover", "--nodes", "3", "--rep", "2", "--faults", "2", "--json", str(out))
+    result = json.loads(out.read_text())
+    assert [f["kind"] for f in result["faults"]] == ["kill", "pause"]
+    for fault in result["faults"]:
+        assert fault["election_ms"] is not None
+        assert fault["election_ms"] > 0
+        assert fault["new_leader"] != fault["master"]
+        assert fault["new_term"] > fault["term"]
+        assert fault["unavailable_ms"] > 0
+    assert result["acked_writes"] > 0
+    assert (result["lost_acked_writes"], result["unverified_keys"]) == (0, 0)
+    assert result["election_ms"]["median"] <= result["election_ms"]["max"]
+
+
 @pytest.mark.parametrize(
     "args",
     [
         ["throughput", "--nodes", "3", "--reps", "1,4"],
+        ["throughput", "--masters", "2"],
+        ["master-failover", "--masters", "1"],
         ["throughput", "--reps", "one"],
         ["throughput", "--batch", "1,8,16", "--window", "8,8"],
         ["balance", "--nodes", "3", "--rep", "4"],
