@@ -21,6 +21,9 @@ from kvcluster.core.protocol import (
     TableRequest,
     Timing,
 )
+from kvcluster.sim import SimConfig, run_schedule
+from kvcluster.sim.faults import Fault, FaultKind
+from kvcluster.sim.trace import Trace
 
 TIMING = Timing()
 SLOTS = 8
@@ -150,3 +153,28 @@ def test_a_node_ignores_grants_and_fencing_from_an_older_term(late_term: int) ->
     assert not node.stopped
     node.on_master(1.3, Fenced(1, 3))
     assert node.stopped
+
+
+# --- whole simulated clusters: the group modelled by its contract ---
+
+LEADER_FAULTS = [
+    [Fault(FaultKind.LEADER_CRASH, 1.0, 0, 0.7), Fault(FaultKind.KILL, 1.1, 1)],
+    [Fault(FaultKind.LEADER_CUT, 1.0, 0, 0.55), Fault(FaultKind.KILL, 1.05, 2)],
+    [
+        Fault(FaultKind.KILL, 1.0, 3),
+        Fault(FaultKind.LEADER_CRASH, 1.6, 0, 0.9),
+        Fault(FaultKind.LEADER_CUT, 3.0, 0, 0.6),
+    ],
+]
+
+
+@pytest.mark.parametrize("faults", LEADER_FAULTS, ids=["crash-then-kill", "cut-then-kill", "kill-crash-cut"])
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_leader_changes_around_a_node_death_keep_histories_linearizable(seed: int, faults: list[Fault]) -> None:
+    lines: list[str] = []
+    outcome = run_schedule(seed, SimConfig(nodes=4, rep=2, duration=5.0), faults=faults, trace=Trace(echo=lines.append))
+    assert outcome.ok, outcome.problems
+    assert len(outcome.result.history) > 50
+    assert outcome.result.declared_dead == [f.node for f in faults if f.kind == FaultKind.KILL]
+    leads = [line for line in lines if " leads term " in line]
+    assert len(leads) == sum(f.kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT) for f in faults)

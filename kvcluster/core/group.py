@@ -57,6 +57,11 @@ def decode_state(blob: bytes) -> MasterState:
     return _DECODER.decode(blob)
 
 
-def takeover_grace(timing: Timing, fallback: float) -> float:
+# The group's timing, as the runtime configures its Raft library and the simulator models it.
+FALLBACK = 0.4  # seconds after which a leader that heard from no majority steps down
+ELECTION_TIMEOUT = (0.5, 1.0)  # a follower that heard no leader for a random time in this range stands
+
+
+def takeover_grace(timing: Timing, fallback: float = FALLBACK) -> float:
     """How far ahead of its election a new leader counts every node as last heard from (see the module doc)."""
     return max(0.0, fallback + timing.lease - timing.dead_after)

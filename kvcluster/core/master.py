@@ -204,6 +204,8 @@ class MasterCore:
             table = with_replicas(self.table, [(f.slot, f.target) for f in finished if f.replaces is None])
             replaced = [(f.slot, f.replaces, f.target) for f in finished if f.replaces is not None]
             self._publish(with_moves(table, replaced, []) if replaced else table)
+            if not self._settled():
+                return  # plan from that table once nodes hold it
         if under_replicated(self.table):
             self._start(self.repairs.plan(now, self.table, self.draining))
             return

@@ -30,10 +30,9 @@ from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
+from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
+
 RAFT_PERIOD = 0.1  # seconds between a leader's appends (heartbeats of the group)
-RAFT_MIN_TIMEOUT = 0.5  # a follower that heard no leader for a random time in [min, max] stands for election
-RAFT_MAX_TIMEOUT = 1.0
-FALLBACK = 0.4  # a leader that heard from no majority this long steps down
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
 
 
@@ -73,8 +72,8 @@ class MasterGroup:
             journalFile=str(journal),
             fullDumpFile=str(journal.with_suffix(".dump")),
             appendEntriesPeriod=RAFT_PERIOD,
-            raftMinTimeout=RAFT_MIN_TIMEOUT,
-            raftMaxTimeout=RAFT_MAX_TIMEOUT,
+            raftMinTimeout=ELECTION_TIMEOUT[0],
+            raftMaxTimeout=ELECTION_TIMEOUT[1],
             leaderFallbackTimeout=FALLBACK,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,

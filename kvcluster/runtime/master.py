@@ -24,7 +24,7 @@ from kvcluster.core.group import MasterState, decode_state, encode_state, takeov
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.errors import ProtocolError
-from kvcluster.runtime.group import FALLBACK, MasterGroup, Role
+from kvcluster.runtime.group import MasterGroup, Role
 
 log = logging.getLogger("kvcluster.master")
 
@@ -104,7 +104,7 @@ class MasterProcess:
             return  # lost it again before taking over; the next pass sees the new role
         blob = group.state()
         state = decode_state(blob) if blob else None
-        self.core.lead(time.monotonic(), term, state, takeover_grace(self.core.timing, FALLBACK))
+        self.core.lead(time.monotonic(), term, state, takeover_grace(self.core.timing))
         took = (time.monotonic() - self.won_at) * 1000
         log.info("took over as leader of term %d in %.0f ms after winning", term, took)
 

@@ -33,7 +33,18 @@ from kvcluster.check.history import Operation, Outcome
 from kvcluster.check.history import OpKind as HistoryKind
 from kvcluster.client import MAX_TRY_TIMEOUT, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, SUSPECT_POLL
 from kvcluster.core.placement import RoutingTable
-from kvcluster.core.protocol import Message, NotReady, Op, OpKind, Reply, Request, Status, Table, TableRequest
+from kvcluster.core.protocol import (
+    Message,
+    NotLeader,
+    NotReady,
+    Op,
+    OpKind,
+    Reply,
+    Request,
+    Status,
+    Table,
+    TableRequest,
+)
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link
 
@@ -358,7 +369,7 @@ class SimClient:
                 if after is not None:
                     after()
                 self._step()
-            elif isinstance(message, NotReady):
+            elif isinstance(message, NotReady | NotLeader):  # starting, or the group is electing: ask again
                 self.clock.at(self.clock.now + NOT_READY_PAUSE, self._ask_again)
 
     def _ask_again(self, _arg: object) -> None:

@@ -21,6 +21,8 @@ import enum
 import random
 from dataclasses import dataclass
 
+from kvcluster.core.group import ELECTION_TIMEOUT
+
 SAFE_SILENCE = 0.35  # seconds: a node silent this long is never declared dead (dead_after is 0.7 s)
 HEAL_TIME = 1.5  # seconds after a silence ends until the cluster is whole again: detection, copies, a table
 SPACING = 0.5  # seconds between two faults on the same node
@@ -35,7 +37,9 @@ class FaultKind(enum.StrEnum):
     DEAF = "deaf"  # the master's messages to the node are held (no acks, no tables)
     MUTE = "mute"  # the node's messages to the master are held (no heartbeats)
     CUT_PEERS = "cut-peers"  # the node and every other node cannot reach each other
-    PAUSE_MASTER = "pause-master"  # SIGSTOP of the master, then SIGCONT
+    PAUSE_MASTER = "pause-master"  # SIGSTOP of the whole master group (a machine-wide stall), then SIGCONT
+    LEADER_CRASH = "leader-crash"  # the leading master killed or paused: another leads after the election
+    LEADER_CUT = "leader-cut"  # the leader cut off from the other masters, not the nodes: it acts on for a while
 
 
 SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE, FaultKind.MUTE)
@@ -48,6 +52,8 @@ WEIGHTS = {
     FaultKind.MUTE: 1,
     FaultKind.CUT_PEERS: 2,
     FaultKind.PAUSE_MASTER: 1,
+    FaultKind.LEADER_CRASH: 1,
+    FaultKind.LEADER_CUT: 1,
 }
 
 
@@ -72,7 +78,9 @@ class Fault:
     def describe(self) -> str:
         who = "master" if self.node == 0 else f"server{self.node}"
         text = f"t={self.at:.4f} {self.kind} {who}"
-        if self.kind != FaultKind.KILL:
+        if self.kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT):
+            text += f", a new leader after {self.duration:.3f} s"
+        elif self.kind != FaultKind.KILL:
             text += f" for {self.duration:.3f} s"
         if self.kind == FaultKind.SLOW:
             text += f" (+{self.extra * 1000:.1f} ms per message)"
@@ -98,6 +106,9 @@ def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float) -> F
     at = rng.uniform(FIRST_AT, max(FIRST_AT, last - 0.05))
     if kind == FaultKind.KILL:
         return Fault(kind, at, rng.randint(1, nodes))
+    if kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT):
+        election = rng.uniform(*ELECTION_TIMEOUT) + rng.uniform(0.005, 0.05)  # the timeout, then a vote and a barrier
+        return Fault(kind, at, 0, election)
     if kind == FaultKind.PAUSE_MASTER:
         length = rng.choice((rng.uniform(0.02, 0.3), rng.uniform(0.3, 1.5)))
         return Fault(kind, at, 0, min(length, last - at)) if last - at > 0.01 else None

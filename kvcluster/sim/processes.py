@@ -8,7 +8,7 @@ opened, at most ``DRAIN_LIMIT`` messages each and a ``tick`` every
 then ``flush`` (group commit) and the ``tick`` at the top of the next loop.
 A ``SimMaster`` runs ``MasterCore`` like ``runtime/master.py``: it drains
 every message that has arrived, then ticks, and otherwise wakes every
-``TICK``.
+``TICK``; it stands for the whole master group, modelled by its contract.
 
 Each message costs simulated CPU time, so a pass has a duration and the
 process is busy meanwhile. Faults planned for a process are windows it
@@ -23,13 +23,17 @@ import random
 from collections import deque
 from collections.abc import Callable
 
-from kvcluster.core.actions import Answer, DropPeer, Exit, ToMaster, ToPeer
+from kvcluster.core.actions import Answer, DropPeer, Exit, Propose, ToMaster, ToPeer
+from kvcluster.core.group import FALLBACK, MasterState, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.protocol import Message
 from kvcluster.runtime.node import BEAT_CHECK_EVERY, DRAIN_LIMIT
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link, Network
+
+GROUP_SIZE = 3  # members the simulated group takes its leaders from, in turn
+COMMIT_DELAY = 0.004  # seconds from a proposal to its commit: a round trip to a majority and the next tick
 
 Notes = Callable[[float, str], None]
 Connector = Callable[["SimNode", str], Link]
@@ -111,11 +115,34 @@ class SimProcess:
 
 
 class SimMaster(SimProcess):
-    """``MasterCore`` behind one simulated ROUTER socket."""
+    """The master group by its contract, behind one simulated ROUTER: a leader, a term and the committed log.
 
-    def __init__(self, core: MasterCore, clock: Clock, rng: random.Random) -> None:
+    The members are not simulated one by one (no Raft runs here): the
+    leader is a ``MasterCore`` that leads from the newest committed
+    ``MasterState``, its proposals commit ``COMMIT_DELAY`` later if it still
+    leads, and ``fail_leader`` replaces it as the runtime's group would.
+    ``crash`` is a leader killed or paused: it stops acting at once (a paused
+    member ticks its Raft member before anything else when it resumes, and
+    steps down). ``cut`` is a leader cut off from the other members but not
+    from the nodes: it goes on acting, granting leases, for ``FALLBACK``,
+    and nothing it proposes commits. Either way a new member leads after the
+    election delay, term one higher, judging no node for the takeover grace.
+    Nodes send every member the same messages, so each message reaches every
+    member still acting.
+    """
+
+    def __init__(
+        self, make_core: Callable[[int], MasterCore], clock: Clock, rng: random.Random, fate: random.Random
+    ) -> None:
         super().__init__(0, "master", clock, rng, cost=0.00001)
-        self.core = core
+        self.make_core = make_core
+        self.fate = fate  # whether a crashed leader's last proposals reached a majority
+        self.term = 1
+        self.core = make_core(1)
+        self.core.lead(0.0, self.term, None, 0.0)
+        self.deposed: list[MasterCore] = []  # cut-off leaders still acting until their fallback ends
+        self.cut_off: list[MasterCore] = []  # leaders that lost their majority: nothing they proposed commits
+        self.log: MasterState | None = None
         self.inbox: deque[tuple[Link, Message]] = deque()
 
     def start(self) -> None:
@@ -126,33 +153,78 @@ class SimMaster(SimProcess):
         link.unread += 1
         self.wake()
 
+    def fail_leader(self, failure: tuple[str, float]) -> None:
+        """The leader crashes or is cut off (``failure`` = (how, election delay)): another takes over later."""
+        how, election = failure
+        now, old = self.clock.now, self.core
+        self.note(now, f"leader master{old.master_id} (term {self.term}) {how}; election in {election:.3f} s")
+        if how == "crash":
+            old.follow(self.term, 0)
+        else:
+            self.deposed.append(old)
+            self.cut_off.append(old)
+            self.clock.at(now + FALLBACK, self._step_down, old)
+        self.clock.at(now + election, self._elect, old.master_id % GROUP_SIZE + 1)
+
+    def _step_down(self, core: MasterCore) -> None:
+        core.follow(self.term, self.core.master_id)
+        self.deposed.remove(core)
+
+    def _elect(self, member: int) -> None:
+        now = self.clock.now
+        self.term += 1
+        version = self.log.table.version if self.log is not None and self.log.table is not None else 0
+        self.note(now, f"master{member} leads term {self.term} from table version {version}")
+        self.core = self.make_core(member)
+        self.core.lead(now, self.term, self.log, takeover_grace(self.core.timing))
+        self.wake()
+
+    def _acting(self) -> list[MasterCore]:
+        return [self.core, *self.deposed]
+
     def run_pass(self, _arg: object) -> None:
         t = self.start_pass()
         if t is None:
             return
-        core = self.core
         inbox = self.inbox
         while inbox:
             if self.pauses:
                 resumed = self.runnable_at(t)
-                assert resumed is not None  # the master is never killed
+                assert resumed is not None  # the group is never gone as a whole
                 t = resumed
             link, message = inbox.popleft()
             link.unread -= 1
-            core.on_message(t, link.reverse, message)
+            for core in self._acting():
+                core.on_message(t, link.reverse, message)
             t += self.cost(t)
             self._act(t)
-        core.tick(t)
+        for core in self._acting():
+            core.tick(t)
         self._act(t)
         self.busy_until = t
         self.set_timer(t + TICK)
 
     def _act(self, t: float) -> None:
-        for action in self.core.take():
-            assert isinstance(action, Answer)
-            route = action.route
-            assert isinstance(route, Link)
-            route.send(action.message, t)
+        for core in self._acting():
+            for action in core.take():
+                if isinstance(action, Propose):
+                    self.clock.at(t + COMMIT_DELAY, self._commit, (core, action.state))
+                    continue
+                assert isinstance(action, Answer)
+                route = action.route
+                assert isinstance(route, Link)
+                route.send(action.message, t)
+
+    def _commit(self, proposal: tuple[MasterCore, MasterState]) -> None:
+        core, state = proposal
+        if core is self.core and core.acting:
+            self.log = state
+            core.on_committed(state)
+        elif core.acting or core in self.cut_off:
+            core.on_commit_failed()
+        elif self.fate.random() < 0.5:
+            self.log = state  # the crashed leader's entry reached a majority: the next leader has a table nobody saw
+        self._act(self.clock.now)
 
 
 class SimNode(SimProcess):

@@ -71,7 +71,14 @@ class World:
         self.net = Network(clock, self.stream("net"), shape.net)
         self.net.observer = self.trace.delivery
         timing = Timing()
-        self.master = SimMaster(MasterCore(shape.nodes, shape.rep, timing, 1, shape.slots), clock, self.stream("cpu"))
+        self.master = SimMaster(
+            lambda member: MasterCore(
+                shape.nodes, shape.rep, timing, member, shape.slots, master_id=member, replicated=True
+            ),
+            clock,
+            self.stream("cpu"),
+            self.stream("group"),
+        )
         self.master.notes = self.trace.note
         self.nodes: dict[int, SimNode] = {}
         self.by_endpoint: dict[str, SimNode] = {}
@@ -212,6 +219,9 @@ class World:
                 clock.at(fault.at, self._stop, (process, fault.until))
             case FaultKind.SLOW:
                 self.nodes[fault.node].slow.append((fault.at, fault.until, fault.extra))
+            case FaultKind.LEADER_CRASH | FaultKind.LEADER_CUT:
+                how = "crash" if fault.kind == FaultKind.LEADER_CRASH else "cut"
+                clock.at(fault.at, self.master.fail_leader, (how, fault.duration))
             case _:
                 pairs = self._cut_pairs(fault)
                 clock.at(fault.at, self._cut, pairs)
