@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
@@ -23,7 +23,6 @@ from kvcluster.console import get_and_print, home_dir, put_and_print, run_client
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import (
     ClusterNotRunning,
-    KvclusterError,
     NodeNotRunning,
     OperationTimedOut,
     StartupFailed,
@@ -31,10 +30,7 @@ from kvcluster.errors import (
 )
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from kvcluster.client import Client
-    from kvcluster.core.protocol import StatusReport
     from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
@@ -146,6 +142,7 @@ def up(
     home: Home = None,
 ) -> None:
     """Start a master and NODES storage nodes with REP replicas each."""
+    from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor, check_can_start, stop_flag  # noqa: PLC0415
 
     _check_shape(nodes, rep)
@@ -155,7 +152,7 @@ def up(
     bind = f"{host}:{port}"
     if detach:
         state = _start_detached(state_home, nodes, rep, bind, timing)
-        _print_status(state, as_json=False)
+        print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
     supervisor = Supervisor(state_home, nodes, rep, bind, timing)
@@ -176,17 +173,19 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
+    from kvcluster.status_view import LIVE_EVENTS, status_document, status_view  # noqa: PLC0415
+
     console = Console()
     console.print(
         f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, master at {state.master_endpoint}"
     )
     console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, get KEY, kill serverN")
-    with Live(_status_table(_status_document(state)), console=console, auto_refresh=False) as live:
+    with Live(status_view(status_document(state), LIVE_EVENTS), console=console, auto_refresh=False) as live:
         next_refresh = 0.0
         while not stop[0]:
             supervisor.reap()
             if time.monotonic() >= next_refresh:
-                live.update(_status_table(_status_document(state, timeout=0.5)), refresh=True)
+                live.update(status_view(status_document(state, timeout=0.5), LIVE_EVENTS), refresh=True)
                 next_refresh = time.monotonic() + 1.0
             time.sleep(0.1)
 
@@ -338,9 +337,10 @@ def _wait_joined(state: ClusterState, node_ids: list[int]) -> None:
 @app.command()
 def status(home: Home = None, as_json: Json = False) -> None:
     """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import ClusterState  # noqa: PLC0415
 
-    _print_status(ClusterState.load(home_dir(home)), as_json=as_json)
+    print_status(ClusterState.load(home_dir(home)), as_json=as_json)
 
 
 @app.command("sim")
@@ -390,114 +390,6 @@ def sim_command(
             f"{len(summary.failed)} of {summary.schedules} schedules failed; replay one with: "
             f"{replay_command(first, config)}"
         )
-
-
-def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
-    """The cluster as JSON-ready data: the master's view where it answers, process liveness always."""
-    from kvcluster.client import Client  # noqa: PLC0415
-    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
-
-    report = None
-    try:
-        with Client(state.master_endpoint, deadline=timeout) as client:
-            report = client.status()
-    except KvclusterError:
-        pass
-    table = RoutingTable(report.table) if report is not None and report.table is not None else None
-    views = {n.node_id: n for n in report.nodes} if report is not None else {}
-    nodes = []
-    for node_id, info in enumerate(state.servers, start=1):
-        view = views.get(node_id)
-        primary, backup = table.slots_of(node_id) if table is not None else (0, 0)
-        process_alive = info.alive()
-        nodes.append({
-            "name": info.name,
-            "id": node_id,
-            "pid": info.pid,
-            "endpoint": info.endpoint,
-            "alive": process_alive and (view is None or view.alive),
-            "process_alive": process_alive,
-            "declared_dead": table.is_dead(node_id) if table is not None else False,
-            "primary_slots": primary,
-            "backup_slots": backup,
-            "keys": view.keys if view is not None else None,
-        })  # fmt: skip
-    return {
-        "home": state.home,
-        "nodes_total": state.nodes,
-        "rep": state.rep,
-        "master": {"endpoint": state.master_endpoint, "pid": state.master.pid, "alive": report is not None},
-        "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
-        "table_version": table.version if table is not None else None,
-        "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
-        "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
-        "healing": _healing_document(report),
-        "draining": [f"server{n}" for n in report.draining] if report is not None else [],
-        "nodes": nodes,
-    }
-
-
-def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
-    """Copies under way and the progress of the current round of repairs."""
-    if report is None:
-        return None
-    seconds = report.healing_seconds
-    return {
-        "copies_under_way": len(report.moving),
-        "moving": [{"slot": slot, "from": f"server{src}", "to": f"server{dst}"} for slot, src, dst in report.moving],
-        "slots_done": report.healed_slots,
-        "keys_copied": report.healed_keys,
-        "seconds": round(seconds, 3),
-        "keys_per_s": round(report.healed_keys / seconds) if seconds > 0 else None,
-    }
-
-
-def _status_table(doc: dict[str, Any]) -> Table:
-    from rich.table import Table  # noqa: PLC0415
-
-    master = doc["master"]
-    title = (
-        f"master {master['endpoint']} (pid {master['pid']}, {'up' if master['alive'] else 'NOT ANSWERING'}), "
-        f"rep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
-    )
-    table = Table(title=title, caption=_status_caption(doc))
-    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
-        numeric = column in ("pid", "primary", "backup", "keys")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
-    for node in doc["nodes"]:
-        state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
-        keys = "-" if node["keys"] is None or not node["alive"] else str(node["keys"])
-        endpoint = node["endpoint"].removeprefix("tcp://")
-        table.add_row(
-            node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys
-        )
-    return table
-
-
-def _status_caption(doc: dict[str, Any]) -> str:
-    lines = ["primary, backup: slots held in each role"]
-    short, healing = doc["under_replicated_slots"], doc["healing"]
-    if short:
-        lines.append(f"[yellow]{short} slots have fewer than {doc['rep']} replicas[/]")
-    if healing is not None and (healing["copies_under_way"] or healing["seconds"]):
-        rate = f", {healing['keys_per_s']} keys/s" if healing["keys_per_s"] is not None else ""
-        lines.append(
-            f"healing: {healing['copies_under_way']} copies under way, {healing['slots_done']} slots "
-            f"({healing['keys_copied']} keys) restored in {healing['seconds']:.1f} s{rate}"
-        )
-    return "\n".join(lines)
-
-
-def _print_status(state: ClusterState, *, as_json: bool) -> None:
-    doc = _status_document(state)
-    if as_json:
-        import json  # noqa: PLC0415
-
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    from rich.console import Console  # noqa: PLC0415
-
-    Console().print(_status_table(doc))
 
 
 # --- processes started by ``up``: hidden from --help ---

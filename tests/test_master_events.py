@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from kvcluster.core.events import EVENTS_KEPT, EventLog
 from kvcluster.core.actions import Answer
+from kvcluster.core.events import EVENTS_KEPT, EventLog
 from kvcluster.core.master import MasterCore
 from kvcluster.core.protocol import (
     ClusterEvent,
@@ -32,7 +32,7 @@ def route(node_id: int) -> tuple[bytes]:
     return (f"node-{node_id}".encode(),)
 
 
-SOURCES = {route(n): n for n in range(1, 10)}
+SOURCES: dict[object, int] = {route(n): n for n in range(1, 10)}
 
 
 class Driven:
@@ -170,6 +170,24 @@ def test_a_refused_drain_records_nothing() -> None:
     c.core.on_message(c.now, ("client",), Drain(2))
     c.core.take()  # the drain is answered with a status
     assert c.status().events == []
+
+
+def test_moves_between_other_events_add_up_in_one_entry_per_kind() -> None:
+    log = EventLog()
+    log.record(1.0, EventKind.DEAD, node_id=3)
+    for t in range(2, 50):
+        log.moves(float(t), EventKind.MOVES_STARTED, 10)
+        log.moves(float(t), EventKind.MOVES_FINISHED, 9)
+    log.moves(50.0, EventKind.MOVES_CANCELLED, 0)
+    log.record(60.0, EventKind.JOINED, node_id=4)
+    log.moves(61.0, EventKind.MOVES_STARTED, 5)
+    assert log.report(now=70.0) == [
+        ClusterEvent(69.0, EventKind.DEAD, 3, 0),
+        ClusterEvent(68.0, EventKind.MOVES_STARTED, 0, 480),
+        ClusterEvent(68.0, EventKind.MOVES_FINISHED, 0, 432),
+        ClusterEvent(10.0, EventKind.JOINED, 4, 0),
+        ClusterEvent(9.0, EventKind.MOVES_STARTED, 0, 5),
+    ]
 
 
 def test_the_log_keeps_only_the_latest_events() -> None:

@@ -16,7 +16,10 @@ from kvcluster.core.protocol import ClusterEvent, EventKind, TableData
 EVENTS_KEPT = 32  # enough to explain the last few failures; a status report carries them all
 
 
-@dataclass(frozen=True, slots=True)
+MOVE_KINDS = frozenset({EventKind.MOVES_STARTED, EventKind.MOVES_FINISHED, EventKind.MOVES_CANCELLED})
+
+
+@dataclass(slots=True)
 class _Entry:
     at: float
     kind: EventKind
@@ -34,9 +37,22 @@ class EventLog:
         self._entries.append(_Entry(now, kind, node_id, slots))
 
     def moves(self, now: float, kind: EventKind, count: int) -> None:
-        """One event for a batch of moves (healing starts hundreds at once); none for an empty batch."""
-        if count:
-            self.record(now, kind, slots=count)
+        """Count ``count`` moves of ``kind`` into the round of moves under way, or start one.
+
+        Healing starts and finishes moves in batches on many ticks; an event
+        per batch would push the deaths and joins that caused them out of
+        the log. So moves since the last other event add up in one entry per
+        kind, dated when the first of them happened.
+        """
+        if not count:
+            return
+        for entry in reversed(self._entries):
+            if entry.kind not in MOVE_KINDS:
+                break
+            if entry.kind == kind:
+                entry.slots += count
+                return
+        self.record(now, kind, slots=count)
 
     def promotions(self, now: float, old: TableData | None, new: TableData) -> None:
         """Record, per node, the slots ``new`` makes it primary of that ``old`` did not."""
