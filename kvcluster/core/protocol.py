@@ -4,7 +4,7 @@ This module owns what crosses a socket. Every message is a ``msgspec.Struct``
 sent as a msgpack array ``[tag, *fields]``, where ``tag = PROTOCOL_VERSION << 8
 | MsgType``, so one integer names both the version and the type. Records inside
 messages (``Op``, ``Result``, ``Write``, ``SlotTail``, ``TableData``,
-``NodeReport``) are arrays of their fields, in declaration order. ``decode``
+``NodeReport``, ``ClusterEvent``) are arrays of their fields, in declaration order. ``decode``
 checks the tag, the arity and the exact type of every field, the ranges that
 always hold (counters >= 0, node ids >= 1) and the table's cross-field rules
 before it returns a message; anything else, truncated or trailing bytes
