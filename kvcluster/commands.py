@@ -114,9 +114,12 @@ def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
         raise UsageError(str(exc)) from None
 
 
+MAX_NODES = 64  # storage nodes per cluster: every one is a process on this machine
+
+
 def _check_shape(nodes: int, rep: int) -> None:
-    if nodes < 1:
-        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be in 1..{MAX_NODES}, got {nodes}")
     if rep < 1:
         raise UsageError(f"--rep must be at least 1, got {rep}")
     if rep > nodes:
@@ -257,13 +260,20 @@ def restart(
 
 @app.command("add-node")
 def add_node(
-    count: Annotated[int, typer.Option("--count", min=1, max=64, help="How many nodes to add.")] = 1,
+    count: Annotated[
+        int, typer.Option("--count", min=1, help=f"How many nodes to add (at most {MAX_NODES} in all).")
+    ] = 1,
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
     from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
+    if len(state.servers) + count > MAX_NODES:
+        raise UsageError(
+            f"adding {count} nodes to {len(state.servers)} would make {len(state.servers) + count}; "
+            f"a cluster has at most {MAX_NODES} nodes"
+        )
     first = len(state.servers) + 1
     infos = [start_node(state, node_id) for node_id in range(first, first + count)]
     _wait_joined(state, list(range(first, first + count)))
