@@ -172,19 +172,23 @@ def test_a_refused_drain_records_nothing() -> None:
     assert c.status().events == []
 
 
-def test_moves_between_other_events_add_up_in_one_entry_per_kind() -> None:
+def test_moves_and_promotions_between_other_events_add_up_in_one_entry_per_kind_and_node() -> None:
     log = EventLog()
     log.record(1.0, EventKind.DEAD, node_id=3)
+    log.record(1.0, EventKind.PROMOTED, node_id=1, slots=7)
     for t in range(2, 50):
         log.moves(float(t), EventKind.MOVES_STARTED, 10)
         log.moves(float(t), EventKind.MOVES_FINISHED, 9)
+        log.record(float(t), EventKind.PROMOTED, node_id=2, slots=1)
     log.moves(50.0, EventKind.MOVES_CANCELLED, 0)
     log.record(60.0, EventKind.JOINED, node_id=4)
     log.moves(61.0, EventKind.MOVES_STARTED, 5)
     assert log.report(now=70.0) == [
         ClusterEvent(69.0, EventKind.DEAD, 3, 0),
+        ClusterEvent(69.0, EventKind.PROMOTED, 1, 7),
         ClusterEvent(68.0, EventKind.MOVES_STARTED, 0, 480),
         ClusterEvent(68.0, EventKind.MOVES_FINISHED, 0, 432),
+        ClusterEvent(68.0, EventKind.PROMOTED, 2, 48),
         ClusterEvent(10.0, EventKind.JOINED, 4, 0),
         ClusterEvent(9.0, EventKind.MOVES_STARTED, 0, 5),
     ]

@@ -16,7 +16,10 @@ from kvcluster.core.protocol import ClusterEvent, EventKind, TableData
 EVENTS_KEPT = 32  # enough to explain the last few failures; a status report carries them all
 
 
-MOVE_KINDS = frozenset({EventKind.MOVES_STARTED, EventKind.MOVES_FINISHED, EventKind.MOVES_CANCELLED})
+# Kinds that come in batches on many ticks (copies, and the promotions rebalancing publishes with them).
+COUNTED_KINDS = frozenset({
+    EventKind.MOVES_STARTED, EventKind.MOVES_FINISHED, EventKind.MOVES_CANCELLED, EventKind.PROMOTED
+})  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -34,25 +37,27 @@ class EventLog:
         self._entries: deque[_Entry] = deque(maxlen=kept)
 
     def record(self, now: float, kind: EventKind, node_id: int = 0, slots: int = 0) -> None:
+        """Add an event; one of the ``COUNTED_KINDS`` adds its slots to the round under way instead.
+
+        Healing and rebalancing start and finish copies, and publish the
+        promotions that come with them, in batches on many ticks; an entry
+        per batch would push the deaths and joins that caused them out of
+        the log. So such events since the last event of another kind add up
+        in one entry per kind and node, dated when the first of them happened.
+        """
+        if kind in COUNTED_KINDS:
+            for entry in reversed(self._entries):
+                if entry.kind not in COUNTED_KINDS:
+                    break
+                if (entry.kind, entry.node_id) == (kind, node_id):
+                    entry.slots += slots
+                    return
         self._entries.append(_Entry(now, kind, node_id, slots))
 
     def moves(self, now: float, kind: EventKind, count: int) -> None:
-        """Count ``count`` moves of ``kind`` into the round of moves under way, or start one.
-
-        Healing starts and finishes moves in batches on many ticks; an event
-        per batch would push the deaths and joins that caused them out of
-        the log. So moves since the last other event add up in one entry per
-        kind, dated when the first of them happened.
-        """
-        if not count:
-            return
-        for entry in reversed(self._entries):
-            if entry.kind not in MOVE_KINDS:
-                break
-            if entry.kind == kind:
-                entry.slots += count
-                return
-        self.record(now, kind, slots=count)
+        """Count ``count`` moves of ``kind``; none for an empty batch."""
+        if count:
+            self.record(now, kind, slots=count)
 
     def promotions(self, now: float, old: TableData | None, new: TableData) -> None:
         """Record, per node, the slots ``new`` makes it primary of that ``old`` did not."""
