@@ -46,9 +46,12 @@ MEMBERSHIP_SEED = 55
 LONG_SEEDS = range(101, 111)
 
 
-def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos_faults.PlannedFault]:
+def planned_faults(
+    seed: int, nodes: int, rep: int, limit: int = 50, membership: bool = False
+) -> list[chaos_faults.PlannedFault]:
     """The faults a schedule plans when nodes die only where it says, drawing delays as a run does."""
-    schedule = FaultSchedule(nodes, rep, random.Random(seed), Timing())
+    rng = random.Random(seed)
+    schedule = MembershipSchedule(nodes, rep, rng, Timing()) if membership else FaultSchedule(nodes, rep, rng, Timing())
     faults: list[chaos_faults.PlannedFault] = []
     while len(faults) < limit:
         schedule.delay()
@@ -123,23 +126,11 @@ def test_default_seed_pauses_then_kills() -> None:
     assert kinds == [FaultKind.PAUSE, FaultKind.KILL]
 
 
-def planned_changes(seed: int, nodes: int, rep: int, limit: int = 30) -> list[chaos_faults.PlannedFault]:
-    schedule = MembershipSchedule(nodes, rep, random.Random(seed), Timing())
-    faults: list[chaos_faults.PlannedFault] = []
-    while len(faults) < limit:
-        schedule.delay()
-        fault = schedule.next(set())
-        if fault is None:
-            return faults
-        faults.append(fault)
-    return faults
-
-
 @pytest.mark.parametrize(("nodes", "rep"), [(4, 2), (5, 3), (7, 4), (3, 2), (3, 1)])
 def test_membership_schedule_never_takes_rep_nodes_nor_leaves_fewer_than_rep(nodes: int, rep: int) -> None:
     for seed in range(40):
         ids, alive, taken, removed = nodes, set(range(1, nodes + 1)), set[int](), set[int]()
-        for fault in planned_changes(seed, nodes, rep):
+        for fault in planned_faults(seed, nodes, rep, membership=True):
             assert fault.dead_before == taken | removed
             victims = set(fault.victims)
             if fault.kind in (*TAKING_KINDS, FaultKind.STALL):
@@ -174,7 +165,7 @@ def test_membership_schedule_tries_every_kind_before_repeating_one() -> None:
 
 
 def test_membership_seed_kills_restarts_adds_and_removes() -> None:
-    kinds = [f.kind for f in planned_changes(MEMBERSHIP_SEED, 4, 2, limit=4)]
+    kinds = [f.kind for f in planned_faults(MEMBERSHIP_SEED, 4, 2, limit=4, membership=True)]
     assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE]
 
 
