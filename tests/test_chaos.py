@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -73,6 +74,18 @@ def assert_no_child_processes() -> None:
         if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
     ]
     assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+
+
+def assert_no_node_of(home: Path) -> None:
+    """No storage node of the cluster in ``home`` runs: restart and add-node start them outside the run's tree."""
+    endpoint = re.search(r"replicas on (tcp://\S+)", (home / "logs" / "master.log").read_text())
+    assert endpoint is not None, "the master never said where it listens"
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if "_node" in cmdline and endpoint.group(1) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            leftovers.append(cmdline)
+    assert not leftovers, f"nodes left running: {leftovers}"
 
 
 # --- the schedule ---
@@ -308,6 +321,7 @@ def test_chaos_run_with_restart_add_and_remove_is_linearizable(tmp_path: Path) -
     assert report.dead_but_running == []
     assert report.to_json()["faults_by_kind"]["restart"] >= 1
     assert_no_child_processes()
+    assert_no_node_of(tmp_path / "home")
 
 
 @pytest.mark.long
