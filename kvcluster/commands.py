@@ -14,7 +14,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
@@ -31,10 +31,7 @@ from kvcluster.errors import (
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
-    from rich.table import Table
-
     from kvcluster.client import Client
-    from kvcluster.core.protocol import StatusReport
     from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
@@ -118,9 +115,12 @@ def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
         raise UsageError(str(exc)) from None
 
 
+MAX_NODES = 64  # storage nodes per cluster: every one is a process on this machine
+
+
 def _check_shape(nodes: int, rep: int) -> None:
-    if nodes < 1:
-        raise UsageError(f"--nodes must be at least 1, got {nodes}")
+    if not 1 <= nodes <= MAX_NODES:
+        raise UsageError(f"--nodes must be in 1..{MAX_NODES}, got {nodes}")
     if rep < 1:
         raise UsageError(f"--rep must be at least 1, got {rep}")
     if rep > nodes:
@@ -149,6 +149,7 @@ def up(
     home: Home = None,
 ) -> None:
     """Start a group of MASTERS masters and NODES storage nodes with REP replicas each."""
+    from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor, check_can_start, stop_flag  # noqa: PLC0415
 
     _check_shape(nodes, rep)
@@ -159,7 +160,7 @@ def up(
     bind = f"{host}:{port}"
     if detach:
         state = _start_detached(state_home, nodes, rep, masters, bind, timing)
-        _print_status(state, as_json=False)
+        print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
     supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing)
@@ -180,18 +181,20 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
     from rich.console import Console  # noqa: PLC0415
     from rich.live import Live  # noqa: PLC0415
 
+    from kvcluster.status_view import LIVE_EVENTS, status_document, status_view  # noqa: PLC0415
+
     console = Console()
     console.print(
         f"[bold]kvcluster[/] up: {state.nodes} nodes, {state.rep} replicas, "
         f"{len(state.masters)} masters at {state.master_endpoint}"
     )
     console.print("Ctrl-C stops the cluster. In another terminal: kvcluster put KEY VALUE, get KEY, kill serverN")
-    with Live(_status_table(_status_document(state)), console=console, auto_refresh=False) as live:
+    with Live(status_view(status_document(state), LIVE_EVENTS), console=console, auto_refresh=False) as live:
         next_refresh = 0.0
         while not stop[0]:
             supervisor.reap()
             if time.monotonic() >= next_refresh:
-                live.update(_status_table(_status_document(state, timeout=0.5)), refresh=True)
+                live.update(status_view(status_document(state, timeout=0.5), LIVE_EVENTS), refresh=True)
                 next_refresh = time.monotonic() + 1.0
             time.sleep(0.1)
 
@@ -256,7 +259,9 @@ def kill(
 
 
 def _leader_id(state: ClusterState) -> int:
-    masters, _ = _masters_document(state, timeout=2.0)
+    from kvcluster.status_view import masters_document  # noqa: PLC0415
+
+    masters, _ = masters_document(state, timeout=2.0)
     return next((i for i, m in enumerate(masters, start=1) if m["role"] == "leader"), 0)
 
 
@@ -281,13 +286,20 @@ def restart(
 
 @app.command("add-node")
 def add_node(
-    count: Annotated[int, typer.Option("--count", min=1, max=64, help="How many nodes to add.")] = 1,
+    count: Annotated[
+        int, typer.Option("--count", min=1, help=f"How many nodes to add (at most {MAX_NODES} in all).")
+    ] = 1,
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
     from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
+    if len(state.servers) + count > MAX_NODES:
+        raise UsageError(
+            f"adding {count} nodes to {len(state.servers)} would make {len(state.servers) + count}; "
+            f"a cluster has at most {MAX_NODES} nodes"
+        )
     first = len(state.servers) + 1
     infos = [start_node(state, node_id) for node_id in range(first, first + count)]
     _wait_joined(state, list(range(first, first + count)))
@@ -361,9 +373,10 @@ def _wait_joined(state: ClusterState, node_ids: list[int]) -> None:
 @app.command()
 def status(home: Home = None, as_json: Json = False) -> None:
     """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import ClusterState  # noqa: PLC0415
 
-    _print_status(ClusterState.load(home_dir(home)), as_json=as_json)
+    print_status(ClusterState.load(home_dir(home)), as_json=as_json)
 
 
 @app.command("sim")
@@ -413,155 +426,6 @@ def sim_command(
             f"{len(summary.failed)} of {summary.schedules} schedules failed; replay one with: "
             f"{replay_command(first, config)}"
         )
-
-
-def _status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
-    """The cluster as JSON-ready data: the leading master's view where one answers, process liveness always."""
-    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
-
-    masters, report = _masters_document(state, timeout)
-    table = RoutingTable(report.table) if report is not None and report.table is not None else None
-    views = {n.node_id: n for n in report.nodes} if report is not None else {}
-    nodes = []
-    for node_id, info in enumerate(state.servers, start=1):
-        view = views.get(node_id)
-        primary, backup = table.slots_of(node_id) if table is not None else (0, 0)
-        process_alive = info.alive()
-        nodes.append({
-            "name": info.name,
-            "id": node_id,
-            "pid": info.pid,
-            "endpoint": info.endpoint,
-            "alive": process_alive and (view is None or view.alive),
-            "process_alive": process_alive,
-            "declared_dead": table.is_dead(node_id) if table is not None else False,
-            "primary_slots": primary,
-            "backup_slots": backup,
-            "keys": view.keys if view is not None else None,
-        })  # fmt: skip
-    leader = next((m for m in masters if m["role"] == "leader"), None)
-    return {
-        "home": state.home,
-        "nodes_total": state.nodes,
-        "rep": state.rep,
-        "master": {
-            "endpoint": state.master_endpoint,
-            "pid": leader["pid"] if leader else None,
-            "alive": report is not None,
-            "leader": leader["name"] if leader else None,
-            "term": leader["term"] if leader else None,
-        },
-        "masters": masters,
-        "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
-        "table_version": table.version if table is not None else None,
-        "dead": [f"server{n}" for n in table.data.dead] if table is not None else [],
-        "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
-        "healing": _healing_document(report),
-        "draining": [f"server{n}" for n in report.draining] if report is not None else [],
-        "nodes": nodes,
-    }
-
-
-def _masters_document(state: ClusterState, timeout: float) -> tuple[list[dict[str, Any]], StatusReport | None]:
-    """Each master's role and term as it answers for itself, and the leader's view of the cluster."""
-    import zmq  # noqa: PLC0415
-
-    from kvcluster.core.protocol import NotLeader, StatusRequest  # noqa: PLC0415
-    from kvcluster.core.protocol import StatusReport as Report  # noqa: PLC0415
-    from kvcluster.master_link import survey  # noqa: PLC0415
-
-    ctx = zmq.Context()
-    try:
-        answers = survey(ctx, [m.endpoint for m in state.masters], StatusRequest(), timeout)
-    finally:
-        ctx.destroy(linger=0)
-    masters, report = [], None
-    for info, answer in zip(state.masters, answers, strict=True):
-        role, term = "not answering", None
-        if isinstance(answer, Report):
-            role, term, report = "leader", answer.term, answer
-        elif isinstance(answer, NotLeader):
-            role, term = ("follower" if answer.leader else "no leader"), answer.term
-        masters.append({
-            "name": info.name, "pid": info.pid, "endpoint": info.endpoint, "process_alive": info.alive(),
-            "role": role, "term": term,
-        })  # fmt: skip
-    return masters, report
-
-
-def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
-    """Copies under way and the progress of the current round of repairs."""
-    if report is None:
-        return None
-    seconds = report.healing_seconds
-    return {
-        "copies_under_way": len(report.moving),
-        "moving": [{"slot": slot, "from": f"server{src}", "to": f"server{dst}"} for slot, src, dst in report.moving],
-        "slots_done": report.healed_slots,
-        "keys_copied": report.healed_keys,
-        "seconds": round(seconds, 3),
-        "keys_per_s": round(report.healed_keys / seconds) if seconds > 0 else None,
-    }
-
-
-def _status_table(doc: dict[str, Any]) -> Table:
-    from rich.table import Table  # noqa: PLC0415
-
-    masters = ", ".join(_master_label(m) for m in doc["masters"])
-    title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
-    table = Table(title=title, caption=_status_caption(doc))
-    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
-        numeric = column in ("pid", "primary", "backup", "keys")
-        table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
-    for node in doc["nodes"]:
-        state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
-        keys = "-" if node["keys"] is None or not node["alive"] else str(node["keys"])
-        endpoint = node["endpoint"].removeprefix("tcp://")
-        table.add_row(
-            node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys
-        )
-    return table
-
-
-def _master_label(master: dict[str, Any]) -> str:
-    if not master["process_alive"]:
-        return f"{master['name']} [red]down[/]"
-    if master["term"] is None:
-        return f"{master['name']} [red]not answering[/]"
-    colour = "green" if master["role"] == "leader" else "white"
-    return f"{master['name']} [{colour}]{master['role']}[/] (term {master['term']})"
-
-
-def _status_caption(doc: dict[str, Any]) -> str:
-    lines = ["primary, backup: slots held in each role"]
-    if doc["master"]["leader"] is None:
-        answering = sum(m["term"] is not None for m in doc["masters"])
-        lines.append(
-            f"[red]no master is leading ({answering} of {len(doc['masters'])} answering): the table cannot change; "
-            "nodes serve only while their leases last[/]"
-        )
-    short, healing = doc["under_replicated_slots"], doc["healing"]
-    if short:
-        lines.append(f"[yellow]{short} slots have fewer than {doc['rep']} replicas[/]")
-    if healing is not None and (healing["copies_under_way"] or healing["seconds"]):
-        rate = f", {healing['keys_per_s']} keys/s" if healing["keys_per_s"] is not None else ""
-        lines.append(
-            f"healing: {healing['copies_under_way']} copies under way, {healing['slots_done']} slots "
-            f"({healing['keys_copied']} keys) restored in {healing['seconds']:.1f} s{rate}"
-        )
-    return "\n".join(lines)
-
-
-def _print_status(state: ClusterState, *, as_json: bool) -> None:
-    doc = _status_document(state)
-    if as_json:
-        import json  # noqa: PLC0415
-
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    from rich.console import Console  # noqa: PLC0415
-
-    Console().print(_status_table(doc))
 
 
 # --- processes started by ``up``: hidden from --help ---

@@ -111,18 +111,17 @@ class ClusterState:
             raise ClusterNotRunning(f"unreadable cluster state in {cls.path(home)}: {exc}") from None
 
     def server(self, name: str) -> ProcessInfo:
-        for info in self.servers:
-            if info.name == name:
-                return info
-        names = ", ".join(s.name for s in self.servers)
-        raise UnknownNode(f"unknown node {name!r}: this cluster has {names}")
+        return self._named(name, self.servers)
 
     def master(self, name: str) -> ProcessInfo:
-        for info in self.masters:
+        return self._named(name, self.masters)
+
+    def _named(self, name: str, infos: list[ProcessInfo]) -> ProcessInfo:
+        for info in infos:
             if info.name == name:
                 return info
-        names = ", ".join(m.name for m in self.masters)
-        raise UnknownNode(f"unknown master {name!r}: this cluster has {names}")
+        names = ", ".join(p.name for p in [*self.masters, *self.servers])
+        raise UnknownNode(f"unknown node {name!r}: this cluster has {names}")
 
     def processes(self) -> list[ProcessInfo]:
         return [self.supervisor, *self.masters, *self.servers]

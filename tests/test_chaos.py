@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -22,22 +23,37 @@ from typer.testing import CliRunner
 from kvcluster.bench import chaos, chaos_faults, chaos_report
 from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.chaos import run_chaos
-from kvcluster.bench.chaos_faults import FATAL_KINDS, FaultKind, FaultSchedule, Placement, chaos_keys
+from kvcluster.bench.chaos_faults import (
+    FATAL_KINDS,
+    MEMBERSHIP_KINDS,
+    TAKING_KINDS,
+    FaultKind,
+    FaultSchedule,
+    Placement,
+    chaos_keys,
+)
+from kvcluster.bench.chaos_membership import MAX_ADDED, MembershipSchedule, settled
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import Timing
+from kvcluster.core.protocol import StatusReport, TableData, Timing
 from kvcluster.errors import KvclusterError
 
 # Its schedule starts with a pause, then a kill (test_default_seed_pauses_then_kills checks it).
 DEFAULT_SEED = 3
 LONG_ROUNDS = 5
+# Four nodes, two replicas: a kill, a restart, an add and a remove are its first four faults, the slowest
+# (the remove's drain) last.
+MEMBERSHIP_SEED = 55
 LONG_SEEDS = range(101, 111)
 
 
-def planned_faults(seed: int, nodes: int, rep: int, limit: int = 50) -> list[chaos_faults.PlannedFault]:
+def planned_faults(
+    seed: int, nodes: int, rep: int, limit: int = 50, membership: bool = False
+) -> list[chaos_faults.PlannedFault]:
     """The faults a schedule plans when nodes die only where it says, drawing delays as a run does."""
-    schedule = FaultSchedule(nodes, rep, random.Random(seed), Timing())
-    faults = []
+    rng = random.Random(seed)
+    schedule = MembershipSchedule(nodes, rep, rng, Timing()) if membership else FaultSchedule(nodes, rep, rng, Timing())
+    faults: list[chaos_faults.PlannedFault] = []
     while len(faults) < limit:
         schedule.delay()
         fault = schedule.next(set())
@@ -58,6 +74,18 @@ def assert_no_child_processes() -> None:
         if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
     ]
     assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+
+
+def assert_no_node_of(home: Path) -> None:
+    """No storage node of the cluster in ``home`` runs: restart and add-node start them outside the run's tree."""
+    endpoint = re.search(r"replicas on (tcp://\S+)", (home / "logs" / "master.log").read_text())
+    assert endpoint is not None, "the master never said where it listens"
+    leftovers = []
+    for proc in psutil.process_iter(["cmdline", "status"]):
+        cmdline = proc.info["cmdline"] or []
+        if "_node" in cmdline and endpoint.group(1) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+            leftovers.append(cmdline)
+    assert not leftovers, f"nodes left running: {leftovers}"
 
 
 # --- the schedule ---
@@ -109,6 +137,59 @@ def test_schedule_is_fixed_by_its_seed() -> None:
 def test_default_seed_pauses_then_kills() -> None:
     kinds = [f.kind for f in planned_faults(DEFAULT_SEED, 5, 3)]
     assert kinds == [FaultKind.PAUSE, FaultKind.KILL]
+
+
+@pytest.mark.parametrize(("nodes", "rep"), [(4, 2), (5, 3), (7, 4), (3, 2), (3, 1)])
+def test_membership_schedule_never_takes_rep_nodes_nor_leaves_fewer_than_rep(nodes: int, rep: int) -> None:
+    for seed in range(40):
+        ids, alive, taken, removed = nodes, set(range(1, nodes + 1)), set[int](), set[int]()
+        for fault in planned_faults(seed, nodes, rep, membership=True):
+            assert fault.dead_before == taken | removed
+            victims = set(fault.victims)
+            if fault.kind in (*TAKING_KINDS, FaultKind.STALL):
+                # A stalled node may be declared dead: it counts like a killed one.
+                assert victims <= alive
+                assert len(victims) < rep
+                assert len(alive - victims) >= rep
+            if fault.kind in TAKING_KINDS:
+                alive -= victims
+                (removed if fault.kind == FaultKind.REMOVE else taken).update(victims)
+            elif fault.kind == FaultKind.RESTART:
+                assert victims <= taken, "only a node a fault took is restarted"
+                taken -= victims
+                alive |= victims
+            elif fault.kind == FaultKind.ADD:
+                ids += 1
+                assert fault.victims == (ids,)
+                alive.add(ids)
+        assert ids <= nodes + MAX_ADDED
+
+
+def test_membership_schedule_tries_every_kind_before_repeating_one() -> None:
+    for seed in range(20):
+        schedule = MembershipSchedule(5, 3, random.Random(seed), Timing())
+        used: set[FaultKind] = set()
+        for _ in range(10):
+            unused_possible = {k for k in FaultKind if k not in used and schedule._options(k)}
+            fault = schedule.next(set())
+            assert fault is not None
+            assert fault.kind in unused_possible or not unused_possible, (seed, fault.kind, unused_possible)
+            used.add(fault.kind)
+
+
+def test_membership_seed_kills_restarts_adds_and_removes() -> None:
+    kinds = [f.kind for f in planned_faults(MEMBERSHIP_SEED, 4, 2, limit=4, membership=True)]
+    assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE]
+
+
+def test_a_cluster_is_settled_when_every_slot_has_rep_replicas_outside_the_gone() -> None:
+    table = TableData(2, 2, 3, {1: "a", 2: "b", 3: "c"}, [3], [[1, 2], [2, 3, 1], [3, 1]], [0, 1, 1])
+    report = StatusReport(1, table, [], [], 0, 0, 0.0, [], [])
+    assert not settled(report, set()), "slot 2 has one live replica"
+    healed = TableData(3, 2, 3, {1: "a", 2: "b", 3: "c"}, [3], [[1, 2], [2, 3, 1], [3, 1, 2]], [0, 1, 2])
+    assert settled(StatusReport(1, healed, [], [], 0, 0, 0.0, [], []), set())
+    assert not settled(StatusReport(1, healed, [], [], 0, 0, 0.0, [], []), {2}), "server2 is gone, not yet declared"
+    assert not settled(StatusReport(1, None, [], [], 0, 0, 0.0, [], []), set())
 
 
 # --- the analysis of a run ---
@@ -216,6 +297,31 @@ def assert_linearizable_and_nontrivial(report: chaos_report.ChaosReport) -> None
 def test_chaos_run_is_linearizable(tmp_path: Path) -> None:
     report = run_chaos(nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home")
     assert_linearizable_and_nontrivial(report)
+
+
+@pytest.mark.cluster
+def test_chaos_run_with_restart_add_and_remove_is_linearizable(tmp_path: Path) -> None:
+    report = run_chaos(
+        nodes=4,
+        rep=2,
+        clients=3,
+        keys=6,
+        duration=25.0,
+        seed=MEMBERSHIP_SEED,
+        home=tmp_path / "home",
+        fault_interval=(1.0, 2.0),
+        membership=True,
+    )
+    assert report.verdict == "linearizable", f"seed {report.seed}, logs in {report.logs}:\n{report.violation}"
+    assert report.checked >= 200
+    for kind in MEMBERSHIP_KINDS:
+        assert report.faults_by_kind.get(kind, 0) >= 1, report.faults_by_kind
+    assert [f.error for f in report.faults if f.error] == []
+    assert report.ok
+    assert report.dead_but_running == []
+    assert report.to_json()["faults_by_kind"]["restart"] >= 1
+    assert_no_child_processes()
+    assert_no_node_of(tmp_path / "home")
 
 
 @pytest.mark.long

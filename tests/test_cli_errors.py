@@ -191,10 +191,42 @@ def test_missing_key(store: Store) -> None:
     assert_error(store.cluster.run("client", "--get", "neverwritten", check=False), FAILURE, "not found")
 
 
-@pytest.mark.parametrize("name", ["server9", "server0", "master9", "bogus"])
-def test_kill_unknown_node(store: Store, name: str) -> None:
-    assert_error(store.cluster.run("kill", name, check=False), USAGE, name)
+@pytest.mark.parametrize("command", ["kill", "restart", "remove-node"])
+@pytest.mark.parametrize("name", ["server9", "server0", "server1x", "master9", "bogus"])
+def test_membership_commands_refuse_an_unknown_node(store: Store, command: str, name: str) -> None:
+    before = store.cluster.pids()
+    assert_error(store.cluster.run(command, name, check=False), USAGE, "unknown node", repr(name), "server1")
+    assert store.cluster.pids() == before
     assert all(same_process_alive(pid, created) for pid, created in store.cluster.started.values())
+
+
+def test_restart_of_a_running_node_is_refused(store: Store) -> None:
+    before = store.cluster.pids()
+    assert_error(store.cluster.run("restart", "server1", check=False), USAGE, "server1", "is running", "kill it first")
+    assert store.cluster.pids() == before
+    assert same_process_alive(*store.cluster.started["server1"])
+    store.assert_nothing_stored()
+
+
+def test_remove_node_below_the_replica_count_is_refused(store: Store) -> None:
+    before = store.cluster.pids()
+    assert_error(store.cluster.run("remove-node", "server1", check=False), USAGE, "server1", "0 live nodes for 1")
+    assert store.cluster.pids() == before
+    assert store.client.status().draining == []
+    store.put("afterremove", "kept")
+    assert store.cluster.get("afterremove") == ("kept", "server1")
+
+
+@pytest.mark.parametrize(
+    ("count", "fragment"),
+    [("64", "at most 64 nodes"), ("1000", "at most 64 nodes"), ("0", "--count"), ("-1", "--count")],
+    ids=["one-over-the-limit", "far-over-the-limit", "zero", "negative"],
+)
+def test_add_node_beyond_the_limit_is_refused(store: Store, count: str, fragment: str) -> None:
+    before = store.cluster.pids()
+    assert_error(store.cluster.run("add-node", "--count", count, check=False), USAGE, fragment)
+    assert store.cluster.pids() == before
+    assert [n.node_id for n in store.client.status().nodes] == [1]
 
 
 @pytest.mark.parametrize(
@@ -224,8 +256,8 @@ def test_up_over_a_running_cluster(store: Store) -> None:
 
 @pytest.mark.parametrize(
     ("nodes", "rep", "fragment"),
-    [("2", "3", "--rep 3"), ("0", "1", "--nodes"), ("1", "0", "--rep"), ("-1", "1", "--nodes")],
-    ids=["rep-over-nodes", "no-nodes", "no-replicas", "negative-nodes"],
+    [("2", "3", "--rep 3"), ("0", "1", "--nodes"), ("1", "0", "--rep"), ("-1", "1", "--nodes"), ("65", "1", "1..64")],
+    ids=["rep-over-nodes", "no-nodes", "no-replicas", "negative-nodes", "too-many-nodes"],
 )
 def test_up_with_impossible_shape(empty_home: Path, nodes: str, rep: str, fragment: str) -> None:
     proc = run_cli("up", "-d", "--nodes", nodes, "--rep", rep, home=empty_home, check=False)

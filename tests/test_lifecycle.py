@@ -6,12 +6,15 @@ import os
 import signal
 import subprocess
 import sys
+import time
+from datetime import datetime
 from pathlib import Path
 
 import msgspec
 import pytest
 import zmq
 from conftest import (
+    COMMAND_TIMEOUT,
     Cluster,
     ClusterLauncher,
     kill_survivors,
@@ -129,6 +132,18 @@ def test_status_after_kill_shows_slots_moved(cluster: ClusterLauncher) -> None:
     for name in ("server1", "server3"):
         assert after[name]["alive"]
         assert after[name]["primary_slots"] > before[name]["primary_slots"]
+
+    events = doc["events"]
+    died = next(e for e in events if (e["kind"], e["node"]) == ("dead", "server2"))
+    assert 0 <= died["age_s"] < COMMAND_TIMEOUT
+    assert abs(datetime.fromisoformat(died["time"]).timestamp() + died["age_s"] - time.time()) < COMMAND_TIMEOUT
+    promoted = {e["node"]: e["slots"] for e in events[events.index(died) :] if e["kind"] == "promoted"}
+    # Every slot server2 was primary of has a new primary; rebalancing may hand over more later.
+    assert set(promoted) == {"server1", "server3"}
+    assert sum(promoted.values()) >= before["server2"]["primary_slots"]
+    out = c.run("status").stdout
+    assert "Recent events" in out
+    assert "server2 declared dead" in out
 
     processes = recorded_processes(c.home)
     c.run("down")

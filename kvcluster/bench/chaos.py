@@ -30,13 +30,14 @@ import typer
 
 from kvcluster.bench.bulk import BulkCheck, bulk_load, bulk_verify, release_timeout
 from kvcluster.bench.chaos_faults import (
-    FATAL_KINDS,
     STALL_SHARE,
+    TAKING_KINDS,
     FaultInjector,
     FaultSchedule,
     chaos_keys,
     node_ids,
 )
+from kvcluster.bench.chaos_membership import MembershipSchedule, settled
 from kvcluster.bench.chaos_report import (
     ChaosReport,
     RunRecord,
@@ -149,13 +150,16 @@ def run_chaos(
     on_event: Callable[[str], None] | None = None,
     on_tick: Callable[[float], None] | None = None,
     preload: int = 0,
+    membership: bool = False,
 ) -> ChaosReport:
     """Run a cluster under load and faults for ``duration`` seconds, then check the history.
 
     Faults come every ``fault_interval`` seconds (drawn uniformly); a share
     ``stall_share`` of them are stalls. ``preload`` keys are bulk-loaded
     before the clients start, so the faults land on a large data set; each
-    is read back at the end, and one lost makes the run fail. A temporary home (``home`` None) is
+    is read back at the end, and one lost makes the run fail. ``membership``
+    mixes restarts, additions and removals of nodes into the faults
+    (``chaos_membership``). A temporary home (``home`` None) is
     removed after a linearizable run and kept otherwise, with the nodes'
     logs. ``on_event`` receives a line per fault and phase; ``on_tick`` the
     seconds elapsed, a few times a second.
@@ -165,8 +169,13 @@ def run_chaos(
     if seed is None:
         seed = secrets.randbelow(2**31)
     timing = Timing()
-    shape = Shape(nodes, rep, clients, chaos_keys(keys, nodes, rep), duration, read_ratio, seed, preload)
-    schedule = FaultSchedule(nodes, rep, random.Random(seed), timing, fault_interval, stall_share)
+    shape = Shape(nodes, rep, clients, chaos_keys(keys, nodes, rep), duration, read_ratio, seed, preload, membership)
+    rng = random.Random(seed)
+    schedule = (
+        MembershipSchedule(nodes, rep, rng, timing, fault_interval)
+        if membership
+        else FaultSchedule(nodes, rep, rng, timing, fault_interval, stall_share)
+    )
     with _home(home) as (path, temporary):
         run = _run_cluster(path, shape, schedule, timing, on_event or (lambda _text: None), on_tick)
         if on_event is not None:
@@ -234,7 +243,7 @@ def _run_cluster(
             say(f"reading the {shape.preload:,} loaded keys back")
             check = bulk_verify(state.master_endpoint, shape.preload, _ignore)
         history = [Operation.from_json(record) for records in histories for record in records]
-        targeted = {n for f in injector.faults if f.kind in FATAL_KINDS for n in node_ids(f.nodes)}
+        targeted = {n for f in injector.faults if f.kind in TAKING_KINDS for n in node_ids(f.nodes)}
         dead = declared - targeted
         return RunRecord(
             history, injector.faults, injector.released, dead, declared - injector.exited(), preload_s, check
@@ -243,6 +252,8 @@ def _run_cluster(
         if injector is not None:
             injector.resume()
         supervisor.stop()
+        if injector is not None:
+            injector.stop_started()
 
 
 def _ignore(_done: int) -> None:
@@ -270,7 +281,12 @@ def _inject_until(
     while (now := time.monotonic()) < end:
         if on_tick is not None:
             on_tick(now - injector.released)
-        if next_fault is not None and now >= next_fault and end - now > FAULT_TAIL:
+        if (
+            next_fault is not None
+            and now >= next_fault
+            and end - now > FAULT_TAIL
+            and _ready(schedule, injector, observer)
+        ):
             planned = schedule.next(_declared_dead(observer) | injector.exited())
             if planned is not None:
                 injector.inject(planned)
@@ -279,6 +295,17 @@ def _inject_until(
                 injector.on_event(f"{now - injector.released:7.2f} s  no safe fault remains; the load goes on")
                 next_fault = None
         injector.wait(min(end, time.monotonic() + 0.2))
+
+
+def _ready(schedule: FaultSchedule, injector: FaultInjector, observer: Client) -> bool:
+    """Plain faults are safe by the static placement; after membership changes, only on a settled cluster."""
+    if not isinstance(schedule, MembershipSchedule):
+        return True
+    try:
+        report = observer.status()
+    except KvclusterError:
+        return False
+    return settled(report, schedule.gone() | injector.exited())
 
 
 def _check_options(nodes: int, rep: int, clients: int, keys: int, duration: float) -> None:
@@ -320,6 +347,14 @@ def chaos_command(
             help="State directory for the run's cluster, kept afterwards (default: a temporary one, kept on failure).",
         ),
     ] = None,
+    membership: Annotated[
+        bool,
+        typer.Option(
+            "--membership",
+            help="Also restart dead nodes, add nodes and remove nodes (kvcluster restart, add-node, remove-node); "
+            "each fault then waits until every slot has its replicas again.",
+        ),
+    ] = False,
     preload: Annotated[
         int,
         typer.Option(
@@ -330,7 +365,8 @@ def chaos_command(
         ),
     ] = 0,
 ) -> None:
-    """Kill and pause nodes under concurrent load, then check the history for linearizability; exit 1 if it is not."""
+    """Kill and pause nodes (and with --membership restart, add and remove them) under concurrent load, then check
+    the history for linearizability; exit 1 if it is not."""
     from rich.console import Console  # noqa: PLC0415
 
     _check_options(nodes, rep, clients, keys, duration)
@@ -344,7 +380,7 @@ def chaos_command(
     for round_seed in range(seed, seed + rounds):
         if rounds > 1:
             console.rule(f"round {round_seed - seed + 1} of {rounds}: seed {round_seed}")
-        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home, preload)
+        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home, preload, membership)
         reports.append(report)
         if save_history is not None:
             per_round = save_history.with_name(f"{save_history.stem}-{round_seed}{save_history.suffix}")
@@ -368,6 +404,7 @@ def _chaos_round(
     seed: int,
     home: Path | None,
     preload: int,
+    membership: bool,
 ) -> ChaosReport:
     """One run on a fresh cluster, with its tables printed."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
@@ -386,6 +423,7 @@ def _chaos_round(
             on_event=progress.console.print,
             on_tick=lambda elapsed: progress.update(task, completed=elapsed),
             preload=preload,
+            membership=membership,
         )
     console.print(faults_table(report))
     console.print(summary_table(report))

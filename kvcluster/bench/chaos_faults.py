@@ -13,6 +13,14 @@ Faults:
   then SIGCONT: its lease may run out while it is stopped, and it must serve
   again without being declared dead.
 
+With ``--membership``, the cluster's membership changes too, through the
+commands people use (``chaos_membership``):
+
+* ``restart``: ``kvcluster restart serverN`` of a node that a fault took
+  down and the master declared dead; it joins with no data.
+* ``add``: ``kvcluster add-node``.
+* ``remove``: ``kvcluster remove-node serverN``: drain, then stop.
+
 Every node is the primary of some slots, so every victim is a primary. The
 schedule never makes a slot lose all its replicas: a set of dead nodes (a
 paused or stalled node counts as dead, since the master may declare it so)
@@ -32,6 +40,7 @@ import signal
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvcluster.core.placement import NUM_SLOTS, node_name, replicas_for, slot_of
@@ -48,9 +57,14 @@ class FaultKind(enum.StrEnum):
     KILL = "kill"
     DOUBLE_KILL = "double-kill"
     STALL = "stall"
+    RESTART = "restart"
+    ADD = "add"
+    REMOVE = "remove"
 
 
 FATAL_KINDS = (FaultKind.PAUSE, FaultKind.KILL, FaultKind.DOUBLE_KILL)  # the victim never serves again
+MEMBERSHIP_KINDS = (FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE)
+TAKING_KINDS = (*FATAL_KINDS, FaultKind.REMOVE)  # the master ends up declaring the victims dead
 STALL_SHARE = 0.3  # chance that the next fault is a stall (when one is safe)
 DOUBLE_KILL_GAP = (0.05, 0.25)  # seconds between the two kills of a double kill
 REAP_INTERVAL = 0.05
@@ -71,6 +85,10 @@ class Fault:
     """Keys whose primary was a victim when the fault began."""
     unavailable_ms: float | None = None
     """From the fault until every affected key had served a successful operation invoked after it."""
+    took_s: float = 0.0
+    """How long a restart, add or remove command ran (the join or the drain included)."""
+    error: str | None = None
+    """The error line of a restart, add or remove command that failed."""
 
 
 def chaos_keys(count: int, nodes: int, rep: int) -> list[str]:
@@ -204,7 +222,7 @@ class FaultInjector:
                 self._signal(fault.victims[0], signal.SIGKILL)
                 time.sleep(fault.length)
                 self._signal(fault.victims[1], signal.SIGKILL)
-            case _:
+            case FaultKind.PAUSE | FaultKind.STALL:
                 self._stop_for(fault.victims[0], fault.length)
         recorded = Fault(
             t=at - self.released,
@@ -213,9 +231,22 @@ class FaultInjector:
             duration_s=fault.length if fault.kind in (FaultKind.PAUSE, FaultKind.STALL) else 0.0,
             dead_before=[node_name(n) for n in sorted(fault.dead_before)],
         )
+        if fault.kind in MEMBERSHIP_KINDS:
+            self._change_membership(fault, recorded)
         self.faults.append(recorded)
         stopped = f" for {recorded.duration_s:.2f} s" if recorded.duration_s else ""
-        self.on_event(f"{recorded.t:7.2f} s  {fault.kind} {', '.join(recorded.nodes)}{stopped}")
+        took = f" in {recorded.took_s:.2f} s" if recorded.took_s else ""
+        failed = f" FAILED: {recorded.error}" if recorded.error else ""
+        self.on_event(f"{recorded.t:7.2f} s  {fault.kind} {', '.join(recorded.nodes)}{stopped}{took}{failed}")
+
+    def _change_membership(self, fault: PlannedFault, recorded: Fault) -> None:
+        """Run the restart, add-node or remove-node command, then read back the processes it recorded."""
+        from kvcluster.bench.chaos_membership import change_membership  # noqa: PLC0415
+        from kvcluster.supervisor import ClusterState  # noqa: PLC0415
+
+        home = Path(self.state.home)
+        recorded.took_s, recorded.error = change_membership(home, fault, self.exited, self.wait)
+        self.state = ClusterState.load(home)
 
     def _signal(self, node_id: int, signum: signal.Signals) -> None:
         info = self.state.servers[node_id - 1]
@@ -231,6 +262,13 @@ class FaultInjector:
         os.kill(info.pid, signal.SIGSTOP)
         self.wait(time.monotonic() + length)
         self.resume()
+
+    def stop_started(self) -> None:
+        """Stop the nodes that restart and add-node started: they are not the supervisor's children."""
+        from kvcluster.supervisor import stop_process  # noqa: PLC0415
+
+        for info in self.state.servers:
+            stop_process(info)
 
     def resume(self) -> None:
         """SIGCONT the stopped node, if any (also on the way out, so it can be stopped cleanly)."""

@@ -62,11 +62,15 @@ class ChaosReport:
     """Preloaded keys read back at the end with another value, missing, or with no live replica: lost writes."""
     preloaded_unreadable: int = 0
     """Preloaded keys whose final read did not complete."""
+    membership: bool = False
+    """Whether restarts, additions and removals of nodes were among the faults."""
+    membership_errors: int = 0
+    """Restart, add and remove commands that failed."""
     history: list[Operation] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "linearizable" and self.preloaded_lost == 0
+        return self.verdict == "linearizable" and self.preloaded_lost == 0 and self.membership_errors == 0
 
     def to_json(self) -> dict[str, Any]:
         """The report without the history, ready for ``json.dumps``."""
@@ -88,6 +92,8 @@ class Shape:
     seed: int
     preload: int = 0
     """Keys bulk-loaded before the faults start, all read back at the end."""
+    membership: bool = False
+    """Whether restarts, additions and removals of nodes were among the faults."""
 
 
 @dataclass
@@ -143,6 +149,8 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         preload_s=round(run.preload_s, 2),
         preloaded_lost=run.preloaded.lost,
         preloaded_unreadable=run.preloaded.unreadable,
+        membership=shape.membership,
+        membership_errors=sum(f.error is not None for f in run.faults),
         history=run.history,
     )
 
@@ -238,6 +246,8 @@ def summary_table(report: ChaosReport) -> Any:
     table.add_row("  of which across a failover of the key's primary", f"{report.reads_across_failovers:,}")
     if report.unplanned_dead:
         table.add_row("declared dead without a fatal fault", ", ".join(report.unplanned_dead))
+    if report.membership_errors:
+        table.add_row("[bold red]restart, add or remove commands that failed[/]", f"{report.membership_errors}")
     if report.dead_but_running:
         table.add_row("[bold red]declared dead but still running[/]", ", ".join(report.dead_but_running))
     if report.preloaded:
@@ -254,9 +264,14 @@ def faults_table(report: ChaosReport) -> Any:
     table = Table(title="faults")
     for column in ("t", "fault", "nodes", "stopped for", "keys hit", "unavailable"):
         table.add_column(column, justify="left" if column in ("fault", "nodes") else "right")
+    if report.membership:
+        table.add_column("command took", justify="right")
     for f in report.faults:
         stopped = f"{f.duration_s:.2f} s" if f.duration_s else "-"
-        table.add_row(f"{f.t:.2f} s", f.kind, ", ".join(f.nodes), stopped, str(f.affected_keys), _ms(f.unavailable_ms))
+        row = [f"{f.t:.2f} s", f.kind, ", ".join(f.nodes), stopped, str(f.affected_keys), _ms(f.unavailable_ms)]
+        if report.membership:
+            row.append(f"[red]{f.error}[/]" if f.error else f"{f.took_s:.2f} s" if f.took_s else "-")
+        table.add_row(*row)
     return table
 
 

@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 
 from kvcluster.core.actions import Action, Answer, Propose, Route
+from kvcluster.core.events import EventLog
 from kvcluster.core.group import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
 from kvcluster.core.placement import (
@@ -47,6 +48,7 @@ from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
     Drain,
+    EventKind,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -115,6 +117,8 @@ class MasterCore:
         self.last_tick: float | None = None
         self.repairs = Repairs()
         self.draining: frozenset[int] = frozenset()  # nodes whose slots move elsewhere before they are removed
+        self.drained: frozenset[int] = frozenset()  # draining nodes that hold nothing any more
+        self.events = EventLog()
         self.healthy = True  # every slot has rep replicas: nothing to plan
         self.last_repair_table = 0.0
 
@@ -196,16 +200,20 @@ class MasterCore:
     def _heal(self, now: float) -> None:
         """Publish the copies that caught up (batched), cancel broken moves, and start new ones."""
         assert self.table is not None
-        for move in self.repairs.cancel_broken(self.table, now):
+        cancelled = self.repairs.cancel_broken(self.table, now)
+        for move in cancelled:
             log.info("cancelled copying slot %d to %s", move.slot, node_name(move.target))
+        self.events.moves(now, EventKind.MOVES_CANCELLED, len(cancelled))
         if self.repairs.finished and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
             self.last_repair_table = now
             finished = self.repairs.take_finished()
+            self.events.moves(now, EventKind.MOVES_FINISHED, len(finished))
             table = with_replicas(self.table, [(f.slot, f.target) for f in finished if f.replaces is None])
             replaced = [(f.slot, f.replaces, f.target) for f in finished if f.replaces is not None]
             self._publish(with_moves(table, replaced, []) if replaced else table)
             if not self._settled():
                 return  # plan from that table once nodes hold it
+        self._note_drained(now)
         if under_replicated(self.table):
             self._start(self.repairs.plan(now, self.table, self.draining))
             return
@@ -222,11 +230,19 @@ class MasterCore:
             self.healthy = True
             log.info("every slot has %d replicas and the nodes are balanced", self.rep)
 
+    def _note_drained(self, now: float) -> None:
+        assert self.table is not None
+        for node_id in sorted(self.draining - self.drained):
+            if not any(node_id in nodes for nodes in self.table.replicas):
+                self.events.record(now, EventKind.DRAIN_FINISHED, node_id)
+                self.drained = self.drained | {node_id}
+
     def _draining_holds_slots(self) -> bool:
         assert self.table is not None
         return any(n in nodes for nodes in self.table.replicas for n in self.draining)
 
     def _start(self, moves: list[Move]) -> None:
+        self.events.moves(self.now, EventKind.MOVES_STARTED, len(moves))
         for move in moves:
             route = self.nodes[move.source].route
             if route is not None:  # else asked for once the source is heard (see ``lead``)
@@ -308,6 +324,8 @@ class MasterCore:
             return
         if node_id not in table.endpoints and node_id != max(table.endpoints) + 1:
             raise ProtocolError(f"hello from unknown node id {node_id}")
+        restarted = node_id in table.endpoints
+        self.events.record(self.now, EventKind.RESTARTED if restarted else EventKind.JOINED, node_id)
         self.nodes[node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
         log.info("%s joined at %s (pid %d) with no data; rebalancing", node_name(node_id), hello.endpoint, hello.pid)
         self._publish(with_member(table, node_id, hello.endpoint))
@@ -325,6 +343,8 @@ class MasterCore:
         if node_id not in self.draining:
             log.info("draining %s: moving its slots to the other nodes", node_name(node_id))
             self.draining = self.draining | {node_id}
+            self.drained = self.drained - {node_id}
+            self.events.record(self.now, EventKind.DRAIN_STARTED, node_id)
             self.healthy = False
             if self.replicated:
                 self.outbox.append(Propose(self._state()))
@@ -388,6 +408,7 @@ class MasterCore:
                     node_name(node_id),
                     (now - self.nodes[node_id].last_seen) * 1000,
                 )
+                self.events.record(now, EventKind.DEAD, node_id)
             self._publish(with_dead(self.table, due))
             self.draining = self.draining - set(due)
             self.healthy = False
@@ -425,6 +446,7 @@ class MasterCore:
             )
 
     def _publish(self, table: TableData) -> None:
+        self.events.promotions(self.now, self.table, table)
         self.table = table
         if self.replicated:
             self.outbox.append(Propose(self._state()))
@@ -465,4 +487,5 @@ class MasterCore:
             repairs.keys_done,
             seconds,
             draining,
+            self.events.report(now),
         )

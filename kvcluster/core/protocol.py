@@ -4,7 +4,7 @@ This module owns what crosses a socket. Every message is a ``msgspec.Struct``
 sent as a msgpack array ``[tag, *fields]``, where ``tag = PROTOCOL_VERSION << 8
 | MsgType``, so one integer names both the version and the type. Records inside
 messages (``Op``, ``Result``, ``Write``, ``SlotTail``, ``TableData``,
-``NodeReport``) are arrays of their fields, in declaration order. ``decode``
+``NodeReport``, ``ClusterEvent``) are arrays of their fields, in declaration order. ``decode``
 checks the tag, the arity and the exact type of every field, the ranges that
 always hold (counters >= 0, node ids >= 1) and the table's cross-field rules
 before it returns a message; anything else, truncated or trailing bytes
@@ -218,6 +218,29 @@ class NodeReport(_Record, frozen=True):
     last_seen_ms: float  # may be negative: the master moves last_seen forward over its own stalls
 
 
+class EventKind(enum.StrEnum):
+    """What happened in a cluster event; strings, so ``status --json`` and the wire read the same."""
+
+    DEAD = "dead"  # node_id declared dead
+    JOINED = "joined"  # node_id joined a running cluster as a new node
+    RESTARTED = "restarted"  # a new incarnation of node_id joined with no data
+    PROMOTED = "promoted"  # node_id became primary of ``slots`` more slots
+    MOVES_STARTED = "moves-started"  # ``slots`` copies started (node_id 0: many nodes)
+    MOVES_FINISHED = "moves-finished"  # ``slots`` copies published as replicas
+    MOVES_CANCELLED = "moves-cancelled"  # ``slots`` copies dropped (a source or target died, or too slow)
+    DRAIN_STARTED = "drain-started"  # node_id's slots start moving elsewhere
+    DRAIN_FINISHED = "drain-finished"  # node_id holds no slot any more: it can be stopped
+
+
+class ClusterEvent(_Record, frozen=True):
+    """One entry of the master's recent events; ``age_s``: seconds before the status report was made."""
+
+    age_s: float
+    kind: EventKind
+    node_id: Count  # 0 when the event concerns no single node
+    slots: Count  # slots concerned; 0 for node events
+
+
 # --- messages ---
 
 
@@ -259,7 +282,8 @@ class StatusRequest(_Message, frozen=True, tag=_tag(MsgType.STATUS_REQUEST)):
 
 class StatusReport(_Message, frozen=True, tag=_tag(MsgType.STATUS)):
     """The master's view; ``moving`` lists ``[slot, source, target]`` of copies under way, and the healed
-    counts and seconds describe the current round of repairs (seconds is 0 when none is running)."""
+    counts and seconds describe the current round of repairs (seconds is 0 when none is running);
+    ``events`` are the master's recent events, oldest first."""
 
     master_pid: Count
     master_id: Count
@@ -271,6 +295,7 @@ class StatusReport(_Message, frozen=True, tag=_tag(MsgType.STATUS)):
     healed_keys: Count
     healing_seconds: float
     draining: list[NodeId]
+    events: list[ClusterEvent]
 
 
 class Request(_Message, frozen=True, tag=_tag(MsgType.REQUEST)):
