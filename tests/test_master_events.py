@@ -52,7 +52,7 @@ class Driven:
     def beat(self, *node_ids: int) -> None:
         for node_id in node_ids:
             version = self.core.table.version if self.core.table else 0
-            self.core.on_message(self.now, route(node_id), Heartbeat(node_id, self.now, version, 0))
+            self.core.on_message(self.now, route(node_id), Heartbeat(node_id, node_id, self.now, version, 0))
 
     def advance(self, seconds: float, *beating: int) -> None:
         """Let ``seconds`` pass in ticks, with heartbeats from ``beating`` every tick."""
