@@ -113,3 +113,33 @@ def survey(
     for sock in sockets:
         sock.close(linger=0)
     return answers
+
+
+def roles(endpoints: list[str], timeout: float) -> list[tuple[str, int | None]]:
+    """Each master's (role, term) as it answers for itself: ``leader``, ``follower`` or ``silent`` (term None)."""
+    from kvcluster.core.protocol import StatusReport, StatusRequest  # noqa: PLC0415
+
+    ctx = zmq.Context()
+    try:
+        answers = survey(ctx, endpoints, StatusRequest(), timeout)
+    finally:
+        ctx.destroy(linger=0)
+    found: list[tuple[str, int | None]] = []
+    for answer in answers:
+        if isinstance(answer, StatusReport):
+            found.append(("leader", answer.term))
+        elif isinstance(answer, NotLeader):
+            found.append(("follower", answer.term))
+        else:
+            found.append(("silent", None))
+    return found
+
+
+def await_leader(endpoints: list[str], newer_than: int, until: float, poll: float = 0.02) -> tuple[int, int] | None:
+    """The 0-based index and term of a master leading a term after ``newer_than``, or None by ``until``."""
+    while time.monotonic() < until:
+        for index, (role, term) in enumerate(roles(endpoints, poll * 5)):
+            if role == "leader" and term is not None and term > newer_than:
+                return index, term
+        time.sleep(poll)
+    return None

@@ -25,6 +25,7 @@ from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.chaos import run_chaos
 from kvcluster.bench.chaos_faults import (
     FATAL_KINDS,
+    MASTER_KINDS,
     MEMBERSHIP_KINDS,
     TAKING_KINDS,
     FaultKind,
@@ -32,7 +33,7 @@ from kvcluster.bench.chaos_faults import (
     Placement,
     chaos_keys,
 )
-from kvcluster.bench.chaos_membership import MAX_ADDED, MembershipSchedule, settled
+from kvcluster.bench.chaos_membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
@@ -78,12 +79,13 @@ def assert_no_child_processes() -> None:
 
 def assert_no_node_of(home: Path) -> None:
     """No storage node of the cluster in ``home`` runs: restart and add-node start them outside the run's tree."""
-    endpoint = re.search(r"replicas on (tcp://\S+)", (home / "logs" / "master.log").read_text())
+    endpoint = re.search(r"replicas on (tcp://\S+)", (home / "logs" / "master1.log").read_text())
     assert endpoint is not None, "the master never said where it listens"
     leftovers = []
     for proc in psutil.process_iter(["cmdline", "status"]):
         cmdline = proc.info["cmdline"] or []
-        if "_node" in cmdline and endpoint.group(1) in cmdline and proc.info["status"] != psutil.STATUS_ZOMBIE:
+        ours = any(endpoint.group(1) in arg for arg in cmdline)
+        if "_node" in cmdline and ours and proc.info["status"] != psutil.STATUS_ZOMBIE:
             leftovers.append(cmdline)
     assert not leftovers, f"nodes left running: {leftovers}"
 
@@ -170,7 +172,7 @@ def test_membership_schedule_tries_every_kind_before_repeating_one() -> None:
         schedule = MembershipSchedule(5, 3, random.Random(seed), Timing())
         used: set[FaultKind] = set()
         for _ in range(10):
-            unused_possible = {k for k in FaultKind if k not in used and schedule._options(k)}
+            unused_possible = {k for k in KIND_ORDER if k not in used and schedule._options(k)}
             fault = schedule.next(set())
             assert fault is not None
             assert fault.kind in unused_possible or not unused_possible, (seed, fault.kind, unused_possible)
@@ -184,12 +186,12 @@ def test_membership_seed_kills_restarts_adds_and_removes() -> None:
 
 def test_a_cluster_is_settled_when_every_slot_has_rep_replicas_outside_the_gone() -> None:
     table = TableData(2, 2, 3, {1: "a", 2: "b", 3: "c"}, [3], [[1, 2], [2, 3, 1], [3, 1]], [0, 1, 1])
-    report = StatusReport(1, table, [], [], 0, 0, 0.0, [], [])
+    report = StatusReport(1, 1, 1, table, [], [], 0, 0, 0.0, [], [])
     assert not settled(report, set()), "slot 2 has one live replica"
     healed = TableData(3, 2, 3, {1: "a", 2: "b", 3: "c"}, [3], [[1, 2], [2, 3, 1], [3, 1, 2]], [0, 1, 2])
-    assert settled(StatusReport(1, healed, [], [], 0, 0, 0.0, [], []), set())
-    assert not settled(StatusReport(1, healed, [], [], 0, 0, 0.0, [], []), {2}), "server2 is gone, not yet declared"
-    assert not settled(StatusReport(1, None, [], [], 0, 0, 0.0, [], []), set())
+    assert settled(StatusReport(1, 1, 1, healed, [], [], 0, 0, 0.0, [], []), set())
+    assert not settled(StatusReport(1, 1, 1, healed, [], [], 0, 0, 0.0, [], []), {2}), "server2 is gone, not yet declared"
+    assert not settled(StatusReport(1, 1, 1, None, [], [], 0, 0, 0.0, [], []), set())
 
 
 # --- the analysis of a run ---
@@ -294,9 +296,14 @@ def assert_linearizable_and_nontrivial(report: chaos_report.ChaosReport) -> None
 
 
 @pytest.mark.cluster
-def test_chaos_run_is_linearizable(tmp_path: Path) -> None:
-    report = run_chaos(nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home")
+def test_chaos_run_with_leader_faults_is_linearizable(tmp_path: Path) -> None:
+    report = run_chaos(
+        nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home", master_faults=True
+    )
     assert_linearizable_and_nontrivial(report)
+    for kind in MASTER_KINDS:
+        assert report.faults_by_kind.get(kind, 0) >= 1, report.faults_by_kind
+    assert [f.error for f in report.faults if f.error] == []
 
 
 @pytest.mark.cluster
@@ -334,7 +341,14 @@ def test_long_chaos_run_is_linearizable(tmp_path: Path, seed: int) -> None:
     for round_seed in range(seed * 100, seed * 100 + LONG_ROUNDS):
         nodes, rep = (5, 3) if round_seed % 2 else (7, 4)
         report = run_chaos(
-            nodes=nodes, rep=rep, clients=4, keys=8, duration=30.0, seed=round_seed, home=tmp_path / f"home{round_seed}"
+            nodes=nodes,
+            rep=rep,
+            clients=4,
+            keys=8,
+            duration=30.0,
+            seed=round_seed,
+            home=tmp_path / f"home{round_seed}",
+            master_faults=True,
         )
         assert_linearizable_and_nontrivial(report)
 

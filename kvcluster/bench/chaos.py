@@ -15,6 +15,7 @@ the history and the tables in ``chaos_report``.
 from __future__ import annotations
 
 import json
+import math
 import random
 import secrets
 import shutil
@@ -37,6 +38,7 @@ from kvcluster.bench.chaos_faults import (
     chaos_keys,
     node_ids,
 )
+from kvcluster.bench.chaos_masters import MasterFaults
 from kvcluster.bench.chaos_membership import MembershipSchedule, settled
 from kvcluster.bench.chaos_report import (
     ChaosReport,
@@ -151,6 +153,7 @@ def run_chaos(
     on_tick: Callable[[float], None] | None = None,
     preload: int = 0,
     membership: bool = False,
+    master_faults: bool = False,
 ) -> ChaosReport:
     """Run a cluster under load and faults for ``duration`` seconds, then check the history.
 
@@ -159,7 +162,8 @@ def run_chaos(
     before the clients start, so the faults land on a large data set; each
     is read back at the end, and one lost makes the run fail. ``membership``
     mixes restarts, additions and removals of nodes into the faults
-    (``chaos_membership``). A temporary home (``home`` None) is
+    (``chaos_membership``), and ``master_faults`` kills and pauses the
+    leading master on a track of its own (``chaos_masters``). A temporary home (``home`` None) is
     removed after a linearizable run and kept otherwise, with the nodes'
     logs. ``on_event`` receives a line per fault and phase; ``on_tick`` the
     seconds elapsed, a few times a second.
@@ -177,7 +181,8 @@ def run_chaos(
         else FaultSchedule(nodes, rep, rng, timing, fault_interval, stall_share)
     )
     with _home(home) as (path, temporary):
-        run = _run_cluster(path, shape, schedule, timing, on_event or (lambda _text: None), on_tick)
+        masters = MasterFaults(seed) if master_faults else None
+        run = _run_cluster(path, shape, (schedule, masters), timing, on_event or (lambda _text: None), on_tick)
         if on_event is not None:
             on_event(f"checking {len(run.history):,} operations")
         report = analyse(shape, run)
@@ -200,7 +205,7 @@ def _save_history(history: list[Operation], path: Path) -> Path:
 def _run_cluster(
     path: Path,
     shape: Shape,
-    schedule: FaultSchedule,
+    schedules: tuple[FaultSchedule, MasterFaults | None],
     timing: Timing,
     say: Callable[[str], None],
     on_tick: Callable[[float], None] | None,
@@ -235,7 +240,7 @@ def _run_cluster(
                 say(f"loaded {shape.preload:,} keys in {preload_s:.1f} s")
             injector.released = pool.release()
             say(f"load on keys {', '.join(shape.keys)} for {shape.duration:g} s")
-            _inject_until(schedule, injector, observer, injector.released + shape.duration, on_tick)
+            _inject_until(schedules, injector, observer, injector.released + shape.duration, on_tick)
             histories = pool.collect(timeout=CLIENT_DEADLINE + COLLECT_GRACE)
             declared = _declared_dead(observer)
         check = BulkCheck(0, 0, 0)
@@ -270,17 +275,22 @@ def _home(home: Path | None) -> Iterator[tuple[Path, bool]]:
 
 
 def _inject_until(
-    schedule: FaultSchedule,
+    schedules: tuple[FaultSchedule, MasterFaults | None],
     injector: FaultInjector,
     observer: Client,
     end: float,
     on_tick: Callable[[float], None] | None,
 ) -> None:
-    """Inject the schedule's faults until ``end``, or until no safe fault remains."""
+    """Inject the schedule's faults until ``end``, or until no safe fault remains; the leader's on their own track."""
+    schedule, masters = schedules
     next_fault: float | None = injector.released + schedule.delay()
+    next_master = injector.released + masters.delay() if masters is not None else math.inf
     while (now := time.monotonic()) < end:
         if on_tick is not None:
             on_tick(now - injector.released)
+        if masters is not None and now >= next_master and end - now > FAULT_TAIL:
+            masters.inject(injector)
+            next_master = time.monotonic() + masters.delay()
         if (
             next_fault is not None
             and now >= next_fault
@@ -355,6 +365,13 @@ def chaos_command(
             "each fault then waits until every slot has its replicas again.",
         ),
     ] = False,
+    master_faults: Annotated[
+        bool,
+        typer.Option(
+            "--master-faults",
+            help="Also kill -9 (then restart) and pause the leading master, every 4 to 7 s, on a track of its own.",
+        ),
+    ] = False,
     preload: Annotated[
         int,
         typer.Option(
@@ -380,7 +397,9 @@ def chaos_command(
     for round_seed in range(seed, seed + rounds):
         if rounds > 1:
             console.rule(f"round {round_seed - seed + 1} of {rounds}: seed {round_seed}")
-        report = _chaos_round(console, nodes, rep, clients, keys, duration, round_seed, home, preload, membership)
+        report = _chaos_round(
+            console, nodes, rep, clients, keys, duration, round_seed, home, preload, (membership, master_faults)
+        )
         reports.append(report)
         if save_history is not None:
             per_round = save_history.with_name(f"{save_history.stem}-{round_seed}{save_history.suffix}")
@@ -404,9 +423,9 @@ def _chaos_round(
     seed: int,
     home: Path | None,
     preload: int,
-    membership: bool,
+    changes: tuple[bool, bool],
 ) -> ChaosReport:
-    """One run on a fresh cluster, with its tables printed."""
+    """One run on a fresh cluster, with its tables printed; ``changes``: membership changes, leader faults."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -423,7 +442,8 @@ def _chaos_round(
             on_event=progress.console.print,
             on_tick=lambda elapsed: progress.update(task, completed=elapsed),
             preload=preload,
-            membership=membership,
+            membership=changes[0],
+            master_faults=changes[1],
         )
     console.print(faults_table(report))
     console.print(summary_table(report))

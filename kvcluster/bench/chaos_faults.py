@@ -21,6 +21,9 @@ commands people use (``chaos_membership``):
 * ``add``: ``kvcluster add-node``.
 * ``remove``: ``kvcluster remove-node serverN``: drain, then stop.
 
+With ``--master-faults``, the leading master is killed or paused too, on a
+track of its own (``chaos_masters``).
+
 Every node is the primary of some slots, so every victim is a primary. The
 schedule never makes a slot lose all its replicas: a set of dead nodes (a
 paused or stalled node counts as dead, since the master may declare it so)
@@ -60,10 +63,13 @@ class FaultKind(enum.StrEnum):
     RESTART = "restart"
     ADD = "add"
     REMOVE = "remove"
+    MASTER_KILL = "master-kill"
+    MASTER_PAUSE = "master-pause"
 
 
 FATAL_KINDS = (FaultKind.PAUSE, FaultKind.KILL, FaultKind.DOUBLE_KILL)  # the victim never serves again
 MEMBERSHIP_KINDS = (FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE)
+MASTER_KINDS = (FaultKind.MASTER_KILL, FaultKind.MASTER_PAUSE)  # the leading master: see ``chaos_masters``
 TAKING_KINDS = (*FATAL_KINDS, FaultKind.REMOVE)  # the master ends up declaring the victims dead
 STALL_SHARE = 0.3  # chance that the next fault is a stall (when one is safe)
 DOUBLE_KILL_GAP = (0.05, 0.25)  # seconds between the two kills of a double kill
@@ -115,7 +121,8 @@ class Placement:
 
 
 def node_ids(names: Sequence[str]) -> set[int]:
-    return {int(name.removeprefix("server")) for name in names}
+    """The storage nodes among ``names`` (a fault of a master names a master)."""
+    return {int(name.removeprefix("server")) for name in names if name.startswith("server")}
 
 
 @dataclass(frozen=True)
@@ -264,10 +271,10 @@ class FaultInjector:
         self.resume()
 
     def stop_started(self) -> None:
-        """Stop the nodes that restart and add-node started: they are not the supervisor's children."""
+        """Stop the nodes and masters that restart and add-node started: they are not the supervisor's children."""
         from kvcluster.supervisor import stop_process  # noqa: PLC0415
 
-        for info in self.state.servers:
+        for info in [*self.state.masters, *self.state.servers]:
             stop_process(info)
 
     def resume(self) -> None:

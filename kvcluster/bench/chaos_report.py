@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvcluster.bench.bulk import BulkCheck
-from kvcluster.bench.chaos_faults import FATAL_KINDS, Fault, node_ids, primary_of
+from kvcluster.bench.chaos_faults import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
 from kvcluster.bench.output import measure_table
 from kvcluster.check.history import Operation, OpKind, Outcome
 from kvcluster.core.placement import node_name
@@ -160,7 +160,9 @@ def _succeeded(op: Operation) -> bool:
 
 
 def _affected(fault: Fault, shape: Shape) -> list[str]:
-    """The keys whose primary was one of the fault's victims when it began."""
+    """The keys whose primary was one of the fault's victims when it began; every key for the leading master."""
+    if fault.kind in MASTER_KINDS:
+        return list(shape.keys)
     dead, victims = node_ids(fault.dead_before), node_ids(fault.nodes)
     return [key for key in shape.keys if primary_of(key, shape.nodes, shape.rep, dead) in victims]
 

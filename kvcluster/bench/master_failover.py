@@ -28,6 +28,7 @@ from kvcluster.bench.failover import FailoverJob, failover_worker, get_all, put_
 from kvcluster.bench.failover_analysis import OpRecord, lost_writes
 from kvcluster.bench.output import run_benchmark, to_json
 from kvcluster.errors import UsageError
+from kvcluster.master_link import await_leader, roles
 from kvcluster.workers import ClientPool
 
 if TYPE_CHECKING:
@@ -76,42 +77,13 @@ class MasterFailoverRun:
     unavailable_ms: dict[str, float | None] = field(default_factory=dict)
 
 
-def _roles(state: ClusterState) -> list[tuple[str, int | None]]:
-    """Each master's (role, term) as it answers for itself right now."""
-    import zmq  # noqa: PLC0415
-
-    from kvcluster.core.protocol import NotLeader, StatusReport, StatusRequest  # noqa: PLC0415
-    from kvcluster.master_link import survey  # noqa: PLC0415
-
-    ctx = zmq.Context()
-    try:
-        answers = survey(ctx, [m.endpoint for m in state.masters], StatusRequest(), POLL * 5)
-    finally:
-        ctx.destroy(linger=0)
-    roles: list[tuple[str, int | None]] = []
-    for answer in answers:
-        if isinstance(answer, StatusReport):
-            roles.append(("leader", answer.term))
-        elif isinstance(answer, NotLeader):
-            roles.append(("follower", answer.term))
-        else:
-            roles.append(("silent", None))
-    return roles
-
-
-def _await_leader(state: ClusterState, newer_than: int, deadline: float) -> tuple[int, int] | None:
-    """The 0-based index and term of a leader of a term after ``newer_than``, or None by ``deadline``."""
-    while time.monotonic() < deadline:
-        for index, (role, term) in enumerate(_roles(state)):
-            if role == "leader" and term is not None and term > newer_than:
-                return index, term
-        time.sleep(POLL)
-    return None
+def _endpoints(state: ClusterState) -> list[str]:
+    return [m.endpoint for m in state.masters]
 
 
 def _await_follower(state: ClusterState, index: int, deadline: float) -> None:
     while time.monotonic() < deadline:
-        if _roles(state)[index][0] == "follower":
+        if roles(_endpoints(state), POLL * 5)[index][0] == "follower":
             return
         time.sleep(POLL * 5)
     raise BenchmarkError(f"{state.masters[index].name} did not rejoin the group as a follower")
@@ -121,14 +93,14 @@ def _fault(state: ClusterState, kind: str, released: float) -> MasterFault:
     """Hit the current leader with ``kind``, time the election, and bring the member back as a follower."""
     from kvcluster.supervisor import start_master  # noqa: PLC0415
 
-    found = _await_leader(state, 0, time.monotonic() + ELECTION_DEADLINE)
+    found = await_leader(_endpoints(state), 0, time.monotonic() + ELECTION_DEADLINE, POLL)
     if found is None:
         raise BenchmarkError("no master leads before the fault")
     index, term = found
     info = state.masters[index]
     at = time.monotonic()
     os.kill(info.pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-    elected = _await_leader(state, term, at + ELECTION_DEADLINE)
+    elected = await_leader(_endpoints(state), term, at + ELECTION_DEADLINE, POLL)
     took = time.monotonic() - at
     if kind == "kill":
         start_master(state, info.name)
