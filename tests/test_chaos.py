@@ -190,7 +190,9 @@ def test_a_cluster_is_settled_when_every_slot_has_rep_replicas_outside_the_gone(
     assert not settled(report, set()), "slot 2 has one live replica"
     healed = TableData(3, 2, 3, {1: "a", 2: "b", 3: "c"}, [3], [[1, 2], [2, 3, 1], [3, 1, 2]], [0, 1, 2])
     assert settled(StatusReport(1, 1, 1, healed, [], [], 0, 0, 0.0, [], []), set())
-    assert not settled(StatusReport(1, 1, 1, healed, [], [], 0, 0, 0.0, [], []), {2}), "server2 is gone, not yet declared"
+    assert not settled(StatusReport(1, 1, 1, healed, [], [], 0, 0, 0.0, [], []), {2}), (
+        "server2 is gone, not yet declared"
+    )
     assert not settled(StatusReport(1, 1, 1, None, [], [], 0, 0, 0.0, [], []), set())
 
 
