@@ -61,8 +61,11 @@ class Repairs:
     keys_done: int = 0
     started: float | None = None  # when the current round of repairs began
 
-    def plan(self, now: float, table: TableData, draining: frozenset[int] = frozenset()) -> list[Move]:
-        """Start a move for every slot short of replicas that has none, within the per-node limits."""
+    def plan(self, now: float, table: TableData, excluded: frozenset[int] = frozenset()) -> list[Move]:
+        """Start a move for every slot short of replicas that has none, within the per-node limits.
+
+        No copy goes to an ``excluded`` node (being drained, or holding no table yet).
+        """
         short = [slot for slot in under_replicated(table) if slot not in self.moves and not self.finishing(slot)]
         if not short:
             return []
@@ -82,7 +85,7 @@ class Repairs:
             source = next(n for n in table.replicas[slot] if n not in dead)
             if busy.get(source, 0) >= COPIES_PER_NODE:
                 continue
-            target = choose_target(table, slot, load, draining)
+            target = choose_target(table, slot, load, excluded)
             if target is None or busy.get(target, 0) >= COPIES_PER_NODE:
                 continue  # the best target is busy: wait for it rather than unbalance the nodes
             move = Move(slot, source, target, table.epochs[slot], now)

@@ -74,6 +74,7 @@ class NodeRecord:
     pid: int
     last_seen: float
     keys: int = 0
+    table_version: int = 0  # the newest table it reported holding: 0 until it installed one
 
 
 class MasterCore:
@@ -129,9 +130,13 @@ class MasterCore:
             table = with_replicas(self.table, [(f.slot, f.target) for f in finished if f.replaces is None])
             replaced = [(f.slot, f.replaces, f.target) for f in finished if f.replaces is not None]
             self._publish(with_moves(table, replaced, []) if replaced else table)
+        # A node that holds no table yet would refuse a copy, which then waits out COPY_TIMEOUT: no copies to it.
+        unready = frozenset(n for n, r in self.nodes.items() if not r.table_version and n not in self.table.dead)
         if under_replicated(self.table):
-            self._start(self.repairs.plan(now, self.table, self.draining))
+            self._start(self.repairs.plan(now, self.table, self.draining | unready))
             return
+        if unready:
+            return  # rebalancing waits for the nodes that just joined
         if self.repairs.started is not None and self.repairs.idle():
             self._log_healed(now)
         before = set(self.repairs.moves)
@@ -255,6 +260,7 @@ class MasterCore:
         record.last_seen = self.now
         self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys
+        record.table_version = beat.table_version
         version = self.table.version if self.table else 0
         self._send(route, HeartbeatAck(beat.sent_at, version))
         if self.table is not None and beat.table_version < version:
