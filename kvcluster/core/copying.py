@@ -17,6 +17,8 @@ from kvcluster.core.protocol import CopyDone, Message, Replicate, SlotCopy
 from kvcluster.core.replica import NO_COMMIT, Replica
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 
+COPY_DONE_AGAIN = 1.0  # seconds between two reports of a finished copy the master has not published yet
+
 
 class SlotCopying:
     """The copy half of a node; the node methods it calls are declared at the end."""
@@ -34,6 +36,8 @@ class SlotCopying:
     learners: dict[int, list[int]]  # slot -> nodes being copied to: they get its writes too
     copying: dict[int, int]  # slot -> the primary copying it to this node
     deferred_copies: dict[int, tuple[int, int]]  # slot -> (epoch, target) asked for while reconciling
+    reported: dict[int, tuple[float, CopyDone]]  # slot -> when its finished copy was last reported, and how
+    now: float
 
     def _start_copy(self, slot: int, epoch: int, target: int) -> None:
         """Send ``target`` the slot's committed contents, then every write to the slot, until the master adds it.
@@ -93,8 +97,18 @@ class SlotCopying:
             if copy.waiting:
                 still.append(copy)
             elif copy.slot not in copy.rejected:
-                self.outbox.append(ToMaster(CopyDone(self.node_id, copy.slot, copy.epoch, copy.target, copy.keys)))
+                done = CopyDone(self.node_id, copy.slot, copy.epoch, copy.target, copy.keys)
+                self.outbox.append(ToMaster(done))
+                self.reported[copy.slot] = (self.now, done)
         self.copies = still
+
+    def _report_copies_again(self) -> None:
+        """Send ``COPY_DONE`` again for copies the master has not yet published: a master whose queue was full
+        dropped it (sends to the master never block), and the move would wait out its ``COPY_TIMEOUT``."""
+        for slot, (sent, done) in list(self.reported.items()):
+            if self.now - sent >= COPY_DONE_AGAIN:
+                self.outbox.append(ToMaster(done))
+                self.reported[slot] = (self.now, done)
 
     def _settle_copies(self, table: RoutingTable) -> None:
         """After a new table: stop feeding learners that joined, died or lost their source; drop abandoned copies."""
@@ -105,6 +119,9 @@ class SlotCopying:
                 self.learners[slot] = keep
             else:
                 del self.learners[slot]
+        for slot, (_, done) in list(self.reported.items()):
+            if done.target not in self.learners.get(slot, ()):
+                del self.reported[slot]  # published, or given up: nothing left to report
         for slot, source in list(self.copying.items()):
             if self.node_id in table.live(slot):
                 del self.copying[slot]

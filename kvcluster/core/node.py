@@ -41,6 +41,7 @@ from kvcluster.core.copying import SlotCopying
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
     Commit,
+    CopyDone,
     CopySlot,
     Fenced,
     Heartbeat,
@@ -105,6 +106,7 @@ class NodeCore(SlotCopying):
         self.learners: dict[int, list[int]] = {}
         self.copying: dict[int, int] = {}
         self.deferred_copies: dict[int, tuple[int, int]] = {}
+        self.reported: dict[int, tuple[float, CopyDone]] = {}
         self.stopped = False
 
     # --- events ---
@@ -130,6 +132,8 @@ class NodeCore(SlotCopying):
                 return
             self.outbox.append(ToMaster(Heartbeat(self.node_id, now, self.table.version, self.replica.keys)))
             self._commit_idle_backups()
+            if self.reported:
+                self._report_copies_again()
 
     def on_master(self, now: float, message: Message) -> None:
         self.now = now
