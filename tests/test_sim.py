@@ -47,6 +47,7 @@ from kvcluster.sim.trace import Trace
 SEEDS = range(1, 301)  # the default run: a few hundred schedules, about 10 s of CPU
 LONG_SEEDS = range(1_000_000, 1_100_000)
 DIGEST_SEED = 11
+MEMBERSHIP_SEED = 766  # 4 nodes, rep 2: a kill, a restart of that node, a cut, an add
 
 
 def digest_of(seed: int) -> tuple[str, int]:
@@ -55,23 +56,25 @@ def digest_of(seed: int) -> tuple[str, int]:
     return trace.digest(), len(outcome.result.history)
 
 
-def test_the_same_seed_gives_the_same_run() -> None:
-    first, ops = digest_of(DIGEST_SEED)
-    again, _ = digest_of(DIGEST_SEED)
+@pytest.mark.parametrize("seed", [DIGEST_SEED, MEMBERSHIP_SEED])
+def test_the_same_seed_gives_the_same_run(seed: int) -> None:
+    first, ops = digest_of(seed)
+    again, _ = digest_of(seed)
     assert ops > 50
     assert first == again
-    assert digest_of(DIGEST_SEED + 1)[0] != first
+    assert digest_of(seed + 1)[0] != first
 
 
-def test_the_same_seed_gives_the_same_run_in_another_process() -> None:
+@pytest.mark.parametrize("seed", [DIGEST_SEED, MEMBERSHIP_SEED])
+def test_the_same_seed_gives_the_same_run_in_another_process(seed: int) -> None:
     """String hashes are salted per process: a run must not depend on them."""
-    code = f"from test_sim import digest_of; print(digest_of({DIGEST_SEED})[0])"
+    code = f"from test_sim import digest_of; print(digest_of({seed})[0])"
     digests = set()
     for salt in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": salt, "PYTHONPATH": str(Path(__file__).parent)}
         proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
         digests.add(proc.stdout.strip())
-    assert digests == {digest_of(DIGEST_SEED)[0]}
+    assert digests == {digest_of(seed)[0]}
 
 
 def test_hundreds_of_schedules_keep_every_guarantee() -> None:
