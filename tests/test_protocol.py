@@ -10,9 +10,11 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvcluster.core.protocol import (
+    APPLIED_WINDOW_BYTES,
     MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
     PROTOCOL_VERSION,
+    AppliedWindow,
     ClusterEvent,
     Commit,
     CopyDone,
@@ -89,7 +91,11 @@ SAMPLES: list[tuple[MsgType, Message]] = [
     (MsgType.STATUS, StatusReport(99, 1, 1, None, [], [], 0, 0, 0.0, [], [])),
     (MsgType.DRAIN, Drain(3)),
     (MsgType.COPY_SLOT, CopySlot(17, 2, 3)),
-    (MsgType.SLOT_COPY, SlotCopy(9, 1, 17, 2, (2 << 40) | 5, [("k", "v"), ("k2", "")])),
+    (MsgType.SLOT_COPY, SlotCopy(9, 1, 17, 2, (2 << 40) | 5, [("k", "v"), ("k2", "")], [])),
+    (
+        MsgType.SLOT_COPY,
+        SlotCopy(9, 1, 17, 2, 5, [], [AppliedWindow(2**62 - 1, 1 << 20, b"\xff\x01"), AppliedWindow(3, -8, b"")]),
+    ),
     (MsgType.COPY_DONE, CopyDone(1, 17, 2, 3, 2)),
     (
         MsgType.REQUEST,
@@ -330,9 +336,16 @@ MALFORMED: dict[str, bytes] = {
     "drain-node-str": pack(T(MsgType.DRAIN), "server3"),
     "status-old-arity": pack(T(MsgType.STATUS), 1, None, []),
     "copy-slot-target-zero": pack(T(MsgType.COPY_SLOT), 17, 2, 0),
-    "slot-copy-entry-short": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k"]]),
-    "slot-copy-entry-long": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k", "v", "x"]]),
-    "slot-copy-value-none": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k", None]]),
+    "slot-copy-entry-short": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k"]], []),
+    "slot-copy-entry-long": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k", "v", "x"]], []),
+    "slot-copy-value-none": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [["k", None]], []),
+    "slot-copy-old-arity": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, []),
+    "slot-copy-window-unaligned": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [], [[1, 3, b"\x01"]]),
+    "slot-copy-window-too-long": pack(
+        T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [], [[1, 0, bytes(APPLIED_WINDOW_BYTES + 1)]]
+    ),
+    "slot-copy-window-bits-str": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [], [[1, 0, "01"]]),
+    "slot-copy-window-client-negative": pack(T(MsgType.SLOT_COPY), 9, 1, 17, 2, 5, [], [[-1, 0, b"\x01"]]),
     "copy-done-wrong-arity": pack(T(MsgType.COPY_DONE), 1, 17, 2, 3),
     "non-str-map-key": b"\x81\x01\x01",
     "deep-nesting-as-tag": b"\x91" * DEEP + b"\x00",
@@ -420,6 +433,9 @@ def test_decode_of_damaged_frames_is_a_message_or_protocol_error(frame: bytes, d
 
 OPS = st.builds(Op, INT64, st.text(), st.none() | st.text(), INT64, INT64, INT64)
 WRITES = st.builds(Write, COUNT, COUNT, st.text(), st.text(), COUNT, COUNT, INT64)
+WINDOWS = st.builds(
+    AppliedWindow, COUNT, st.integers(min_value=-(2**60), max_value=2**60).map(lambda i: i * 8), st.binary(max_size=64)
+)
 BATCHES = st.one_of(
     st.builds(Request, COUNT, COUNT, st.lists(OPS, max_size=70)),
     st.builds(Reply, COUNT, NODE_ID, st.lists(st.builds(Result, INT64, st.none() | st.text()), max_size=70)),
@@ -427,7 +443,16 @@ BATCHES = st.one_of(
     st.builds(
         Reconcile, COUNT, NODE_ID, st.lists(st.builds(SlotTail, COUNT, COUNT, COUNT, st.lists(WRITES, max_size=5)))
     ),
-    st.builds(SlotCopy, COUNT, NODE_ID, COUNT, COUNT, COUNT, st.lists(st.tuples(st.text(), st.text()), max_size=70)),
+    st.builds(
+        SlotCopy,
+        COUNT,
+        NODE_ID,
+        COUNT,
+        COUNT,
+        COUNT,
+        st.lists(st.tuples(st.text(), st.text()), max_size=70),
+        st.lists(WINDOWS, max_size=5),
+    ),
 )
 
 

@@ -140,3 +140,55 @@ def test_applied_ops_forget_the_least_recent_client_first(monkeypatch: pytest.Mo
     assert (2, 0) not in ops
     assert (1, 0) in ops
     assert (3, 0) in ops
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.integers(1, 3), st.integers(-50, 3000)), max_size=60),
+    st.lists(st.tuples(st.integers(1, 3), st.integers(-50, 3000)), max_size=60),
+)
+def test_merged_applied_ops_hold_both_sides_exactly(own: list[tuple[int, int]], other: list[tuple[int, int]]) -> None:
+    mine, theirs = AppliedOps(), AppliedOps()
+    for client, op_id in own:
+        mine.add(client, op_id)
+    for client, op_id in other:
+        theirs.add(client, op_id)
+    mine.merge(theirs.export([]))
+    expected = {op for op in [*own, *other] if op in mine or op in theirs}
+    assert expected == set(own) | set(other)
+    assert {(c, i) for c in (1, 2, 3) for i in range(-60, 3010) if (c, i) in mine} == expected
+
+
+def test_an_exported_window_leaves_out_the_excluded_ops() -> None:
+    ops = AppliedOps()
+    for op_id in (3, 4, 20):
+        ops.add(5, op_id)
+    copy = AppliedOps()
+    copy.merge(ops.export([(5, 4), (6, 1)]))
+    assert [op_id for op_id in range(30) if (5, op_id) in copy] == [3, 20]
+    assert (5, 4) in ops
+
+
+def test_a_merge_keeps_a_clients_latest_span() -> None:
+    old, new = AppliedOps(), AppliedOps()
+    old.add(1, 0)
+    new.add(1, DEDUP_SPAN + 64)
+    old.merge(new.export([]))
+    assert (1, DEDUP_SPAN + 64) in old
+    assert (1, 0) not in old
+    assert len(old.clients[1][1]) <= DEDUP_SPAN // 8
+
+
+def test_committed_ops_leave_out_the_tails_and_a_dropped_tail_forgets_its_ops() -> None:
+    source = Replica(SLOTS)
+    committed, uncommitted = stream([1, 2])
+    source.apply_replicated(OLD, committed)
+    source.commit(OLD, 1, known(OLD))
+    source.apply_replicated(OLD, uncommitted)
+    target = Replica(SLOTS)
+    target.install_copy(1, 0, [], source.committed_ops())
+    assert target.seen_op(committed.client, committed.op_id)
+    assert not target.seen_op(uncommitted.client, uncommitted.op_id)
+    source.drop_slot(0)
+    assert source.seen_op(committed.client, committed.op_id)
+    assert not source.seen_op(uncommitted.client, uncommitted.op_id)

@@ -12,10 +12,15 @@ once.
 Rebalancing (after a node joins) uses the same moves: a copy to the least
 loaded node that, once caught up, *replaces* a replica of the most loaded
 one (add before remove), at its rank: replacing a primary makes the new
-node primary, and its reconcile stops the old one before it serves. Primaries are evened out without copying: a live
-backup that already holds the slot is moved to the front of its list, and
-the promotion's reconcile makes the old primary stop before the new one
-serves.
+node primary, and its reconcile stops the old one before it serves.
+
+Once totals are within one, primaries are evened out to within one too,
+and with them backups, mostly without copying: a live backup that already
+holds a slot is moved to the front of its list (a *switch*), and the
+promotion's reconcile makes the old primary stop before the new one serves.
+Switches go along chains (A hands a slot to B, B another to C) when no
+backup of an over-full node's slots is short of primaries; only when no
+chain exists do copies hand a primary over (one, or two that swap places).
 """
 
 from __future__ import annotations
@@ -61,8 +66,11 @@ class Repairs:
     keys_done: int = 0
     started: float | None = None  # when the current round of repairs began
 
-    def plan(self, now: float, table: TableData, draining: frozenset[int] = frozenset()) -> list[Move]:
-        """Start a move for every slot short of replicas that has none, within the per-node limits."""
+    def plan(self, now: float, table: TableData, excluded: frozenset[int] = frozenset()) -> list[Move]:
+        """Start a move for every slot short of replicas that has none, within the per-node limits.
+
+        No copy goes to an ``excluded`` node (being drained, or holding no table yet).
+        """
         short = [slot for slot in under_replicated(table) if slot not in self.moves and not self.finishing(slot)]
         if not short:
             return []
@@ -82,7 +90,7 @@ class Repairs:
             source = next(n for n in table.replicas[slot] if n not in dead)
             if busy.get(source, 0) >= COPIES_PER_NODE:
                 continue
-            target = choose_target(table, slot, load, draining)
+            target = choose_target(table, slot, load, excluded)
             if target is None or busy.get(target, 0) >= COPIES_PER_NODE:
                 continue  # the best target is busy: wait for it rather than unbalance the nodes
             move = Move(slot, source, target, table.epochs[slot], now)
@@ -193,29 +201,116 @@ def plan_rebalance(
         or max(totals[n] for n in totals if n not in draining or totals[n]) - min(totals[n] for n in takers) > 1
     ):
         return []
-    return _primary_switches(live_lists, takers)
-
-
-def _primary_switches(live_lists: list[list[int]], nodes: list[int]) -> list[tuple[int, int]]:
-    """Hand primaries from nodes above the mean to live backups of the same slots below it.
-
-    Each switch narrows a gap of at least two, so repeated rounds converge on
-    every node within one primary of the others.
-    """
-    primaries = dict.fromkeys(nodes, 0)
-    for live in live_lists:
-        if live and live[0] in primaries:
-            primaries[live[0]] += 1
-    mean = sum(primaries.values()) / len(primaries)
-    switches: list[tuple[int, int]] = []
-    for slot, live in enumerate(live_lists):
-        if len(switches) >= SWITCHES_PER_TABLE:
-            break
-        if not live or live[0] not in primaries or primaries[live[0]] <= mean:
-            continue
-        heir = min((n for n in live[1:] if n in primaries), key=lambda n: (primaries[n], n), default=None)
-        if heir is not None and primaries[live[0]] - primaries[heir] >= 2:
-            switches.append((slot, heir))
-            primaries[live[0]] -= 1
-            primaries[heir] += 1
+    shares = primary_shares(live_lists, {n: totals[n] for n in takers})
+    switches = _primary_switches(live_lists, shares)
+    if not switches:
+        for move in _opening_moves(table, live_lists, shares, totals, now):
+            repairs.moves[move.slot] = move
     return switches
+
+
+def primary_shares(live_lists: list[list[int]], totals: dict[int, int]) -> dict[int, tuple[int, int]]:
+    """Per node: (primaries it holds, primaries it should hold) once every node is within one of the others.
+
+    The primaries left over after an even split go to the nodes holding one
+    slot more than the others first, so that backups (total less primaries)
+    end within one as well; among equals, to the nodes that hold the most
+    primaries already, so that as few primaries as possible change hands.
+    """
+    held = dict.fromkeys(totals, 0)
+    for live in live_lists:
+        if live and live[0] in held:
+            held[live[0]] += 1
+    each, extra = divmod(sum(held.values()), len(held))
+    order = sorted(held, key=lambda n: (-totals[n], -held[n], n))
+    return {n: (held[n], each + (i < extra)) for i, n in enumerate(order)}
+
+
+def _primary_switches(live_lists: list[list[int]], shares: dict[int, tuple[int, int]]) -> list[tuple[int, int]]:
+    """Hand primaries from nodes above their share to nodes below it, along chains of live backups.
+
+    A switch makes a live backup of a slot its primary (no data moves). When
+    no backup of an over-full node's slots is short of primaries, the chain
+    goes through nodes at their share: each hands one primary on and receives
+    one, so only the two ends change. Every chain brings two nodes closer to
+    their share, so repeated rounds converge.
+    """
+    held = {n: have for n, (have, _) in shares.items()}
+    lists = [list(live) for live in live_lists]
+    switched: dict[int, int] = {}
+    while len(switched) < SWITCHES_PER_TABLE:
+        chain = _handover_chain(lists, held, shares, switched)
+        if not chain or len(switched) + len(chain) > SWITCHES_PER_TABLE:
+            break
+        for slot, heir in chain:
+            held[lists[slot][0]] -= 1
+            held[heir] += 1
+            lists[slot] = [heir, *(n for n in lists[slot] if n != heir)]
+            switched[slot] = heir
+    return list(switched.items())
+
+
+def _handover_chain(
+    lists: list[list[int]], held: dict[int, int], shares: dict[int, tuple[int, int]], switched: dict[int, int]
+) -> list[tuple[int, int]]:
+    """The shortest chain of switches from a node above its share to one below it (breadth first), or []."""
+    edges: dict[int, list[tuple[int, int]]] = {n: [] for n in held}
+    for slot, live in enumerate(lists):
+        if live and live[0] in edges and slot not in switched:
+            edges[live[0]].extend((slot, heir) for heir in live[1:] if heir in held)
+    came_from: dict[int, tuple[int, int] | None] = {n: None for n in sorted(held) if held[n] > shares[n][1]}
+    frontier = list(came_from)
+    while frontier:
+        following: list[int] = []
+        for node in frontier:
+            for slot, heir in edges[node]:
+                if heir in came_from:
+                    continue
+                came_from[heir] = (slot, node)
+                if held[heir] < shares[heir][1]:
+                    return _unwind(came_from, heir)
+                following.append(heir)
+        frontier = following
+    return []
+
+
+def _unwind(came_from: dict[int, tuple[int, int] | None], end: int) -> list[tuple[int, int]]:
+    chain: list[tuple[int, int]] = []
+    step = came_from[end]
+    node = end
+    while step is not None:
+        slot, giver = step
+        chain.append((slot, node))
+        node, step = giver, came_from[giver]
+    return chain[::-1]
+
+
+def _opening_moves(
+    table: TableData,
+    live_lists: list[list[int]],
+    shares: dict[int, tuple[int, int]],
+    totals: dict[int, int],
+    now: float,
+) -> list[Move]:
+    """When no chain of switches reaches a node short of primaries: the copies that hand it one directly.
+
+    The node short of primaries takes the place of the primary of a slot led
+    by a node holding too many (a copy that replaces a primary makes the new
+    replica primary). That costs one copy if the giver holds more slots than
+    the taker; otherwise the giver also takes the taker's place as backup of
+    another slot, so totals do not change: two copies.
+    """
+    over = [n for n in sorted(shares) if shares[n][0] > shares[n][1]]
+    under = [n for n in sorted(shares) if shares[n][0] < shares[n][1]]
+    for taker in under:
+        for slot, live in enumerate(live_lists):
+            if not live or live[0] not in over or taker in live:
+                continue
+            giver = live[0]
+            handover = Move(slot, giver, taker, table.epochs[slot], now, replaces=giver)
+            if totals[giver] > totals[taker]:
+                return [handover]
+            back = next((s for s, other in enumerate(live_lists) if taker in other[1:] and giver not in other), None)
+            if back is not None:
+                return [handover, Move(back, live_lists[back][0], giver, table.epochs[back], now, replaces=taker)]
+    return []

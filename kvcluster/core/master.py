@@ -83,6 +83,7 @@ class NodeRecord:
     pid: int
     last_seen: float
     keys: int = 0
+    table_version: int = 0  # the newest table it reported holding: 0 until it installed one
 
 
 class MasterCore:
@@ -214,9 +215,13 @@ class MasterCore:
             if not self._settled():
                 return  # plan from that table once nodes hold it
         self._note_drained(now)
+        # A node that holds no table yet would refuse a copy, which then waits out COPY_TIMEOUT: no copies to it.
+        unready = frozenset(n for n, r in self.nodes.items() if not r.table_version and n not in self.table.dead)
         if under_replicated(self.table):
-            self._start(self.repairs.plan(now, self.table, self.draining))
+            self._start(self.repairs.plan(now, self.table, self.draining | unready))
             return
+        if unready:
+            return  # rebalancing waits for the nodes that just joined
         if self.repairs.started is not None and self.repairs.idle():
             self._log_healed(now)
         before = set(self.repairs.moves)
@@ -359,6 +364,7 @@ class MasterCore:
         record.last_seen = self.now
         self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys
+        record.table_version = beat.table_version
         version = self.committed.version if self.committed else 0
         self._send(route, HeartbeatAck(beat.sent_at, version, self.term))
         if self.committed is not None and beat.table_version < version:

@@ -37,6 +37,7 @@ import logging
 from collections import defaultdict
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
+from kvcluster.core.copying import SlotCopying
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
     Commit,
@@ -71,7 +72,7 @@ from kvcluster.errors import ProtocolError
 log = logging.getLogger("kvcluster.storage")
 
 
-class NodeCore:
+class NodeCore(SlotCopying):
     """One storage node's state; every method is an event, and ``take()`` returns what to do about it."""
 
     def __init__(self, node_id: int, endpoint: str, pid: int, timing: Timing) -> None:
@@ -103,9 +104,10 @@ class NodeCore:
         self.pending: list[PendingRequest] = []
         self.syncs: list[PendingReconcile] = []
         self.copies: list[PendingCopy] = []
-        self.learners: dict[int, list[int]] = {}  # slot -> nodes being copied to: they get its writes too
-        self.copying: dict[int, int] = {}  # slot -> the primary copying it to this node
-        self.deferred_copies: dict[int, tuple[int, int]] = {}  # slot -> (epoch, target) asked for while reconciling
+        self.learners: dict[int, list[int]] = {}
+        self.copying: dict[int, int] = {}
+        self.deferred_copies: dict[int, tuple[int, int]] = {}
+        self.reported: dict[int, tuple[float, CopyDone]] = {}
         self.stopped = False
 
     # --- events ---
@@ -131,6 +133,8 @@ class NodeCore:
                 return
             self.outbox.append(ToMaster(Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys)))
             self._commit_idle_backups()
+            if self.reported:
+                self._report_copies_again()
 
     def on_master(self, now: float, message: Message) -> None:
         self.now = now
@@ -250,84 +254,6 @@ class NodeCore:
             len(by_backup),
             sent,
         )
-
-    # --- healing: copying a slot to a new replica ---
-
-    def _start_copy(self, slot: int, epoch: int, target: int) -> None:
-        """Send ``target`` the slot's committed contents, then every write to the slot, until the master adds it.
-
-        The copy holds only what every replica has applied; the writes still
-        waiting for their backups follow it as ordinary (undoable) replication,
-        so the target's history is a prefix of the same stream as the others'.
-        """
-        table = self.table
-        if table is not None and not self.ready[slot] and any(slot in sync.slots for sync in self.syncs):
-            # Promoted by the table that came with this request: copy once the backups are reconciled.
-            self.deferred_copies[slot] = (epoch, target)
-            return
-        if (
-            table is None
-            or table.primary(slot) != self.node_id
-            or table.epoch(slot) != epoch
-            or not self.ready[slot]
-            or table.is_dead(target)
-            or target in table.live(slot)
-        ):
-            return  # the master's view moved on; it will ask again if the slot still needs a replica
-        store = self.replica.data[slot]
-        copy = PendingCopy(slot, epoch, target, len(store))
-        repl_id = self._new_repl_id()
-        self._to_peer(
-            target, SlotCopy(repl_id, self.node_id, slot, epoch, self.replica.high[slot], list(store.items()))
-        )
-        self.repl_waiters[repl_id] = (target, [copy])
-        copy.waiting.add(repl_id)
-        in_flight = sorted(
-            (w for p in self.pending for _, w in p.writes if w.slot == slot and w.version > self.key_flight[w.key][1]),
-            key=lambda w: w.version,
-        )
-        if in_flight:
-            repl_id = self._new_repl_id()
-            self._to_peer(target, Replicate(repl_id, self.node_id, NO_COMMIT, in_flight))
-            self.repl_waiters[repl_id] = (target, [copy])
-            copy.waiting.add(repl_id)
-        targets = self.learners.setdefault(slot, [])
-        if target not in targets:
-            targets.append(target)
-        self.copies.append(copy)
-
-    def _finish_copies(self) -> None:
-        still: list[PendingCopy] = []
-        for copy in self.copies:
-            if copy.waiting:
-                still.append(copy)
-            elif copy.slot not in copy.rejected:
-                self.outbox.append(ToMaster(CopyDone(self.node_id, copy.slot, copy.epoch, copy.target, copy.keys)))
-        self.copies = still
-
-    def _settle_copies(self, table: RoutingTable) -> None:
-        """After a new table: stop feeding learners that joined, died or lost their source; drop abandoned copies."""
-        for slot, targets in list(self.learners.items()):
-            live = table.live(slot)
-            keep = [t for t in targets if t not in live and not table.is_dead(t)] if live[:1] == (self.node_id,) else []
-            if keep:
-                self.learners[slot] = keep
-            else:
-                del self.learners[slot]
-        for slot, source in list(self.copying.items()):
-            if self.node_id in table.live(slot):
-                del self.copying[slot]
-            elif table.primary(slot) != source:
-                # The copy was abandoned (its source is no longer primary): a partial copy must not linger.
-                self.replica.drop_slot(slot)
-                del self.copying[slot]
-
-    def _install_copy(self, copy: SlotCopy) -> bool:
-        if not self._accepts(copy.slot, copy.epoch, copy.sender):
-            return False
-        self.replica.install_copy(copy.slot, copy.high, copy.entries)
-        self.copying[copy.slot] = copy.sender
-        return True
 
     # --- clients ---
 
@@ -474,6 +400,8 @@ class NodeCore:
         if write.version > flight[1]:
             self.replica.apply(write)
             flight[1] = write.version
+        else:
+            self.replica.remember(write)  # its resend must be answered OK, not applied over the newer write
 
     def _land(self, write: Write) -> None:
         flight = self.key_flight[write.key]

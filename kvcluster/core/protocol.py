@@ -34,6 +34,7 @@ from kvcluster.errors import ProtocolError
 PROTOCOL_VERSION = 4
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
+APPLIED_WINDOW_BYTES = 1 << 17  # a node remembers each client's latest 2^20 op ids: a bitmap of at most this size
 _WHITESPACE = re.compile(r"\s")
 
 
@@ -171,6 +172,15 @@ class SlotTail(_Record, frozen=True):
     epoch: Count
     high: Count
     writes: list[Write]
+
+
+class AppliedWindow(_Record, frozen=True):
+    """Which of a client's op ids a node has applied: bit ``i`` of ``bits`` (least significant bit of each byte
+    first) stands for op id ``first + i``."""
+
+    client: Count
+    first: Annotated[int, Meta(multiple_of=8)]  # as Op.op_id, not range-checked; windows start on a byte
+    bits: Annotated[bytes, Meta(max_length=APPLIED_WINDOW_BYTES)]
 
 
 class TableData(_Record, frozen=True):
@@ -341,7 +351,11 @@ class CopySlot(_Message, frozen=True, tag=_tag(MsgType.COPY_SLOT)):
 
 
 class SlotCopy(_Message, frozen=True, tag=_tag(MsgType.SLOT_COPY)):
-    """A slot's committed contents; the writes after ``high`` follow as ordinary replication."""
+    """A slot's committed contents; the writes after ``high`` follow as ordinary replication.
+
+    ``applied`` is every op id the sender holds as committed, so that a resend of a put the copy
+    already contains is answered ``OK`` by the new replica once it is primary, not applied again.
+    """
 
     repl_id: Count
     sender: NodeId
@@ -349,6 +363,7 @@ class SlotCopy(_Message, frozen=True, tag=_tag(MsgType.SLOT_COPY)):
     epoch: Count
     high: Count
     entries: list[tuple[str, str]]
+    applied: list[AppliedWindow]
 
 
 class CopyDone(_Message, frozen=True, tag=_tag(MsgType.COPY_DONE)):

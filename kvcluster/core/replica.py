@@ -22,14 +22,14 @@ Nothing here reads a clock, a socket or a random source.
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-from kvcluster.core.protocol import Write
+from kvcluster.core.protocol import APPLIED_WINDOW_BYTES, AppliedWindow, Write
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
-DEDUP_SPAN = 1 << 20  # per client: how many of its latest op ids are remembered (a 128 KiB bitmap at most)
+DEDUP_SPAN = APPLIED_WINDOW_BYTES * 8  # per client: how many of its latest op ids are remembered
 DEDUP_CLIENTS = 50_000  # clients remembered; the least recently active is forgotten first
 NO_COMMIT = -1  # a watermark that says nothing (the primary is still reconciling a slot)
 
@@ -86,13 +86,45 @@ class AppliedOps:
                 offset -= excess * 8
         bits[offset >> 3] |= 1 << (offset & 7)
 
+    def export(self, excluding: Iterable[tuple[int, int]]) -> list[AppliedWindow]:
+        """Every client's bitmap, less the ops in ``excluding``."""
+        bitmaps = {client: bytearray(window[1]) for client, window in self.clients.items()}
+        for client, op_id in excluding:
+            bits = bitmaps.get(client)
+            if bits is not None:
+                _clear(bits, op_id - self.clients[client][0])
+        return [AppliedWindow(client, self.clients[client][0], bytes(bits)) for client, bits in bitmaps.items() if bits]
+
+    def merge(self, windows: Iterable[AppliedWindow]) -> None:
+        """Remember the ops of ``windows`` as applied too, keeping each client's latest ``DEDUP_SPAN`` ids."""
+        for window in windows:
+            own = self.clients.pop(window.client, None)
+            if own is None:
+                if len(self.clients) >= DEDUP_CLIENTS:
+                    del self.clients[next(iter(self.clients))]
+                first, bits = window.first, bytearray(window.bits)
+            else:
+                # Both windows start on a byte, so their union is a plain OR of the two bitmaps aligned on its start.
+                first = min(own[0], window.first)
+                end = max(own[0] + len(own[1]) * 8, window.first + len(window.bits) * 8)
+                union = int.from_bytes(own[1], "little") << (own[0] - first)
+                union |= int.from_bytes(window.bits, "little") << (window.first - first)
+                bits = bytearray(union.to_bytes((end - first) >> 3, "little"))
+            excess = len(bits) - DEDUP_SPAN // 8
+            if excess > 0:
+                del bits[:excess]
+                first += excess * 8
+            self.clients[window.client] = [first, bits]
+
     def discard(self, client: int, op_id: int) -> None:
         window = self.clients.get(client)
         if window is not None:
-            offset = op_id - window[0]
-            bits: bytearray = window[1]
-            if 0 <= offset < len(bits) * 8:
-                bits[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
+            _clear(window[1], op_id - window[0])
+
+
+def _clear(bits: bytearray, offset: int) -> None:
+    if 0 <= offset < len(bits) * 8:
+        bits[offset >> 3] &= ~(1 << (offset & 7)) & 0xFF
 
 
 class TailEntry(NamedTuple):
@@ -185,16 +217,39 @@ class Replica:
                 tail.append(TailEntry(write, self.apply(write)))
         self.high[slot] = max(self.high[slot], high)
 
-    def install_copy(self, slot: int, high: int, entries: list[tuple[str, str]]) -> None:
-        """Make ``slot`` a copy of a primary's committed contents, forgetting anything held of it before."""
+    def install_copy(
+        self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]
+    ) -> None:
+        """Make ``slot`` a copy of a primary's committed contents, forgetting anything held of it before.
+
+        ``applied`` are the primary's committed op ids: each is held by every replica of its slot, so
+        remembering one here never answers ``OK`` for a put that a replica of its slot could lack.
+        """
         self.drop_slot(slot)
         self.data[slot] = dict(entries)
         self.keys += len(entries)
         self.high[slot] = high
+        self.applied.merge(applied)
+
+    def committed_ops(self) -> list[AppliedWindow]:
+        """The op ids applied here whose writes every replica of their slot holds: all but the tails'."""
+        return self.applied.export(
+            (entry.write.client, entry.write.op_id) for tail in self.tails.values() for entry in tail
+        )
+
+    def remember(self, write: Write) -> None:
+        """Count ``write`` as applied without applying it: a newer write to its key is already in the store."""
+        self.applied.add(write.client, write.op_id)
 
     def drop_slot(self, slot: int) -> None:
-        """Forget a slot entirely: its data and its uncommitted tail."""
-        self._pull_tails({slot})
+        """Forget a slot entirely: its data, its uncommitted tail and the op ids of that tail.
+
+        Those writes may still be undone elsewhere; a later copy of the slot brings back the op ids
+        of the ones that were committed.
+        """
+        for entries in self._pull_tails({slot}).values():
+            for entry in entries:
+                self.applied.discard(entry.write.client, entry.write.op_id)
         self.keys -= len(self.data[slot])
         self.data[slot] = {}
         self.high[slot] = 0

@@ -145,6 +145,12 @@ class SimClient:
             self.replies.append(message)
             self._step()
 
+    def forget_link(self, old: object) -> None:
+        """The node process ``old`` is gone for good: the next request to its endpoint reaches its successor."""
+        for node_id, link in list(self.conns.items()):
+            if link.dst is old:
+                self.conns.pop(node_id).close()
+
     # --- calls ---
 
     def start(self, at: float) -> None:

@@ -13,6 +13,15 @@ after another as long as one survives. A node whose fault may kill gets no
 later fault. Faults on one node are spaced so that their silences never add
 up, and every fault but a kill is over before the workload ends, so the
 final reads run on a healed cluster.
+
+Membership changes are faults too, made the way the CLI makes them: a
+*restart* starts a new incarnation of a killed node once the master has
+declared it dead; an *add* starts a node under the next id; a *remove*
+drains a node (``DRAIN``) and stops it once it holds nothing. A remove
+counts as a death for survival (from its start until ``DRAIN_TIME`` plus
+``HEAL_TIME`` later) and must leave at least ``rep`` nodes; nodes that a
+restart or an add bring in are not counted as live, so the rules only err
+on the side of caution.
 """
 
 from __future__ import annotations
@@ -27,6 +36,8 @@ SAFE_SILENCE = 0.35  # seconds: a node silent this long is never declared dead (
 HEAL_TIME = 1.5  # seconds after a silence ends until the cluster is whole again: detection, copies, a table
 SPACING = 0.5  # seconds between two faults on the same node
 FIRST_AT = 0.2  # no fault before the cluster has settled
+DRAIN_TIME = 2.0  # seconds a drain may take before its node is stopped (copies and a table or two)
+RESTART_AFTER = (0.9, 2.0)  # seconds after its kill that a node is started again
 
 
 class FaultKind(enum.StrEnum):
@@ -40,6 +51,14 @@ class FaultKind(enum.StrEnum):
     PAUSE_MASTER = "pause-master"  # SIGSTOP of the whole master group (a machine-wide stall), then SIGCONT
     LEADER_CRASH = "leader-crash"  # the leading master killed or paused: another leads after the election
     LEADER_CUT = "leader-cut"  # the leader cut off from the other masters, not the nodes: it acts on for a while
+    RESTART = "restart"  # a killed node starts again under its id, once declared dead, with no data
+    ADD_NODE = "add-node"  # a node joins under the next id, with no data
+    REMOVE_NODE = "remove-node"  # the node is drained, then stopped for good
+
+
+MEMBERSHIP = (FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE)  # instant: a change, not a window
+GONE_FOR_GOOD = (FaultKind.KILL, FaultKind.REMOVE_NODE)
+LEADER_FAULTS = (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT)  # ``duration``: the election that follows
 
 
 SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE, FaultKind.MUTE)
@@ -54,12 +73,18 @@ WEIGHTS = {
     FaultKind.PAUSE_MASTER: 1,
     FaultKind.LEADER_CRASH: 1,
     FaultKind.LEADER_CUT: 1,
+    FaultKind.RESTART: 4,
+    FaultKind.ADD_NODE: 1,
+    FaultKind.REMOVE_NODE: 1,
 }
 
 
 @dataclass(frozen=True)
 class Fault:
-    """One fault: ``node`` 0 is the master; ``extra`` is the added CPU time per message of a slow node."""
+    """One fault: ``node`` 0 is the master; ``extra`` is the added CPU time per message of a slow node.
+
+    An add's ``node`` is the id it is planned to get; the run gives it the next free id when it starts.
+    """
 
     kind: FaultKind
     at: float
@@ -69,18 +94,18 @@ class Fault:
 
     @property
     def until(self) -> float:
-        return float("inf") if self.kind == FaultKind.KILL else self.at + self.duration
+        return float("inf") if self.kind in GONE_FOR_GOOD else self.at + self.duration
 
     def may_kill(self) -> bool:
         """Whether the master may declare the node dead because of this fault."""
-        return self.kind == FaultKind.KILL or (self.kind in SILENCING and self.duration > SAFE_SILENCE)
+        return self.kind in GONE_FOR_GOOD or (self.kind in SILENCING and self.duration > SAFE_SILENCE)
 
     def describe(self) -> str:
         who = "master" if self.node == 0 else f"server{self.node}"
         text = f"t={self.at:.4f} {self.kind} {who}"
-        if self.kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT):
+        if self.kind in LEADER_FAULTS:
             text += f", a new leader after {self.duration:.3f} s"
-        elif self.kind != FaultKind.KILL:
+        elif self.kind not in GONE_FOR_GOOD and self.kind not in MEMBERSHIP:
             text += f" for {self.duration:.3f} s"
         if self.kind == FaultKind.SLOW:
             text += f" (+{self.extra * 1000:.1f} ms per message)"
@@ -94,21 +119,30 @@ def plan_faults(rng: random.Random, nodes: int, rep: int, duration: float, most:
     weights = list(WEIGHTS.values())
     for _ in range(rng.randint(0, most)):
         for _attempt in range(5):
-            fault = _draw(rng, rng.choices(kinds, weights)[0], nodes, duration)
+            fault = _draw(rng, rng.choices(kinds, weights)[0], nodes, duration, faults)
             if fault is not None and _spaced(fault, faults) and survivable([*faults, fault], nodes, rep):
                 faults.append(fault)
                 break
     return sorted(faults, key=lambda f: (f.at, f.node))
 
 
-def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float) -> Fault | None:
+def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float, faults: list[Fault]) -> Fault | None:
     last = duration - 0.1
     at = rng.uniform(FIRST_AT, max(FIRST_AT, last - 0.05))
-    if kind == FaultKind.KILL:
+    if kind in (FaultKind.KILL, FaultKind.REMOVE_NODE):
         return Fault(kind, at, rng.randint(1, nodes))
-    if kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT):
+    if kind in LEADER_FAULTS:
         election = rng.uniform(*ELECTION_TIMEOUT) + rng.uniform(0.005, 0.05)  # the timeout, then a vote and a barrier
         return Fault(kind, at, 0, election)
+    if kind == FaultKind.ADD_NODE:
+        return Fault(kind, at, nodes + 1 + sum(f.kind == FaultKind.ADD_NODE for f in faults))
+    if kind == FaultKind.RESTART:
+        killed = [f for f in faults if f.kind == FaultKind.KILL]
+        if not killed:
+            return None
+        kill = rng.choice(killed)
+        at = kill.at + rng.uniform(*RESTART_AFTER)
+        return Fault(kind, at, kill.node) if at < last else None
     if kind == FaultKind.PAUSE_MASTER:
         length = rng.choice((rng.uniform(0.02, 0.3), rng.uniform(0.3, 1.5)))
         return Fault(kind, at, 0, min(length, last - at)) if last - at > 0.01 else None
@@ -124,9 +158,14 @@ def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float) -> F
 
 
 def _spaced(fault: Fault, faults: list[Fault]) -> bool:
-    """No overlap with another fault of the same node, and nothing after one that may have killed it."""
+    """No overlap with another fault of the same node, and nothing after one that may have killed it.
+
+    A restart is the one exception: it follows its node's kill, and nothing follows it.
+    """
+    if fault.kind == FaultKind.RESTART:
+        return [f.kind for f in faults if f.node == fault.node] == [FaultKind.KILL]
     for other in faults:
-        if other.node != fault.node:
+        if other.node != fault.node or other.kind == FaultKind.RESTART:
             continue
         other_end = float("inf") if other.may_kill() else other.until
         fault_end = float("inf") if fault.may_kill() else fault.until
@@ -136,7 +175,8 @@ def _spaced(fault: Fault, faults: list[Fault]) -> bool:
 
 
 def survivable(faults: list[Fault], nodes: int, rep: int) -> bool:
-    """Whether every slot keeps a live replica whatever the master concludes from these faults."""
+    """Whether every slot keeps a live replica whatever the master concludes from these faults,
+    and a drain always leaves ``rep`` nodes."""
     deadly = sorted((f for f in faults if f.may_kill()), key=lambda f: f.at)
     for fault in deadly:
         gone = {f.node for f in deadly if _healed_by(f) <= fault.at}
@@ -144,9 +184,16 @@ def survivable(faults: list[Fault], nodes: int, rep: int) -> bool:
         live = nodes - len(gone)
         if len(dying) > min(rep, live) - 1 or (len(dying) > 1 and 2 * len(dying) >= live):
             return False
+        if fault.kind == FaultKind.REMOVE_NODE and live - len(dying) < rep:
+            return False
     return True
 
 
 def _healed_by(fault: Fault) -> float:
     """When the cluster is whole again after ``fault``'s node died (if it did)."""
-    return (fault.at if fault.kind == FaultKind.KILL else fault.until) + HEAL_TIME
+    match fault.kind:
+        case FaultKind.KILL:
+            return fault.at + HEAL_TIME
+        case FaultKind.REMOVE_NODE:
+            return fault.at + DRAIN_TIME + HEAL_TIME
+    return fault.until + HEAL_TIME

@@ -352,6 +352,14 @@ class SimNode(SimProcess):
         self.master_inbox.clear()
         self.peer_inboxes.clear()
 
+    def forget_peer_link(self, old: SimProcess) -> None:
+        """``old`` is gone for good: the next message to its endpoint opens a new connection (to its successor)."""
+        for node_id, link in list(self.peers.items()):
+            if link.dst is old:
+                del self.peers[node_id]
+                link.close()
+                self.peer_inboxes.pop(link, None)
+
     def kill(self, _arg: object) -> None:
         """SIGKILL at the current time."""
         if not self.alive:

@@ -114,7 +114,7 @@ def describe(message: Message) -> str:
             return f"Commit from server{sender} up to {committed}"
         case CopySlot(slot, epoch, target):
             return f"CopySlot slot {slot} e{epoch} to server{target}"
-        case SlotCopy(repl_id, sender, slot, epoch, high, entries):
+        case SlotCopy(repl_id, sender, slot, epoch, high, entries, _):
             return f"SlotCopy #{repl_id} from server{sender} slot {slot} e{epoch} high {high} {len(entries)} keys"
         case CopyDone(node_id, slot, epoch, target, keys):
             return f"CopyDone server{node_id} slot {slot} e{epoch} to server{target} ({keys} keys)"

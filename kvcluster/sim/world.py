@@ -20,11 +20,11 @@ from kvcluster.check.history import Operation
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, under_replicated
-from kvcluster.core.protocol import OpKind, Timing
+from kvcluster.core.protocol import Drain, OpKind, Timing
 from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape
-from kvcluster.sim.faults import Fault, FaultKind, plan_faults
+from kvcluster.sim.faults import MEMBERSHIP, Fault, FaultKind, plan_faults
 from kvcluster.sim.network import Link, Network
 from kvcluster.sim.processes import SimMaster, SimNode, SimProcess
 from kvcluster.sim.trace import Trace, core_logs
@@ -32,6 +32,23 @@ from kvcluster.sim.trace import Trace, core_logs
 MAX_EVENTS = 3_000_000
 SETTLE_LIMIT = 3.0  # seconds after the workload for healing to finish before the final reads
 SINGLE_SHARE = 0.7  # of client calls: one put or get, as the CLI makes them
+ADMIN_PID = 900  # below the clients' 1000 + index, above every node id
+RECHECK = 0.2  # seconds between two looks of a membership change at the master's state, as the CLI polls
+
+
+class Admin:
+    """The process running ``kvcluster remove-node``: it asks the master to drain a node and ignores the answer."""
+
+    def __init__(self, clock: Clock, net: Network, master: SimMaster) -> None:
+        self.pid = ADMIN_PID
+        self.name = "admin"
+        self.alive = True
+        self.links_out: list[Link] = []
+        self.clock = clock
+        self.link = net.connect(self, master, "admin>master", master.arrive, lambda _link, _message: None)
+
+    def drain(self, node_id: int) -> None:
+        self.link.send(Drain(node_id), self.clock.now)
 
 
 @dataclass
@@ -80,21 +97,14 @@ class World:
             self.stream("group"),
         )
         self.master.notes = self.trace.note
-        self.nodes: dict[int, SimNode] = {}
+        self.timing = timing
+        self.nodes: dict[int, SimNode] = {}  # the current incarnation of every node started so far
         self.by_endpoint: dict[str, SimNode] = {}
+        self.restarts: dict[int, int] = {}  # node id -> how many times it was started again
         for node_id in range(1, shape.nodes + 1):
-            endpoint = f"sim://server{node_id}"
-            core = NodeCore(node_id, endpoint, 100 + node_id, timing)
-            node = SimNode(
-                core, clock, self.stream(f"cpu{node_id}"), self.net, self._connect_peer, shape.net.master_hwm
-            )
-            node.notes = self.trace.note
-            node.master_link = self.net.connect(
-                node, self.master, f"{node.name}>master", self.master.arrive, node.arrive_master
-            )
-            self.nodes[node_id] = node
-            self.by_endpoint[endpoint] = node
+            self._start_node(node_id)
         self.incarnations: dict[tuple[int, int], int] = {}
+        self.admin: Admin | None = None
         self.faults = (
             faults
             if faults is not None
@@ -114,9 +124,34 @@ class World:
 
     # --- wiring ---
 
+    def _start_node(self, node_id: int) -> SimNode:
+        """A new process for ``node_id`` (a later incarnation gets its own pid and CPU stream); not booted yet."""
+        again = self.restarts.get(node_id, 0)
+        endpoint = f"sim://server{node_id}"
+        core = NodeCore(node_id, endpoint, 100 * (again + 1) + node_id, self.timing)
+        stream = self.stream(f"cpu{node_id}" + (f".{again}" if again else ""))
+        node = SimNode(core, self.clock, stream, self.net, self._connect_peer, self.shape.net.master_hwm)
+        node.notes = self.trace.note
+        node.master_link = self.net.connect(
+            node, self.master, f"{node.name}>master", self.master.arrive, node.arrive_master
+        )
+        old = self.nodes.get(node_id)
+        self.nodes[node_id] = node
+        self.by_endpoint[endpoint] = node
+        if old is not None:
+            self._reconnect(old)
+        return node
+
+    def _reconnect(self, old: SimNode) -> None:
+        """Sockets connected to a dead process's endpoint reach its new incarnation, as ZeroMQ reconnects."""
+        for node in self.nodes.values():
+            node.forget_peer_link(old)
+        for client in self.clients:
+            client.forget_link(old)
+
     def _connect_peer(self, node: SimNode, endpoint: str) -> Link:
         peer = self.by_endpoint[endpoint]
-        pair = (node.pid, peer.pid)
+        pair = (node.core.pid, peer.core.pid)
         self.incarnations[pair] = count = self.incarnations.get(pair, 0) + 1
         name = f"{node.name}>{peer.name}" + (f"#{count}" if count > 1 else "")
         return self.net.connect(node, peer, name, peer.arrive_router, node.arrive_peer)
@@ -206,13 +241,19 @@ class World:
     def _apply(self, fault: Fault) -> None:
         clock = self.clock
         clock.at(fault.at, self._note_fault, f"fault: {fault.describe()}")
-        if fault.kind != FaultKind.KILL:
+        if fault.until < float("inf") and fault.kind not in MEMBERSHIP:
             clock.at(fault.until, self._note_fault, f"fault over: {fault.kind} {fault.node or 'master'}")
         match fault.kind:
             case FaultKind.KILL:
                 node = self.nodes[fault.node]
                 node.kill_at = fault.at
                 clock.at(fault.at, node.kill)
+            case FaultKind.RESTART:
+                clock.at(fault.at, self._restart, fault.node)
+            case FaultKind.ADD_NODE:
+                clock.at(fault.at, self._add, None)
+            case FaultKind.REMOVE_NODE:
+                clock.at(fault.at, self._remove, fault.node)
             case FaultKind.PAUSE | FaultKind.PAUSE_MASTER:
                 process = self.nodes[fault.node] if fault.node else self.master
                 process.pauses = sorted([*process.pauses, (fault.at, fault.until)])
@@ -226,6 +267,44 @@ class World:
                 pairs = self._cut_pairs(fault)
                 clock.at(fault.at, self._cut, pairs)
                 clock.at(fault.until, self._heal, pairs)
+
+    def _restart(self, node_id: int) -> None:
+        """``kvcluster restart``, once the master has declared the old incarnation dead."""
+        table = self.master.core.table
+        if self.nodes[node_id].alive or table is None or node_id not in table.dead:
+            self.clock.at(self.clock.now + RECHECK, self._restart, node_id)
+            return
+        self.restarts[node_id] = self.restarts.get(node_id, 0) + 1
+        self.trace.note(self.clock.now, f"server{node_id} starts again")
+        self._start_node(node_id).boot(None)
+
+    def _add(self, _arg: object) -> None:
+        """``kvcluster add-node``: the next id, once the master has taken in the one before."""
+        table = self.master.core.table
+        if table is None or max(table.endpoints) != len(self.nodes):
+            self.clock.at(self.clock.now + RECHECK, self._add, None)
+            return
+        node = self._start_node(len(self.nodes) + 1)
+        self.trace.note(self.clock.now, f"{node.name} added")
+        node.boot(None)
+
+    def _remove(self, node_id: int) -> None:
+        """``kvcluster remove-node``: ask the master to drain the node, and stop it once it holds nothing."""
+        if self.admin is None:
+            self.admin = Admin(self.clock, self.net, self.master)
+        self.admin.drain(node_id)
+        self.clock.at(self.clock.now + RECHECK, self._stop_drained, node_id)
+
+    def _stop_drained(self, node_id: int) -> None:
+        master = self.master.core
+        table = master.table
+        moving = any(node_id in (m.source, m.target) for m in master.repairs.moves.values())
+        if table is None or moving or any(node_id in nodes for nodes in table.replicas):
+            self.clock.at(self.clock.now + RECHECK, self._stop_drained, node_id)
+            return
+        node = self.nodes[node_id]
+        node.kill_at = self.clock.now
+        node.kill(None)
 
     def _stop(self, stop: tuple[SimProcess, float]) -> None:
         process, until = stop

@@ -1,0 +1,34 @@
+"""The master core without I/O: membership changes and when it starts copies."""
+
+from __future__ import annotations
+
+from kvcluster.core.actions import Answer
+from kvcluster.core.master import MasterCore
+from kvcluster.core.protocol import CopySlot, Heartbeat, Hello, Timing
+
+
+def copies_to(master: MasterCore, target: int) -> list[int]:
+    return [
+        a.message.slot
+        for a in master.take()
+        if isinstance(a, Answer) and isinstance(a.message, CopySlot) and a.message.target == target
+    ]
+
+
+def test_no_copy_goes_to_a_joined_node_before_it_holds_a_table() -> None:
+    """The copies of an add-node were asked for in the tick that published the join, so a source's ``SLOT_COPY``
+    could reach the new node before its first table; it refused them, and the moves waited out COPY_TIMEOUT
+    (10 s) (``kvcluster sim --seed 121 --schedules 1``)."""
+    master = MasterCore(3, 2, Timing(), 1, slots=16)
+    for node in (1, 2, 3):
+        master.on_message(0.0, f"n{node}", Hello(node, f"sim://server{node}", node))
+    for node in (1, 2, 3):
+        master.on_message(0.05, f"n{node}", Heartbeat(node, 0.05, 1, 0))
+    master.on_message(0.1, "n4", Hello(4, "sim://server4", 4))
+    master.tick(0.1)
+    assert copies_to(master, 4) == []
+    for node in (1, 2, 3):
+        master.on_message(0.15, f"n{node}", Heartbeat(node, 0.15, 2, 0))
+    master.on_message(0.15, "n4", Heartbeat(4, 0.15, 2, 0))
+    master.tick(0.15)
+    assert copies_to(master, 4)
