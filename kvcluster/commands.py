@@ -326,7 +326,6 @@ def remove_node(
     if live - 1 < state.rep:
         raise UsageError(f"removing {node} would leave {live - 1} live nodes for {state.rep} replicas")
     with Client(state.master_endpoint, deadline=5.0) as client:
-        client.drain(node_id)
         deadline = time.monotonic() + timeout
         while (left := _slots_held(client, node_id)) > 0:
             if time.monotonic() > deadline:
@@ -337,9 +336,10 @@ def remove_node(
 
 
 def _slots_held(client: Client, node_id: int) -> int:
+    """Ask for the drain again (a master that took over meanwhile may not have heard it) and count what is left."""
     from kvcluster.core.placement import RoutingTable  # noqa: PLC0415
 
-    report = client.status()
+    report = client.drain(node_id)
     if report.table is None:
         return 1
     moving = sum(node_id in (source, target) for _, source, target in report.moving)

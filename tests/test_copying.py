@@ -23,7 +23,7 @@ def test_a_finished_copy_is_reported_again_until_the_master_publishes_it() -> No
     source, target = NodeCore(p, endpoints[p], 1, Timing()), NodeCore(t, endpoints[t], 2, Timing())
     for core in (source, target):
         core.on_master(0.0, Table(table))
-        core.on_master(0.0, HeartbeatAck(0.0, 1))
+        core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
         core.take()
     source.on_master(0.1, CopySlot(slot, table.epochs[slot], t))
     for action in source.take():

@@ -23,12 +23,12 @@ def test_no_copy_goes_to_a_joined_node_before_it_holds_a_table() -> None:
     for node in (1, 2, 3):
         master.on_message(0.0, f"n{node}", Hello(node, f"sim://server{node}", node))
     for node in (1, 2, 3):
-        master.on_message(0.05, f"n{node}", Heartbeat(node, 0.05, 1, 0))
+        master.on_message(0.05, f"n{node}", Heartbeat(node, node, 0.05, 1, 0))
     master.on_message(0.1, "n4", Hello(4, "sim://server4", 4))
     master.tick(0.1)
     assert copies_to(master, 4) == []
     for node in (1, 2, 3):
-        master.on_message(0.15, f"n{node}", Heartbeat(node, 0.15, 2, 0))
-    master.on_message(0.15, "n4", Heartbeat(4, 0.15, 2, 0))
+        master.on_message(0.15, f"n{node}", Heartbeat(node, node, 0.15, 2, 0))
+    master.on_message(0.15, "n4", Heartbeat(4, 4, 0.15, 2, 0))
     master.tick(0.15)
     assert copies_to(master, 4)

@@ -331,7 +331,7 @@ def test_a_put_overtaken_at_the_primary_is_remembered_there() -> None:
     key, other = (next(k for k in (f"k{i}" for i in range(1000)) if slot_of(k, 16) == s) for s in (first, second))
     core = NodeCore(p, endpoints[p], 1, Timing())
     core.on_master(0.0, Table(table))
-    core.on_master(0.0, HeartbeatAck(0.0, 1))
+    core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
     core.take()
     # Request 1 puts X and waits on both backups; request 2 puts Y to the same key and waits on one only.
     core.on_router(

@@ -37,7 +37,7 @@ RECHECK = 0.2  # seconds between two looks of a membership change at the master'
 
 
 class Admin:
-    """The process running ``kvcluster remove-node``: it asks the master to drain a node and ignores the answer."""
+    """The process running ``kvcluster remove-node``: it asks the master to drain a node until it is empty."""
 
     def __init__(self, clock: Clock, net: Network, master: SimMaster) -> None:
         self.pid = ADMIN_PID
@@ -296,6 +296,8 @@ class World:
         self.clock.at(self.clock.now + RECHECK, self._stop_drained, node_id)
 
     def _stop_drained(self, node_id: int) -> None:
+        assert self.admin is not None
+        self.admin.drain(node_id)  # again, as the CLI does: a leader that took over meanwhile may not have heard it
         master = self.master.core
         table = master.table
         moving = any(node_id in (m.source, m.target) for m in master.repairs.moves.values())
