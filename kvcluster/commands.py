@@ -247,12 +247,12 @@ def restart(
     node: Annotated[str, typer.Argument(help="Dead node to start again, e.g. server3.")], home: Home = None
 ) -> None:
     """Start a dead node again: it joins with no data and receives slots by rebalancing."""
-    from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
+    from kvcluster.supervisor import ClusterState, start_node, wait_joined  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     node_id = int(state.server(node).name.removeprefix("server"))
     info = start_node(state, node_id)
-    _wait_joined(state, [node_id])
+    wait_joined(state, [node_id])
     say(f"restarted {info.name} (pid {info.pid}); it joined with no data and receives slots by rebalancing")
 
 
@@ -262,12 +262,9 @@ def add_node(
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
-    from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
+    from kvcluster.supervisor import ClusterState, add_nodes  # noqa: PLC0415
 
-    state = ClusterState.load(home_dir(home))
-    first = len(state.servers) + 1
-    infos = [start_node(state, node_id) for node_id in range(first, first + count)]
-    _wait_joined(state, list(range(first, first + count)))
+    infos = add_nodes(ClusterState.load(home_dir(home)), count)
     names = ", ".join(f"{i.name} (pid {i.pid})" for i in infos)
     say(f"added {names}; the master is moving slots onto them (see kvcluster status)")
 
@@ -309,30 +306,6 @@ def _slots_held(client: Client, node_id: int) -> int:
         return 1
     moving = sum(node_id in (source, target) for _, source, target in report.moving)
     return sum(RoutingTable(report.table).slots_of(node_id)) + moving
-
-
-JOIN_TIMEOUT = 20.0  # seconds: the master first waits out the old incarnation's lease (dead_after)
-
-
-def _wait_joined(state: ClusterState, node_ids: list[int]) -> None:
-    """Wait until the master lists the new process of every one of ``node_ids`` alive; record their endpoints."""
-    from kvcluster.client import Client  # noqa: PLC0415
-
-    pids = {n: state.servers[n - 1].pid for n in node_ids}
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    with Client(state.master_endpoint, deadline=2.0) as client:
-        while True:
-            report = client.status()
-            joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}
-            if len(joined) == len(node_ids):
-                break
-            if time.monotonic() > deadline:
-                names = ", ".join(f"server{n}" for n in node_ids)
-                raise StartupFailed(f"{names} did not join within {JOIN_TIMEOUT:g} s; see {state.home}/logs")
-            time.sleep(0.05)
-    for node_id, view in joined.items():
-        state.servers[node_id - 1].endpoint = view.endpoint
-    state.save()
 
 
 @app.command()
