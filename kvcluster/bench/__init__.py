@@ -3,7 +3,8 @@
 One module per benchmark, each owning its run, its results, its tables and
 its charts: ``throughput``, ``balance``, ``failover`` (figures in
 ``failover_analysis``, tables and charts in ``failover_views``),
-``failover_sweep`` (failover against the data size), ``chaos`` (faults and
+``failover_sweep`` (failover against the data size), ``recovery`` and
+``rebalance`` (healing under load, sharing ``healing_load`` and ``healing_views``), ``chaos`` (faults and
 linearizability, with ``chaos_faults`` and ``chaos_report``), ``report``.
 ``bulk`` loads and reads back a large data set for failover and chaos runs.
 ``common`` and ``output`` hold what they share; nothing there imports a
@@ -21,11 +22,22 @@ if TYPE_CHECKING:
 
 def register(app: typer.Typer) -> None:
     """Add every benchmark command, and the chaos run, to ``app``."""
-    from kvcluster.bench import balance, chaos, failover, failover_sweep, report, throughput  # noqa: PLC0415
+    from kvcluster.bench import (  # noqa: PLC0415
+        balance,
+        chaos,
+        failover,
+        failover_sweep,
+        rebalance,
+        recovery,
+        report,
+        throughput,
+    )
 
     app.command("throughput")(throughput.throughput_command)
     app.command("balance")(balance.balance_command)
     app.command("failover")(failover.failover_command)
     app.command("failover-sweep")(failover_sweep.sweep_command)
+    app.command("recovery")(recovery.recovery_command)
+    app.command("rebalance")(rebalance.rebalance_command)
     app.command("report")(report.report_command)
     chaos.register(app)
