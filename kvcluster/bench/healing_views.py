@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvcluster.bench.common import BenchmarkError
-from kvcluster.bench.healing_load import HealingRun, Phase
+from kvcluster.bench.healing_load import HealingRun
 from kvcluster.bench.output import measure_table, png_chart, terminal_chart
 
 if TYPE_CHECKING:
@@ -90,8 +90,3 @@ def chart_healing(result: HealingRun, path: Path, *, title: str, event: str, win
                 ax.axvspan(result.event_t, result.healed_t, color="tab:orange", alpha=0.2, label=window)
             ax.grid(alpha=0.3)
         top.legend(loc="lower right", fontsize=8)
-
-
-def phase_row(p: Phase) -> str:
-    """A phase as a Markdown table's cells: throughput, p50, p99, failed operations."""
-    return f"{p.ops_per_s:,.0f} | {_ms(p.p50_ms)} | {_ms(p.p99_ms)} | {p.failed}"

@@ -213,14 +213,14 @@ def chart_rebalance(result: Rebalance, path: Path) -> None:
     chart_healing(
         result,
         path,
-        title=f"add {len(result.added)} nodes to {result.nodes}: {result.keys:,} keys, rep {result.rep}",
+        title=f"add {', '.join(result.added)} to {result.nodes} nodes: {result.keys:,} keys, rep {result.rep}",
         event=f"add {', '.join(result.added)}",
         window=f"moving slots ({result.settled_s:.1f} s)",
     )
 
 
 def _plot_rebalance(result: Rebalance) -> None:
-    plot_healing(result, f"add {len(result.added)} nodes")
+    plot_healing(result, f"add {', '.join(result.added)}")
 
 
 def rebalance_command(
