@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.healing_load import HealingRun
+from kvcluster.bench.healing_views import ms
 from kvcluster.bench.output import to_json
 from kvcluster.bench.rebalance import Rebalance, RebalanceShape, chart_rebalance, run_rebalance
 from kvcluster.bench.recovery import Recovery, RecoveryShape, chart_recovery, run_recovery
@@ -138,7 +139,7 @@ def _recovery_lines(runs: Sequence[Recovery], charts: dict[str, str]) -> list[st
             f"| {r.slots_copied:,} / {r.keys_copied:,} | {before.ops_per_s:,.0f} "
             f"| {during.ops_per_s:,.0f} ({_ratio(r.throughput_ratio)}) "
             f"| {copying.ops_per_s:,.0f} ({_ratio(copy_ratio)}) "
-            f"| {_ms(before.p99_ms)} / {_ms(during.p99_ms)} / {_ms(after.p99_ms)} "
+            f"| {ms(before.p99_ms, 0)} / {ms(during.p99_ms, 0)} / {ms(after.p99_ms, 0)} "
             f"| **{r.keys_lost + r.keys_unreadable}** |"
         )
     lines.append("")
@@ -150,10 +151,6 @@ def _recovery_lines(runs: Sequence[Recovery], charts: dict[str, str]) -> list[st
             "",
         ]
     return lines
-
-
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0f}"
 
 
 def _rebalance_lines(runs: Sequence[Rebalance], charts: dict[str, str]) -> list[str]:
@@ -178,7 +175,7 @@ def _rebalance_lines(runs: Sequence[Rebalance], charts: dict[str, str]) -> list[
             f"| {r.keys:,} | {r.nodes} + {len(r.added)}, rep {r.rep} | {r.joined_s:.1f} s "
             f"| {_seconds(r.totals_within_one_s)} | {_seconds(r.ranks_within_one_s)} | **{r.settled_s:.1f} s** "
             f"| {before.ops_per_s:,.0f} | {during.ops_per_s:,.0f} ({_ratio(r.throughput_ratio)}) "
-            f"| {_ms(before.p99_ms)} / {_ms(during.p99_ms)} / {_ms(after.p99_ms)} "
+            f"| {ms(before.p99_ms, 0)} / {ms(during.p99_ms, 0)} / {ms(after.p99_ms, 0)} "
             f"| {r.rank_spread} | **{r.keys_lost + r.keys_unreadable}** |"
         )
     lines.append("")

@@ -20,8 +20,9 @@ if TYPE_CHECKING:
     from rich.console import RenderableType
 
 
-def _ms(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1f}"
+def ms(value: float | None, digits: int = 1) -> str:
+    """Milliseconds for a table cell ("n/a" when no operation completed)."""
+    return "n/a" if value is None else f"{value:.{digits}f}"
 
 
 def healing_table(result: HealingRun, title: str, specific: Sequence[tuple[str, str]]) -> RenderableType:
@@ -34,7 +35,7 @@ def healing_table(result: HealingRun, title: str, specific: Sequence[tuple[str, 
     for p in result.phases:
         table.add_row(
             f"{p.name} ({p.start_s:.1f}-{p.end_s:.1f} s): ops/s, p50 / p99 ms, failed",
-            f"{p.ops_per_s:,.0f}, {_ms(p.p50_ms)} / {_ms(p.p99_ms)}, {p.failed}",
+            f"{p.ops_per_s:,.0f}, {ms(p.p50_ms)} / {ms(p.p99_ms)}, {p.failed}",
         )
     lost = result.keys_lost + result.keys_unreadable
     table.add_row("keys lost / unreadable at the end", f"[bold red]{lost}[/]" if lost else "0 / 0")
