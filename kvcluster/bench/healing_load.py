@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 from kvcluster.bench.bulk import bulk_value, bulk_verify
 from kvcluster.bench.common import (
     CLIENT_DEADLINE,
-    CLIENT_TRY_TIMEOUT,
     Advance,
     BenchmarkError,
     key_name,
@@ -40,6 +39,9 @@ if TYPE_CHECKING:
 BUCKET = 0.5  # seconds per point of the timeline
 TRAFFIC_ROUND = 256  # operations in flight per client process: 16 messages of 16
 TRAFFIC_BATCH = 16
+# The client's own first try timeout: a round waits for its slowest operation, so after a kill the load stalls
+# until its operations on the dead node are resent, and a long first try would show the client, not the cluster.
+TRAFFIC_TRY_TIMEOUT = 0.3
 LOAD_CHUNK = 50_000  # keys handed to the loader processes at a time
 LOAD_BATCH = 256  # what ``kvcluster load`` sends by default
 LOAD_WINDOW = 32
@@ -109,7 +111,7 @@ def _traffic_worker(job: TrafficJob, worker: Worker) -> TrafficLog:
 
     rng = random.Random(job.seed)
     log = TrafficLog()
-    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=TRAFFIC_TRY_TIMEOUT) as client:
         client.refresh_table()
         worker.wait_for_release()
         while not job.stop.is_set():
