@@ -100,10 +100,12 @@ def write_healing_charts(results: HealingResults, directory: Path) -> dict[str, 
 def _load_note(run: HealingRun) -> str:
     start, end = run.load_average["start"], run.load_average["end"]
     cores = os.cpu_count() or 1
-    busy = max(start[0], end[0]) > cores
-    note = f"load average {start[0]:g} at the start, {end[0]:g} at the end (1 min)"
-    if busy:
-        note += f": **above the {cores} cores: other work shared the machine, the figures include waiting for a CPU**"
+    note = (
+        f"load average {start[0]:g} before the cluster started, {end[0]:g} at the end (1 min; the end counts this "
+        "run's own dozen processes, the start the previous run's for about a minute)"
+    )
+    if start[0] > cores:
+        note += f": **{start[0]:g} before the start is above the {cores} cores, other work shared the machine**"
     return note
 
 
