@@ -114,6 +114,7 @@ def test_report_only_healing_replaces_its_section_and_keeps_the_rest(tmp_path: P
     assert "kept too" in text
     assert text.index("## Throughput") < text.index(BEGIN) < text.index("## Reproduce")
     assert "kvcluster bench recovery --nodes 3 --rep 2 --keys 500" in text
+    assert "`kvcluster bench report --quick --only-healing --recovery-keys 500`" in text
     assert "load average" in text
     assert "](recovery_500.png)" in text
     assert (docs / "recovery_500.png").read_bytes().startswith(PNG_MAGIC)

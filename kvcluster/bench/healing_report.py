@@ -52,12 +52,28 @@ QUICK_HEALING = HealingSizes(3, 2, 3, 2, 1, 1.5, 1)
 class HealingResults:
     recoveries: list[Recovery] = field(default_factory=list)
     rebalances: list[Rebalance] = field(default_factory=list)
+    command: str = ""
+    """The report command that measured them."""
 
     def __bool__(self) -> bool:
         return bool(self.recoveries or self.rebalances)
 
     def json(self) -> dict[str, Any]:
-        return {"recovery": to_json(self.recoveries), "rebalance": to_json(self.rebalances)}
+        return {
+            "recovery": to_json(self.recoveries),
+            "rebalance": to_json(self.rebalances),
+            "healing_command": self.command,
+        }
+
+
+def healing_command(recovery_keys: Sequence[int], rebalance_keys: Sequence[int], *, quick: bool, only: bool) -> str:
+    """The ``kvcluster bench report`` command line that runs these healing runs."""
+    words = ["kvcluster bench report"]
+    words += ["--quick"] if quick else []
+    words += ["--only-healing"] if only else []
+    words += [f"--recovery-keys {','.join(map(str, recovery_keys))}"] if recovery_keys else []
+    words += [f"--rebalance-keys {','.join(map(str, rebalance_keys))}"] if rebalance_keys else []
+    return " ".join(words)
 
 
 def run_healing(
@@ -194,6 +210,12 @@ def _rebalance_lines(runs: Sequence[Rebalance], charts: dict[str, str]) -> list[
 def healing_markdown(results: HealingResults, charts: dict[str, str]) -> list[str]:
     """The section, between the markers ``splice_section`` looks for."""
     lines = [BEGIN, "## Healing under load", ""]
+    if results.command:
+        lines += [
+            f"Measured one run after the other by `{results.command}`; the command under each chart runs",
+            "that run on its own.",
+            "",
+        ]
     if results.recoveries:
         lines += _recovery_lines(results.recoveries, charts)
     if results.rebalances:

@@ -35,7 +35,14 @@ from kvcluster.bench.failover_sweep import (
     sweep_table,
 )
 from kvcluster.bench.failover_views import chart_failover, failover_table
-from kvcluster.bench.healing_report import FULL_HEALING, QUICK_HEALING, HealingResults, run_healing, write_healing
+from kvcluster.bench.healing_report import (
+    FULL_HEALING,
+    QUICK_HEALING,
+    HealingResults,
+    healing_command,
+    run_healing,
+    write_healing,
+)
 from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
 from kvcluster.bench.rebalance import rebalance_table
 from kvcluster.bench.recovery import recovery_table
@@ -352,6 +359,7 @@ def report_command(
             raise UsageError("--only-healing needs --recovery-keys or --rebalance-keys")
         with interrupt_on_sigterm(), progress_bar() as progress:
             healing = run_healing(healing_sizes, recoveries, rebalances, progress)
+        healing.command = healing_command(recoveries, rebalances, quick=quick, only=True)
         _print_healing(healing)
         write_healing(out, healing)
         stdout_console().print(f"wrote the healing section of {out} and its charts")
@@ -378,6 +386,7 @@ def report_command(
             progress=progress,
         )
         healing = run_healing(healing_sizes, recoveries, rebalances, progress)
+    healing.command = healing_command(recoveries, rebalances, quick=quick, only=False)
     console = stdout_console()
     console.print(throughput_table(runs))
     console.print(balance_table(balance))
