@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from kvcluster.bench.common import BenchmarkError
-from kvcluster.bench.healing_load import HealingRun
+from kvcluster.bench.healing_load import HealingRun, Phase
 from kvcluster.bench.output import measure_table, png_chart, terminal_chart
 
 if TYPE_CHECKING:
@@ -23,6 +23,12 @@ if TYPE_CHECKING:
 def ms(value: float | None, digits: int = 1) -> str:
     """Milliseconds for a table cell ("n/a" when no operation completed)."""
     return "n/a" if value is None else f"{value:.{digits}f}"
+
+
+def versus(phase: Phase, before: Phase) -> str:
+    """Throughput in ``phase`` against ``before``, with the ratio."""
+    ratio = f" ({phase.ops_per_s / before.ops_per_s:.0%})" if before.ops_per_s else ""
+    return f"{phase.ops_per_s:,.0f} / {before.ops_per_s:,.0f} ops/s{ratio}"
 
 
 def healing_table(result: HealingRun, title: str, specific: Sequence[tuple[str, str]]) -> RenderableType:

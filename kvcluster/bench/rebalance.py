@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kvcluster.bench.common import JsonOut, Plot, check_shape, cluster
+from kvcluster.bench.common import FilledKeys, JsonOut, LoadClients, Plot, check_shape, cluster
 from kvcluster.bench.healing_load import (
     BUCKET,
     HealingRun,
@@ -33,7 +33,7 @@ from kvcluster.bench.healing_load import (
     sleep_for,
     timeline,
 )
-from kvcluster.bench.healing_views import chart_healing, check_keys, healing_table, plot_healing
+from kvcluster.bench.healing_views import chart_healing, check_keys, healing_table, plot_healing, versus
 from kvcluster.bench.output import run_benchmark, to_json
 
 if TYPE_CHECKING:
@@ -201,8 +201,7 @@ def rebalance_table(result: Rebalance) -> RenderableType:
         ("spread at each rank / in total at the end", f"{result.rank_spread} / {result.total_spread}"),
         (
             "throughput while moving / before",
-            f"{during.ops_per_s:,.0f} / {before.ops_per_s:,.0f} ops/s"
-            + (f" ({during.ops_per_s / before.ops_per_s:.0%})" if before.ops_per_s else ""),
+            versus(during, before),
         ),
     ]
     title = f"Rebalance: {result.keys:,} keys, {result.nodes} + {len(result.added)} nodes, rep {result.rep}"
@@ -227,12 +226,12 @@ def rebalance_command(
     nodes: Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes before the add.")] = 5,
     rep: Annotated[int, typer.Option("--rep", min=1, help="Replicas per key.")] = 3,
     add: Annotated[int, typer.Option("--add", min=1, max=64, help="Nodes to add, as add-node --count does.")] = 2,
-    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")] = 100_000,
+    keys: FilledKeys = 100_000,
     duration: Annotated[
         float,
         typer.Option("--duration", min=1.0, help="Seconds of load before the add, and again after the moves."),
     ] = 5.0,
-    clients: Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")] = 2,
+    clients: LoadClients = 2,
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Give up when the moves are not over this long after the add.")
     ] = 600.0,

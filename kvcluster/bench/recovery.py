@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kvcluster.bench.common import JsonOut, Nodes, Plot, check_shape, cluster
+from kvcluster.bench.common import FilledKeys, JsonOut, LoadClients, Nodes, Plot, check_shape, cluster
 from kvcluster.bench.healing_load import (
     BUCKET,
     HealingRun,
@@ -31,7 +31,7 @@ from kvcluster.bench.healing_load import (
     sleep_for,
     timeline,
 )
-from kvcluster.bench.healing_views import chart_healing, check_keys, healing_table, plot_healing
+from kvcluster.bench.healing_views import chart_healing, check_keys, healing_table, plot_healing, versus
 from kvcluster.bench.output import run_benchmark, to_json
 from kvcluster.errors import UsageError
 
@@ -167,8 +167,7 @@ def recovery_table(result: Recovery) -> RenderableType:
         ("slots / keys copied", f"{result.slots_copied:,} / {result.keys_copied:,}"),
         (
             "throughput while copying / before",
-            f"{copying.ops_per_s:,.0f} / {before.ops_per_s:,.0f} ops/s"
-            + (f" ({copying.ops_per_s / before.ops_per_s:.0%})" if before.ops_per_s else ""),
+            versus(copying, before),
         ),
         ("slots per live node at the end", " ".join(str(v) for v in result.slots_per_node.values())),
     ]
@@ -193,12 +192,12 @@ def _plot_recovery(result: Recovery) -> None:
 def recovery_command(
     nodes: Nodes = 7,
     rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key (at least 2).")] = 3,
-    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")] = 100_000,
+    keys: FilledKeys = 100_000,
     duration: Annotated[
         float,
         typer.Option("--duration", min=1.0, help="Seconds of load before the kill, and again after the healing."),
     ] = 5.0,
-    clients: Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")] = 2,
+    clients: LoadClients = 2,
     timeout: Annotated[
         float, typer.Option("--timeout", min=1.0, help="Give up when the slots are not whole this long after the kill.")
     ] = 600.0,
