@@ -17,7 +17,17 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kvcluster.bench.common import FilledKeys, JsonOut, LoadClients, Nodes, Plot, check_shape, cluster
+from kvcluster.bench.common import (
+    BenchmarkError,
+    FilledKeys,
+    JsonOut,
+    LoadClients,
+    Nodes,
+    Plot,
+    check_shape,
+    cluster,
+    dead_nodes,
+)
 from kvcluster.bench.healing_load import (
     BUCKET,
     HealingRun,
@@ -33,7 +43,7 @@ from kvcluster.bench.healing_load import (
 )
 from kvcluster.bench.healing_views import chart_healing, check_keys, healing_table, plot_healing, versus
 from kvcluster.bench.output import run_benchmark, to_json
-from kvcluster.errors import UsageError
+from kvcluster.errors import NodeNotRunning, UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -114,7 +124,14 @@ def run_recovery(shape: RecoveryShape, progress: Progress) -> Recovery:
             progress.update(task, description=f"recovery: load, then kill -9 {name}")
             sleep_for(shape.duration)
             killed = time.monotonic()
-            kill_node(state, name)
+            try:
+                kill_node(state, name)
+            except NodeNotRunning:
+                dead = ", ".join(dead_nodes(master)) or "none"
+                raise BenchmarkError(
+                    f"{name} had exited before the kill (nodes the master declared dead: {dead}); "
+                    "a node too starved of CPU to send heartbeats is declared dead and stops"
+                ) from None
             progress.update(task, description=f"recovery: waiting for {shape.rep} replicas of every slot")
             watch = _RecoveryWatch(VICTIM)
             restored = poll_master(master, watch.observe, shape.timeout, f"every slot back at {shape.rep} replicas")
