@@ -121,7 +121,7 @@ def _load_note(run: HealingRun) -> str:
         "run's own dozen processes, the start the previous run's for about a minute)"
     )
     if start[0] > cores:
-        note += f": **{start[0]:g} before the start is above the {cores} cores, other work shared the machine**"
+        note += f": **busy, {start[0]:g} before the start is above the {cores} cores**"
     return note
 
 
