@@ -271,7 +271,7 @@ def restart(
     home: Home = None,
 ) -> None:
     """Start a dead node again (it joins with no data and receives slots by rebalancing), or a stopped master."""
-    from kvcluster.supervisor import ClusterState, start_master, start_node  # noqa: PLC0415
+    from kvcluster.supervisor import ClusterState, start_master, start_node, wait_joined  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if node.startswith("master"):
@@ -280,7 +280,7 @@ def restart(
         return
     node_id = int(state.server(node).name.removeprefix("server"))
     info = start_node(state, node_id)
-    _wait_joined(state, [node_id])
+    wait_joined(state, [node_id])
     say(f"restarted {info.name} (pid {info.pid}); it joined with no data and receives slots by rebalancing")
 
 
@@ -292,7 +292,7 @@ def add_node(
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
-    from kvcluster.supervisor import ClusterState, start_node  # noqa: PLC0415
+    from kvcluster.supervisor import ClusterState, add_nodes  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if len(state.servers) + count > MAX_NODES:
@@ -300,9 +300,7 @@ def add_node(
             f"adding {count} nodes to {len(state.servers)} would make {len(state.servers) + count}; "
             f"a cluster has at most {MAX_NODES} nodes"
         )
-    first = len(state.servers) + 1
-    infos = [start_node(state, node_id) for node_id in range(first, first + count)]
-    _wait_joined(state, list(range(first, first + count)))
+    infos = add_nodes(state, count)
     names = ", ".join(f"{i.name} (pid {i.pid})" for i in infos)
     say(f"added {names}; the master is moving slots onto them (see kvcluster status)")
 
@@ -344,30 +342,6 @@ def _slots_held(client: Client, node_id: int) -> int:
         return 1
     moving = sum(node_id in (source, target) for _, source, target in report.moving)
     return sum(RoutingTable(report.table).slots_of(node_id)) + moving
-
-
-JOIN_TIMEOUT = 20.0  # seconds: the master first waits out the old incarnation's lease (dead_after)
-
-
-def _wait_joined(state: ClusterState, node_ids: list[int]) -> None:
-    """Wait until the master lists the new process of every one of ``node_ids`` alive; record their endpoints."""
-    from kvcluster.client import Client  # noqa: PLC0415
-
-    pids = {n: state.servers[n - 1].pid for n in node_ids}
-    deadline = time.monotonic() + JOIN_TIMEOUT
-    with Client(state.master_endpoint, deadline=2.0) as client:
-        while True:
-            report = client.status()
-            joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}
-            if len(joined) == len(node_ids):
-                break
-            if time.monotonic() > deadline:
-                names = ", ".join(f"server{n}" for n in node_ids)
-                raise StartupFailed(f"{names} did not join within {JOIN_TIMEOUT:g} s; see {state.home}/logs")
-            time.sleep(0.05)
-    for node_id, view in joined.items():
-        state.servers[node_id - 1].endpoint = view.endpoint
-    state.save()
 
 
 @app.command()

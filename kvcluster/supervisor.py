@@ -433,3 +433,35 @@ def start_master(state: ClusterState, name: str) -> ProcessInfo:
     state.masters[member_id - 1] = info
     state.save()
     return info
+
+
+JOIN_TIMEOUT = 20.0  # seconds: the master first waits out the old incarnation's lease (dead_after)
+
+
+def add_nodes(state: ClusterState, count: int) -> list[ProcessInfo]:
+    """Start ``count`` new storage nodes after the last one and wait until the master has taken every one in."""
+    first = len(state.servers) + 1
+    infos = [start_node(state, node_id) for node_id in range(first, first + count)]
+    wait_joined(state, list(range(first, first + count)))
+    return infos
+
+
+def wait_joined(state: ClusterState, node_ids: list[int]) -> None:
+    """Wait until the master lists the new process of every one of ``node_ids`` alive; record their endpoints."""
+    from kvcluster.client import Client  # noqa: PLC0415
+
+    pids = {n: state.servers[n - 1].pid for n in node_ids}
+    deadline = time.monotonic() + JOIN_TIMEOUT
+    with Client(state.master_endpoint, deadline=2.0) as client:
+        while True:
+            report = client.status()
+            joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}
+            if len(joined) == len(node_ids):
+                break
+            if time.monotonic() > deadline:
+                names = ", ".join(f"server{n}" for n in node_ids)
+                raise StartupFailed(f"{names} did not join within {JOIN_TIMEOUT:g} s; see {state.home}/logs")
+            time.sleep(0.05)
+    for node_id, view in joined.items():
+        state.servers[node_id - 1].endpoint = view.endpoint
+    state.save()

@@ -3,7 +3,8 @@
 A cluster is started with ``python -m kvcluster up -d`` in its own state
 directory under pytest's tmp path and is always torn down: ``kvcluster down``
 first, then SIGKILL for any recorded process that survived it, so a failing
-test never leaves processes behind. Tests that use the ``cluster`` or
+test never leaves processes behind (``run_bench`` does the same for a
+benchmark's processes). Tests that use the ``cluster`` or
 ``module_cluster`` fixture are marked ``cluster`` automatically.
 """
 
@@ -230,3 +231,35 @@ def dealer() -> Iterator[zmq.Socket[bytes]]:
         yield sock
     finally:
         ctx.destroy(linger=0)
+
+
+def run_bench(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
+    """Run ``python -m kvcluster bench ARGS`` in ``cwd``; it must succeed and leave no process behind.
+
+    Every process a benchmark starts (cluster and clients) inherits its working
+    directory, so whatever still runs there afterwards, even after a failure or
+    a timeout, is a leftover: it is killed, and then the test fails.
+    """
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvcluster", "bench", *args],
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+    finally:
+        leftovers = kill_leftovers(cwd)
+    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
+    assert not leftovers, f"processes left running: {leftovers}"
+    return proc
+
+
+def kill_leftovers(cwd: Path) -> list[dict[str, Any]]:
+    """SIGKILL every process running in ``cwd``; what they were."""
+    leftovers = [p for p in psutil.process_iter(["pid", "cwd", "cmdline"]) if p.info["cwd"] == str(cwd)]
+    for proc in leftovers:
+        with contextlib.suppress(psutil.Error):
+            proc.kill()
+    return [p.info for p in leftovers]

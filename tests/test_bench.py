@@ -11,33 +11,13 @@ import subprocess
 import sys
 from pathlib import Path
 
-import psutil
 import pytest
+from conftest import run_bench
 
 from kvcluster.bench import balance, bulk, common, failover, failover_analysis, failover_sweep
 from kvcluster.core.placement import replicas_for, slot_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-
-def run_bench(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "kvcluster", "bench", *args],
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
-    assert proc.returncode == 0, f"exit {proc.returncode}\nstdout:\n{proc.stdout}\nstderr:\n{proc.stderr}"
-    assert_nothing_left(cwd)
-    return proc
-
-
-def assert_nothing_left(cwd: Path) -> None:
-    """Every process a benchmark starts (cluster and clients) inherits its working directory: none may outlive it."""
-    leftovers = [p.info for p in psutil.process_iter(["pid", "cwd", "cmdline"]) if p.info["cwd"] == str(cwd)]
-    assert not leftovers, f"processes left running: {leftovers}"
 
 
 @pytest.mark.cluster

@@ -4,7 +4,8 @@ One module per benchmark, each owning its run, its results, its tables and
 its charts: ``throughput``, ``balance``, ``failover`` (figures in
 ``failover_analysis``, tables and charts in ``failover_views``),
 ``failover_sweep`` (failover against the data size), ``master_failover``
-(faults of the leading master), ``chaos`` (faults and
+(faults of the leading master), ``recovery`` and
+``rebalance`` (healing under load, sharing ``healing_load`` and ``healing_views``), ``chaos`` (faults and
 linearizability, with ``chaos_faults`` and ``chaos_report``), ``report``.
 ``bulk`` loads and reads back a large data set for failover and chaos runs.
 ``common`` and ``output`` hold what they share; nothing there imports a
@@ -28,6 +29,8 @@ def register(app: typer.Typer) -> None:
         failover,
         failover_sweep,
         master_failover,
+        rebalance,
+        recovery,
         report,
         throughput,
     )
@@ -37,5 +40,7 @@ def register(app: typer.Typer) -> None:
     app.command("failover")(failover.failover_command)
     app.command("failover-sweep")(failover_sweep.sweep_command)
     app.command("master-failover")(master_failover.master_failover_command)
+    app.command("recovery")(recovery.recovery_command)
+    app.command("rebalance")(rebalance.rebalance_command)
     app.command("report")(report.report_command)
     chaos.register(app)

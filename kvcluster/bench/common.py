@@ -168,3 +168,5 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
 Plot = Annotated[bool, typer.Option("--plot", help="Draw a chart in the terminal.")]
 Nodes = Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes in the cluster.")]
+FilledKeys = Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")]
+LoadClients = Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")]

@@ -53,14 +53,17 @@ def terminal_chart(title: str, width: int = 70) -> Iterator[Any]:
 
 
 @contextmanager
-def png_chart(path: Path, width: float = 7) -> Iterator[Any]:
-    """The axes of a new matplotlib figure (no display needed), saved to ``path`` as PNG on the way out."""
+def png_chart(path: Path, width: float = 7, rows: int = 1) -> Iterator[Any]:
+    """The axes of a new matplotlib figure (no display needed), saved to ``path`` as PNG on the way out.
+
+    With ``rows`` above 1, a sequence of that many axes stacked over one shared x axis.
+    """
     import matplotlib as mpl  # noqa: PLC0415
 
     mpl.use("Agg")
     import matplotlib.pyplot as plt  # noqa: PLC0415
 
-    fig, ax = plt.subplots(figsize=(width, 4.2), dpi=120)
+    fig, ax = plt.subplots(rows, 1, figsize=(width, 4.2 if rows == 1 else 2.6 * rows), dpi=120, sharex=True)
     try:
         yield ax
         fig.tight_layout()

@@ -3,7 +3,10 @@
 The report (``docs/REPORT.md`` by default) gets a JSON copy of every figure
 beside it, and the machine the figures were measured on. With
 ``--failover-keys`` it also measures failover right after bulk loads of those
-sizes (``failover_sweep``), which takes long at a million keys and more.
+sizes (``failover_sweep``), which takes long at a million keys and more. With
+``--recovery-keys`` and ``--rebalance-keys`` it adds a section on healing under
+load (``healing_report``); ``--only-healing`` runs only those and updates that
+section of an existing report, keeping the others.
 """
 
 from __future__ import annotations
@@ -32,7 +35,17 @@ from kvcluster.bench.failover_sweep import (
     sweep_table,
 )
 from kvcluster.bench.failover_views import chart_failover, failover_table
+from kvcluster.bench.healing_report import (
+    FULL_HEALING,
+    QUICK_HEALING,
+    HealingResults,
+    healing_command,
+    run_healing,
+    write_healing,
+)
 from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
+from kvcluster.bench.rebalance import rebalance_table
+from kvcluster.bench.recovery import recovery_table
 from kvcluster.bench.throughput import (
     Mode,
     ThroughputRun,
@@ -41,6 +54,7 @@ from kvcluster.bench.throughput import (
     throughput_json,
     throughput_table,
 )
+from kvcluster.errors import UsageError
 from kvcluster.workers import interrupt_on_sigterm
 
 
@@ -309,10 +323,47 @@ def report_command(
     failover_runs: Annotated[
         int, typer.Option("--failover-runs", min=1, help="Kills per size and mode with --failover-keys.")
     ] = 3,
+    recovery_keys: Annotated[
+        str,
+        typer.Option(
+            "--recovery-keys",
+            help="Also run bench recovery (kill -9 under load, 7 nodes, rep 3) after loading each of these numbers "
+            "of keys, e.g. 100000,1000000.",
+        ),
+    ] = "",
+    rebalance_keys: Annotated[
+        str,
+        typer.Option(
+            "--rebalance-keys",
+            help="Also run bench rebalance (add 2 nodes to 5 under load, rep 3) after loading each of these "
+            "numbers of keys.",
+        ),
+    ] = "",
+    only_healing: Annotated[
+        bool,
+        typer.Option(
+            "--only-healing",
+            help="Run only the --recovery-keys and --rebalance-keys runs and put their section into the existing "
+            "report in place of its previous one, keeping every other section.",
+        ),
+    ] = False,
 ) -> None:
     """Run every benchmark at the assignment's sizes and write a Markdown report with PNG charts."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
     sweep_sizes = int_list(failover_keys, "--failover-keys") if failover_keys else []
+    recoveries = int_list(recovery_keys, "--recovery-keys") if recovery_keys else []
+    rebalances = int_list(rebalance_keys, "--rebalance-keys") if rebalance_keys else []
+    healing_sizes = QUICK_HEALING if quick else FULL_HEALING
+    if only_healing:
+        if not recoveries and not rebalances:
+            raise UsageError("--only-healing needs --recovery-keys or --rebalance-keys")
+        with interrupt_on_sigterm(), progress_bar() as progress:
+            healing = run_healing(healing_sizes, recoveries, rebalances, progress)
+        healing.command = healing_command(recoveries, rebalances, quick=quick, only=True)
+        _print_healing(healing)
+        write_healing(out, healing)
+        stdout_console().print(f"wrote the healing section of {out} and its charts")
+        return
     with interrupt_on_sigterm(), progress_bar() as progress:
         runs = run_throughput(
             ops=sizes.ops,
@@ -334,11 +385,24 @@ def report_command(
             duration=sizes.failover_duration,
             progress=progress,
         )
+        healing = run_healing(healing_sizes, recoveries, rebalances, progress)
+    healing.command = healing_command(recoveries, rebalances, quick=quick, only=False)
     console = stdout_console()
     console.print(throughput_table(runs))
     console.print(balance_table(balance))
     console.print(failover_table(failover))
     if sweep:
         console.print(sweep_table(sweep))
+    _print_healing(healing)
     write_report(out, sizes, runs, balance, failover, sweep)
+    if healing:
+        write_healing(out, healing)
     console.print(f"wrote {out} and its charts")
+
+
+def _print_healing(healing: HealingResults) -> None:
+    console = stdout_console()
+    for recovery in healing.recoveries:
+        console.print(recovery_table(recovery))
+    for rebalance in healing.rebalances:
+        console.print(rebalance_table(rebalance))
