@@ -58,8 +58,8 @@ def decode_state(blob: bytes) -> MasterState:
 
 
 # The group's timing, as the runtime configures its Raft library and the simulator models it.
-FALLBACK = 0.4  # seconds after which a leader that heard from no majority steps down
-ELECTION_TIMEOUT = (0.5, 1.0)  # a follower that heard no leader for a random time in this range stands
+FALLBACK = 0.3  # seconds after which a leader that heard from no majority steps down
+ELECTION_TIMEOUT = (0.4, 0.8)  # a follower that heard no leader for a random time in this range stands
 
 
 def takeover_grace(timing: Timing, fallback: float = FALLBACK) -> float:

@@ -32,7 +32,7 @@ from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 
 from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
 
-RAFT_PERIOD = 0.1  # seconds between a leader's appends (heartbeats of the group)
+RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
 
 
@@ -77,7 +77,7 @@ class MasterGroup:
             leaderFallbackTimeout=FALLBACK,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,
-            connectionRetryTime=1.0,  # a restarted member rejoins within a second
+            connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
         me = addresses[member_id - 1]
         self.log = _Log(me, [a for a in addresses if a != me], conf)

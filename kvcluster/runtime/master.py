@@ -28,6 +28,8 @@ from kvcluster.runtime.group import MasterGroup, Role
 
 log = logging.getLogger("kvcluster.master")
 
+GROUP_POLL = 0.01  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
+
 
 @dataclass(frozen=True, slots=True)
 class Membership:
@@ -69,7 +71,7 @@ class MasterProcess:
         log.info("master for %d nodes x %d replicas on %s", self.core.expected, self.core.rep, self.endpoint)
         try:
             while not self.stopping:
-                self.router.poll(int(TICK * 1000))
+                self.router.poll(int((TICK if self.group is None else GROUP_POLL) * 1000))
                 if self.group is not None:
                     # Before any heartbeat is read: a member that lost its majority must not grant a lease.
                     self._follow_group(self.group)
