@@ -14,6 +14,7 @@ key is read back: an acknowledged write must never be lost.
 from __future__ import annotations
 
 import itertools
+import math
 import os
 import signal
 import statistics
@@ -44,7 +45,10 @@ SETTLE = 1.5  # seconds of steady load between a member's return and the next fa
 ROUND_BUDGET = 8.0  # seconds of load planned per fault; the clients stop at the end of the plan
 CLIENTS = 2
 KEYS_PER_CLIENT = 40
-WINDOW = (-0.5, 6.0)  # seconds around a fault in which the longest stretch without a success is sought
+WINDOW = (
+    -0.5,
+    6.0,
+)  # seconds around a fault (up to the next one) in which the longest stretch without a success is sought
 
 
 @dataclass
@@ -175,9 +179,10 @@ def _summarise(
     final: dict[str, str | None],
 ) -> None:
     successes = sorted(end for _k, _p, _s, end, completion, _v, _n in records if completion in ("ok", "not_found"))
-    for fault in run.faults:
-        at = released + fault.at_s
-        fault.unavailable_ms = round(_longest_gap_ms(successes, at + WINDOW[0], at + WINDOW[1]), 1)
+    starts = [released + f.at_s for f in run.faults]
+    for fault, at, following in zip(run.faults, starts, [*starts[1:], math.inf], strict=True):
+        # Up to the next fault at most: its own gap must not be counted twice.
+        fault.unavailable_ms = round(_longest_gap_ms(successes, at + WINDOW[0], min(at + WINDOW[1], following)), 1)
     run.ops = len(successes)
     run.lost_acked_writes, run.unverified_keys, run.acked_writes = lost_writes(records, initial, final)
     run.election_ms = _median_max([f.election_ms for f in run.faults])

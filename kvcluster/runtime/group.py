@@ -29,10 +29,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
+from pysyncobj.monotonic import monotonic as raft_clock
 
 from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
 
 RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
+REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
 
 
@@ -80,7 +82,20 @@ class MasterGroup:
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
         me = addresses[member_id - 1]
+        rejoining = journal.exists()
         self.log = _Log(me, [a for a in addresses if a != me], conf)
+        if rejoining:
+            self._hold_back_election()
+
+    def _hold_back_election(self) -> None:
+        """A restarted member waits ``REJOIN_QUIET`` before it may stand for election.
+
+        pysyncobj has no pre-vote: a member that times out before it has heard
+        the current leader stands in a higher term, and every other member
+        follows that term, deposing a healthy leader. The library offers no
+        setting for its first deadline, hence the name-mangled attribute.
+        """
+        self.log._SyncObj__raftElectionDeadline = raft_clock() + REJOIN_QUIET
 
     def tick(self) -> None:
         """Exchange messages with the other members and apply what is committed; never blocks."""

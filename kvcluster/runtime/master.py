@@ -96,6 +96,9 @@ class MasterProcess:
         elif not role.leading and (self.core.acting or role != self.role):
             self.electing = False
             self.core.follow(role.term, role.leader)
+        if (role.term, role.leader) != (self.role.term, self.role.leader):
+            leader = f"master{role.leader}" if role.leader else "no leader yet"
+            log.info("master group: term %d, %s", role.term, leader)
         self.role = role
         self._act()
 
