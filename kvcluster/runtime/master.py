@@ -28,7 +28,7 @@ from kvcluster.runtime.group import MasterGroup, Role
 
 log = logging.getLogger("kvcluster.master")
 
-GROUP_POLL = 0.01  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
+GROUP_POLL = 0.02  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
 
 
 @dataclass(frozen=True, slots=True)
