@@ -58,7 +58,7 @@ def decode_state(blob: bytes) -> MasterState:
 
 
 # The group's timing, as the runtime configures its Raft library and the simulator models it.
-FALLBACK = 0.3  # seconds after which a leader that heard from no majority steps down
+FALLBACK = 1.0  # seconds after which a leader that heard from no majority steps down: a table entry takes a while
 ELECTION_TIMEOUT = (0.4, 0.8)  # a follower that heard no leader for a random time in this range stands
 
 

@@ -35,6 +35,7 @@ from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
 
 RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
+SOCKET_BUFFER = 1 << 20  # bytes: an entry carries a whole table (tens of KB); it should leave in one write
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
 
 
@@ -77,6 +78,8 @@ class MasterGroup:
             raftMinTimeout=ELECTION_TIMEOUT[0],
             raftMaxTimeout=ELECTION_TIMEOUT[1],
             leaderFallbackTimeout=FALLBACK,
+            sendBufferSize=SOCKET_BUFFER,
+            recvBufferSize=SOCKET_BUFFER,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
