@@ -358,9 +358,12 @@ def stop_process(info: ProcessInfo, grace: float = STOP_GRACE) -> None:
 
 def kill_node(state: ClusterState, name: str) -> ProcessInfo:
     """SIGKILL one storage node, as ``kill -9`` would."""
-    info = state.server(name)
+    return _sigkill(state.server(name))
+
+
+def _sigkill(info: ProcessInfo) -> ProcessInfo:
     if not info.alive():
-        raise NodeNotRunning(f"{name} (pid {info.pid}) is not running")
+        raise NodeNotRunning(f"{info.name} (pid {info.pid}) is not running")
     os.kill(info.pid, signal.SIGKILL)
     return info
 
@@ -411,11 +414,7 @@ def kill_master(state: ClusterState, name: str, leader: int) -> ProcessInfo:
         if not leader:
             raise NodeNotRunning("no master is leading right now (see kvcluster status)")
         name = master_name(leader)
-    info = state.master(name)
-    if not info.alive():
-        raise NodeNotRunning(f"{name} (pid {info.pid}) is not running")
-    os.kill(info.pid, signal.SIGKILL)
-    return info
+    return _sigkill(state.master(name))
 
 
 def start_master(state: ClusterState, name: str) -> ProcessInfo:
