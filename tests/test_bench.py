@@ -122,6 +122,7 @@ def test_failover_right_after_a_bulk_load_idle_over_two_kills(tmp_path: Path) ->
     assert "over 2 kills" in proc.stdout
 
 
+@pytest.mark.long  # the single failover runs above cover the same code in the default suite
 @pytest.mark.cluster
 def test_failover_sweep_measures_each_size_idle_and_under_load(tmp_path: Path) -> None:
     out, png = tmp_path / "sweep.json", tmp_path / "sweep.png"
@@ -162,6 +163,7 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
     assert [(p["keys_loaded"], p["idle"]) for p in data["failover_sweep"]["points"]] == [(1000, True), (1000, False)]
 
 
+@pytest.mark.long  # tests/test_master_failover.py kills and pauses the leader in the default suite
 @pytest.mark.cluster
 def test_master_failover_elects_a_new_leader_after_each_fault_and_loses_no_write(tmp_path: Path) -> None:
     out = tmp_path / "master-failover.json"

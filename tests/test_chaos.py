@@ -308,6 +308,7 @@ def test_chaos_run_with_leader_faults_is_linearizable(tmp_path: Path) -> None:
     assert [f.error for f in report.faults if f.error] == []
 
 
+@pytest.mark.long  # the simulator and tests/test_healing.py cover restart, add and remove in the default suite
 @pytest.mark.cluster
 def test_chaos_run_with_restart_add_and_remove_is_linearizable(tmp_path: Path) -> None:
     report = run_chaos(
