@@ -238,7 +238,8 @@ class MasterCore:
     def _note_drained(self, now: float) -> None:
         assert self.table is not None
         for node_id in sorted(self.draining - self.drained):
-            if not any(node_id in nodes for nodes in self.table.replicas):
+            copying = any(node_id in (m.source, m.target) for m in self.repairs.moves.values())
+            if not copying and not any(node_id in nodes for nodes in self.table.replicas):
                 self.events.record(now, EventKind.DRAIN_FINISHED, node_id)
                 self.drained = self.drained | {node_id}
 
