@@ -39,7 +39,7 @@ from kvcluster.bench.chaos_faults import (
     node_ids,
 )
 from kvcluster.bench.chaos_masters import MasterFaults
-from kvcluster.bench.chaos_membership import MembershipSchedule, settled
+from kvcluster.bench.chaos_membership import MembershipSchedule, change_membership, settled
 from kvcluster.bench.chaos_report import (
     ChaosReport,
     RunRecord,
@@ -219,7 +219,7 @@ def _run_cluster(
     try:
         say(f"starting {shape.nodes} nodes with {shape.rep} replicas in {path}")
         state = supervisor.start()
-        injector = FaultInjector(supervisor, state, say)
+        injector = FaultInjector(supervisor, state, say, change_membership)
         jobs = [
             ClientJob(
                 state.master_endpoint, i, tuple(shape.keys), shape.duration, shape.read_ratio, f"{shape.seed}/{i}"

@@ -136,6 +136,12 @@ class PlannedFault:
     dead_before: frozenset[int]
 
 
+# Runs a membership fault's command in a home: (home, fault, exited nodes, wait) -> (seconds, error).
+MembershipCommand = Callable[
+    [Path, PlannedFault, Callable[[], set[int]], Callable[[float], None]], tuple[float, str | None]
+]
+
+
 class FaultSchedule:
     """The seeded sequence of faults: kinds, victims, lengths and the delays between them.
 
@@ -208,8 +214,15 @@ class FaultSchedule:
 class FaultInjector:
     """Injects planned faults into a running cluster and records them."""
 
-    def __init__(self, supervisor: Supervisor, state: ClusterState, on_event: Callable[[str], None]) -> None:
+    def __init__(
+        self,
+        supervisor: Supervisor,
+        state: ClusterState,
+        on_event: Callable[[str], None],
+        change_membership: MembershipCommand | None = None,
+    ) -> None:
         self.supervisor = supervisor
+        self.change_membership = change_membership  # runs restart, add-node or remove-node (``chaos_membership``)
         self.state = state
         self.on_event = on_event
         self.stopped: ProcessInfo | None = None  # a node under SIGSTOP, resumed whatever happens
@@ -248,11 +261,11 @@ class FaultInjector:
 
     def _change_membership(self, fault: PlannedFault, recorded: Fault) -> None:
         """Run the restart, add-node or remove-node command, then read back the processes it recorded."""
-        from kvcluster.bench.chaos_membership import change_membership  # noqa: PLC0415
         from kvcluster.supervisor import ClusterState  # noqa: PLC0415
 
+        assert self.change_membership is not None, "membership faults come with the command that makes them"
         home = Path(self.state.home)
-        recorded.took_s, recorded.error = change_membership(home, fault, self.exited, self.wait)
+        recorded.took_s, recorded.error = self.change_membership(home, fault, self.exited, self.wait)
         self.state = ClusterState.load(home)
 
     def _signal(self, node_id: int, signum: signal.Signals) -> None:
