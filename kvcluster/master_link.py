@@ -13,7 +13,7 @@ import time
 
 import zmq
 
-from kvcluster.core.protocol import Message, NotLeader, NotReady, decode, encode
+from kvcluster.core.protocol import Message, NotLeader, NotReady, StatusReport, StatusRequest, decode, encode
 from kvcluster.errors import ClusterUnavailable, InvalidAddress
 
 TRY_TIMEOUT = 0.25  # seconds one master of a group gets to answer before the next is asked: a dead one costs this
@@ -115,24 +115,33 @@ def survey(
     return answers
 
 
-def roles(endpoints: list[str], timeout: float) -> list[tuple[str, int | None]]:
-    """Each master's (role, term) as it answers for itself: ``leader``, ``follower`` or ``silent`` (term None)."""
-    from kvcluster.core.protocol import StatusReport, StatusRequest  # noqa: PLC0415
+def roll_call(endpoints: list[str], timeout: float) -> tuple[list[tuple[str, int | None]], StatusReport | None]:
+    """Each master's (role, term) as it answers for itself, and the leader's report, if one answered.
 
+    A role is ``leader``, ``follower``, ``no leader`` (a member mid-election) or ``not answering``
+    (term None).
+    """
     ctx = zmq.Context()
     try:
         answers = survey(ctx, endpoints, StatusRequest(), timeout)
     finally:
         ctx.destroy(linger=0)
     found: list[tuple[str, int | None]] = []
+    report = None
     for answer in answers:
         if isinstance(answer, StatusReport):
             found.append(("leader", answer.term))
+            report = answer
         elif isinstance(answer, NotLeader):
-            found.append(("follower", answer.term))
+            found.append(("follower" if answer.leader else "no leader", answer.term))
         else:
-            found.append(("silent", None))
-    return found
+            found.append(("not answering", None))
+    return found, report
+
+
+def roles(endpoints: list[str], timeout: float) -> list[tuple[str, int | None]]:
+    """Each master's (role, term), as ``roll_call`` gives them."""
+    return roll_call(endpoints, timeout)[0]
 
 
 def await_leader(endpoints: list[str], newer_than: int, until: float, poll: float = 0.02) -> tuple[int, int] | None:

@@ -77,24 +77,11 @@ def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]
 
 def masters_document(state: ClusterState, timeout: float) -> tuple[list[dict[str, Any]], StatusReport | None]:
     """Each master's role and term as it answers for itself, and the leader's view of the cluster."""
-    import zmq  # noqa: PLC0415
+    from kvcluster.master_link import roll_call  # noqa: PLC0415
 
-    from kvcluster.core.protocol import NotLeader, StatusRequest  # noqa: PLC0415
-    from kvcluster.core.protocol import StatusReport as Report  # noqa: PLC0415
-    from kvcluster.master_link import survey  # noqa: PLC0415
-
-    ctx = zmq.Context()
-    try:
-        answers = survey(ctx, [m.endpoint for m in state.masters], StatusRequest(), timeout)
-    finally:
-        ctx.destroy(linger=0)
-    masters, report = [], None
-    for info, answer in zip(state.masters, answers, strict=True):
-        role, term = "not answering", None
-        if isinstance(answer, Report):
-            role, term, report = "leader", answer.term, answer
-        elif isinstance(answer, NotLeader):
-            role, term = ("follower" if answer.leader else "no leader"), answer.term
+    found, report = roll_call(state.master_endpoints(), timeout)
+    masters = []
+    for info, (role, term) in zip(state.masters, found, strict=True):
         masters.append({
             "name": info.name, "pid": info.pid, "endpoint": info.endpoint, "process_alive": info.alive(),
             "role": role, "term": term,

@@ -123,6 +123,9 @@ class ClusterState:
         names = ", ".join(p.name for p in [*self.masters, *self.servers])
         raise UnknownNode(f"unknown node {name!r}: this cluster has {names}")
 
+    def master_endpoints(self) -> list[str]:
+        return [m.endpoint for m in self.masters]
+
     def processes(self) -> list[ProcessInfo]:
         return [self.supervisor, *self.masters, *self.servers]
 

@@ -45,7 +45,7 @@ class MasterFaults:
         length = self.rng.uniform(*MASTER_PAUSE)
         self.count += 1
         state = injector.state
-        endpoints = [m.endpoint for m in state.masters]
+        endpoints = state.master_endpoints()
         found = await_leader(endpoints, 0, time.monotonic() + 1.0)
         if found is None:
             injector.on_event(f"{time.monotonic() - injector.released:7.2f} s  no master leads: {kind} skipped")

@@ -81,13 +81,9 @@ class MasterFailoverRun:
     unavailable_ms: dict[str, float | None] = field(default_factory=dict)
 
 
-def _endpoints(state: ClusterState) -> list[str]:
-    return [m.endpoint for m in state.masters]
-
-
 def _await_follower(state: ClusterState, index: int, deadline: float) -> None:
     while time.monotonic() < deadline:
-        if roles(_endpoints(state), POLL * 5)[index][0] == "follower":
+        if roles(state.master_endpoints(), POLL * 5)[index][0] == "follower":
             return
         time.sleep(POLL * 5)
     raise BenchmarkError(f"{state.masters[index].name} did not rejoin the group as a follower")
@@ -97,14 +93,14 @@ def _fault(state: ClusterState, kind: str, released: float) -> MasterFault:
     """Hit the current leader with ``kind``, time the election, and bring the member back as a follower."""
     from kvcluster.supervisor import start_master  # noqa: PLC0415
 
-    found = await_leader(_endpoints(state), 0, time.monotonic() + ELECTION_DEADLINE, POLL)
+    found = await_leader(state.master_endpoints(), 0, time.monotonic() + ELECTION_DEADLINE, POLL)
     if found is None:
         raise BenchmarkError("no master leads before the fault")
     index, term = found
     info = state.masters[index]
     at = time.monotonic()
     os.kill(info.pid, signal.SIGKILL if kind == "kill" else signal.SIGSTOP)
-    elected = await_leader(_endpoints(state), term, at + ELECTION_DEADLINE, POLL)
+    elected = await_leader(state.master_endpoints(), term, at + ELECTION_DEADLINE, POLL)
     took = time.monotonic() - at
     if kind == "kill":
         start_master(state, info.name)
