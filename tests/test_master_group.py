@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
+
 import pytest
 
 from kvcluster.core.actions import Action, Answer, Propose
@@ -178,3 +181,26 @@ def test_leader_changes_around_a_node_death_keep_histories_linearizable(seed: in
     assert outcome.result.declared_dead == [f.node for f in faults if f.kind == FaultKind.KILL]
     leads = [line for line in lines if " leads term " in line]
     assert len(leads) == sum(f.kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT) for f in faults)
+
+
+def test_an_entry_from_an_older_term_never_replaces_a_newer_state(tmp_path: Path) -> None:
+    """pysyncobj forwards a deposed leader's queued proposal to the new leader; it must not win when it commits."""
+    from kvcluster.masters import free_loopback_port  # noqa: PLC0415
+    from kvcluster.runtime.group import MasterGroup  # noqa: PLC0415
+
+    group = MasterGroup(1, [f"127.0.0.1:{free_loopback_port()}"], "secret", tmp_path / "m1.journal")
+    try:
+        applied: list[bool] = []
+        deadline = time.monotonic() + 30
+        while not group.role().leading and time.monotonic() < deadline:
+            group.tick()
+            time.sleep(0.005)
+        for blob, term in ((b"newer", 5), (b"older", 3)):
+            group.append(blob, term, applied.append)
+            while len(applied) < (2 if term == 3 else 1) and time.monotonic() < deadline:
+                group.tick()
+                time.sleep(0.005)
+        assert applied == [True, True]
+        assert group.state() == b"newer"
+    finally:
+        group.close()

@@ -45,10 +45,14 @@ class _Log(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
     def __init__(self, self_address: str, partners: list[str], conf: SyncObjConf) -> None:
         super().__init__(self_address, partners, conf)
         self.state = b""  # set after SyncObj.__init__, so pysyncobj snapshots it with the log
+        self.term = 0  # of the leader that proposed ``state``
 
     @replicated  # type: ignore[untyped-decorator]
-    def append(self, blob: bytes) -> None:
-        self.state = blob
+    def append(self, blob: bytes, term: int) -> None:
+        # A deposed leader's queued proposal is forwarded to the new leader by pysyncobj and may commit after the
+        # new leader's own entries: an older term never replaces a newer one, the same on every member.
+        if term >= self.term:
+            self.state, self.term = blob, term
 
     @replicated  # type: ignore[untyped-decorator]
     def barrier(self) -> None:
@@ -114,9 +118,9 @@ class MasterGroup:
         """The newest state applied here (empty before the first)."""
         return bytes(self.log.state)
 
-    def append(self, blob: bytes, done: Callable[[bool], None]) -> None:
+    def append(self, blob: bytes, term: int, done: Callable[[bool], None]) -> None:
         """Append ``blob``; ``done(True)`` once committed and applied here, ``done(False)`` if it never will be."""
-        self.log.append(blob, callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
+        self.log.append(blob, term, callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
 
     def barrier(self, done: Callable[[bool], None]) -> None:
         self.log.barrier(callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))

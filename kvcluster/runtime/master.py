@@ -135,7 +135,8 @@ class MasterProcess:
         for action in self.core.take():
             if isinstance(action, Propose):
                 assert self.group is not None
-                self.group.append(encode_state(action.state), functools.partial(self._on_commit, action.state))
+                blob = encode_state(action.state)
+                self.group.append(blob, self.core.term, functools.partial(self._on_commit, action.state))
                 continue
             assert isinstance(action, Answer)
             assert isinstance(action.route, tuple)
