@@ -35,11 +35,26 @@ def master_name(member_id: int) -> str:
     return f"master{member_id}"
 
 
+RAFT_PORTS = (20000, 32767)  # below the kernel's ephemeral ports and ZeroMQ's random ones (49152 up)
+
+
 def free_loopback_port() -> int:
-    """A port the kernel just handed out and released: free unless another process takes it in between."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
+    """A free port for a member's Raft traffic, drawn where no random bind of the cluster's processes lands.
+
+    Members must know each other's addresses before they start, so the port is
+    chosen here and bound later; drawn from the ephemeral range, a node's or
+    master's own random bind could take it in between, and the member would
+    never start.
+    """
+    draw = secrets.SystemRandom()
+    while True:
+        port = draw.randint(*RAFT_PORTS)
+        with socket.socket() as probe:
+            try:
+                probe.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
 
 
 def prepare_group(home: Path, count: int) -> list[str]:
