@@ -35,6 +35,7 @@ from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
 
 RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
+BIND_TRIES = 5  # a second apart; the library spins in its constructor until bound, so fail instead of hanging
 SOCKET_BUFFER = 1 << 20  # bytes: an entry carries a whole table (tens of KB); it should leave in one write
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
 
@@ -86,6 +87,7 @@ class MasterGroup:
             recvBufferSize=SOCKET_BUFFER,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,
+            maxBindRetries=BIND_TRIES,
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
         me = addresses[member_id - 1]
