@@ -88,12 +88,16 @@ def _process_parser() -> argparse.ArgumentParser:
     node = processes.add_parser("_node", parents=[timing])
     node.add_argument("--id", type=int, required=True)
     node.add_argument("--master", required=True)
+    node.add_argument("--data-dir", type=Path)
+    node.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec")
+    node.add_argument("--snapshot-after", type=int, default=64 << 20)
     supervise = processes.add_parser("_supervise", parents=[timing])
     supervise.add_argument("--home", type=Path, required=True)
     supervise.add_argument("--nodes", type=int, required=True)
     supervise.add_argument("--rep", type=int, required=True)
     supervise.add_argument("--bind", required=True)
     supervise.add_argument("--masters", type=int, required=True)
+    supervise.add_argument("--storage", required=True, help="the cluster's Storage, as JSON")
     return parser
 
 
@@ -122,12 +126,20 @@ def _run_process(argv: list[str]) -> bool:
         master.serve(args.nodes, args.rep, args.bind, timing, membership)
     elif args.process == "_node":
         from kvcluster.runtime import node  # noqa: PLC0415
+        from kvcluster.runtime.wal import FsyncPolicy  # noqa: PLC0415
 
-        node.serve(args.id, args.master, timing)
+        kept = None
+        if args.data_dir is not None:
+            kept = node.NodeStorage(args.data_dir, FsyncPolicy(args.fsync), args.snapshot_after)
+        node.serve(args.id, args.master, timing, storage=kept)
     else:
-        from kvcluster import supervisor  # noqa: PLC0415
+        import json  # noqa: PLC0415
 
-        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing)
+        from kvcluster import supervisor  # noqa: PLC0415
+        from kvcluster.datadir import Storage  # noqa: PLC0415
+
+        storage = Storage(**json.loads(args.storage))
+        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing, storage)
     return True
 
 

@@ -29,9 +29,11 @@ from kvcluster.errors import (
     UsageError,
 )
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
+from kvcluster.runtime.wal import FsyncPolicy
 
 if TYPE_CHECKING:
     from kvcluster.client import Client
+    from kvcluster.datadir import Storage
     from kvcluster.supervisor import ClusterState, Supervisor
 
 app = typer.Typer(
@@ -146,9 +148,21 @@ def up(
     dead_after_ms: Annotated[
         int, typer.Option("--dead-after-ms", help="Silence after which a node is declared dead.")
     ] = 700,
+    data_dir: Annotated[
+        Path | None,
+        typer.Option("--data-dir", help="Where the nodes keep their data (default: HOME/data); kept across down/up."),
+    ] = None,
+    fsync: Annotated[
+        FsyncPolicy, typer.Option("--fsync", help="When the nodes sync their logs to disk, as Redis's appendfsync.")
+    ] = FsyncPolicy.EVERYSEC,
+    snapshot_after: Annotated[int, typer.Option("--snapshot-after", min=1, hidden=True)] = 64 << 20,
     home: Home = None,
 ) -> None:
-    """Start a group of MASTERS masters and NODES storage nodes with REP replicas each."""
+    """Start a group of MASTERS masters and NODES storage nodes with REP replicas each.
+
+    On a data directory that holds a cluster's data, the same cluster starts again with every key it held.
+    """
+    from kvcluster.datadir import Shape, Storage, check_shape_matches, default_root  # noqa: PLC0415
     from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor, check_can_start, stop_flag  # noqa: PLC0415
 
@@ -157,13 +171,16 @@ def up(
     timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
     state_home = home_dir(home)
     check_can_start(state_home)
+    root = (data_dir or default_root(state_home)).absolute()
+    check_shape_matches(root, Shape(nodes, rep))
+    storage = Storage(str(root), fsync.value, snapshot_after)
     bind = f"{host}:{port}"
     if detach:
-        state = _start_detached(state_home, nodes, rep, masters, bind, timing)
+        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage)
         print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
-    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing)
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage)
     stop = stop_flag()
     try:
         state = supervisor.start()
@@ -199,13 +216,19 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
             time.sleep(0.1)
 
 
-def _start_detached(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> ClusterState:
+def _start_detached(
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage
+) -> ClusterState:
+    import json  # noqa: PLC0415
+    from dataclasses import asdict  # noqa: PLC0415
+
     from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, last_log_line, timing_args  # noqa: PLC0415
 
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
     shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), "--bind", bind]
     args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
+    args += ["--storage", json.dumps(asdict(storage))]
     with (logs / "supervisor.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
@@ -232,13 +255,30 @@ def _start_detached(home: Path, nodes: int, rep: int, masters: int, bind: str, t
 
 
 @app.command()
-def down(home: Home = None) -> None:
-    """Stop every process of the cluster and clear its state."""
+def down(
+    purge: Annotated[bool, typer.Option("--purge", help="Delete the nodes' data too.")] = False,
+    home: Home = None,
+) -> None:
+    """Stop every process of the cluster; its data stays for the next up, unless --purge."""
+    from kvcluster.datadir import default_root  # noqa: PLC0415
+    from kvcluster.datadir import purge as purge_data  # noqa: PLC0415
     from kvcluster.supervisor import ClusterState, stop_recorded  # noqa: PLC0415
 
-    state = ClusterState.load(home_dir(home))
-    stopped = stop_recorded(state)
-    say(f"stopped {stopped} processes; cluster in {state.home} is down")
+    state_home = home_dir(home)
+    try:
+        state = ClusterState.load(state_home)
+    except ClusterNotRunning:
+        if not purge:
+            raise
+        root = default_root(state_home)  # a cluster already down: its data is what is left to delete
+    else:
+        stopped = stop_recorded(state)
+        say(f"stopped {stopped} processes; cluster in {state.home} is down")
+        root = Path(state.node_storage().root) if state.storage else default_root(state_home)
+    if purge:
+        say(f"deleted its data in {root}" if purge_data(root) else f"no data in {root}")
+    elif root.exists():
+        say(f"its data stays in {root}: kvcluster up starts it again, down --purge deletes it")
 
 
 @app.command()

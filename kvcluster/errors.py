@@ -108,3 +108,15 @@ class Interrupted(KvclusterError):
     """Ctrl-C or SIGTERM stopped a command that first reported what it had done."""
 
     exit_code = EXIT_INTERRUPTED
+
+
+class DataCorrupt(KvclusterError):
+    """A node's log or snapshot holds damage that is not a cut tail: what it says cannot be trusted."""
+
+
+class ClusterShapeMismatch(UsageError):
+    """``up`` was asked for another shape than the cluster whose data the state directory holds."""
+
+
+class LogUnwritable(KvclusterError):
+    """A node refused a write because it cannot write its log (a full disk, an unwritable directory)."""

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kvcluster.core.placement import node_name
-from kvcluster.core.protocol import ClusterEvent, EventKind
+from kvcluster.core.protocol import ClusterEvent, DiskReport, EventKind
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -50,6 +50,7 @@ def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]
             "primary_slots": primary,
             "backup_slots": backup,
             "keys": view.keys if view is not None else None,
+            "disk": _disk_document(view.disk) if view is not None and view.disk is not None else None,
         })  # fmt: skip
     leader = next((m for m in masters if m["role"] == "leader"), None)
     return {
@@ -104,6 +105,15 @@ def _healing_document(report: StatusReport | None) -> dict[str, Any] | None:
     }
 
 
+def _disk_document(disk: DiskReport) -> dict[str, Any]:
+    return {
+        "fsync": disk.policy,
+        "last_sync_ms": round(disk.last_sync_ms, 3),
+        "p99_sync_ms": round(disk.p99_sync_ms, 3),
+        "error": disk.error or None,
+    }
+
+
 def _events_document(events: list[ClusterEvent], received: float) -> list[dict[str, Any]]:
     """The master's events, oldest first, each with its wall-clock time (UTC, ISO 8601) and a sentence."""
     return [
@@ -129,6 +139,8 @@ def describe(event: ClusterEvent) -> str:
             return f"{node} joined as a new node"
         case EventKind.RESTARTED:
             return f"{node} restarted: a new incarnation, with no data"
+        case EventKind.RECOVERED:
+            return f"cluster started again from its nodes' data ({slots} stale replicas to copy again)"
         case EventKind.PROMOTED:
             return f"{node} promoted to primary of {slots} slots"
         case EventKind.MOVES_STARTED:
@@ -171,7 +183,7 @@ def _status_table(doc: dict[str, Any]) -> Table:
     masters = ", ".join(_master_label(m) for m in doc["masters"])
     title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
     table = Table(title=title, caption=_status_caption(doc))
-    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys"):
+    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys", "fsync (last/p99 ms)"):
         numeric = column in ("pid", "primary", "backup", "keys")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for node in doc["nodes"]:
@@ -179,9 +191,24 @@ def _status_table(doc: dict[str, Any]) -> Table:
         keys = "-" if node["keys"] is None or not node["alive"] else str(node["keys"])
         endpoint = node["endpoint"].removeprefix("tcp://")
         table.add_row(
-            node["name"], str(node["pid"]), endpoint, state, str(node["primary_slots"]), str(node["backup_slots"]), keys
+            node["name"],
+            str(node["pid"]),
+            endpoint,
+            state,
+            str(node["primary_slots"]),
+            str(node["backup_slots"]),
+            keys,
+            _disk_cell(node["disk"]),
         )
     return table
+
+
+def _disk_cell(disk: dict[str, Any] | None) -> str:
+    if disk is None:
+        return "-"
+    if disk["error"]:
+        return f"[red]{disk['fsync']}: {disk['error']}[/]"
+    return f"{disk['fsync']} {disk['last_sync_ms']:.1f}/{disk['p99_sync_ms']:.1f}"
 
 
 def _master_label(master: dict[str, Any]) -> str:

@@ -15,6 +15,7 @@ since reused for an unrelated process is never signalled.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import select
 import signal
@@ -23,9 +24,11 @@ import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import StatusReport, Timing
+from kvcluster.datadir import Shape, Storage, check_shape_matches, default_root, record_shape
 from kvcluster.errors import (
     ClusterAlreadyRunning,
     ClusterNotRunning,
@@ -35,6 +38,8 @@ from kvcluster.errors import (
     UnknownNode,
 )
 from kvcluster.masters import group_args, master_name, prepare_group
+
+log = logging.getLogger(__name__)
 
 STATE_FILE = "cluster.json"
 TABLE_CACHE = "table.cache"
@@ -84,6 +89,10 @@ class ClusterState:
     raft_addresses: list[str] = field(default_factory=list)  # empty for a lone master
     timing: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
+    storage: dict[str, Any] = field(default_factory=dict)  # a ``datadir.Storage``: where the nodes keep data
+
+    def node_storage(self) -> Storage:
+        return Storage(**self.storage)
 
     @staticmethod
     def path(home: Path) -> Path:
@@ -150,6 +159,19 @@ def check_can_start(home: Path) -> None:
     clear_state(home)
 
 
+def node_args(node_id: int, master_endpoint: str, timing: Timing, storage: Storage) -> list[str]:
+    """The command line of storage node ``node_id``."""
+    return [
+        "_node",
+        "--id",
+        str(node_id),
+        "--master",
+        master_endpoint,
+        *timing_args(timing),
+        *storage.node_args(node_id),
+    ]
+
+
 def timing_args(timing: Timing) -> list[str]:
     """The command-line options that hand ``timing`` to a master, node or supervisor process."""
     return ["--heartbeat", str(timing.heartbeat), "--lease", str(timing.lease), "--dead-after", str(timing.dead_after)]
@@ -164,8 +186,18 @@ def _create_time(pid: int) -> float:
 class Supervisor:
     """Owns the child processes of one cluster for as long as it runs."""
 
-    def __init__(self, home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> None:
+    def __init__(
+        self,
+        home: Path,
+        nodes: int,
+        rep: int,
+        masters: int,
+        bind: str,
+        timing: Timing,
+        storage: Storage | None = None,
+    ) -> None:
         self.home = home
+        self.storage = storage or Storage(str(default_root(home)))
         self.nodes = nodes
         self.rep = rep
         self.masters = masters
@@ -199,11 +231,15 @@ class Supervisor:
 
     def _start(self) -> ClusterState:
         deadline = time.monotonic() + START_TIMEOUT
+        root = Path(self.storage.root)
+        if check_shape_matches(root, Shape(self.nodes, self.rep)):
+            log.info("starting again from the data in %s", root)
+        record_shape(root, Shape(self.nodes, self.rep))
         raft = prepare_group(self.home, self.masters)
         masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
         endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
         servers = [
-            self._spawn(node_name(i), ["_node", "--id", str(i), "--master", endpoint, *timing_args(self.timing)])
+            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage))
             for i in range(1, self.nodes + 1)
         ]
         report = self._wait_for_table(endpoint, deadline)
@@ -226,6 +262,7 @@ class Supervisor:
             ],
             timing=asdict(self.timing),
             started_at=time.time(),
+            storage=asdict(self.storage),
         )
         self.state.save()
         return self.state
@@ -303,9 +340,9 @@ def stop_flag() -> list[bool]:
     return stop
 
 
-def supervise(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing) -> None:
+def supervise(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, masters, bind, timing)
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage)
     stop = stop_flag()
     try:
         supervisor.start()
@@ -384,14 +421,15 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
             raise NodeStillRunning(f"{name} (pid {old.pid}) is running; kill it first to restart it")
     elif node_id != len(state.servers) + 1:
         raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
-    timing = Timing(**state.timing)
-    args = ["_node", "--id", str(node_id), "--master", state.master_endpoint, *timing_args(timing)]
+    storage = state.node_storage()
+    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage)
     info = _start_detached_child(Path(state.home), name, args)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
     else:
         state.servers.append(info)
         state.nodes = len(state.servers)
+        record_shape(Path(storage.root), Shape(state.nodes, state.rep))
     state.save()
     return info
 

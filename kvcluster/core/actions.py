@@ -33,10 +33,11 @@ class ToPeer(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """Send ``message`` back along ``route``."""
+    """Send ``message`` back along ``route``; a ``durable`` one only once the changes before it are logged."""
 
     route: Route
     message: Message
+    durable: bool = False
 
 
 class DropPeer(NamedTuple):

@@ -47,6 +47,7 @@ from kvcluster.core.placement import (
 from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
+    DiskReport,
     Drain,
     EventKind,
     Fenced,
@@ -64,6 +65,7 @@ from kvcluster.core.protocol import (
     TableRequest,
     Timing,
 )
+from kvcluster.core.restart import Recovery, recovered_table
 from kvcluster.errors import ProtocolError
 
 log = logging.getLogger("kvcluster.master")
@@ -84,6 +86,7 @@ class NodeRecord:
     last_seen: float
     keys: int = 0
     table_version: int = 0  # the newest table it reported holding: 0 until it installed one
+    disk: DiskReport | None = None
 
 
 class MasterCore:
@@ -121,6 +124,7 @@ class MasterCore:
         self.drained: frozenset[int] = frozenset()  # draining nodes that hold nothing any more
         self.events = EventLog()
         self.healthy = True  # every slot has rep replicas: nothing to plan
+        self.recovery = Recovery()  # the hellos heard before the first table
         self.last_repair_table = 0.0
 
     def take(self) -> list[Action]:
@@ -146,6 +150,7 @@ class MasterCore:
         """
         self.now, self.term, self.leader, self.acting = now, term, self.master_id, True
         self.nodes, self.stalled, self.last_tick, self.repairs = {}, {}, None, Repairs()
+        self.recovery = Recovery()
         self.outbox = []
         table = state.table if state is not None else None
         self.table = self.committed = table
@@ -186,6 +191,9 @@ class MasterCore:
         """
         self.now = now
         if not self.acting:
+            return
+        if self.table is None:
+            self._form_table()  # the wait for nodes with data may be over
             return
         if self.last_tick is not None:
             self._forgive_own_stall(now - self.last_tick)
@@ -299,18 +307,36 @@ class MasterCore:
         if self.table is not None:
             self._on_join(route, hello, self.table)
             return
-        if not 1 <= hello.node_id <= self.expected:
+        self.recovery.hear(self.now, hello)
+        stored = self.recovery.newest_table()
+        known = stored.endpoints if stored is not None else range(1, self.expected + 1)
+        if hello.node_id not in known:
             raise ProtocolError(f"hello from unknown node id {hello.node_id}")
         self.nodes[hello.node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
         log.info(
-            "%s registered at %s (pid %d), %d/%d",
+            "%s registered at %s (pid %d, %s), %d/%d",
             node_name(hello.node_id),
             hello.endpoint,
             hello.pid,
+            "no data" if hello.held is None else f"data of table version {hello.held.table.version}",
             len(self.nodes),
-            self.expected,
+            len(known),
         )
-        if len(self.nodes) == self.expected:
+        self._form_table()
+
+    def _form_table(self) -> None:
+        """Publish the first table: from the nodes' data if any kept some, else a fresh one once all are here."""
+        if self.recovery.since is not None:
+            stored = self.recovery.ready(self.now)
+            if stored is not None:
+                table, dropped = recovered_table(stored, self.recovery.hellos)
+                self.nodes = {n: r for n, r in self.nodes.items() if n in table.endpoints}
+                log.info("starting again from the nodes' data (table version %d); %d stale replicas dropped", *(
+                    stored.version, dropped))  # fmt: skip
+                self.events.record(self.now, EventKind.RECOVERED, slots=dropped)
+                self._publish(table)
+                self.healthy = False
+        elif len(self.nodes) == self.expected:
             self._publish(initial_table({i: r.endpoint for i, r in self.nodes.items()}, self.rep, self.slots))
 
     def _on_join(self, route: Route, hello: Hello, table: TableData) -> None:
@@ -365,6 +391,7 @@ class MasterCore:
         record.last_seen = self.now
         self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys
+        record.disk = beat.disk
         record.table_version = beat.table_version
         version = self.committed.version if self.committed else 0
         self._send(route, HeartbeatAck(beat.sent_at, version, self.term))
@@ -476,7 +503,9 @@ class MasterCore:
     def _status(self) -> StatusReport:
         now = self.now
         reports = [
-            NodeReport(node_id, r.endpoint, r.pid, not self._is_dead(node_id), r.keys, (now - r.last_seen) * 1000)
+            NodeReport(
+                node_id, r.endpoint, r.pid, not self._is_dead(node_id), r.keys, (now - r.last_seen) * 1000, r.disk
+            )
             for node_id, r in sorted(self.nodes.items())
         ]
         repairs = self.repairs

@@ -43,10 +43,12 @@ from kvcluster.core.protocol import (
     Commit,
     CopyDone,
     CopySlot,
+    DiskReport,
     Fenced,
     Heartbeat,
     HeartbeatAck,
     Hello,
+    Holdings,
     Message,
     Op,
     OpKind,
@@ -60,11 +62,13 @@ from kvcluster.core.protocol import (
     SlotTail,
     Status,
     Table,
+    TableData,
     Timing,
     Write,
     check_key,
     check_value,
 )
+from kvcluster.core.records import TableSeen
 from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 from kvcluster.errors import ProtocolError
@@ -75,7 +79,9 @@ log = logging.getLogger("kvcluster.storage")
 class NodeCore(SlotCopying):
     """One storage node's state; every method is an event, and ``take()`` returns what to do about it."""
 
-    def __init__(self, node_id: int, endpoint: str, pid: int, timing: Timing) -> None:
+    def __init__(
+        self, node_id: int, endpoint: str, pid: int, timing: Timing, recovered: tuple[Replica, TableData] | None = None
+    ) -> None:
         self.node_id = node_id
         self.name = node_name(node_id)
         self.endpoint = endpoint
@@ -85,7 +91,9 @@ class NodeCore(SlotCopying):
         self.now = 0.0
 
         self.table: RoutingTable | None = None
-        self.replica = Replica(0)
+        self.replica = Replica(0) if recovered is None else recovered[0]
+        self.held = None if recovered is None else _holdings(*recovered)
+        self.disk: DiskReport | None = None  # the driver's report on the log, when it keeps one
         self.known: list[tuple[int, int]] = []  # per slot: newest (epoch, primary) seen anywhere
         self.ready: list[bool] = []  # per slot: reconciled as primary for the current epoch
         self.lease_until = 0.0
@@ -119,7 +127,7 @@ class NodeCore(SlotCopying):
 
     def start(self, now: float) -> None:
         self.now = now
-        self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
+        self.outbox.append(ToMaster(self._hello()))
         self.next_beat = now + self.timing.heartbeat
 
     def tick(self, now: float) -> None:
@@ -129,12 +137,16 @@ class NodeCore(SlotCopying):
             self.next_beat = now + self.timing.heartbeat
             if self.table is None:
                 # Until the master takes us in (it may still be waiting out our previous incarnation), ask again.
-                self.outbox.append(ToMaster(Hello(self.node_id, self.endpoint, self.pid)))
+                self.outbox.append(ToMaster(self._hello()))
                 return
-            self.outbox.append(ToMaster(Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys)))
+            beat = Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys, self.disk)
+            self.outbox.append(ToMaster(beat))
             self._commit_idle_backups()
             if self.reported:
                 self._report_copies_again()
+
+    def _hello(self) -> Hello:
+        return Hello(self.node_id, self.endpoint, self.pid, self.held)
 
     def on_master(self, now: float, message: Message) -> None:
         self.now = now
@@ -184,9 +196,14 @@ class NodeCore(SlotCopying):
     def _install(self, table: RoutingTable) -> None:
         old, self.table = self.table, table
         if old is None:
-            self.replica = Replica(table.slots)
+            if len(self.replica.data) != table.slots:
+                journal, self.replica = self.replica.journal, Replica(table.slots)
+                self.replica.journal = journal
+            self.held = None  # the masters placed what it held: the slots this table gives it are current
             self.known = [(-1, 0)] * table.slots
             self.ready = [True] * table.slots
+        if self.replica.journal is not None:
+            self.replica.journal.append(TableSeen(table.data))
         gained: list[int] = []
         data = self.replica.data
         for slot in range(table.slots):
@@ -264,17 +281,17 @@ class NodeCore(SlotCopying):
             case Replicate(repl_id, sender, committed, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
                 self.replica.commit(sender, committed, self.known)
-                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected), durable=True))
             case Reconcile(repl_id, sender, tails):
                 rejected = [tail.slot for tail in tails if not self._accepts(tail.slot, tail.epoch, sender)]
                 accepted = [(t.slot, t.high, t.writes) for t in tails if t.slot not in rejected and self._holds(t.slot)]
                 self.replica.reconcile_all(sender, accepted)
-                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected), durable=True))
             case Commit(sender, committed):
                 self.replica.commit(sender, committed, self.known)
             case SlotCopy(repl_id, slot=slot):
                 rejected = [] if self._install_copy(message) else [slot]
-                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected)))
+                self.outbox.append(Answer(route, ReplicateAck(repl_id, self.node_id, rejected), durable=True))
             case _:
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
@@ -340,11 +357,14 @@ class NodeCore(SlotCopying):
             return Result(Status.NOT_PRIMARY, None)
         if not self.ready[op.slot] or not lease_fresh:
             return Result(Status.RETRY, None)
+        if op.kind != OpKind.GET and self.disk is not None and self.disk.error:
+            return Result(Status.UNWRITABLE, self.disk.error)  # never acknowledge a write that cannot be logged
         return None
 
     def _reply(self, pending: PendingRequest) -> None:
         results = [r if r is not None else Result(Status.RETRY, None) for r in pending.results]
-        self.outbox.append(Answer(pending.route, Reply(pending.request.request_id, self.node_id, results)))
+        reply = Reply(pending.request.request_id, self.node_id, results)
+        self.outbox.append(Answer(pending.route, reply, durable=bool(pending.writes)))
 
     # --- primary side of replication ---
 
@@ -471,3 +491,9 @@ class NodeCore(SlotCopying):
     def _holds(self, slot: int) -> bool:
         """Whether this node keeps a copy of ``slot``: a replica in its table, or a replica being made."""
         return self.table is not None and (self.node_id in self.table.live(slot) or slot in self.copying)
+
+
+def _holdings(replica: Replica, table: TableData) -> Holdings:
+    """What a recovered replica can tell the masters of each slot of its last table."""
+    slots = range(len(replica.data))
+    return Holdings(table, [replica.high[s] for s in slots], [replica.digest(s) for s in slots])

@@ -31,7 +31,7 @@ from msgspec import Meta, Struct
 
 from kvcluster.errors import ProtocolError
 
-PROTOCOL_VERSION = 4
+PROTOCOL_VERSION = 5
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
 APPLIED_WINDOW_BYTES = 1 << 17  # a node remembers each client's latest 2^20 op ids: a bitmap of at most this size
@@ -98,6 +98,7 @@ class Status(enum.IntEnum):
     NOT_PRIMARY = 2  # refresh the table and resend elsewhere
     RETRY = 3  # this node is catching up (table, lease, sync): resend shortly
     INVALID = 4  # the operation is malformed (bad key, slot or value)
+    UNWRITABLE = 5  # the node cannot write its log (the result's value says why): nothing was applied
 
 
 # --- field types: ranges that hold for every well-formed message, checked by ``decode`` ---
@@ -226,6 +227,7 @@ class NodeReport(_Record, frozen=True):
     alive: bool
     keys: Count
     last_seen_ms: float  # may be negative: the master moves last_seen forward over its own stalls
+    disk: DiskReport | None = None  # None for a node that keeps no log
 
 
 class EventKind(enum.StrEnum):
@@ -234,6 +236,7 @@ class EventKind(enum.StrEnum):
     DEAD = "dead"  # node_id declared dead
     JOINED = "joined"  # node_id joined a running cluster as a new node
     RESTARTED = "restarted"  # a new incarnation of node_id joined with no data
+    RECOVERED = "recovered"  # the cluster started again from its nodes' data; ``slots`` lost a stale replica
     PROMOTED = "promoted"  # node_id became primary of ``slots`` more slots
     MOVES_STARTED = "moves-started"  # ``slots`` copies started (node_id 0: many nodes)
     MOVES_FINISHED = "moves-finished"  # ``slots`` copies published as replicas
@@ -254,10 +257,32 @@ class ClusterEvent(_Record, frozen=True):
 # --- messages ---
 
 
+class Holdings(_Record, frozen=True):
+    """What a node read back from its disk at start: the last table it installed, and per slot of that table
+    the highest version it holds and a digest of its contents (see ``Replica.digest``)."""
+
+    table: TableData
+    highs: list[Count]
+    digests: list[Count]
+
+
+class DiskReport(_Record, frozen=True):
+    """A node's log: its fsync policy, the last and 99th-percentile sync times, and why it cannot write, if so."""
+
+    policy: str
+    last_sync_ms: float
+    p99_sync_ms: float
+    error: str
+
+
 class Hello(_Message, frozen=True, tag=_tag(MsgType.HELLO)):
+    """``held`` is what the node recovered from its disk, if anything: after a whole-cluster stop the masters
+    rebuild the table from it."""
+
     node_id: NodeId
     endpoint: str
     pid: Count
+    held: Holdings | None = None
 
 
 class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
@@ -268,6 +293,7 @@ class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
     sent_at: float
     table_version: Count
     keys: Count
+    disk: DiskReport | None = None
 
 
 class HeartbeatAck(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT_ACK)):

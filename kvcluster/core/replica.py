@@ -21,11 +21,13 @@ Nothing here reads a clock, a socket or a random source.
 
 from __future__ import annotations
 
+import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-from kvcluster.core.protocol import APPLIED_WINDOW_BYTES, AppliedWindow, Write
+from kvcluster.core.protocol import APPLIED_WINDOW_BYTES, AppliedWindow, TableData, Write
+from kvcluster.core.records import Dropped, End, Installed, Noted, Raised, Record, Restored, TableSeen, Written
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
@@ -143,11 +145,19 @@ class Replica:
         self.tails: dict[int, deque[TailEntry]] = {}  # per sender, in the order received
         self.applied = AppliedOps()
         self.keys = 0
+        # Every change, as the records a write-ahead log keeps; None when nothing is logged (the simulator).
+        # The driver empties it each pass and must log what it held before it sends any acknowledgement.
+        self.journal: list[Record] | None = None
 
     # --- applying ---
 
     def apply(self, write: Write) -> str | None:
         """Apply a write and remember its op; return the value it replaced."""
+        if self.journal is not None:
+            self.journal.append(Written(write))
+        return self._apply(write)
+
+    def _apply(self, write: Write) -> str | None:
         store = self.data[write.slot]
         previous = store.get(write.key)
         if previous is None:
@@ -216,6 +226,8 @@ class Replica:
             if write.version > self.high[slot]:
                 tail.append(TailEntry(write, self.apply(write)))
         self.high[slot] = max(self.high[slot], high)
+        if self.journal is not None:
+            self.journal.append(Raised(slot, self.high[slot]))
 
     def install_copy(
         self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]
@@ -225,7 +237,12 @@ class Replica:
         ``applied`` are the primary's committed op ids: each is held by every replica of its slot, so
         remembering one here never answers ``OK`` for a put that a replica of its slot could lack.
         """
-        self.drop_slot(slot)
+        if self.journal is not None:
+            self.journal.append(Installed(slot, high, entries, list(applied)))
+        self._install(slot, high, entries, applied)
+
+    def _install(self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]) -> None:
+        self._drop(slot)
         self.data[slot] = dict(entries)
         self.keys += len(entries)
         self.high[slot] = high
@@ -239,6 +256,8 @@ class Replica:
 
     def remember(self, write: Write) -> None:
         """Count ``write`` as applied without applying it: a newer write to its key is already in the store."""
+        if self.journal is not None:
+            self.journal.append(Noted(write.client, write.op_id))
         self.applied.add(write.client, write.op_id)
 
     def drop_slot(self, slot: int) -> None:
@@ -247,6 +266,11 @@ class Replica:
         Those writes may still be undone elsewhere; a later copy of the slot brings back the op ids
         of the ones that were committed.
         """
+        if self.journal is not None:
+            self.journal.append(Dropped(slot))
+        self._drop(slot)
+
+    def _drop(self, slot: int) -> None:
         for entries in self._pull_tails({slot}).values():
             for entry in entries:
                 self.applied.discard(entry.write.client, entry.write.op_id)
@@ -271,13 +295,57 @@ class Replica:
 
     def _undo(self, entry: TailEntry) -> None:
         write = entry.write
-        store = self.data[write.slot]
-        if entry.previous is None:
-            if store.pop(write.key, None) is not None:
+        if self.journal is not None:
+            self.journal.append(Restored(write.slot, write.key, entry.previous, write.client, write.op_id))
+        self._restore(write.slot, write.key, entry.previous)
+        self.applied.discard(write.client, write.op_id)
+
+    def _restore(self, slot: int, key: str, value: str | None) -> None:
+        store = self.data[slot]
+        if value is None:
+            if store.pop(key, None) is not None:
                 self.keys -= 1
         else:
-            store[write.key] = entry.previous
-        self.applied.discard(write.client, write.op_id)
+            if key not in store:
+                self.keys += 1
+            store[key] = value
+
+    # --- recovery ---
+
+    def replay(self, record: Record) -> TableData | None:
+        """Redo one logged change, logging nothing; return the table of a ``TableSeen``.
+
+        Tails are not rebuilt: after a restart, which replicas of a slot still
+        agree is decided by the masters from each replica's high version and
+        digest, not by undoing anything (see ``docs/durability.md``).
+        """
+        match record:
+            case Written(write):
+                self._apply(write)
+            case Restored(slot, key, value, client, op_id):
+                self._restore(slot, key, value)
+                self.applied.discard(client, op_id)
+            case Raised(slot, high):
+                self.high[slot] = high
+            case Installed(slot, high, entries, applied):
+                self._install(slot, high, entries, applied)
+            case Dropped(slot):
+                self._drop(slot)
+            case Noted(client, op_id):
+                self.applied.add(client, op_id)
+            case TableSeen(table):
+                return table
+            case End(_, applied):
+                self.applied.merge(applied)
+        return None
+
+    def digest(self, slot: int) -> int:
+        """A 64-bit digest of a slot's contents, the same on every replica holding the same pairs in any order."""
+        total = 0
+        for key, value in self.data[slot].items():
+            pair = f"{key} {value}".encode()
+            total ^= zlib.crc32(pair) << 32 | zlib.adler32(pair)
+        return total
 
     def seen_op(self, client: int, op_id: int) -> bool:
         return (client, op_id) in self.applied

@@ -18,14 +18,20 @@ import os
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
 
 import zmq
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.node import NodeCore
-from kvcluster.core.protocol import Message, Timing, decode, encode
+from kvcluster.core.protocol import DiskReport, Message, Timing, decode, encode
+from kvcluster.core.records import TableSeen
 from kvcluster.errors import ProtocolError
 from kvcluster.master_link import parse_addresses
+from kvcluster.runtime.recovery import recover
+from kvcluster.runtime.snapshots import Snapshot
+from kvcluster.runtime.wal import FsyncPolicy, WriteAheadLog
 
 log = logging.getLogger("kvcluster.storage")
 
@@ -36,12 +42,31 @@ NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs m
 SNDMORE = int(zmq.SNDMORE)
 
 Handler = Callable[[list[bytes], Message], None]
+SNAPSHOT_AFTER = 64 << 20  # bytes of log since the last snapshot that start the next one (at least)
+DISK_REPORT_EVERY = 0.5  # seconds between refreshes of the log figures a heartbeat carries
+
+
+@dataclass(frozen=True)
+class NodeStorage:
+    """Where and how a node keeps its data: its directory, fsync policy and snapshot threshold."""
+
+    directory: Path
+    policy: FsyncPolicy = FsyncPolicy.EVERYSEC
+    snapshot_after: int = SNAPSHOT_AFTER
 
 
 class NodeProcess:
     """Runs one ``NodeCore`` until SIGTERM or until the master fences it."""
 
-    def __init__(self, node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+    def __init__(
+        self,
+        node_id: int,
+        master_endpoint: str,
+        timing: Timing,
+        host: str = "127.0.0.1",
+        storage: NodeStorage | None = None,
+    ) -> None:
+        recovered = recover(storage.directory) if storage is not None else None
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.router = self.ctx.socket(zmq.ROUTER)
@@ -57,8 +82,22 @@ class NodeProcess:
             self.masters.append(sock)
         self.poller.register(self.router, zmq.POLLIN)
         self.peers: dict[int, zmq.Socket[bytes]] = {}
-        self.core = NodeCore(node_id, endpoint, os.getpid(), timing)
+        held = None
+        if recovered is not None and recovered.replica is not None and recovered.table is not None:
+            held = (recovered.replica, recovered.table)
+            log.info("recovered %d keys from %d records", recovered.replica.keys, recovered.records)
+        self.core = NodeCore(node_id, endpoint, os.getpid(), timing, held)
         self.stopping = False
+        self.storage = storage
+        self.wal: WriteAheadLog | None = None
+        self.deferred: list[Answer] = []  # acknowledgements waiting for the pass's records to be logged
+        self.snapshot: Snapshot | None = None
+        self.snapshot_after = storage.snapshot_after if storage is not None else 0
+        self.next_disk_report = 0.0
+        if storage is not None and recovered is not None:
+            self.wal = WriteAheadLog(storage.directory, storage.policy, recovered.next_seq)
+            self.wal.written = recovered.log_bytes  # replaying a long log next time is what a snapshot saves
+            self.core.replica.journal = []
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
@@ -83,8 +122,10 @@ class NodeProcess:
                         self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg))
                 core.flush(time.monotonic())
                 self._act()
+                self._persist()
                 self._report_long_pass(time.monotonic() - started, time.thread_time() - cpu_started)
         finally:
+            self._close_log()
             self.ctx.destroy(linger=0)
             log.info("%s stopped", core.name)
 
@@ -119,11 +160,10 @@ class NodeProcess:
 
     def _carry_out(self, action: Action) -> None:
         match action:
-            case Answer(route, message):
-                assert isinstance(route, list)
-                for frame in route:
-                    self.router.send(frame, SNDMORE)
-                self.router.send(encode(message))
+            case Answer() if self.wal is not None:
+                self.deferred.append(action)
+            case Answer():
+                self._answer(action)
             case ToPeer(node_id, endpoint, message):
                 self._peer(node_id, endpoint).send(encode(message))
             case ToMaster(message):
@@ -141,6 +181,58 @@ class NodeProcess:
             case Exit():
                 self.stopping = True
 
+    def _answer(self, answer: Answer) -> None:
+        route = answer.route
+        assert isinstance(route, list)
+        for frame in route:
+            self.router.send(frame, SNDMORE)
+        self.router.send(encode(answer.message))
+
+    # --- the log ---
+
+    def _persist(self) -> None:
+        """Log what the pass changed, then let its answers go (a group commit); take a snapshot step."""
+        wal = self.wal
+        if wal is None:
+            return
+        journal = self.core.replica.journal
+        if journal:
+            wal.append(journal)
+            journal.clear()
+        logged = wal.write_out()
+        held = []
+        for answer in self.deferred:
+            if logged or not answer.durable:
+                self._answer(answer)  # reads still go out while the disk refuses writes
+            else:
+                held.append(answer)
+        self.deferred = held
+        now = time.monotonic()
+        if now >= self.next_disk_report or (wal.error or "") != (self.core.disk.error if self.core.disk else ""):
+            self.next_disk_report = now + DISK_REPORT_EVERY
+            self.core.disk = DiskReport(wal.policy.value, wal.syncs.last_ms(), wal.syncs.p99_ms(), wal.error or "")
+        if logged:
+            self._snapshot_step()
+
+    def _snapshot_step(self) -> None:
+        wal, table = self.wal, self.core.table
+        assert wal is not None
+        assert self.storage is not None
+        if self.snapshot is None and table is not None and wal.written >= self.snapshot_after:
+            seq = wal.rotate()
+            self.snapshot = Snapshot(self.storage.directory, seq, self.core.replica, TableSeen(table.data))
+        if self.snapshot is not None:
+            self.snapshot.step()
+            if self.snapshot.done():
+                if self.snapshot.failed is None:
+                    self.snapshot_after = max(self.snapshot_after, self.snapshot.size)
+                self.snapshot = None
+
+    def _close_log(self) -> None:
+        if self.wal is not None:
+            self._persist()
+            self.wal.close()
+
     def _peer(self, node_id: int, endpoint: str) -> zmq.Socket[bytes]:
         sock = self.peers.get(node_id)
         if sock is None:
@@ -154,6 +246,8 @@ class NodeProcess:
         return sock
 
 
-def serve(node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1") -> None:
+def serve(
+    node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1", storage: NodeStorage | None = None
+) -> None:
     """Run a storage node in this process until it is stopped."""
-    NodeProcess(node_id, master_endpoint, timing, host).run()
+    NodeProcess(node_id, master_endpoint, timing, host, storage).run()
