@@ -48,6 +48,7 @@ from kvcluster.errors import (
     InvalidKey,
     InvalidValue,
     KeyNotFound,
+    LogUnwritable,
     NoLiveReplica,
     OperationTimedOut,
     ProtocolError,
@@ -81,6 +82,7 @@ class Completion(enum.Enum):
     NO_REPLICA = "no_replica"  # every replica of the slot is dead: definitely not applied
     TIMED_OUT = "timed_out"  # the deadline passed: a put may or may not have been applied
     INVALID = "invalid"  # a node refused the operation as malformed
+    UNWRITABLE = "unwritable"  # the primary cannot write its log (value: why): not applied
 
 
 @dataclass(slots=True)
@@ -183,6 +185,8 @@ class Client:
             raise NoLiveReplica(key, [node_name(n) for n in table.replicas(table.slot_of(key))])
         if result.completion == Completion.INVALID:
             raise ProtocolError(f"the cluster refused {verb} {key!r} as malformed")
+        if result.completion == Completion.UNWRITABLE:
+            raise LogUnwritable(f"{node_name(result.node_id)} cannot write its log: {result.value}")
         applied = "; it may or may not have been applied" if kind == OpKind.PUT else ""
         raise OperationTimedOut(f"{verb} {key!r} did not complete within {self.deadline:g} s{applied}")
 
@@ -439,6 +443,8 @@ class _Run:
                 case Status.NOT_PRIMARY:
                     refresh = True
                     self.delayed.append((now, index))
+                case Status.UNWRITABLE:
+                    self._finish(index, OpResult(Completion.UNWRITABLE, result.value, reply.node_id))
                 case _:
                     self._finish(index, OpResult(Completion.INVALID, None, reply.node_id))
         if refresh:

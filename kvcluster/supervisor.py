@@ -180,7 +180,10 @@ def timing_args(timing: Timing) -> list[str]:
 def _create_time(pid: int) -> float:
     import psutil  # noqa: PLC0415
 
-    return float(psutil.Process(pid).create_time())
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.NoSuchProcess:
+        return 0.0  # it already exited (a node that refused its damaged data): never taken for alive
 
 
 class Supervisor:
@@ -232,7 +235,8 @@ class Supervisor:
     def _start(self) -> ClusterState:
         deadline = time.monotonic() + START_TIMEOUT
         root = Path(self.storage.root)
-        if check_shape_matches(root, Shape(self.nodes, self.rep)):
+        restarting = check_shape_matches(root, Shape(self.nodes, self.rep))
+        if restarting:
             log.info("starting again from the data in %s", root)
         record_shape(root, Shape(self.nodes, self.rep))
         raft = prepare_group(self.home, self.masters)
@@ -242,7 +246,8 @@ class Supervisor:
             self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage))
             for i in range(1, self.nodes + 1)
         ]
-        report = self._wait_for_table(endpoint, deadline)
+        # Starting again, a node whose data is damaged refuses to start; the others start without it.
+        report = self._wait_for_table(endpoint, deadline, servers if restarting else [])
         endpoints = {r.node_id: r.endpoint for r in report.nodes}
         me = os.getpid()
         self.state = ClusterState(
@@ -284,13 +289,13 @@ class Supervisor:
             raise StartupFailed(f"{name} did not start (see {log_path}): {last_log_line(log_path)}")
         return line.removeprefix("READY ")
 
-    def _wait_for_table(self, endpoint: str, deadline: float) -> StatusReport:
+    def _wait_for_table(self, endpoint: str, deadline: float, may_exit: list[subprocess.Popen[bytes]]) -> StatusReport:
         from kvcluster.client import Client  # noqa: PLC0415
 
         with Client(endpoint, deadline=1.0) as client:
             while True:
                 for proc in self.children:
-                    if proc.poll() is not None:
+                    if proc.poll() is not None and proc not in may_exit:
                         logs = self.home / LOG_DIR
                         raise StartupFailed(f"a cluster process exited during start-up ({proc.returncode}); see {logs}")
                 try:

@@ -177,11 +177,12 @@ class ClusterLauncher:
         self.base = base
         self.clusters: list[Cluster] = []
 
-    def __call__(self, nodes: int = 3, rep: int = 2, masters: int = 3) -> Cluster:
+    def __call__(self, nodes: int = 3, rep: int = 2, masters: int = 3, *extra: str) -> Cluster:
+        """Start a cluster; ``extra`` options go to ``up`` as they are (``--fsync always``, ``--data-dir DIR``)."""
         home = self.base / f"home{len(self.clusters)}"
         cluster = Cluster(home, nodes, rep)
         self.clusters.append(cluster)
-        run_cli("up", "-d", "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), home=home)
+        run_cli("up", "-d", "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), *extra, home=home)
         cluster.started = recorded_processes(home)
         assert len(cluster.started) == nodes + masters + 1, f"cluster.json records {sorted(cluster.started)}"
         return cluster

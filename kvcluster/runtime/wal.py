@@ -91,7 +91,8 @@ def read_frames(data: bytes) -> tuple[list[bytes], Damage | None]:
             return payloads, Damage(offset, "a record cut short", torn=True)
         payload = data[start : start + length]
         if zlib.crc32(payload) != crc:
-            return payloads, Damage(offset, "CRC mismatch", torn=start + length == end)
+            # Whole but wrong is damage wherever it lies: a crash cuts a record short, it does not rewrite one.
+            return payloads, Damage(offset, "CRC mismatch", torn=False)
         payloads.append(payload)
         offset = start + length
     return payloads, None
