@@ -183,8 +183,8 @@ def _status_table(doc: dict[str, Any]) -> Table:
     masters = ", ".join(_master_label(m) for m in doc["masters"])
     title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
     table = Table(title=title, caption=_status_caption(doc))
-    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys", "fsync (last/p99 ms)"):
-        numeric = column in ("pid", "primary", "backup", "keys")
+    for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys", "sync"):
+        numeric = column in ("pid", "primary", "backup", "keys", "sync")
         table.add_column(column, justify="right" if numeric else "left", no_wrap=True)
     for node in doc["nodes"]:
         state = "[green]alive[/]" if node["alive"] else "[red]dead[/]"
@@ -204,11 +204,12 @@ def _status_table(doc: dict[str, Any]) -> Table:
 
 
 def _disk_cell(disk: dict[str, Any] | None) -> str:
+    """The p99 of the node's log syncs in ms (its policy is in the caption), or that it cannot write."""
     if disk is None:
         return "-"
     if disk["error"]:
-        return f"[red]{disk['fsync']}: {disk['error']}[/]"
-    return f"{disk['fsync']} {disk['last_sync_ms']:.1f}/{disk['p99_sync_ms']:.1f}"
+        return "[red]failing[/]"
+    return f"{disk['p99_sync_ms']:.1f}"
 
 
 def _master_label(master: dict[str, Any]) -> str:
@@ -222,6 +223,11 @@ def _master_label(master: dict[str, Any]) -> str:
 
 def _status_caption(doc: dict[str, Any]) -> str:
     lines = ["primary, backup: slots held in each role"]
+    disks = {n["name"]: n["disk"] for n in doc["nodes"] if n["disk"] is not None and n["alive"]}
+    policies = sorted({d["fsync"] for d in disks.values()})
+    if policies:
+        lines.append(f"sync: p99 ms of log syncs (fsync {', '.join(policies)})")
+    lines += [f"[red]{name} cannot write its log: {d['error']}[/]" for name, d in disks.items() if d["error"]]
     if doc["master"]["leader"] is None:
         answering = sum(m["term"] is not None for m in doc["masters"])
         lines.append(
