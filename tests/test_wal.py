@@ -166,3 +166,31 @@ def test_an_empty_directory_recovers_nothing(tmp_path: Path) -> None:
     recovered = recover(tmp_path / "new")
     assert recovered.replica is None
     assert recovered.table is None
+
+
+def test_a_simulated_power_cut_keeps_the_synced_records_and_a_prefix_of_the_rest() -> None:
+    import random  # noqa: PLC0415
+
+    from kvcluster.sim.disk import SimDisk  # noqa: PLC0415
+
+    replica = logged_replica()
+    for i in range(10):
+        put(replica, 1, f"k{i}", "v", i + 1)
+    assert replica.journal is not None
+    disk = SimDisk()
+    disk.write(replica.journal[:6])
+    disk.synced = 6
+    disk.write(replica.journal[6:])
+    kept = [len(disk.records)]
+    for seed in range(20):
+        copy = SimDisk()
+        copy.write(disk.records)
+        copy.synced = disk.synced
+        copy.power_cut(random.Random(seed))
+        assert copy.records == disk.records[: len(copy.records)]
+        kept.append(len(copy.records))
+        recovered = copy.recover()
+        assert recovered is not None
+        assert recovered[0].keys == len(copy.records) - 1  # the table, then one put per record
+    assert min(kept) >= 6
+    assert len(set(kept)) > 1

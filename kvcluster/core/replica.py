@@ -355,3 +355,29 @@ class Replica:
 
     def items(self, slot: int) -> Iterator[tuple[str, str]]:
         return iter(self.data[slot].items())
+
+
+class Rebuild:
+    """A replica rebuilt from logged records, fed in the order they were logged (a snapshot's first)."""
+
+    def __init__(self) -> None:
+        self.replica: Replica | None = None
+        self.table: TableData | None = None
+        self.records = 0
+
+    def feed(self, record: Record) -> bool:
+        """Redo ``record``; False if it is data logged before any table, which no node ever writes."""
+        if isinstance(record, TableSeen):
+            if self.replica is None:
+                self.replica = Replica(record.table.slots)
+            self.table = record.table
+        elif self.replica is None:
+            return False
+        self.replica.replay(record)
+        self.records += 1
+        return True
+
+    def result(self) -> tuple[Replica, TableData] | None:
+        if self.replica is None or self.table is None:
+            return None
+        return self.replica, self.table

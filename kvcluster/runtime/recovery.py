@@ -19,8 +19,8 @@ from pathlib import Path
 import msgspec
 
 from kvcluster.core.protocol import TableData
-from kvcluster.core.records import End, Record, TableSeen, decode_record
-from kvcluster.core.replica import Replica
+from kvcluster.core.records import End, Record, decode_record
+from kvcluster.core.replica import Rebuild, Replica
 from kvcluster.errors import DataCorrupt
 from kvcluster.runtime.snapshots import TEMPORARY
 from kvcluster.runtime.wal import SEGMENT_SUFFIX, SNAPSHOT_SUFFIX, Damage, numbered, read_frames
@@ -39,28 +39,17 @@ class Recovered:
     log_bytes: int  # of the segments replayed: what a snapshot would spare the next start
 
 
-class _Replayer:
-    def __init__(self) -> None:
-        self.replica: Replica | None = None
-        self.table: TableData | None = None
-        self.records = 0
-
-    def replay(self, path: Path, payloads: list[bytes]) -> Record | None:
-        last: Record | None = None
-        for payload in payloads:
-            try:
-                last = decode_record(payload)
-            except msgspec.DecodeError as exc:
-                raise DataCorrupt(f"{path}: a record that passed its CRC does not decode ({exc})") from None
-            if isinstance(last, TableSeen):
-                if self.replica is None:
-                    self.replica = Replica(last.table.slots)
-                self.table = last.table
-            elif self.replica is None:
-                raise DataCorrupt(f"{path}: data before any routing table")
-            self.replica.replay(last)
-            self.records += 1
-        return last
+def _replay(rebuild: Rebuild, path: Path, payloads: list[bytes]) -> Record | None:
+    """Feed a file's records to ``rebuild``; return the last one."""
+    last: Record | None = None
+    for payload in payloads:
+        try:
+            last = decode_record(payload)
+        except msgspec.DecodeError as exc:
+            raise DataCorrupt(f"{path}: a record that passed its CRC does not decode ({exc})") from None
+        if not rebuild.feed(last):
+            raise DataCorrupt(f"{path}: data before any routing table")
+    return last
 
 
 def recover(directory: Path) -> Recovered:
@@ -68,7 +57,7 @@ def recover(directory: Path) -> Recovered:
     directory.mkdir(parents=True, exist_ok=True)
     for leftover in directory.glob(f"*{TEMPORARY}"):
         leftover.unlink()  # a snapshot that was never sealed: the log still holds everything it would have
-    replayer = _Replayer()
+    rebuild = Rebuild()
     first = 0
     snapshots = numbered(directory, SNAPSHOT_SUFFIX)
     if snapshots:
@@ -76,7 +65,7 @@ def recover(directory: Path) -> Recovered:
         payloads, damage = read_frames(path.read_bytes())
         if damage is not None:
             raise _corrupt(directory, path, damage)
-        if not isinstance(replayer.replay(path, payloads), End):
+        if not isinstance(_replay(rebuild, path, payloads), End):
             raise DataCorrupt(f"{path} has no end record; move {directory} aside to rejoin with no data")
     segments = [(seq, path) for seq, path in numbered(directory, SEGMENT_SUFFIX) if seq >= first]
     log_bytes = 0
@@ -84,7 +73,7 @@ def recover(directory: Path) -> Recovered:
         data = path.read_bytes()
         log_bytes += len(data)
         payloads, damage = read_frames(data)
-        replayer.replay(path, payloads)
+        _replay(rebuild, path, payloads)
         if damage is None:
             continue
         if not damage.torn or index != len(segments) - 1:
@@ -94,7 +83,7 @@ def recover(directory: Path) -> Recovered:
             file.truncate(damage.offset)
             os.fsync(file.fileno())
     last = max([first, *(seq for seq, _ in segments)])
-    return Recovered(replayer.replica, replayer.table, last + 1, replayer.records, log_bytes)
+    return Recovered(rebuild.replica, rebuild.table, last + 1, rebuild.records, log_bytes)
 
 
 def _corrupt(directory: Path, path: Path, damage: Damage) -> DataCorrupt:

@@ -51,7 +51,8 @@ class FaultKind(enum.StrEnum):
     PAUSE_MASTER = "pause-master"  # SIGSTOP of the whole master group (a machine-wide stall), then SIGCONT
     LEADER_CRASH = "leader-crash"  # the leading master killed or paused: another leads after the election
     LEADER_CUT = "leader-cut"  # the leader cut off from the other masters, not the nodes: it acts on for a while
-    RESTART = "restart"  # a killed node starts again under its id, once declared dead, with no data
+    RESTART = "restart"  # a killed node starts again under its id, once declared dead, from its disk
+    POWER_CUT = "power-cut"  # every process dies at once, unsynced log records may be lost; all start again
     ADD_NODE = "add-node"  # a node joins under the next id, with no data
     REMOVE_NODE = "remove-node"  # the node is drained, then stopped for good
 
@@ -62,6 +63,7 @@ LEADER_FAULTS = (FaultKind.LEADER_CRASH, FaultKind.LEADER_CUT)  # ``duration``: 
 
 
 SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE, FaultKind.MUTE)
+# A power cut's ``duration`` is the outage: every process starts again from its disk once it is over.
 WEIGHTS = {
     FaultKind.KILL: 3,
     FaultKind.PAUSE: 3,
@@ -76,6 +78,7 @@ WEIGHTS = {
     FaultKind.RESTART: 4,
     FaultKind.ADD_NODE: 1,
     FaultKind.REMOVE_NODE: 1,
+    FaultKind.POWER_CUT: 2,
 }
 
 
@@ -143,6 +146,9 @@ def _draw(rng: random.Random, kind: FaultKind, nodes: int, duration: float, faul
         kill = rng.choice(killed)
         at = kill.at + rng.uniform(*RESTART_AFTER)
         return Fault(kind, at, kill.node) if at < last else None
+    if kind == FaultKind.POWER_CUT:
+        outage = rng.uniform(*RESTART_AFTER)
+        return Fault(kind, at, 0, outage) if at + outage < last else None
     if kind == FaultKind.PAUSE_MASTER:
         length = rng.choice((rng.uniform(0.02, 0.3), rng.uniform(0.3, 1.5)))
         return Fault(kind, at, 0, min(length, last - at)) if last - at > 0.01 else None
@@ -164,6 +170,8 @@ def _spaced(fault: Fault, faults: list[Fault]) -> bool:
     """
     if fault.kind == FaultKind.RESTART:
         return [f.kind for f in faults if f.node == fault.node] == [FaultKind.KILL]
+    if FaultKind.POWER_CUT in (fault.kind, *(f.kind for f in faults)):
+        return all(_apart(fault, other) for other in faults)
     for other in faults:
         if other.node != fault.node or other.kind == FaultKind.RESTART:
             continue
@@ -172,6 +180,14 @@ def _spaced(fault: Fault, faults: list[Fault]) -> bool:
         if fault.at < other_end + SPACING and other.at < fault_end + SPACING:
             return False
     return True
+
+
+def _apart(one: Fault, other: Fault) -> bool:
+    """Neither overlaps the other, nor the time the cluster takes to be whole again after it (a power cut stops
+    every process: nothing else may be under way, or begin before it is over)."""
+    one_end = float("inf") if one.may_kill() else _healed_by(one)
+    other_end = float("inf") if other.may_kill() else _healed_by(other)
+    return one.at > other_end + SPACING or other.at > one_end + SPACING
 
 
 def survivable(faults: list[Fault], nodes: int, rep: int) -> bool:

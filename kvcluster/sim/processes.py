@@ -30,9 +30,11 @@ from kvcluster.core.node import NodeCore
 from kvcluster.core.protocol import Message
 from kvcluster.runtime.node import BEAT_CHECK_EVERY, DRAIN_LIMIT
 from kvcluster.sim.clock import Clock
+from kvcluster.sim.disk import SimDisk
 from kvcluster.sim.network import Link, Network
 
 GROUP_SIZE = 3  # members the simulated group takes its leaders from, in turn
+SYNC_TIME = 0.001  # seconds an fdatasync of one pass's records takes
 COMMIT_DELAY = 0.004  # seconds from a proposal to its commit: a round trip to a majority and the next tick
 
 Notes = Callable[[float, str], None]
@@ -166,6 +168,24 @@ class SimMaster(SimProcess):
             self.clock.at(now + FALLBACK, self._step_down, old)
         self.clock.at(now + election, self._elect, old.master_id % GROUP_SIZE + 1)
 
+    def power_cut(self) -> None:
+        """Every member stops at once; what their log held is of no use to the next start (``up`` makes it anew)."""
+        self.note(self.clock.now, f"every master stops (term {self.term})")
+        for core in self._acting():
+            core.follow(self.term, 0)
+            self.cut_off.append(core)  # a proposal of theirs still on its way never commits
+        self.deposed.clear()
+        self.inbox.clear()
+
+    def start_again(self, _arg: object) -> None:
+        """The group starts again with an empty log: its first table comes from what the nodes kept."""
+        self.term += 1
+        self.log = None
+        self.note(self.clock.now, f"the master group starts again (term {self.term}, no table)")
+        self.core = self.make_core(1)
+        self.core.lead(self.clock.now, self.term, None, 0.0)
+        self.wake()
+
     def _step_down(self, core: MasterCore) -> None:
         core.follow(self.term, self.core.master_id)
         self.deposed.remove(core)
@@ -245,6 +265,8 @@ class SimNode(SimProcess):
         self.peer_inboxes: dict[Link, deque[Message]] = {}
         self.exiting = False
         self.exited_at: float | None = None
+        self.disk: SimDisk | None = None  # when set, answers wait until the pass's records are on it
+        self.held: list[Answer] = []
 
     # --- sockets: what arrives ---
 
@@ -290,6 +312,7 @@ class SimNode(SimProcess):
             return  # killed in the middle of the pass
         core.flush(t)
         self._act(t)
+        self._log(t)
         if self.exiting:
             self._exit(t)
             return
@@ -366,15 +389,42 @@ class SimNode(SimProcess):
             return
         self.note(self.clock.now, "killed")
         self.network.kill(self, self.clock.now)
+        self.held.clear()  # the pass's records never reached the disk, and neither do its answers
         self.router_inbox.clear()
         self.master_inbox.clear()
         self.peer_inboxes.clear()
 
     # --- actions ---
 
+    def _log(self, t: float) -> None:
+        """Write the pass's records, and once their sync is done let the pass's answers go: a group commit.
+
+        The sync takes ``SYNC_TIME``: a power cut in between keeps any prefix of what was written, and the
+        answers waiting on it are never sent.
+        """
+        disk, journal = self.disk, self.core.replica.journal
+        if disk is None or journal is None:
+            return
+        disk.write(journal)
+        journal.clear()
+        held, self.held = self.held, []
+        self.clock.at(t + SYNC_TIME, self._synced, (len(disk.records), held))
+
+    def _synced(self, done: tuple[int, list[Answer]]) -> None:
+        written, held = done
+        disk = self.disk
+        if not self.alive or disk is None:
+            return
+        disk.synced = max(disk.synced, min(written, len(disk.records)))
+        for answer in held:
+            assert isinstance(answer.route, Link)
+            answer.route.send(answer.message, self.clock.now)
+
     def _act(self, t: float) -> None:
         for action in self.core.take():
             match action:
+                case Answer() if self.disk is not None:
+                    self.held.append(action)
                 case Answer(route, message):
                     assert isinstance(route, Link)
                     route.send(message, t)

@@ -24,6 +24,7 @@ from kvcluster.core.protocol import Drain, OpKind, Timing
 from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape
+from kvcluster.sim.disk import SimDisk
 from kvcluster.sim.faults import MEMBERSHIP, Fault, FaultKind, plan_faults
 from kvcluster.sim.network import Link, Network
 from kvcluster.sim.processes import SimMaster, SimNode, SimProcess
@@ -101,6 +102,7 @@ class World:
         self.nodes: dict[int, SimNode] = {}  # the current incarnation of every node started so far
         self.by_endpoint: dict[str, SimNode] = {}
         self.restarts: dict[int, int] = {}  # node id -> how many times it was started again
+        self.disks: dict[int, SimDisk] = {}  # node id -> its disk, which outlives its processes
         for node_id in range(1, shape.nodes + 1):
             self._start_node(node_id)
         self.incarnations: dict[tuple[int, int], int] = {}
@@ -128,9 +130,12 @@ class World:
         """A new process for ``node_id`` (a later incarnation gets its own pid and CPU stream); not booted yet."""
         again = self.restarts.get(node_id, 0)
         endpoint = f"sim://server{node_id}"
-        core = NodeCore(node_id, endpoint, 100 * (again + 1) + node_id, self.timing)
+        disk = self.disks.setdefault(node_id, SimDisk())
+        core = NodeCore(node_id, endpoint, 100 * (again + 1) + node_id, self.timing, disk.recover())
+        core.replica.journal = []
         stream = self.stream(f"cpu{node_id}" + (f".{again}" if again else ""))
         node = SimNode(core, self.clock, stream, self.net, self._connect_peer, self.shape.net.master_hwm)
+        node.disk = disk
         node.notes = self.trace.note
         node.master_link = self.net.connect(
             node, self.master, f"{node.name}>master", self.master.arrive, node.arrive_master
@@ -260,6 +265,8 @@ class World:
                 clock.at(fault.at, self._stop, (process, fault.until))
             case FaultKind.SLOW:
                 self.nodes[fault.node].slow.append((fault.at, fault.until, fault.extra))
+            case FaultKind.POWER_CUT:
+                clock.at(fault.at, self._power_cut, fault.duration)
             case FaultKind.LEADER_CRASH | FaultKind.LEADER_CUT:
                 how = "crash" if fault.kind == FaultKind.LEADER_CRASH else "cut"
                 clock.at(fault.at, self.master.fail_leader, (how, fault.duration))
@@ -268,15 +275,33 @@ class World:
                 clock.at(fault.at, self._cut, pairs)
                 clock.at(fault.until, self._heal, pairs)
 
+    def _power_cut(self, outage: float) -> None:
+        """Every process dies at once; each disk keeps what the seed decides; all start again ``outage`` later."""
+        cut = self.stream("power")
+        running = sorted(n for n, node in self.nodes.items() if node.alive)
+        for node_id in running:
+            node = self.nodes[node_id]
+            node.kill(None)
+            lost = self.disks[node_id].power_cut(cut)
+            self.trace.note(self.clock.now, f"{node.name}: power cut, {lost} unsynced records lost")
+        self.master.power_cut()
+        restart_at = self.clock.now + outage
+        self.clock.at(restart_at, self.master.start_again)
+        for node_id in running:
+            self.clock.at(restart_at + cut.uniform(0.0, 0.05), self._start_again, node_id)
+
+    def _start_again(self, node_id: int) -> None:
+        self.restarts[node_id] = self.restarts.get(node_id, 0) + 1
+        self.trace.note(self.clock.now, f"server{node_id} starts again from its disk")
+        self._start_node(node_id).boot(None)
+
     def _restart(self, node_id: int) -> None:
         """``kvcluster restart``, once the master has declared the old incarnation dead."""
         table = self.master.core.table
         if self.nodes[node_id].alive or table is None or node_id not in table.dead:
             self.clock.at(self.clock.now + RECHECK, self._restart, node_id)
             return
-        self.restarts[node_id] = self.restarts.get(node_id, 0) + 1
-        self.trace.note(self.clock.now, f"server{node_id} starts again")
-        self._start_node(node_id).boot(None)
+        self._start_again(node_id)
 
     def _add(self, _arg: object) -> None:
         """``kvcluster add-node``: the next id, once the master has taken in the one before."""
