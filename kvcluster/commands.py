@@ -28,6 +28,7 @@ from kvcluster.errors import (
     StartupFailed,
     UsageError,
 )
+from kvcluster.help_style import click_style
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
@@ -46,11 +47,11 @@ app.add_typer(bench_app, name="bench")
 Home = Annotated[
     Path | None,
     typer.Option(
-        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster [default: ~/.local/state/kvcluster]."
+        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster (default: ~/.local/state/kvcluster)."
     ),
 ]
 Master = Annotated[
-    str | None, typer.Option("--master", help="Master address HOST:PORT [default: from the state directory].")
+    str | None, typer.Option("--master", help="Master address HOST:PORT (default: from the state directory).")
 ]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
@@ -402,13 +403,12 @@ def sim_command(
         )
 
 
-# --- processes started by ``up``: hidden from --help ---
-
-
 def run(argv: list[str]) -> int:
     """Run a command; Typer's usage errors come back as ``UsageError``, so they too are reported in one line."""
+    cli = typer.main.get_command(app)
+    click_style(cli)
     try:
-        code = app(args=argv, prog_name="kvcluster", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="kvcluster", standalone_mode=False)
     except ClickException as exc:
         if not exc.format_message():
             return exc.exit_code  # no arguments at all: the help was printed, there is nothing to add
