@@ -82,7 +82,7 @@ def client_command(
     verbose: Verbose = False,
     timeout: Timeout = 5.0,
 ) -> None:
-    """The assignment's client: --put K --val V, or --get K."""
+    """The GTStore-style client form: --put K --val V, or --get K; prints what put and get print."""
     run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 import typer
@@ -52,3 +53,14 @@ def test_arguments_have_click_names(capsys: pytest.CaptureFixture[str]) -> None:
     out = capsys.readouterr().out
     assert re.search(r"KEY\s+TEXT\s+\[required\]", out), out
     assert re.search(r"VALUE\s+TEXT\s+\[required\]", out), out
+
+
+def test_client_is_described_as_what_it_is(capsys: pytest.CaptureFixture[str]) -> None:
+    commands.run(["--help"])
+    commands.run(["client", "--help"])
+    out = capsys.readouterr().out
+    assert "assignment" not in out.lower()
+    assert out.count("GTStore-style client form") == 2
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    assert "assignment" not in readme.lower()
+
