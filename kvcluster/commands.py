@@ -139,7 +139,15 @@ def up(
         bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")
     ] = False,
     host: Annotated[str, typer.Option("--host", help="Address the master binds to.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Master port (0 picks a free one).")] = 0,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Port of master1; masterN binds PORT+N-1, so 3 masters bind PORT, PORT+1 and PORT+2 (0: free ones).",
+        ),
+    ] = 0,
     heartbeat_ms: Annotated[int, typer.Option("--heartbeat-ms", help="Heartbeat interval.")] = 100,
     lease_ms: Annotated[
         int, typer.Option("--lease-ms", help="How long a primary may serve without the master's word.")
@@ -155,6 +163,10 @@ def up(
 
     _check_shape(nodes, rep)
     check_master_count(masters)
+    if port + masters - 1 > 65535:
+        raise UsageError(
+            f"--port {port} leaves no room for {masters} masters: the last would bind {port + masters - 1}"
+        )
     timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
     state_home = home_dir(home)
     check_can_start(state_home)

@@ -10,6 +10,7 @@ import typer
 from typer._click import Command
 
 from kvcluster import commands
+from kvcluster.errors import UsageError
 
 commands.register_benchmarks()
 
@@ -64,3 +65,13 @@ def test_client_is_described_as_what_it_is(capsys: pytest.CaptureFixture[str]) -
     readme = (Path(__file__).parent.parent / "README.md").read_text()
     assert "assignment" not in readme.lower()
 
+
+def test_port_help_says_every_master_binds_the_next_port(capsys: pytest.CaptureFixture[str]) -> None:
+    commands.run(["up", "--help"])
+    out = " ".join(capsys.readouterr().out.replace("│", " ").split())
+    assert "3 masters bind PORT, PORT+1 and PORT+2" in out
+
+
+def test_port_too_high_for_the_group() -> None:
+    with pytest.raises(UsageError, match="--port 65534 leaves no room for 3 masters"):
+        commands.run(["up", "--port", "65534", "--masters", "3", "--home", "/nonexistent/kvcluster"])
