@@ -5,8 +5,10 @@ Never asserts a speed: only that every figure is there and that the figures agre
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +46,17 @@ def test_throughput_reports_every_rep_and_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
-def test_balance_counts_every_key_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("no_color", [None, "1"], ids=["colours-allowed", "NO_COLOR"])
+def test_balance_counts_every_key_once(tmp_path: Path, no_color: str | None) -> None:
     out = tmp_path / "balance.json"
-    run_bench(tmp_path, "balance", "--keys", "2000", "--nodes", "3", "--plot", "--json", str(out))
+    env = {} if no_color is None else {"NO_COLOR": no_color}
+    proc = run_bench(tmp_path, "balance", "--keys", "2000", "--nodes", "3", "--plot", "--json", str(out), env=env)
+    # stdout is a pipe here: the chart and the table must come without a single escape code.
+    assert "\x1b" not in proc.stdout
+    ticks = [m.group(1) for line in proc.stdout.splitlines() if (m := re.match(r"\s*([\d,]+)┤", line))]
+    assert ticks[-1] == "0", proc.stdout
+    assert len(ticks) >= 3, proc.stdout
+    assert len({int(a.replace(",", "")) - int(b.replace(",", "")) for a, b in itertools.pairwise(ticks)}) == 1
     result = json.loads(out.read_text())
     assert (result["keys"], result["nodes"], result["rep"]) == (2000, 3, 1)
     assert sorted(result["counts"]) == ["server1", "server2", "server3"]
