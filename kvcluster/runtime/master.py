@@ -26,7 +26,7 @@ from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.errors import ProtocolError
 from kvcluster.runtime.group import MasterGroup, Role
 
-log = logging.getLogger("kvcluster.master")
+log = logging.getLogger(__name__)
 
 GROUP_POLL = 0.02  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
 

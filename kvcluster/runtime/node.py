@@ -27,7 +27,7 @@ from kvcluster.core.protocol import Message, Timing, decode, encode
 from kvcluster.errors import ProtocolError
 from kvcluster.master_link import parse_addresses
 
-log = logging.getLogger("kvcluster.storage")
+log = logging.getLogger(__name__)
 
 LONG_PASS = 0.05  # seconds: a pass longer than this is logged; work that grows with the data must be cut smaller
 DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
