@@ -34,7 +34,7 @@ def typing(session: nox.Session) -> None:
 
 @nox.session
 def bench(session: nox.Session) -> None:
-    """The full benchmark report at the assignment's sizes (minutes; not part of CI)."""
+    """The full benchmark report at full size (minutes; not part of CI)."""
     install(session)
     session.run("kvcluster", "bench", "report", *session.posargs)
 

@@ -28,6 +28,7 @@ from kvcluster.errors import (
     StartupFailed,
     UsageError,
 )
+from kvcluster.help_style import click_style
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 from kvcluster.runtime.wal import FsyncPolicy
 
@@ -48,11 +49,11 @@ app.add_typer(bench_app, name="bench")
 Home = Annotated[
     Path | None,
     typer.Option(
-        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster [default: ~/.local/state/kvcluster]."
+        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster (default: ~/.local/state/kvcluster)."
     ),
 ]
 Master = Annotated[
-    str | None, typer.Option("--master", help="Master address HOST:PORT [default: from the state directory].")
+    str | None, typer.Option("--master", help="Master address HOST:PORT (default: from the state directory).")
 ]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
@@ -83,7 +84,7 @@ def client_command(
     verbose: Verbose = False,
     timeout: Timeout = 5.0,
 ) -> None:
-    """The assignment's client: --put K --val V, or --get K."""
+    """The GTStore-style client form: --put K --val V, or --get K; prints what put and get print."""
     run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
 
 
@@ -140,7 +141,15 @@ def up(
         bool, typer.Option("-d", "--detach", help="Start in the background and return once ready.")
     ] = False,
     host: Annotated[str, typer.Option("--host", help="Address the master binds to.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", min=0, max=65535, help="Master port (0 picks a free one).")] = 0,
+    port: Annotated[
+        int,
+        typer.Option(
+            "--port",
+            min=0,
+            max=65535,
+            help="Port of master1; masterN binds PORT+N-1, so 3 masters bind PORT, PORT+1 and PORT+2 (0: free ones).",
+        ),
+    ] = 0,
     heartbeat_ms: Annotated[int, typer.Option("--heartbeat-ms", help="Heartbeat interval.")] = 100,
     lease_ms: Annotated[
         int, typer.Option("--lease-ms", help="How long a primary may serve without the master's word.")
@@ -168,6 +177,10 @@ def up(
 
     _check_shape(nodes, rep)
     check_master_count(masters)
+    if port + masters - 1 > 65535:
+        raise UsageError(
+            f"--port {port} leaves no room for {masters} masters: the last would bind {port + masters - 1}"
+        )
     timing = _timing(heartbeat_ms, lease_ms, dead_after_ms)
     state_home = home_dir(home)
     check_can_start(state_home)
@@ -442,13 +455,12 @@ def sim_command(
         )
 
 
-# --- processes started by ``up``: hidden from --help ---
-
-
 def run(argv: list[str]) -> int:
     """Run a command; Typer's usage errors come back as ``UsageError``, so they too are reported in one line."""
+    cli = typer.main.get_command(app)
+    click_style(cli)
     try:
-        code = app(args=argv, prog_name="kvcluster", standalone_mode=False)
+        code = cli.main(args=argv, prog_name="kvcluster", standalone_mode=False)
     except ClickException as exc:
         if not exc.format_message():
             return exc.exit_code  # no arguments at all: the help was printed, there is nothing to add

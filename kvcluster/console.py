@@ -80,7 +80,7 @@ def get_and_print(target: Target, key: str) -> None:
 
 
 def run_client_form(put_key: str | None, val: str | None, get_key: str | None, target: Target) -> None:
-    """The assignment's ``client --put K --val V`` / ``client --get K``."""
+    """The GTStore-style client form, ``client --put K --val V`` / ``client --get K``, printing what put and get do."""
     if (put_key is None) == (get_key is None):
         raise UsageError("give exactly one of --put KEY --val VALUE or --get KEY")
     if put_key is not None:

@@ -234,8 +234,10 @@ def dealer() -> Iterator[zmq.Socket[bytes]]:
         ctx.destroy(linger=0)
 
 
-def run_bench(cwd: Path, *args: str, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m kvcluster bench ARGS`` in ``cwd``; it must succeed and leave no process behind.
+def run_bench(
+    cwd: Path, *args: str, timeout: float = 180, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run ``kvcluster bench ARGS`` in ``cwd``, ``env`` added to ours; it must succeed and leave nothing running.
 
     Every process a benchmark starts (cluster and clients) inherits its working
     directory, so whatever still runs there afterwards, even after a failure or
@@ -249,6 +251,7 @@ def run_bench(cwd: Path, *args: str, timeout: float = 180) -> subprocess.Complet
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, **(env or {})},
         )
     finally:
         leftovers = kill_leftovers(cwd)

@@ -5,8 +5,11 @@ Never asserts a speed: only that every figure is there and that the figures agre
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import re
+import statistics
 import subprocess
 import sys
 from pathlib import Path
@@ -44,9 +47,17 @@ def test_throughput_reports_every_rep_and_mode(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
-def test_balance_counts_every_key_once(tmp_path: Path) -> None:
+@pytest.mark.parametrize("no_color", [None, "1"], ids=["colours-allowed", "NO_COLOR"])
+def test_balance_counts_every_key_once(tmp_path: Path, no_color: str | None) -> None:
     out = tmp_path / "balance.json"
-    run_bench(tmp_path, "balance", "--keys", "2000", "--nodes", "3", "--plot", "--json", str(out))
+    env = {} if no_color is None else {"NO_COLOR": no_color}
+    proc = run_bench(tmp_path, "balance", "--keys", "2000", "--nodes", "3", "--plot", "--json", str(out), env=env)
+    # stdout is a pipe here: the chart and the table must come without a single escape code.
+    assert "\x1b" not in proc.stdout
+    ticks = [m.group(1) for line in proc.stdout.splitlines() if (m := re.match(r"\s*([\d,]+)┤", line))]
+    assert ticks[-1] == "0", proc.stdout
+    assert len(ticks) >= 3, proc.stdout
+    assert len({int(a.replace(",", "")) - int(b.replace(",", "")) for a, b in itertools.pairwise(ticks)}) == 1
     result = json.loads(out.read_text())
     assert (result["keys"], result["nodes"], result["rep"]) == (2000, 3, 1)
     assert sorted(result["counts"]) == ["server1", "server2", "server3"]
@@ -56,7 +67,10 @@ def test_balance_counts_every_key_once(tmp_path: Path) -> None:
     assert result["min_over_mean"] == pytest.approx(min(result["counts"].values()) / mean, abs=1e-4)
     assert result["min_over_mean"] <= 1 <= result["max_over_mean"]
     assert result["ideal_stddev"] == pytest.approx(math.sqrt(2000 * (1 / 3) * (2 / 3)), abs=0.01)
-    assert result["stddev"] >= 0
+    assert result["stddev"] == pytest.approx(statistics.pstdev(result["counts"].values()), abs=0.01)
+    # Slots are spread evenly and keys hash evenly over them: the spread stays near that of random placement
+    # (about 21 keys here). Five times that is a wide margin; a node holding a double share would make it about 470.
+    assert result["stddev"] < 5 * result["ideal_stddev"]
 
 
 @pytest.mark.cluster
@@ -72,7 +86,9 @@ def test_failover_loses_no_acknowledged_write(tmp_path: Path) -> None:
     assert result["unavailable_ms"]["median"] is not None
     assert 0 < result["unavailable_ms"]["median"] <= result["unavailable_ms"]["max"]
     assert set(result["backup_write_unavailable_ms"]) == {"median", "max"}
-    assert 0 < result["kill_t"] < 3
+    # When the kill came is wall-clock time on a shared machine: only a hang is worth failing for here. That it
+    # came no earlier than planned is an outcome.
+    assert min(failover.FAILOVER_KILL_AFTER, 3 / 3) <= result["kill_t"] < 60
     timeline = result["timeline"]
     assert len(timeline) == 30
     assert [p["t"] for p in timeline] == sorted(p["t"] for p in timeline)
@@ -80,8 +96,7 @@ def test_failover_loses_no_acknowledged_write(tmp_path: Path) -> None:
     # Without --keys nothing is loaded first, and the kill comes after a third of the run, as it always did.
     assert (result["keys_loaded"], result["load_s"], result["idle"]) == (0, 0.0, False)
     assert result["loaded_keys_lost"] == result["loaded_keys_unreadable"] == 0
-    assert isinstance(result["false_dead"], list)
-    assert "server1" not in result["false_dead"]
+    assert result["false_dead"] == []  # only the victim was declared dead
 
 
 @pytest.mark.cluster
@@ -106,7 +121,9 @@ def test_failover_right_after_a_bulk_load_idle_over_two_kills(tmp_path: Path) ->
         assert run["keys_loaded"] == 3000
         assert run["idle"] is True
         assert run["load_s"] > 0
-        assert 0 < run["kill_t"] < 1  # right after the load
+        # Right after the load, as planned; how soon after is a timing figure for the benchmark to report, not for
+        # a test on a shared machine to judge. The upper bound only catches a hang.
+        assert failover.KILL_AFTER_LOAD <= run["kill_t"] < 60
         assert set(run["keys"]) == {"primary", "backup"}  # probes only: no unrelated key group
         assert run["loaded_keys_lost"] == run["loaded_keys_unreadable"] == 0
         assert run["lost_acked_writes"] == 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import itertools
 import json
 import random
-import time
 from pathlib import Path
 
 import pytest
@@ -372,24 +371,24 @@ def simulate_register(seed: int, operations: int, clients: int, keys: int = 1) -
     return history
 
 
+# "Quickly" is measured in search states, which are the same on every machine and every run, not in seconds,
+# which depend on how busy the machine is. These histories take 2,000 to 9,000 states; a search that grew
+# exponential with the number of concurrent operations would blow through the budget and raise CheckTooExpensive.
+QUICK_STATES = 50_000
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_large_random_linearizable_history_is_accepted_quickly(seed: int) -> None:
     history = simulate_register(seed, operations=1000, clients=8)
-    started = time.monotonic()
-    result = check(history)
-    elapsed = time.monotonic() - started
+    result = check(history, max_states=QUICK_STATES)
     assert result.ok, result.violation.describe() if result.violation else ""
     assert result.operations > 900
-    assert elapsed < 5.0
 
 
 def test_single_key_with_ten_clients_is_accepted_quickly() -> None:
     history = simulate_register(6, operations=2000, clients=10)
-    started = time.monotonic()
-    result = check(history)
-    elapsed = time.monotonic() - started
+    result = check(history, max_states=QUICK_STATES)
     assert result.ok
-    assert elapsed < 5.0
 
 
 def test_random_multi_key_history_is_accepted() -> None:

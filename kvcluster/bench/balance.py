@@ -104,8 +104,9 @@ def balance_table(result: Balance) -> RenderableType:
 
 
 def _plot_balance(result: Balance) -> None:
-    with terminal_chart(f"Keys per node ({result.keys} keys, rep {result.rep})") as plt:
-        plt.bar(list(result.counts), list(result.counts.values()))
+    counts = list(result.counts.values())
+    with terminal_chart(f"Keys per node ({result.keys:,} keys, rep {result.rep})", counts) as plt:
+        plt.bar(list(result.counts), counts)
 
 
 def chart_balance(result: Balance, path: Path) -> None:

@@ -91,10 +91,11 @@ def _series(points: Sequence[FailoverSeries], idle: bool, which: str) -> list[fl
 def plot_sweep(points: Sequence[FailoverSeries]) -> None:
     sizes = [keys_label(p.keys_loaded) for p in points if p.idle]
     xs = list(range(1, len(sizes) + 1))
-    with terminal_chart("Unavailability after kill -9 (ms) against keys loaded", width=80) as plt:
-        for idle, mode in MODES.items():
-            for which in ("median", "max"):
-                plt.plot(xs, _series(points, idle, which), label=f"{mode}, {which}", marker="hd")
+    lines = {(mode, which): _series(points, idle, which) for idle, mode in MODES.items() for which in ("median", "max")}
+    ys = [v for line in lines.values() for v in line]
+    with terminal_chart("Unavailability after kill -9 (ms) against keys loaded", ys, width=80) as plt:
+        for (mode, which), line in lines.items():
+            plt.plot(xs, line, label=f"{mode}, {which}", marker="hd")
         plt.xticks(xs, sizes)
         plt.xlabel("keys loaded right before the kill")
 

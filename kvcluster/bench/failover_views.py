@@ -105,8 +105,9 @@ def plot_failover(runs: Sequence[Failover]) -> None:
     per_second = 1 / TIMELINE_BIN
     which = f"worst of {len(runs)} runs; " if len(runs) > 1 else ""
     title = f"{which}ops/s per {TIMELINE_BIN * 1000:.0f} ms; {result.killed} killed at {result.kill_t:.2f} s (red line)"
-    with terminal_chart(title, width=80) as plt:
-        plt.plot([p["t"] for p in result.timeline], [p["ops"] * per_second for p in result.timeline])
+    ops = [p["ops"] * per_second for p in result.timeline]
+    with terminal_chart(title, ops, width=80) as plt:
+        plt.plot([p["t"] for p in result.timeline], ops)
         plt.vline(result.kill_t, "red")
         plt.xlabel("seconds")
 

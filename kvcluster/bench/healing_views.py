@@ -68,13 +68,14 @@ def plot_healing(result: HealingRun, event: str) -> None:
     """Throughput, then p99, per bucket in the terminal; the event and the end of the healing as vertical lines."""
     ts, ops, p99 = _series(result)
     marks = [result.event_t] + ([result.healed_t] if result.healed_t is not None else [])
-    with terminal_chart(f"ops/s per {result.bucket_s:g} s ({event} at {result.event_t:.1f} s)") as plt:
+    with terminal_chart(f"ops/s per {result.bucket_s:g} s ({event} at {result.event_t:.1f} s)", ops) as plt:
         plt.plot(ts, ops)
         for x in marks:
             plt.vline(x)
     known = [(t, v) for t, v in zip(ts, p99, strict=True) if v is not None]
-    with terminal_chart("p99 latency, ms") as plt:
-        plt.plot([t for t, _ in known], [v for _, v in known])
+    latencies = [v for _, v in known]
+    with terminal_chart("p99 latency, ms", latencies) as plt:
+        plt.plot([t for t, _ in known], latencies)
         for x in marks:
             plt.vline(x)
 

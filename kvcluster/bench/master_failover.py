@@ -27,7 +27,7 @@ import typer
 from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster
 from kvcluster.bench.failover import FailoverJob, failover_worker, get_all, put_all
 from kvcluster.bench.failover_analysis import OpRecord, lost_writes
-from kvcluster.bench.output import run_benchmark, to_json
+from kvcluster.bench.output import run_benchmark, terminal_chart, to_json
 from kvcluster.errors import UsageError
 from kvcluster.master_link import await_leader, roles
 from kvcluster.workers import ClientPool
@@ -207,17 +207,10 @@ def _table(run: MasterFailoverRun) -> Table:
 
 
 def _plot(run: MasterFailoverRun) -> None:
-    import plotext as plt  # noqa: PLC0415
-
     labels = [f"{i + 1}{f.kind[0]}" for i, f in enumerate(run.faults)]
-    plt.clear_figure()
-    plt.multiple_bar(
-        labels,
-        [[f.election_ms or 0 for f in run.faults], [f.unavailable_ms for f in run.faults]],
-        labels=["election ms", "unavailable ms"],
-    )
-    plt.title("leader faults: k = kill -9, p = SIGSTOP")
-    plt.show()
+    series = [[f.election_ms or 0 for f in run.faults], [f.unavailable_ms for f in run.faults]]
+    with terminal_chart("leader faults: k = kill -9, p = SIGSTOP", [v for s in series for v in s]) as plt:
+        plt.multiple_bar(labels, series, labels=["election ms", "unavailable ms"])
 
 
 def master_failover_command(

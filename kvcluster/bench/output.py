@@ -7,10 +7,13 @@ so importing a benchmark module stays cheap.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Iterator
+import math
+import os
+import sys
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from kvcluster.workers import interrupt_on_sigterm
 
@@ -39,17 +42,50 @@ def stdout_console() -> Console:
     return Console()
 
 
+def color_allowed(stream: TextIO) -> bool:
+    """Colours only for a terminal, and never with NO_COLOR set (https://no-color.org)."""
+    return not os.environ.get("NO_COLOR") and stream.isatty()
+
+
+def nice_ticks(lo: float, hi: float, target_count: int = 5) -> list[float]:
+    """About ``target_count`` steps of 1, 2 or 5 times a power of ten, from at most ``lo`` to at least ``hi``."""
+    span = hi - lo or abs(hi) or 1.0
+    exponent = math.floor(math.log10(span / max(1, target_count)))
+    base = 10.0**exponent
+    step = next(m * base for m in (1, 2, 5, 10) if m * base * target_count >= span)
+    first, last = math.floor(lo / step), math.ceil(hi / step)
+    # Whole multiples of the step, rounded to its decimals, so no tick carries float noise like 0.30000000000000004.
+    decimals = max(0, -math.floor(math.log10(step)))
+    return [round(i * step, decimals) for i in range(first, max(last, first + 1) + 1)]
+
+
+def tick_labels(ticks: Sequence[float]) -> list[str]:
+    """Ticks as the tables print numbers: thousands separated, and only the decimals the step needs."""
+    step = ticks[1] - ticks[0] if len(ticks) > 1 else 1.0
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    return [f"{t:,.{decimals}f}" for t in ticks]
+
+
 @contextmanager
-def terminal_chart(title: str, width: int = 70) -> Iterator[Any]:
-    """plotext, cleared for a new chart, which is drawn in the terminal on the way out."""
+def terminal_chart(title: str, ys: Sequence[float], width: int = 70) -> Iterator[Any]:
+    """plotext, cleared for a new chart of values ``ys``, which is drawn on stdout on the way out.
+
+    The y axis runs from zero (or below, for negative values) over round ticks.
+    Colours go to a terminal only, and not with NO_COLOR set.
+    """
     import plotext as plt  # noqa: PLC0415
 
     plt.clear_figure()
     yield plt
+    ticks = nice_ticks(min([0.0, *ys]), max([0.0, *ys]))
+    plt.ylim(ticks[0], ticks[-1])
+    plt.yticks(ticks, tick_labels(ticks))
     plt.title(title)
     plt.plotsize(width, 20)
     plt.theme("clear")
-    plt.show()
+    chart = plt.build()
+    sys.stdout.write(chart if color_allowed(sys.stdout) else plt.uncolorize(chart))
+    sys.stdout.flush()
 
 
 @contextmanager

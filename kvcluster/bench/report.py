@@ -1,4 +1,4 @@
-"""``kvcluster bench report``: every benchmark at the assignment's sizes, written up as Markdown with PNG charts.
+"""``kvcluster bench report``: every benchmark at full size, written up as Markdown with PNG charts.
 
 The report (``docs/REPORT.md`` by default) gets a JSON copy of every figure
 beside it, and the machine the figures were measured on. With
@@ -88,7 +88,7 @@ def machine() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class ReportSizes:
-    """The sizes a report runs at: the assignment's, or tiny ones for a smoke test."""
+    """The sizes a report runs at: full ones (100,000 keys, 200,000 operations, 7 nodes), or tiny ones to smoke-test."""
 
     ops: int
     keys: int
@@ -348,7 +348,7 @@ def report_command(
         ),
     ] = False,
 ) -> None:
-    """Run every benchmark at the assignment's sizes and write a Markdown report with PNG charts."""
+    """Run every benchmark at full size (100,000 keys on 7 nodes) and write a Markdown report with PNG charts."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
     sweep_sizes = int_list(failover_keys, "--failover-keys") if failover_keys else []
     recoveries = int_list(recovery_keys, "--recovery-keys") if recovery_keys else []

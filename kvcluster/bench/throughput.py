@@ -300,7 +300,7 @@ def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
     reps = sorted({r.rep for r in runs})
     labels = [f"rep {rep}" for rep in reps]
     series = [[_ops_per_s(runs, rep, mode) for rep in reps] for mode in modes]
-    with terminal_chart("Throughput (ops/s) against replicas") as plt:
+    with terminal_chart("Throughput (ops/s) against replicas", [v for s in series for v in s]) as plt:
         if len(series) == 1:
             plt.bar(labels, series[0])
         else:

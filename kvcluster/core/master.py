@@ -68,7 +68,7 @@ from kvcluster.core.protocol import (
 from kvcluster.core.restart import Recovery, recovered_table
 from kvcluster.errors import ProtocolError
 
-log = logging.getLogger("kvcluster.master")
+log = logging.getLogger(__name__)
 
 TICK = 0.02  # how often liveness is checked, in seconds
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running

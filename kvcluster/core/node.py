@@ -73,7 +73,7 @@ from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_versio
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 from kvcluster.errors import ProtocolError
 
-log = logging.getLogger("kvcluster.storage")
+log = logging.getLogger(__name__)
 
 
 class NodeCore(SlotCopying):

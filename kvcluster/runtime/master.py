@@ -25,8 +25,9 @@ from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.errors import ProtocolError
 from kvcluster.runtime.group import MasterGroup, Role
+from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 
-log = logging.getLogger("kvcluster.master")
+log = logging.getLogger(__name__)
 
 GROUP_POLL = 0.02  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
 
@@ -60,6 +61,7 @@ class MasterProcess:
         self.group = (
             MasterGroup(member_id, membership.addresses, membership.secret, membership.journal) if membership else None
         )
+        self.rejections = RejectionLog(log, f"master{member_id}")
         self.role = Role(leading=False, term=0, leader=0)
         self.electing = False  # this member won; its barrier is not applied yet
         self.won_at = 0.0
@@ -76,6 +78,7 @@ class MasterProcess:
                     # Before any heartbeat is read: a member that lost its majority must not grant a lease.
                     self._follow_group(self.group)
                 self._drain()
+                self.rejections.flush(time.monotonic())
                 self.core.tick(time.monotonic())
                 self._act()
         finally:
@@ -128,7 +131,7 @@ class MasterProcess:
             try:
                 self.core.on_message(time.monotonic(), tuple(frames[:-1]), decode(frames[-1]))
             except ProtocolError as exc:
-                log.warning("rejected a malformed message: %s", exc)
+                self.rejections.reject(time.monotonic(), peer_name(frames[0]), exc)
             self._act()
 
     def _act(self) -> None:

@@ -25,15 +25,17 @@ import zmq
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.node import NodeCore
+from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import DiskReport, Message, Timing, decode, encode
 from kvcluster.core.records import TableSeen
 from kvcluster.errors import ProtocolError
 from kvcluster.master_link import parse_addresses
+from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 from kvcluster.runtime.recovery import recover
 from kvcluster.runtime.snapshots import Snapshot
 from kvcluster.runtime.wal import FsyncPolicy, WriteAheadLog
 
-log = logging.getLogger("kvcluster.storage")
+log = logging.getLogger(__name__)
 
 LONG_PASS = 0.05  # seconds: a pass longer than this is logged; work that grows with the data must be cut smaller
 DRAIN_LIMIT = 256  # messages taken from one socket per pass, so every socket gets its turn under load
@@ -72,14 +74,14 @@ class NodeProcess:
         self.router = self.ctx.socket(zmq.ROUTER)
         endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
         self.poller = zmq.Poller()
-        self.masters: list[zmq.Socket[bytes]] = []
+        self.masters: dict[str, zmq.Socket[bytes]] = {}  # by address
         for address in parse_addresses(master_endpoint):
             sock = self.ctx.socket(zmq.DEALER)
             # One identity per incarnation: the master tells a restarted node from its dead predecessor by it.
             sock.setsockopt(zmq.IDENTITY, f"node-{node_id}-{os.getpid()}".encode())
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
-            self.masters.append(sock)
+            self.masters[address] = sock
         self.poller.register(self.router, zmq.POLLIN)
         self.peers: dict[int, zmq.Socket[bytes]] = {}
         held = None
@@ -87,6 +89,7 @@ class NodeProcess:
             held = (recovered.replica, recovered.table)
             log.info("recovered %d keys from %d records", recovered.replica.keys, recovered.records)
         self.core = NodeCore(node_id, endpoint, os.getpid(), timing, held)
+        self.rejections = RejectionLog(log, self.core.name)
         self.stopping = False
         self.storage = storage
         self.wal: WriteAheadLog | None = None
@@ -114,13 +117,14 @@ class NodeProcess:
                 started, cpu_started = time.monotonic(), time.thread_time()
                 if self.router in ready:
                     self._drain(self.router, lambda env, msg: core.on_router(time.monotonic(), env, msg))
-                for master in self.masters:
+                for address, master in self.masters.items():
                     if master in ready:
-                        self._drain(master, lambda _env, msg: core.on_master(time.monotonic(), msg))
-                for peer in list(self.peers.values()):
+                        self._drain(master, lambda _env, msg: core.on_master(time.monotonic(), msg), address)
+                for node_id, peer in list(self.peers.items()):
                     if peer in ready:
-                        self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg))
+                        self._drain(peer, lambda _env, msg: core.on_peer(time.monotonic(), msg), node_name(node_id))
                 core.flush(time.monotonic())
+                self.rejections.flush(time.monotonic())
                 self._act()
                 self._persist()
                 self._report_long_pass(time.monotonic() - started, time.thread_time() - cpu_started)
@@ -139,7 +143,8 @@ class NodeProcess:
                 "%s: one pass of the loop took %.0f ms (%.0f ms on the CPU)", self.core.name, took * 1000, cpu * 1000
             )
 
-    def _drain(self, sock: zmq.Socket[bytes], handle: Handler) -> None:
+    def _drain(self, sock: zmq.Socket[bytes], handle: Handler, source: str | None = None) -> None:
+        """Handle what ``sock`` holds; a rejected frame is put down to ``source``, or for the ROUTER to its sender."""
         for count in range(1, DRAIN_LIMIT + 1):
             if count % BEAT_CHECK_EVERY == 0:
                 # On a crowded machine a long pass must not starve the heartbeat: the master would declare us dead.
@@ -151,7 +156,7 @@ class NodeProcess:
             try:
                 handle(frames[:-1], decode(frames[-1]))
             except ProtocolError as exc:
-                log.warning("%s rejected a malformed message: %s", self.core.name, exc)
+                self.rejections.reject(time.monotonic(), source or peer_name(frames[0]), exc)
             self._act()
 
     def _act(self) -> None:
@@ -170,7 +175,7 @@ class NodeProcess:
                 # With the master gone its queue fills up: drop the message rather than block the loop (a late
                 # heartbeat is worth nothing anyway).
                 frame = encode(message)
-                for master in self.masters:
+                for master in self.masters.values():
                     with contextlib.suppress(zmq.Again):
                         master.send(frame, NOBLOCK)
             case DropPeer(node_id):
