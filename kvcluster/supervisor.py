@@ -37,6 +37,7 @@ from kvcluster.errors import (
     StartupFailed,
     UnknownNode,
 )
+from kvcluster.exitwatch import ExitWatch
 from kvcluster.masters import group_args, master_name, prepare_group
 
 log = logging.getLogger(__name__)
@@ -208,6 +209,7 @@ class Supervisor:
         self.timing = timing
         self.children: list[subprocess.Popen[bytes]] = []
         self.state: ClusterState | None = None
+        self.exits: ExitWatch | None = None
 
     def _spawn(self, name: str, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
         logs = self.home / LOG_DIR
@@ -270,6 +272,8 @@ class Supervisor:
             storage=asdict(self.storage),
         )
         self.state.save()
+        self.exits = ExitWatch(ClusterState.path(self.home), lambda: ClusterState.load(self.home).servers, endpoint)
+        self.exits.start()
         return self.state
 
     def _spawn_master(self, member_id: int, raft: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
@@ -317,6 +321,9 @@ class Supervisor:
 
     def stop(self) -> None:
         """SIGTERM every child, SIGKILL what is left after the grace period, reap all, clear the state."""
+        if self.exits is not None:
+            self.exits.stop()
+            self.exits = None
         for proc in self.children:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)

@@ -55,6 +55,7 @@ from kvcluster.core.protocol import (
     HeartbeatAck,
     Hello,
     Message,
+    NodeExited,
     NodeReport,
     NotLeader,
     NotReady,
@@ -138,7 +139,7 @@ class MasterCore:
             self._handle(route, message)
         elif isinstance(message, TableRequest | StatusRequest | Drain):
             self._send(route, NotLeader(self.term, self.leader))
-        elif not isinstance(message, Hello | Heartbeat | CopyDone):  # nodes tell every member; the leader answers
+        elif not isinstance(message, Hello | Heartbeat | CopyDone | NodeExited):  # sent to every member: one acts
             raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
     def lead(self, now: float, term: int, state: MasterState | None, grace: float) -> None:
@@ -297,6 +298,8 @@ class MasterCore:
             case Drain(node_id):
                 self._drain_node(node_id)
                 self._send(route, self._status())
+            case NodeExited(node_id, pid):
+                self._on_exit(node_id, pid)
             case _:
                 raise ProtocolError(f"unexpected message: {type(message).__name__}")
 
@@ -425,6 +428,23 @@ class MasterCore:
             for node_id, record in self.nodes.items()
             if node_id not in self.table.dead and now - record.last_seen > limit
         ]
+
+    def _on_exit(self, node_id: int, pid: int) -> None:
+        """The node's process is gone: declare it dead now, not once its heartbeats have been missed.
+
+        A process that exited can never serve again, so there is no lease to
+        wait out. Replies it sent before it died may still be on their way;
+        each was right when it was sent, before anything the new primary does.
+        """
+        record = self.nodes.get(node_id)
+        if self.table is None or record is None or record.pid != pid or self._is_dead(node_id):
+            return  # an older incarnation, one already declared dead, or one the master never took in
+        log.warning("%s (pid %d) exited: declared dead at once", node_name(node_id), pid)
+        self.events.record(self.now, EventKind.DEAD, node_id)
+        self._publish(with_dead(self.table, [node_id]))
+        self.draining = self.draining - {node_id}
+        self.stalled.pop(node_id, None)
+        self.healthy = False
 
     def _detect_failures(self, now: float) -> None:
         if self.table is None or not self._silent_nodes(now, self.timing.dead_after / 2):

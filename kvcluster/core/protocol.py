@@ -81,6 +81,7 @@ class MsgType(enum.IntEnum):
     COPY_DONE = 18  # primary -> master: the new replica holds the slot
     DRAIN = 19  # client -> master: move every slot off a node before it is removed
     NOT_LEADER = 20  # master -> client: ask the leader of the master group instead
+    NODE_EXITED = 23  # the process that watches a node -> master: its process is gone
 
 
 class OpKind(enum.IntEnum):
@@ -410,6 +411,13 @@ class Drain(_Message, frozen=True, tag=_tag(MsgType.DRAIN)):
     node_id: NodeId
 
 
+class NodeExited(_Message, frozen=True, tag=_tag(MsgType.NODE_EXITED)):
+    """Incarnation ``pid`` of node ``node_id`` exited: it can never serve again, so no lease need run out."""
+
+    node_id: NodeId
+    pid: Count
+
+
 class Fenced(_Message, frozen=True, tag=_tag(MsgType.FENCED)):
     node_id: NodeId
     term: Count
@@ -444,6 +452,7 @@ Message = (
     | SlotCopy
     | CopyDone
     | Drain
+    | NodeExited
     | ReplicateAck
     | Fenced
     | NotReady
