@@ -47,7 +47,11 @@ class SlotCopying:
         so the target's history is a prefix of the same stream as the others'.
         """
         table = self.table
-        if table is not None and not self.ready[slot] and any(slot in sync.slots for sync in self.syncs):
+        if table is None or table.epoch(slot) < epoch:
+            # Planned on a table this node has not installed yet (it follows the request): copy once it has.
+            self.deferred_copies[slot] = (epoch, target)
+            return
+        if not self.ready[slot] and any(slot in sync.slots for sync in self.syncs):
             # Promoted by the table that came with this request: copy once the backups are reconciled.
             self.deferred_copies[slot] = (epoch, target)
             return
@@ -111,7 +115,12 @@ class SlotCopying:
                 self.reported[slot] = (self.now, done)
 
     def _settle_copies(self, table: RoutingTable) -> None:
-        """After a new table: stop feeding learners that joined, died or lost their source; drop abandoned copies."""
+        """After a new table: start the copies that waited for it; stop feeding learners that joined, died or lost
+        their source; drop abandoned copies."""
+        for slot, (epoch, target) in list(self.deferred_copies.items()):
+            if table.epoch(slot) >= epoch and not any(slot in sync.slots for sync in self.syncs):
+                del self.deferred_copies[slot]
+                self._start_copy(slot, epoch, target)
         for slot, targets in list(self.learners.items()):
             live = table.live(slot)
             keep = [t for t in targets if t not in live and not table.is_dead(t)] if live[:1] == (self.node_id,) else []

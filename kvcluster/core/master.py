@@ -6,13 +6,10 @@ the time and its route, and calls ``tick`` every ``TICK`` seconds; it answers
 with actions (``core/actions.py``).
 
 The master waits until all ``n`` storage nodes have said hello, then publishes
-table version 1. From then on it watches heartbeats; a node silent for
-``timing.dead_after`` is declared dead, which publishes the next table version
-with that node appended to the dead list. Silence alone cannot tell a dead
-node from a stalled one, so when most live nodes fall silent at once (a
-machine-wide stall looks like that; independent failures rarely do) the
-master holds its verdict for ``MASS_SILENCE_FACTOR`` times longer. Every node derives the consequences
-from the table alone: for each slot the first live replica is the primary, so
+table version 1 (or, when the nodes kept data, the table that starts them
+again: ``core/restart.py``). From then on it watches the nodes
+(``core/liveness.py``); a node declared dead is appended to the dead list of
+the next table version. Every node derives the consequences from the table alone: for each slot the first live replica is the primary, so
 the dead node's backups are promoted and the slot's epoch grows.
 
 With a master group (``replicated``), only the member its driver made leader
@@ -34,12 +31,12 @@ from kvcluster.core.actions import Action, Answer, Propose, Route
 from kvcluster.core.events import EventLog
 from kvcluster.core.group import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
+from kvcluster.core.liveness import FailureDetection
 from kvcluster.core.placement import (
     NUM_SLOTS,
     initial_table,
     node_name,
     under_replicated,
-    with_dead,
     with_member,
     with_moves,
     with_replicas,
@@ -72,9 +69,7 @@ from kvcluster.errors import ProtocolError
 log = logging.getLogger(__name__)
 
 TICK = 0.02  # how often liveness is checked, in seconds
-STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 REPAIR_TABLE_INTERVAL = 0.5  # seconds between tables that add caught-up replicas: each table costs every node
-MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
 
 
 @dataclass
@@ -90,7 +85,7 @@ class NodeRecord:
     disk: DiskReport | None = None
 
 
-class MasterCore:
+class MasterCore(FailureDetection):
     """The master's state; every public method is an event, and ``take()`` returns what to do about it."""
 
     def __init__(
@@ -407,97 +402,6 @@ class MasterCore:
         for move in self.repairs.moves.values():
             if move.source == node_id:
                 self._send(route, CopySlot(move.slot, move.epoch, move.target))
-
-    def _forgive_own_stall(self, gap: float) -> None:
-        """Don't count time this process itself could not run against the nodes.
-
-        On a crowded machine the master can go unscheduled for a while; their
-        heartbeats then wait unread, and judging by the clock alone would
-        declare healthy nodes dead the moment it runs again.
-        """
-        stall = gap - STALL_TOLERANCE
-        if stall > 0:
-            for record in self.nodes.values():
-                record.last_seen += stall
-
-    def _silent_nodes(self, now: float, longer_than: float | None = None) -> list[int]:
-        assert self.table is not None
-        limit = self.timing.dead_after if longer_than is None else longer_than
-        return [
-            node_id
-            for node_id, record in self.nodes.items()
-            if node_id not in self.table.dead and now - record.last_seen > limit
-        ]
-
-    def _on_exit(self, node_id: int, pid: int) -> None:
-        """The node's process is gone: declare it dead now, not once its heartbeats have been missed.
-
-        A process that exited can never serve again, so there is no lease to
-        wait out. Replies it sent before it died may still be on their way;
-        each was right when it was sent, before anything the new primary does.
-        """
-        record = self.nodes.get(node_id)
-        if self.table is None or record is None or record.pid != pid or self._is_dead(node_id):
-            return  # an older incarnation, one already declared dead, or one the master never took in
-        log.warning("%s (pid %d) exited: declared dead at once", node_name(node_id), pid)
-        self.events.record(self.now, EventKind.DEAD, node_id)
-        self._publish(with_dead(self.table, [node_id]))
-        self.draining = self.draining - {node_id}
-        self.stalled.pop(node_id, None)
-        self.healthy = False
-
-    def _detect_failures(self, now: float) -> None:
-        if self.table is None or not self._silent_nodes(now, self.timing.dead_after / 2):
-            return
-        self._note_mass_silence(now)
-        due = [
-            node_id
-            for node_id in self._silent_nodes(now)
-            if node_id not in self.stalled or now - self.nodes[node_id].last_seen > self._stall_limit()
-        ]
-        if due:
-            for node_id in due:
-                log.warning(
-                    "%s missed heartbeats for %.0f ms: declared dead",
-                    node_name(node_id),
-                    (now - self.nodes[node_id].last_seen) * 1000,
-                )
-                self.events.record(now, EventKind.DEAD, node_id)
-            self._publish(with_dead(self.table, due))
-            self.draining = self.draining - set(due)
-            self.healthy = False
-
-    def _stall_limit(self) -> float:
-        return self.timing.dead_after * MASS_SILENCE_FACTOR
-
-    def _note_mass_silence(self, now: float) -> None:
-        """Give every node caught in a silence shared by most live nodes the longer deadline.
-
-        A minority of nodes going quiet while the rest answer is what crashes
-        look like. When a majority goes quiet together, the likelier cause is
-        a stall shared by all of them (an overloaded machine, a swapping
-        host), and declaring them dead would turn one slow moment into the
-        loss of every replica. Nodes that stall together neither cross the
-        line nor recover at the same instant, so the quiet are counted from
-        half of ``dead_after``, and a node keeps the longer deadline until it
-        is heard again, even once the others have recovered. Safety does not
-        depend on any of this: a lease always runs out before ``dead_after``.
-        """
-        assert self.table is not None
-        live = len(self.nodes) - len(self.table.dead)
-        quiet = self._silent_nodes(now, self.timing.dead_after / 2)
-        if len(quiet) < 2 or 2 * len(quiet) < live:
-            return
-        caught = [node_id for node_id in quiet if node_id not in self.stalled]
-        if caught:
-            self.stalled.update(dict.fromkeys(caught))
-            log.warning(
-                "%d of %d live nodes silent at once (%s): it looks like a stall; waiting up to %.1f s",
-                len(quiet),
-                live,
-                ", ".join(node_name(n) for n in quiet),
-                self._stall_limit(),
-            )
 
     def _publish(self, table: TableData) -> None:
         self.events.promotions(self.now, self.table, table)

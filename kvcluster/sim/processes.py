@@ -413,7 +413,11 @@ class SimNode(SimProcess):
     def _synced(self, done: tuple[int, list[Answer]]) -> None:
         written, held = done
         disk = self.disk
-        if not self.alive or disk is None:
+        resumed = self.runnable_at(self.clock.now)
+        if not self.alive or disk is None or resumed is None:
+            return
+        if resumed > self.clock.now:
+            self.clock.at(resumed, self._synced, done)  # paused meanwhile: the answers go once it runs again
             return
         disk.synced = max(disk.synced, min(written, len(disk.records)))
         for answer in held:
