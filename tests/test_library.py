@@ -60,6 +60,13 @@ def test_put_get_delete_from_python(shared: Cluster) -> None:
     assert shared.get("py:one")[0] == "2"  # what the library wrote, the CLI reads
 
 
+def test_the_cluster_is_found_through_kvcluster_home(shared: Cluster, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KVCLUSTER_HOME", str(shared.home))
+    with Client(timeout=TIMEOUT) as kv:
+        kv.put("env:key", "found")
+    assert shared.get("env:key")[0] == "found"
+
+
 def test_many_keys_in_batches_and_scanned_in_order(shared: Cluster) -> None:
     wanted = {f"many:{n:05d}": f"v{n}" for n in range(3000)}
     with Client(shared.master_address(), timeout=TIMEOUT) as kv:
