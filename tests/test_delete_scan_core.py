@@ -1,10 +1,14 @@
-"""Deletes and scans in the cores, without I/O: the replica's store, its key index and undo, and a node's scan page."""
+"""Deletes and scans without I/O: the replica's store, key index and undo, a node's scan page, the lost-write check."""
 
 from __future__ import annotations
+
+import dataclasses
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from kvcluster.check.history import Operation, Outcome
+from kvcluster.check.history import OpKind as HistoryKind
 from kvcluster.core.actions import Answer
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table
@@ -23,6 +27,8 @@ from kvcluster.core.protocol import (
 )
 from kvcluster.core.replica import Replica, make_version
 from kvcluster.core.scanning import scan_page
+from kvcluster.sim import SimConfig, run_schedule
+from kvcluster.sim.checks import lost_writes
 
 SLOTS = 4
 OLD, NEW = 1, 2
@@ -191,3 +197,25 @@ def test_a_delete_answers_whether_the_key_existed_and_a_resend_is_not_applied_ag
     assert core.replica.data[slot] == {"k": "w"}
     assert send(6, OpKind.DELETE, "v", 6) == Status.INVALID
     assert core.replica.keys == 1
+
+
+def test_the_lost_write_check_counts_deletes_as_writes() -> None:
+    result = run_schedule(1, SimConfig(duration=0.2, max_faults=0)).result
+
+    def op(kind: HistoryKind, value: str | None, invoke: float, complete: float, outcome: Outcome) -> Operation:
+        return Operation(1, kind, "k", value, invoke, complete, outcome)
+
+    put = op(HistoryKind.PUT, "a", 0, 1, Outcome.OK)
+    delete = op(HistoryKind.DELETE, None, 2, 3, Outcome.OK)
+    put_again = op(HistoryKind.PUT, "b", 4, 5, Outcome.OK)
+    absent = op(HistoryKind.GET, None, 6, 7, Outcome.NOT_FOUND)
+    read_a = op(HistoryKind.GET, "a", 6, 7, Outcome.OK)
+
+    def lost(history: list[Operation], final: Operation) -> list[str]:
+        return lost_writes(dataclasses.replace(result, history=history, final=[final], unavailable=[]))
+
+    assert lost([put, delete], absent) == []
+    assert lost([put, delete], read_a) != []  # the delete was acknowledged after the put
+    assert lost([put, delete, put_again], absent) != []  # so was the put after the delete
+    assert lost([put, dataclasses.replace(delete, outcome=Outcome.UNKNOWN), put_again], absent) == []
+    assert lost([put], absent) != []
