@@ -24,7 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from kvcluster.client import Client, Completion
+from kvcluster.client import Completion, Connection
 from kvcluster.core.protocol import OpKind
 
 VALUE = "v" * 92
@@ -36,7 +36,7 @@ def cli(*args: str, home: Path) -> str:
 
 
 def load(master: str, keys: int) -> None:
-    with Client(master, deadline=60.0) as client:
+    with Connection(master, deadline=60.0) as client:
         for start in range(0, keys, 50_000):
             ops = [(OpKind.PUT, f"key{i}", f"{VALUE}{i:08d}") for i in range(start, min(keys, start + 50_000))]
             failed = sum(r.completion != Completion.OK for r in client.execute(ops, batch=64, window=16))
@@ -46,7 +46,7 @@ def load(master: str, keys: int) -> None:
 
 def traffic(master: str, keys: int, out: mp.Queue[tuple[float, int]], stop: mp.Event) -> None:  # type: ignore[type-arg]
     """Client load: batches of 64 ops (half gets, half puts of the same value), completed ops per 0.5 s."""
-    with Client(master, deadline=30.0) as client:
+    with Connection(master, deadline=30.0) as client:
         n, done, window_start = 0, 0, time.monotonic()
         while not stop.is_set():
             ops = []
@@ -91,7 +91,7 @@ def collect(samples_queue: mp.Queue[tuple[float, int]], worker: mp.Process) -> l
 
 def unreadable(master: str, keys: int) -> int:
     missing = 0
-    with Client(master, deadline=60.0) as client:
+    with Connection(master, deadline=60.0) as client:
         for start in range(0, keys, 50_000):
             ops = [(OpKind.GET, f"key{i}", None) for i in range(start, min(keys, start + 50_000))]
             results = client.execute(ops, batch=64, window=16)

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import psutil
 
-from kvcluster.client import Client, Completion
+from kvcluster.client import Completion, Connection
 from kvcluster.core.protocol import OpKind
 
 VALUE = "v" * 92
@@ -45,7 +45,7 @@ def kv(*args: str, home: Path) -> str:
 
 def load(master: str, keys: int, batch: int, window: int) -> float:
     started = time.monotonic()
-    with Client(master, deadline=30.0) as client:
+    with Connection(master, deadline=30.0) as client:
         for start in range(0, keys, 50_000):
             ops = [(OpKind.PUT, f"key{i}", f"{VALUE}{i:08d}") for i in range(start, min(keys, start + 50_000))]
             results = client.execute(ops, batch=batch, window=window)
@@ -84,7 +84,7 @@ def main() -> None:
         os.kill(victim["pid"], 9)
         probe = [f"key{i}" for i in range(0, args.keys, max(1, args.keys // 2000))]
         unavailable = None
-        with Client(master, deadline=10.0) as client:
+        with Connection(master, deadline=10.0) as client:
             while time.monotonic() - killed_at < args.watch:
                 results = client.execute([(OpKind.GET, k, None) for k in probe], batch=64, window=16)
                 if unavailable is None and all(r.completion == Completion.OK for r in results):
@@ -93,7 +93,7 @@ def main() -> None:
         dead = [f"server{n.node_id}" for n in status.nodes if not n.alive]
         print(f"declared dead: {dead} (expected only {args.victim})")
         print(f"probe keys all readable after {unavailable if unavailable is None else round(unavailable, 3)} s")
-        with Client(master, deadline=30.0) as client:
+        with Connection(master, deadline=30.0) as client:
             keys = [f"key{i}" for i in range(args.keys)]
             missing = 0
             for start in range(0, args.keys, 50_000):

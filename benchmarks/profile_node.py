@@ -32,7 +32,7 @@ import psutil
 
 from kvcluster.bench.common import preload
 from kvcluster.bench.throughput import measure_load
-from kvcluster.client import Client
+from kvcluster.client import Connection
 from kvcluster.core.actions import Action, ToMaster
 from kvcluster.core.protocol import Heartbeat, Timing
 from kvcluster.runtime import node as node_runtime
@@ -133,7 +133,7 @@ def start(nodes: int, rep: int, home: Path, profile: Path) -> tuple[str, list[su
         for n in range(1, nodes + 1)
         if n != PROFILED_NODE
     )
-    with Client(endpoint, deadline=30) as client:
+    with Connection(endpoint, deadline=30) as client:
         deadline = time.monotonic() + 30
         while client.status().table is None:
             if time.monotonic() > deadline:

@@ -2,8 +2,8 @@
 
 ``main`` is the one place where a ``KvclusterError`` becomes a single
 ``error: ...`` line on stderr and the exit code its class names. The commands
-themselves live in ``commands.py`` (a Typer app). ``put``, ``get`` and
-``client`` are what people run over and over, so ``main`` first tries to parse
+themselves live in ``commands.py`` (a Typer app). ``put``, ``get``,
+``delete``, ``scan`` and ``client`` are what people run over and over, so ``main`` first tries to parse
 them with argparse and run them without importing Typer, whose parameter
 handling costs more than the request itself; anything it does not recognise
 (``--help``, a usage error) goes to the Typer app, which owns the help text
@@ -19,8 +19,18 @@ import sys
 from pathlib import Path
 from typing import NoReturn
 
-from kvcluster.console import DEFAULT_TIMEOUT, get_and_print, put_and_print, run_client_form, target_for
+from kvcluster.console import (
+    DEFAULT_TIMEOUT,
+    delete_and_print,
+    get_and_print,
+    put_and_print,
+    run_client_form,
+    scan_and_print,
+    target_for,
+)
 from kvcluster.errors import KvclusterError
+
+FAST_COMMANDS = ("put", "get", "delete", "scan", "client")
 
 
 class _QuietParser(argparse.ArgumentParser):
@@ -43,6 +53,11 @@ def _fast_parser() -> argparse.ArgumentParser:
     put.add_argument("value")
     get = commands.add_parser("get", parents=[common], add_help=False, exit_on_error=False)
     get.add_argument("key")
+    delete = commands.add_parser("delete", parents=[common], add_help=False, exit_on_error=False)
+    delete.add_argument("key")
+    scan = commands.add_parser("scan", parents=[common], add_help=False, exit_on_error=False)
+    scan.add_argument("prefix", nargs="?", default="")
+    scan.add_argument("--limit", type=int)
     client = commands.add_parser("client", parents=[common], add_help=False, exit_on_error=False)
     client.add_argument("--put", dest="put_key")
     client.add_argument("--val")
@@ -51,21 +66,25 @@ def _fast_parser() -> argparse.ArgumentParser:
 
 
 def _run_fast(argv: list[str]) -> bool:
-    """Run a plain ``put``/``get``/``client`` command without Typer; False if it needs the full CLI."""
-    if not argv or argv[0] not in ("put", "get", "client") or any(a.startswith("--help") or a == "-h" for a in argv):
+    """Run a plain data command without Typer; False if it needs the full CLI."""
+    if not argv or argv[0] not in FAST_COMMANDS or any(a.startswith("--help") or a == "-h" for a in argv):
         return False
     try:
         args, unknown = _fast_parser().parse_known_args(argv)
     except argparse.ArgumentError:
         return False
-    # Values that look like options, or a timeout Typer would reject, get Typer's own error message.
-    if unknown or args.timeout < 0.1:
+    # Values that look like options, or numbers Typer would reject, get Typer's own error message.
+    if unknown or args.timeout < 0.1 or (args.command == "scan" and args.limit is not None and args.limit < 1):
         return False
     target = target_for(args.home, args.master, args.verbose, args.timeout)
     if args.command == "put":
         put_and_print(target, args.key, args.value)
     elif args.command == "get":
         get_and_print(target, args.key)
+    elif args.command == "delete":
+        delete_and_print(target, args.key)
+    elif args.command == "scan":
+        scan_and_print(target, args.prefix, args.limit)
     else:
         run_client_form(args.put_key, args.val, args.get_key, target)
     return True

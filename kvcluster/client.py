@@ -1,6 +1,6 @@
-"""The client library: routing, retries and failover from the caller's side.
+"""The connection to a cluster: routing, retries and failover from the caller's side.
 
-A ``Client`` fetches the routing table from the master once (or loads it from
+A ``Connection`` fetches the routing table from the master once (or loads it from
 a cache file) and then sends each operation straight to its slot's primary
 over one DEALER socket per node, with many requests in flight. When a node
 does not answer in time, or answers that it is not the primary, the client
@@ -48,6 +48,7 @@ from kvcluster.errors import (
     InvalidKey,
     InvalidValue,
     KeyNotFound,
+    KvclusterError,
     LogUnwritable,
     NoLiveReplica,
     OperationTimedOut,
@@ -75,7 +76,7 @@ def validate(key: str, value: str | None = None) -> None:
 
 
 class Completion(enum.Enum):
-    """How one operation of ``Client.execute`` ended."""
+    """How one operation of ``Connection.execute`` ended."""
 
     OK = "ok"
     NOT_FOUND = "not_found"
@@ -103,7 +104,7 @@ class _Flight:
     expires: float
 
 
-class Client:
+class Connection:
     """A connection to one cluster. Not thread-safe: use one per thread or process."""
 
     def __init__(
@@ -138,7 +139,7 @@ class Client:
     def close(self) -> None:
         self.ctx.destroy(linger=0)
 
-    def __enter__(self) -> Client:
+    def __enter__(self) -> Connection:
         return self
 
     def __exit__(self, *_exc: object) -> None:
@@ -158,41 +159,56 @@ class Client:
 
     def get(self, key: str) -> tuple[str, str]:
         """Return ``(value, server name)`` for ``key``, or raise ``KeyNotFound``."""
+        value, server = self.read(key)
+        if value is None:
+            raise KeyNotFound(key)
+        return value, server
+
+    def read(self, key: str) -> tuple[str | None, str]:
+        """Return ``(value, server name)`` for ``key``; the value is None when the key is absent."""
         validate(key)
         result = self._single(OpKind.GET, key, None)
-        assert result.value is not None
         return result.value, node_name(result.node_id)
+
+    def delete(self, key: str) -> tuple[bool, str]:
+        """Delete ``key``; return whether it held a value, and the name of the primary that acknowledged it."""
+        validate(key)
+        result = self._single(OpKind.DELETE, key, None)
+        return result.completion == Completion.OK, node_name(result.node_id)
 
     def _single(self, kind: OpKind, key: str, value: str | None) -> OpResult:
         invoked = time.monotonic()
-        # A put that failed in any way may still have reached a primary before it died.
-        failed = Outcome.UNKNOWN if kind == OpKind.PUT else Outcome.FAILED
+        # A write that failed in any way may still have reached a primary before it died.
+        failed = Outcome.FAILED if kind == OpKind.GET else Outcome.UNKNOWN
         try:
             result = self.execute([(kind, key, value)], window=1)[0]
         except ClusterUnavailable:
             self._record(kind, key, value, invoked, failed)
             raise
-        if result.completion == Completion.OK:
-            self._record(kind, key, value if kind == OpKind.PUT else result.value, invoked, Outcome.OK)
+        if result.completion in (Completion.OK, Completion.NOT_FOUND):
+            found = result.completion == Completion.OK
+            outcome = Outcome.OK if found or kind == OpKind.DELETE else Outcome.NOT_FOUND
+            self._record(kind, key, result.value if kind == OpKind.GET else value, invoked, outcome)
             return result
-        if result.completion == Completion.NOT_FOUND:
-            self._record(kind, key, None, invoked, Outcome.NOT_FOUND)
-            raise KeyNotFound(key)
-        self._record(kind, key, value if kind == OpKind.PUT else None, invoked, failed)
-        verb = kind.name.lower()
-        if result.completion == Completion.NO_REPLICA:
+        self._record(kind, key, None if kind == OpKind.GET else value, invoked, failed)
+        raise self.failure(kind, key, result)
+
+    def failure(self, kind: OpKind, key: str, result: OpResult) -> KvclusterError:
+        """The error to raise for an operation that ended neither ``OK`` nor ``NOT_FOUND``."""
+        verb, completion = kind.name.lower(), result.completion
+        if completion == Completion.NO_REPLICA:
             table = self._ensure_table(time.monotonic() + self.deadline)
-            raise NoLiveReplica(key, [node_name(n) for n in table.replicas(table.slot_of(key))])
-        if result.completion == Completion.INVALID:
-            raise ProtocolError(f"the cluster refused {verb} {key!r} as malformed")
-        if result.completion == Completion.UNWRITABLE:
-            raise LogUnwritable(f"{node_name(result.node_id)} cannot write its log: {result.value}")
-        applied = "; it may or may not have been applied" if kind == OpKind.PUT else ""
-        raise OperationTimedOut(f"{verb} {key!r} did not complete within {self.deadline:g} s{applied}")
+            return NoLiveReplica(f"key {key!r}", [node_name(n) for n in table.replicas(table.slot_of(key))])
+        if completion == Completion.INVALID:
+            return ProtocolError(f"the cluster refused {verb} {key!r} as malformed")
+        if completion == Completion.UNWRITABLE:
+            return LogUnwritable(f"{node_name(result.node_id)} cannot write its log: {result.value}")
+        applied = "" if kind == OpKind.GET else "; it may or may not have been applied"
+        return OperationTimedOut(f"{verb} {key!r} did not complete within {self.deadline:g} s{applied}")
 
     def _record(self, kind: OpKind, key: str, value: str | None, invoked: float, outcome: Outcome) -> None:
         if self.recorder is not None:
-            history_kind = HistoryKind.PUT if kind == OpKind.PUT else HistoryKind.GET
+            history_kind = HistoryKind[kind.name]
             op = Operation(self.client_id, history_kind, key, value, invoked, time.monotonic(), outcome)
             self.recorder.record(op)
 
@@ -304,9 +320,11 @@ class Client:
 
 
 class _Run:
-    """One ``Client.execute`` call: queues per node, flights, retries and the deadline."""
+    """One ``Connection.execute`` call: queues per node, flights, retries and the deadline."""
 
-    def __init__(self, client: Client, ops: Sequence[tuple[OpKind, str, str | None]], batch: int, window: int) -> None:
+    def __init__(
+        self, client: Connection, ops: Sequence[tuple[OpKind, str, str | None]], batch: int, window: int
+    ) -> None:
         self.client = client
         self.ops = ops
         self.batch = max(1, batch)

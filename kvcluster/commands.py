@@ -19,7 +19,16 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
-from kvcluster.console import get_and_print, home_dir, put_and_print, run_client_form, say, target_for
+from kvcluster.console import (
+    delete_and_print,
+    get_and_print,
+    home_dir,
+    put_and_print,
+    run_client_form,
+    say,
+    scan_and_print,
+    target_for,
+)
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import (
     ClusterNotRunning,
@@ -33,7 +42,7 @@ from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 from kvcluster.runtime.wal import FsyncPolicy
 
 if TYPE_CHECKING:
-    from kvcluster.client import Client
+    from kvcluster.client import Connection
     from kvcluster.datadir import Storage
     from kvcluster.supervisor import ClusterState, Supervisor
 
@@ -72,6 +81,29 @@ def put(
 def get(key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
     """Read KEY; prints 'KEY, VALUE, serverN'."""
     get_and_print(target_for(home, master, verbose, timeout), key)
+
+
+@app.command()
+def delete(
+    key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+) -> None:
+    """Delete KEY; prints 'OK, serverN', or fails like get when KEY has no value."""
+    delete_and_print(target_for(home, master, verbose, timeout), key)
+
+
+@app.command()
+def scan(
+    prefix: Annotated[str, typer.Argument(help="Only keys that start with PREFIX.")] = "",
+    limit: Annotated[int | None, typer.Option("--limit", min=1, help="Print at most this many keys.")] = None,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.1, help="Give up on a page after this many seconds.")
+    ] = 5.0,
+) -> None:
+    """Print every key (that starts with PREFIX), in order, one per line."""
+    scan_and_print(target_for(home, master, verbose, timeout), prefix, limit)
 
 
 @app.command("client")
@@ -365,7 +397,7 @@ def remove_node(
     home: Home = None,
 ) -> None:
     """Move every slot off a node (never below rep replicas), then stop it."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.supervisor import ClusterState, stop_process  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
@@ -376,7 +408,7 @@ def remove_node(
     live = sum(server.alive() for server in state.servers)
     if live - 1 < state.rep:
         raise UsageError(f"removing {node} would leave {live - 1} live nodes for {state.rep} replicas")
-    with Client(state.master_endpoint, deadline=5.0) as client:
+    with Connection(state.master_endpoint, deadline=5.0) as client:
         deadline = time.monotonic() + timeout
         while (left := _slots_held(client, node_id)) > 0:
             if time.monotonic() > deadline:
@@ -386,7 +418,7 @@ def remove_node(
     say(f"removed {node} (pid {info.pid}): its slots are on the other nodes")
 
 
-def _slots_held(client: Client, node_id: int) -> int:
+def _slots_held(client: Connection, node_id: int) -> int:
     """Ask for the drain again (a master that took over meanwhile may not have heard it) and count what is left."""
     from kvcluster.core.placement import RoutingTable  # noqa: PLC0415
 

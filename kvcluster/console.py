@@ -11,10 +11,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvcluster.errors import UsageError
+from kvcluster.errors import KeyNotFound, UsageError
 
 if TYPE_CHECKING:
-    from kvcluster.client import Client
+    from kvcluster.api import Client
 
 DEFAULT_TIMEOUT = 5.0
 
@@ -42,15 +42,9 @@ class Target:
 
     def client(self) -> Client:
         """A client for ``--master``, or for the cluster recorded in the state directory (with its table cache)."""
-        from kvcluster.client import Client  # noqa: PLC0415
-        from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
+        from kvcluster.api import Client  # noqa: PLC0415
 
-        on_event = say if self.verbose else None
-        if self.master is not None:
-            return Client(self.master, deadline=self.timeout, on_event=on_event)
-        home = home_dir(self.home)
-        state = ClusterState.load(home)
-        return Client(state.master_endpoint, deadline=self.timeout, table_cache=home / TABLE_CACHE, on_event=on_event)
+        return Client(self.master, home=self.home, timeout=self.timeout, on_event=say if self.verbose else None)
 
 
 def target_for(home: Path | None, master: str | None, verbose: bool, timeout: float) -> Target:
@@ -75,8 +69,32 @@ def get_and_print(target: Target, key: str) -> None:
 
     validate(key)
     with target.client() as client:
-        value, server = client.get(key)
+        value, server = client.get_with_server(key)
+    if value is None:
+        raise KeyNotFound(key)
     sys.stdout.write(f"{key}, {value}, {server}\n")
+
+
+def delete_and_print(target: Target, key: str) -> None:
+    """``OK, serverN`` when the key held a value; a missing key fails like a get of it (exit 1)."""
+    from kvcluster.client import validate  # noqa: PLC0415
+
+    validate(key)
+    with target.client() as client:
+        existed = client.delete(key)
+        server = client.last_server
+    if not existed:
+        raise KeyNotFound(key)
+    sys.stdout.write(f"OK, {server}\n")
+
+
+def scan_and_print(target: Target, prefix: str, limit: int | None) -> None:
+    """One key per line, in order, as the pages arrive."""
+    from kvcluster.api import check_prefix  # noqa: PLC0415
+
+    check_prefix(prefix)
+    with target.client() as client:
+        sys.stdout.writelines(f"{key}\n" for key in client.scan(prefix, limit))
 
 
 def run_client_form(put_key: str | None, val: str | None, get_key: str | None, target: Target) -> None:

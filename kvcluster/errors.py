@@ -76,11 +76,10 @@ class ClusterUnavailable(KvclusterError):
 
 
 class NoLiveReplica(KvclusterError):
-    """Every replica of the key's slot is dead, so the key cannot be served."""
+    """Every replica of a slot is dead, so its keys cannot be served: a key of it, or a scan, fails."""
 
-    def __init__(self, key: str, dead: list[str]) -> None:
-        super().__init__(f"no live replica for key {key!r} ({', '.join(dead)} down)")
-        self.key = key
+    def __init__(self, what: str, dead: list[str]) -> None:
+        super().__init__(f"no live replica for {what} ({', '.join(dead)} down)")
         self.dead = dead
 
 

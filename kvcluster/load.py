@@ -2,7 +2,7 @@
 
 This module owns the ``KEY VALUE`` line format and its parser (``parse_lines``,
 a pure function), reading a file or standard input in chunks, storing the good
-lines of each chunk with ``Client.execute`` (many puts per message, many
+lines of each chunk with ``Connection.execute`` (many puts per message, many
 messages in flight), and the outcome: keys stored, rejected lines with their
 numbers and reasons, time taken, as text or JSON. The Typer command is in
 ``commands.py``; rich is imported only to draw a progress bar on a terminal.
@@ -41,7 +41,7 @@ from kvcluster.loaders import TRY_TIMEOUT, Loaders, Stored
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
-    from kvcluster.client import Client
+    from kvcluster.client import Connection
     from kvcluster.console import Target
 
 STDIN = "-"
@@ -244,17 +244,17 @@ def _stream(source: str) -> IO[bytes]:
     return Path(source).open("rb")
 
 
-def _client(target: Target) -> Client:
+def _client(target: Target) -> Connection:
     """A client for the load: like ``Target.client``, with tries that wait long enough for a loaded node."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.console import home_dir  # noqa: PLC0415
     from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
 
     if target.master is not None:
-        return Client(target.master, deadline=target.timeout, try_timeout=TRY_TIMEOUT)
+        return Connection(target.master, deadline=target.timeout, try_timeout=TRY_TIMEOUT)
     home = home_dir(target.home)
     master = ClusterState.load(home).master_endpoint
-    return Client(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
+    return Connection(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
 
 
 def _load(loaders: Loaders, stream: IO[bytes], report: LoadReport, deadline: float, progress: _Bar) -> None:

@@ -1,7 +1,7 @@
 """The client processes of ``kvcluster load``: each stores its share of every chunk, in order.
 
 A single client process tops out well below what the cluster can take, so
-``load`` hands the puts to several ``Client`` processes. The parent reads and
+``load`` hands the puts to several ``Connection`` processes. The parent reads and
 checks the input; ``Loaders.send`` splits each chunk's puts by key, so all
 puts of one key go to the same process, which stores its shares one after the
 other: the last line of a key still wins. Each share is one ``execute`` call,
@@ -173,11 +173,11 @@ def _store_shares(job: _Job, inbox: Any, results: Any) -> None:
 
 
 def _serve(job: _Job, inbox: Any, results: Any) -> None:
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     put, ok = OpKind.PUT, Completion.OK  # enum members cost a lookup each time: once per put adds up
-    with Client(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT) as client:
+    with Connection(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT) as client:
         while (share := inbox.get()) is not None:
             outcome = client.execute([(put, key, value) for key, value in share], batch=job.batch, window=job.window)
             failed = [(i, result.completion.value) for i, result in enumerate(outcome) if result.completion is not ok]

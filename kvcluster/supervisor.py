@@ -294,9 +294,9 @@ class Supervisor:
         return line.removeprefix("READY ")
 
     def _wait_for_table(self, endpoint: str, deadline: float, may_exit: list[subprocess.Popen[bytes]]) -> StatusReport:
-        from kvcluster.client import Client  # noqa: PLC0415
+        from kvcluster.client import Connection  # noqa: PLC0415
 
-        with Client(endpoint, deadline=1.0) as client:
+        with Connection(endpoint, deadline=1.0) as client:
             while True:
                 for proc in self.children:
                     if proc.poll() is not None and proc not in may_exit:
@@ -500,11 +500,11 @@ def add_nodes(state: ClusterState, count: int) -> list[ProcessInfo]:
 
 def wait_joined(state: ClusterState, node_ids: list[int]) -> None:
     """Wait until the master lists the new process of every one of ``node_ids`` alive; record their endpoints."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
 
     pids = {n: state.servers[n - 1].pid for n in node_ids}
     deadline = time.monotonic() + JOIN_TIMEOUT
-    with Client(state.master_endpoint, deadline=2.0) as client:
+    with Connection(state.master_endpoint, deadline=2.0) as client:
         while True:
             report = client.status()
             joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}

@@ -8,7 +8,7 @@ import signal
 import pytest
 from conftest import Cluster, ClusterLauncher, wait_until
 
-from kvcluster.client import Client
+from kvcluster.client import Connection
 from kvcluster.core.placement import replicas_for, slot_of
 
 # The assignment's Tests 1 and 2: (command arguments, expected stdout line); "{server}" stands for any server.
@@ -112,7 +112,7 @@ def test_4_availability_through_two_failures(cluster: ClusterLauncher) -> None:
     c = cluster(nodes=7, rep=3)
     latest = {f"key{i}": f"value{i}" for i in range(1, 21)}
     # The writes go through the library, as the assignment's "another client program" would; the reads use the CLI.
-    with Client(c.master_address()) as client:
+    with Connection(c.master_address()) as client:
         owners = {key: client.put(key, value) for key, value in latest.items()}
         assert len(set(owners.values())) >= 4, f"keys on too few servers: {owners}"
         for key in ("key1", "key2", "key3"):

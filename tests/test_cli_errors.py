@@ -2,7 +2,7 @@
 
 A value over 1 MiB cannot travel through argv (Linux caps a single argument
 at 128 KiB), so that limit is checked through the library: ``validate``,
-``Client.put``, and a raw oversized put that skips client-side validation and
+``Connection.put``, and a raw oversized put that skips client-side validation and
 must be refused by the node itself. The CLI is checked with the largest value
 argv allows.
 """
@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import Cluster, ClusterLauncher, run_cli, same_process_alive, wait_until
 
-from kvcluster.client import Client, Completion, validate
+from kvcluster.client import Completion, Connection, validate
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import MAX_VALUE_BYTES, OpKind
 from kvcluster.errors import InvalidValue, KeyNotFound
@@ -50,7 +50,7 @@ class Store:
     """
 
     cluster: Cluster
-    client: Client
+    client: Connection
     written: set[str] = field(default_factory=set)
 
     def put(self, key: str, value: str) -> None:
@@ -75,7 +75,7 @@ class Store:
 @pytest.fixture(scope="module")
 def store(module_cluster: ClusterLauncher) -> Iterator[Store]:
     cluster = module_cluster(nodes=1, rep=1)
-    with Client(cluster.master_address()) as client:
+    with Connection(cluster.master_address()) as client:
         yield Store(cluster, client)
 
 

@@ -9,7 +9,7 @@ import pytest
 import zmq
 from conftest import wait_until
 
-from kvcluster.client import Client, _Run
+from kvcluster.client import Connection, _Run
 from kvcluster.core.protocol import Reply, encode
 
 
@@ -23,7 +23,7 @@ def context() -> Iterator[zmq.Context[zmq.Socket[bytes]]]:
 
 
 def test_a_socket_closed_by_an_earlier_reply_of_the_same_poll_is_skipped(context: zmq.Context) -> None:
-    with Client("127.0.0.1:9") as client:  # no master: the run below never asks it anything
+    with Connection("127.0.0.1:9") as client:  # no master: the run below never asks it anything
         for node_id in (1, 2):
             node = context.socket(zmq.ROUTER)
             port = node.bind_to_random_port("tcp://127.0.0.1")

@@ -1,6 +1,6 @@
 """Failover under load: no acknowledged write is lost when a primary is killed or paused.
 
-Writers use the library client against the master, one ``Client`` per thread.
+Writers use the library client against the master, one ``Connection`` per thread.
 A put that ends without an answer (timed out) may or may not have been
 applied, so the value read at the end must be the key's latest acknowledged
 value or one of those undecided values, never anything older.
@@ -19,7 +19,7 @@ import psutil
 import zmq
 from conftest import Cluster, ClusterLauncher, wait_until
 
-from kvcluster.client import Client
+from kvcluster.client import Connection
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import Op, OpKind, Reply, Request, Result, Status, decode, encode
 from kvcluster.errors import KvclusterError, OperationTimedOut
@@ -48,7 +48,7 @@ class Ledger:
     failures: list[str] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def put(self, client: Client, key: str, value: str) -> None:
+    def put(self, client: Connection, key: str, value: str) -> None:
         try:
             client.put(key, value)
         except OperationTimedOut:
@@ -64,7 +64,7 @@ class Ledger:
             self.acked[key] = value
             self.acks += 1
 
-    def check(self, client: Client, dead: str) -> None:
+    def check(self, client: Connection, dead: str) -> None:
         """Every key reads as its latest acknowledged value (or an undecided later one), from a live node."""
         assert self.acked, "no write was acknowledged"
         for key, value in self.acked.items():
@@ -90,7 +90,7 @@ class Writers:
             thread.start()
 
     def _write(self, index: int, keys: list[str]) -> None:
-        with Client(self.master, deadline=CLIENT_DEADLINE) as client:
+        with Connection(self.master, deadline=CLIENT_DEADLINE) as client:
             seq = 0
             while not self.stop.is_set():
                 self.ledger.put(client, keys[seq % len(keys)], f"w{index}-{seq}")
@@ -120,7 +120,7 @@ def test_kill_primary_under_writes(cluster: ClusterLauncher) -> None:
         writers.join()
     assert not writers.ledger.failures
     assert c.declared_dead(VICTIM_NAME)
-    with Client(c.master_address()) as client:
+    with Connection(c.master_address()) as client:
         writers.ledger.check(client, VICTIM_NAME)
 
 
@@ -141,7 +141,7 @@ def test_paused_primary_is_fenced(cluster: ClusterLauncher, dealer: zmq.Socket[b
     victim = c.node(VICTIM_NAME)
     keys = keys_on(VICTIM, 8, "p")
     ledger = Ledger()
-    with Client(c.master_address(), deadline=CLIENT_DEADLINE) as client:
+    with Connection(c.master_address(), deadline=CLIENT_DEADLINE) as client:
         for round_ in ("v0", "v1"):
             for key in keys:
                 ledger.put(client, key, f"{round_}-{key}")

@@ -7,7 +7,7 @@ from typing import Any
 
 from conftest import ClusterLauncher, wait_until
 
-from kvcluster.client import Client, Completion
+from kvcluster.client import Completion, Connection
 from kvcluster.core.protocol import OpKind
 
 KEYS = 3000
@@ -22,7 +22,7 @@ def test_a_healed_cluster_survives_a_second_death_that_would_have_lost_data(clus
     """rep 2: after one death and healing, a second death loses nothing (without healing some slots would be gone)."""
     c = cluster(nodes=4, rep=2)
     values = {f"h{i}": f"v{i}" for i in range(KEYS)}
-    with Client(c.master_address(), deadline=30.0) as client:
+    with Connection(c.master_address(), deadline=30.0) as client:
         results = client.execute([(OpKind.PUT, k, v) for k, v in values.items()], batch=32, window=8)
         assert all(r.completion == Completion.OK for r in results)
         c.kill("server1")
@@ -44,7 +44,7 @@ def test_a_healed_cluster_survives_a_second_death_that_would_have_lost_data(clus
 def test_writes_during_healing_land_on_the_new_replicas(cluster: ClusterLauncher) -> None:
     """Writes that arrive while slots are being copied reach the new replica too (it joins caught up)."""
     c = cluster(nodes=4, rep=2)
-    with Client(c.master_address(), deadline=30.0) as client:
+    with Connection(c.master_address(), deadline=30.0) as client:
         assert all(
             r.completion == Completion.OK
             for r in client.execute([(OpKind.PUT, f"w{i}", "before") for i in range(KEYS)], batch=32, window=8)
@@ -76,7 +76,7 @@ def balanced(status: dict[str, Any]) -> bool:
 def test_restart_and_add_node_rebalance_online_without_losing_writes(cluster: ClusterLauncher) -> None:
     c = cluster(nodes=3, rep=2)
     values = {f"r{i}": f"v{i}" for i in range(KEYS)}
-    with Client(c.master_address(), deadline=30.0) as client:
+    with Connection(c.master_address(), deadline=30.0) as client:
         assert all(
             r.completion == Completion.OK
             for r in client.execute([(OpKind.PUT, k, v) for k, v in values.items()], batch=32, window=8)
@@ -106,7 +106,7 @@ def test_restart_and_add_node_rebalance_online_without_losing_writes(cluster: Cl
 def test_remove_node_drains_it_first_and_refuses_to_go_below_rep(cluster: ClusterLauncher) -> None:
     c = cluster(nodes=4, rep=2)
     values = {f"d{i}": f"v{i}" for i in range(KEYS)}
-    with Client(c.master_address(), deadline=30.0) as client:
+    with Connection(c.master_address(), deadline=30.0) as client:
         assert all(
             r.completion == Completion.OK
             for r in client.execute([(OpKind.PUT, k, v) for k, v in values.items()], batch=32, window=8)

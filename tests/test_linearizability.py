@@ -37,6 +37,10 @@ def get(
     return Operation(client, OpKind.GET, key, value, invoke, complete, outcome)
 
 
+def delete(client: int, invoke: float, complete: float, outcome: Outcome = Outcome.OK, key: str = "k") -> Operation:
+    return Operation(client, OpKind.DELETE, key, None, invoke, complete, outcome)
+
+
 def assert_linearizable(history: list[Operation]) -> None:
     result = check(history)
     assert result.ok, result.violation.describe() if result.violation else ""
@@ -225,6 +229,16 @@ def test_read_before_the_write_was_invoked_is_rejected() -> None:
 
 
 # --- keys ------------------------------------------------------------------
+
+
+def test_a_delete_is_a_write_of_absent() -> None:
+    assert_linearizable([put(1, "a", 0, 1), delete(2, 2, 3), get(1, None, 4, 5)])
+    assert_linearizable([put(1, "a", 0, 1), delete(2, 2, 3, Outcome.NOT_FOUND), get(1, None, 4, 5)])
+    assert_linearizable([put(1, "a", 0, 1), delete(2, 2, 3, Outcome.UNKNOWN), get(1, None, 4, 5), get(1, None, 6, 7)])
+    assert_linearizable([put(1, "a", 0, 1), delete(2, 2, 3, Outcome.FAILED), get(1, "a", 4, 5)])
+    assert_violation([put(1, "a", 0, 1), delete(2, 2, 3), get(1, "a", 4, 5)])
+    assert_violation([put(1, "a", 0, 1), delete(2, 2, 3, Outcome.FAILED), get(1, None, 4, 5)])
+    assert_violation([put(1, "a", 0, 1), delete(2, 2, 3), put(1, "b", 4, 5), get(2, None, 6, 7)])
 
 
 def test_keys_are_checked_independently() -> None:
@@ -481,7 +495,7 @@ def brute_force_linearizable(history: list[Operation]) -> bool:
     relevant = [
         op
         for op in history
-        if (op.kind is OpKind.PUT and op.outcome is not Outcome.FAILED)
+        if (op.kind is not OpKind.GET and op.outcome is not Outcome.FAILED)
         or (op.kind is OpKind.GET and op.outcome in (Outcome.OK, Outcome.NOT_FOUND))
     ]
     maybe = [op for op in relevant if op.outcome is Outcome.UNKNOWN]
@@ -496,8 +510,8 @@ def brute_force_linearizable(history: list[Operation]) -> bool:
                 return False
         state: str | None = None
         for op in order:
-            if op.kind is OpKind.PUT:
-                state = op.value
+            if op.kind is not OpKind.GET:
+                state = op.value  # None for a delete
             elif state != (None if op.outcome is Outcome.NOT_FOUND else op.value):
                 return False
         return True
@@ -515,7 +529,10 @@ def random_small_history(rng: random.Random) -> list[Operation]:
         value = rng.choice(["a", "b", "c", None])
         if rng.random() < 0.5:
             outcome = rng.choice([Outcome.OK, Outcome.OK, Outcome.OK, Outcome.UNKNOWN, Outcome.FAILED])
-            ops.append(put(client, value or "a", invoke, complete, outcome))
+            if rng.random() < 0.25:
+                ops.append(delete(client, invoke, complete, outcome))
+            else:
+                ops.append(put(client, value or "a", invoke, complete, outcome))
         else:
             ops.append(get(client, value, invoke, complete, Outcome.UNKNOWN if rng.random() < 0.1 else None))
     return ops

@@ -30,7 +30,7 @@ from conftest import (
     wait_until,
 )
 
-from kvcluster.client import Client, Completion
+from kvcluster.client import Completion, Connection
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import MAX_KEY_BYTES, MAX_VALUE_BYTES, OpKind
 from kvcluster.load import KEPT_PROBLEMS, MAX_CHUNK, MIN_CHUNK, LoadReport, Problem, _next_chunk, parse_lines
@@ -171,7 +171,7 @@ def assert_one_error_line(proc: subprocess.CompletedProcess[str], code: int, *fr
     return lines[0]
 
 
-def read_all(client: Client, expected: dict[str, str]) -> dict[str, str | None]:
+def read_all(client: Connection, expected: dict[str, str]) -> dict[str, str | None]:
     """The value every key of ``expected`` reads back (None when not found)."""
     keys = sorted(expected)
     results = client.execute([(OpKind.GET, k, None) for k in keys], batch=64, window=16)
@@ -185,17 +185,17 @@ def shared(module_cluster: ClusterLauncher) -> Cluster:
 
 
 @pytest.fixture(scope="module")
-def reader(shared: Cluster) -> Iterator[Client]:
-    with Client(shared.master_address(), deadline=20.0) as client:
+def reader(shared: Cluster) -> Iterator[Connection]:
+    with Connection(shared.master_address(), deadline=20.0) as client:
         yield client
 
 
-def stored_replicas(client: Client) -> int:
+def stored_replicas(client: Connection) -> int:
     """Key-replicas the nodes report in their heartbeats."""
     return sum(node.keys for node in client.status().nodes)
 
 
-def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Client, tmp_path: Path) -> None:
+def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Connection, tmp_path: Path) -> None:
     good = {f"mix{i}": f"value{i}" for i in range(12_000)}  # more than one chunk: the first one is 10,000 lines
     lines = [f"{k} {v}" for k, v in good.items()]
     bad = {
@@ -235,7 +235,7 @@ def test_good_lines_are_stored_and_bad_ones_reported(shared: Cluster, reader: Cl
         assert read_all(reader, {probe: ""}) == {probe: None}
 
 
-def test_standard_input_and_json_summary(shared: Cluster, reader: Client) -> None:
+def test_standard_input_and_json_summary(shared: Cluster, reader: Connection) -> None:
     good = {f"piped{i}": f"v{i}" for i in range(2_000)}
     text = "".join(f"{k}\t{v}\r\n" for k, v in good.items()) + "\n\n"
 
@@ -272,7 +272,7 @@ def test_unreadable_file_stores_nothing(cluster: ClusterLauncher, tmp_path: Path
     # The file is opened before the cluster is asked anything.
     assert_one_error_line(load(c.home, str(missing), "--master", "127.0.0.1:9"), USAGE, "No such file")
 
-    with Client(c.master_address(), deadline=20.0) as client:
+    with Connection(c.master_address(), deadline=20.0) as client:
         client.put("sentinel", "x")  # acknowledged after anything the loads could have sent
         wait_until(lambda: stored_replicas(client) >= 1, message="server1 reports the sentinel")
         assert stored_replicas(client) == 1, "a failed load stored something"
@@ -328,12 +328,14 @@ def test_puts_to_a_dead_primary_are_reported_and_the_rest_stored(cluster: Cluste
     assert (doc["stored"], doc["failed"]) == (300 - len(lost), len(lost))
     assert {p["line"] for p in doc["problems"]} == lost
     assert all("every replica of its slot is down" in p["reason"] for p in doc["problems"])
-    with Client(c.master_address(), deadline=20.0) as client:
+    with Connection(c.master_address(), deadline=20.0) as client:
         kept = {k: "v" for n, k in enumerate(keys, 1) if n not in lost}
         assert read_all(client, kept) == kept
 
 
-def test_sigterm_reports_what_was_stored_and_leaves_no_process(shared: Cluster, reader: Client, tmp_path: Path) -> None:
+def test_sigterm_reports_what_was_stored_and_leaves_no_process(
+    shared: Cluster, reader: Connection, tmp_path: Path
+) -> None:
     path = tmp_path / "big.txt"
     path.write_text("".join(f"term{i} v{i}\n" for i in range(1_000_000)))  # far more than stores in the test's time
     argv = [sys.executable, "-m", "kvcluster", "load", str(path), "--home", str(shared.home)]

@@ -49,11 +49,11 @@ def run_balance(*, keys: int, nodes: int, rep: int, progress: Progress) -> Balan
 
 def _settled_counts(master: str, expected: int) -> dict[str, int]:
     """Poll the master until the key counts the nodes report (each heartbeat) add up to ``expected``."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.core.placement import node_name  # noqa: PLC0415
 
     deadline = time.monotonic() + SETTLE_TIMEOUT
-    with Client(master, deadline=5.0) as client:
+    with Connection(master, deadline=5.0) as client:
         while True:
             report = client.status()
             counts = {node_name(n.node_id): n.keys for n in sorted(report.nodes, key=lambda n: n.node_id)}

@@ -95,11 +95,11 @@ class BulkCheck:
 
 def _bulk_worker(job: BulkJob, worker: Worker) -> BulkOutcome:
     """Entry point of a bulk client process: write (or read back) its range in chunks, reporting progress."""
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     outcome = BulkOutcome()
-    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+    with Connection(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
         client.refresh_table()
         worker.wait_for_release()
         for start in range(job.start, job.stop, BULK_CHUNK):

@@ -1,6 +1,6 @@
 """Chaos runs: nodes killed and paused under concurrent load, the history checked for linearizability.
 
-``run_chaos`` starts a cluster, runs client processes that put and get on a
+``run_chaos`` starts a cluster, runs client processes that put, get and delete on a
 few keys (so operations on one key overlap), and meanwhile injects faults on
 a schedule drawn from ``random.Random(seed)``. Every client records its
 operations with invoke and complete times (``time.monotonic``, one clock for
@@ -56,9 +56,10 @@ from kvcluster.masters import DEFAULT_MASTERS
 from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
 
 if TYPE_CHECKING:
-    from kvcluster.client import Client
+    from kvcluster.client import Connection
 
 CLIENT_DEADLINE = 3.0  # seconds one client operation may take, retries included
+DELETE_SHARE = 0.2  # of the writes: deletes, which the checker takes as writes of "absent"
 FAULT_TAIL = 3.0  # no fault starts this close to the end, so its recovery is observed
 # The load must not starve the cluster it tests: a node that misses heartbeats
 # for want of CPU is declared dead, a fault nobody scheduled.
@@ -93,11 +94,11 @@ class _CountingRecorder(HistoryRecorder):
 
 def _run_client(job: ClientJob, worker: Worker) -> list[dict[str, object]]:
     """Entry point of a client process: wait for the release, run the load, hand over the history."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     recorder = _CountingRecorder()
-    with Client(job.master, deadline=CLIENT_DEADLINE, recorder=recorder) as client:
+    with Connection(job.master, deadline=CLIENT_DEADLINE, recorder=recorder) as client:
         client.refresh_table()
         worker.wait_for_release()
         stop_at = time.monotonic() + job.duration
@@ -105,31 +106,36 @@ def _run_client(job: ClientJob, worker: Worker) -> list[dict[str, object]]:
         while time.monotonic() < stop_at:
             key = rng.choice(job.keys)
             if rng.random() < job.read_ratio:
-                _attempt(client, recorder, key, None)
+                _attempt(client, recorder, OpKind.GET, key, None)
+            elif rng.random() < DELETE_SHARE:
+                _attempt(client, recorder, OpKind.DELETE, key, None)
             else:
                 seq += 1
-                _attempt(client, recorder, key, f"c{job.index}-{seq}")
+                _attempt(client, recorder, OpKind.PUT, key, f"c{job.index}-{seq}")
     return [op.to_json() for op in recorder.operations]
 
 
-def _attempt(client: Client, recorder: _CountingRecorder, key: str, value: str | None) -> None:
-    """One get (``value`` None) or put; its outcome goes to the history, whatever happens."""
+def _attempt(client: Connection, recorder: _CountingRecorder, kind: OpKind, key: str, value: str | None) -> None:
+    """One get, delete or put; its outcome goes to the history, whatever happens."""
     before = recorder.count
     invoked = time.monotonic()
     try:
-        if value is None:
-            client.get(key)
+        if kind is OpKind.GET:
+            client.read(key)
+        elif kind is OpKind.DELETE:
+            client.delete(key)
         else:
+            assert value is not None
             client.put(key, value)
     except KvclusterError:
         if recorder.count == before:
             # The client records what it can classify; a failure it did not (a malformed
-            # answer from the master) may still have let a put through.
-            kind, outcome = (OpKind.GET, Outcome.FAILED) if value is None else (OpKind.PUT, Outcome.UNKNOWN)
+            # answer from the master) may still have let a write through.
+            outcome = Outcome.FAILED if kind is OpKind.GET else Outcome.UNKNOWN
             recorder.record(Operation(client.client_id, kind, key, value, invoked, time.monotonic(), outcome))
 
 
-def _declared_dead(client: Client) -> set[int]:
+def _declared_dead(client: Connection) -> set[int]:
     """The nodes the master's table lists as dead; empty if the master does not answer."""
     try:
         report = client.status()
@@ -211,7 +217,7 @@ def _run_cluster(
     on_tick: Callable[[float], None] | None,
 ) -> RunRecord:
     """Start the cluster and the clients, inject faults until the end, collect the history, stop everything."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
     supervisor = Supervisor(path, shape.nodes, shape.rep, DEFAULT_MASTERS, "127.0.0.1:0", timing)
@@ -231,7 +237,7 @@ def _run_cluster(
             ClientPool(
                 _run_client, jobs, niceness=CLIENT_NICENESS, release_timeout=release_timeout(shape.preload)
             ) as pool,
-            Client(state.master_endpoint, deadline=1.0) as observer,
+            Connection(state.master_endpoint, deadline=1.0) as observer,
         ):
             say(f"starting {shape.clients} client processes")
             if shape.preload:
@@ -277,7 +283,7 @@ def _home(home: Path | None) -> Iterator[tuple[Path, bool]]:
 def _inject_until(
     schedules: tuple[FaultSchedule, MasterFaults | None],
     injector: FaultInjector,
-    observer: Client,
+    observer: Connection,
     end: float,
     on_tick: Callable[[float], None] | None,
 ) -> None:
@@ -307,7 +313,7 @@ def _inject_until(
         injector.wait(min(end, time.monotonic() + 0.2))
 
 
-def _ready(schedule: FaultSchedule, injector: FaultInjector, observer: Client) -> bool:
+def _ready(schedule: FaultSchedule, injector: FaultInjector, observer: Connection) -> bool:
     """Plain faults are safe by the static placement; after membership changes, only on a settled cluster."""
     if not isinstance(schedule, MembershipSchedule):
         return True

@@ -25,7 +25,7 @@ from kvcluster.errors import KvclusterError, UsageError
 from kvcluster.masters import DEFAULT_MASTERS
 
 if TYPE_CHECKING:
-    from kvcluster.client import Client, Completion, OpResult
+    from kvcluster.client import Completion, Connection, OpResult
     from kvcluster.core.protocol import OpKind
     from kvcluster.supervisor import ClusterState, Supervisor
 
@@ -81,13 +81,13 @@ def int_list(text: str, option: str) -> list[int]:
 
 
 def execute_chunked(
-    client: Client,
+    client: Connection,
     ops: Sequence[tuple[OpKind, str, str | None]],
     batch: int,
     window: int,
     on_chunk: Callable[[list[OpResult]], None] | None = None,
 ) -> list[OpResult]:
-    """``Client.execute`` in chunks, so the client's deadline bounds one chunk rather than the whole run.
+    """``Connection.execute`` in chunks, so the client's deadline bounds one chunk rather than the whole run.
 
     A chunk holds several windows' worth of messages, so the drain at its end
     (in-flight count falling to zero) costs well under a percent of the run.
@@ -107,11 +107,11 @@ Advance = Callable[[int], None]  # told how many more operations are done, for a
 
 def preload(master: str, keys: int, advance: Advance) -> None:
     """Write every key once (batched), so gets in the measured phase find their key."""
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, key_name(i), f"init{i}") for i in range(keys)]
-    with Client(master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+    with Connection(master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
         results = execute_chunked(client, ops, PRELOAD_BATCH, PRELOAD_WINDOW, lambda part: advance(len(part)))
     failures = count_failures(r.completion for r in results if r.completion != Completion.OK)
     if failures:
@@ -143,10 +143,10 @@ def percentile(ordered: Sequence[float], q: float) -> float:
 
 
 def dead_nodes(master: str) -> list[str]:
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.core.placement import node_name  # noqa: PLC0415
 
-    with Client(master, deadline=5.0) as client:
+    with Connection(master, deadline=5.0) as client:
         table = client.status().table
     return [node_name(n) for n in table.dead] if table is not None else []
 

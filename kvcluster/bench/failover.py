@@ -104,13 +104,13 @@ def failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
     """
     import random  # noqa: PLC0415
 
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     records: list[OpRecord] = []
     seq = 0
-    with Client(job.master, deadline=FAILOVER_DEADLINE) as client:
+    with Connection(job.master, deadline=FAILOVER_DEADLINE) as client:
         client.refresh_table()
         worker.wait_for_release()
         stop_at = time.monotonic() + job.duration
@@ -268,11 +268,11 @@ def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: 
 
 
 def put_all(master: str, values: dict[str, str]) -> None:
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, k, v) for k, v in values.items()]
-    with Client(master, deadline=CLIENT_DEADLINE) as client:
+    with Connection(master, deadline=CLIENT_DEADLINE) as client:
         results = client.execute(ops, batch=PRELOAD_BATCH)
     if any(r.completion != Completion.OK for r in results):
         raise BenchmarkError("the failover key set could not be written before the kill")
@@ -280,11 +280,11 @@ def put_all(master: str, values: dict[str, str]) -> None:
 
 def get_all(master: str, keys: list[str]) -> dict[str, str | None]:
     """The value of every key after the load (None if gone), or no entry where the final read timed out."""
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.GET, k, None) for k in keys]
-    with Client(master, deadline=FAILOVER_DEADLINE) as client:
+    with Connection(master, deadline=FAILOVER_DEADLINE) as client:
         results = client.execute(ops, window=len(ops))
     final: dict[str, str | None] = {}
     for key, result in zip(keys, results, strict=True):

@@ -106,12 +106,12 @@ def _traffic_worker(job: TrafficJob, worker: Worker) -> TrafficLog:
     """Entry point of a load client: rounds of ``TRAFFIC_ROUND`` random gets and puts until the stop event."""
     import random  # noqa: PLC0415
 
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     rng = random.Random(job.seed)
     log = TrafficLog()
-    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=TRAFFIC_TRY_TIMEOUT) as client:
+    with Connection(job.master, deadline=CLIENT_DEADLINE, try_timeout=TRAFFIC_TRY_TIMEOUT) as client:
         client.refresh_table()
         worker.wait_for_release()
         while not job.stop.is_set():
@@ -242,10 +242,10 @@ def poll_master(master: str, observe: Callable[[StatusReport, float], bool], tim
     A status request that times out (a master busy planning) is simply asked
     again; ``BenchmarkError`` after ``timeout`` seconds.
     """
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
 
     deadline = time.monotonic() + timeout
-    with Client(master, deadline=5.0) as client:
+    with Connection(master, deadline=5.0) as client:
         while True:
             try:
                 report = client.status()

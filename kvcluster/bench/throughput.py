@@ -123,13 +123,13 @@ def _load_worker(job: LoadJob, worker: Worker) -> LoadOutcome:
     """Entry point of a throughput client process: wait for the release, run the share, report."""
     from array import array  # noqa: PLC0415
 
-    from kvcluster.client import Client, Completion  # noqa: PLC0415
+    from kvcluster.client import Completion, Connection  # noqa: PLC0415
 
     ops = _load_ops(job)
     latencies = array("d")
     failures: dict[str, int] = {}
     completed = 0
-    with Client(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
+    with Connection(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
         client.refresh_table()
 
         def tally(part: list[OpResult]) -> None:

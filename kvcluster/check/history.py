@@ -14,6 +14,7 @@ class OpKind(enum.StrEnum):
 
     GET = "get"
     PUT = "put"
+    DELETE = "delete"  # a write of "absent"
 
 
 class Outcome(enum.StrEnum):
@@ -33,7 +34,7 @@ class Operation:
     """One client operation on one key, with the interval in which it ran.
 
     ``value`` is the value written by a put, the value read by an OK get,
-    and None otherwise.  ``invoke`` and ``complete`` are monotonic seconds;
+    and None otherwise (a delete writes "absent").  ``invoke`` and ``complete`` are monotonic seconds;
     for an UNKNOWN outcome ``complete`` is when the client gave up waiting.
     """
 

@@ -21,6 +21,9 @@ How outcomes are interpreted:
 * GET OK with value v returned v between its invoke and complete.
 * GET NOT_FOUND returned "absent".
 * GET FAILED and GET UNKNOWN carry no information, so they are ignored.
+* DELETE is a put of "absent", with the same outcomes.  Whether the key
+  existed, which a delete also reports, is not checked: a resend of an
+  applied delete is answered as if it had existed.
 
 Operations whose intervals touch (one's invoke equals another's complete) are
 treated as concurrent, so coarse clocks can never cause a false alarm.
@@ -144,9 +147,11 @@ def _role(op: Operation) -> _Role:
     match op.kind, op.outcome:
         case OpKind.PUT, Outcome.OK:
             return _Role.WRITE
-        case OpKind.PUT, Outcome.UNKNOWN:
+        case OpKind.DELETE, Outcome.OK | Outcome.NOT_FOUND:
+            return _Role.WRITE
+        case OpKind.PUT | OpKind.DELETE, Outcome.UNKNOWN:
             return _Role.MAYBE_WRITE
-        case OpKind.PUT, Outcome.FAILED:
+        case OpKind.PUT | OpKind.DELETE, Outcome.FAILED:
             return _Role.IGNORED
         case OpKind.GET, Outcome.OK | Outcome.NOT_FOUND:
             return _Role.READ
@@ -170,7 +175,7 @@ def _constraining(ops: Iterable[Operation]) -> list[Operation]:
 
 def _observed(op: Operation) -> _State:
     """The register state a read saw, or the state a write produces."""
-    return None if op.outcome is Outcome.NOT_FOUND else op.value
+    return None if op.outcome is Outcome.NOT_FOUND or op.kind is OpKind.DELETE else op.value
 
 
 def _without_unread_unknown_puts(ops: list[Operation]) -> list[Operation]:
@@ -210,7 +215,7 @@ class _Search:
         self.ops = ops
         self.max_states = max_states
         self.optional = [_role(op) is _Role.MAYBE_WRITE for op in ops]
-        self.writes = [op.kind is OpKind.PUT for op in ops]
+        self.writes = [op.kind is not OpKind.GET for op in ops]
         ids: dict[_State, int] = {None: _ABSENT}
         self.values = [ids.setdefault(_observed(op), len(ids)) for op in ops]
         # Per value, how many reads of it are not linearized yet.
@@ -395,7 +400,7 @@ class _Search:
 
 def _violation(key: str, all_ops: list[Operation], shrinker: _Shrinker) -> Violation:
     shrunk = shrinker.shrink()
-    written = {_observed(op) for op in shrunk if op.kind is OpKind.PUT}
+    written = {_observed(op) for op in shrunk if op.kind is not OpKind.GET}
     read = {_observed(op) for op in shrunk if op.kind is OpKind.GET}
     # A read of a value only a FAILED put wrote is self-evidently wrong on its
     # own, but showing that put explains where the value came from.
@@ -426,7 +431,7 @@ class _Shrinker:
         self.ops = ops
         self.budget = budget
         self.hint = hint
-        self.total_writes = Counter(_observed(op) for op in ops if op.kind is OpKind.PUT)
+        self.total_writes = Counter(_observed(op) for op in ops if op.kind is not OpKind.GET)
         self.current = list(range(len(ops)))
 
     def shrink(self) -> list[Operation]:
@@ -446,11 +451,11 @@ class _Shrinker:
     def _closed(self, indices: Iterable[int]) -> list[int]:
         indices = list(indices)
         ops = self.ops
-        kept_writes = Counter(_observed(ops[i]) for i in indices if ops[i].kind is OpKind.PUT)
+        kept_writes = Counter(_observed(ops[i]) for i in indices if ops[i].kind is not OpKind.GET)
         return [
             i
             for i in indices
-            if ops[i].kind is OpKind.PUT or kept_writes[_observed(ops[i])] == self.total_writes[_observed(ops[i])]
+            if ops[i].kind is not OpKind.GET or kept_writes[_observed(ops[i])] == self.total_writes[_observed(ops[i])]
         ]
 
     def _fails(self, indices: list[int]) -> bool:

@@ -9,8 +9,9 @@ The master waits until all ``n`` storage nodes have said hello, then publishes
 table version 1 (or, when the nodes kept data, the table that starts them
 again: ``core/restart.py``). From then on it watches the nodes
 (``core/liveness.py``); a node declared dead is appended to the dead list of
-the next table version. Every node derives the consequences from the table alone: for each slot the first live replica is the primary, so
-the dead node's backups are promoted and the slot's epoch grows.
+the next table version. Every node derives the consequences from the table
+alone: for each slot the first live replica is the primary, so the dead
+node's backups are promoted and the slot's epoch grows.
 
 With a master group (``replicated``), only the member its driver made leader
 acts (``lead``); the others answer ``NotLeader``. Every change is proposed to

@@ -58,6 +58,7 @@ from kvcluster.core.protocol import (
     Reply,
     Request,
     Result,
+    Scan,
     SlotCopy,
     SlotTail,
     Status,
@@ -70,13 +71,14 @@ from kvcluster.core.protocol import (
 )
 from kvcluster.core.records import TableSeen
 from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
+from kvcluster.core.scanning import Scanning
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 from kvcluster.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 
-class NodeCore(SlotCopying):
+class NodeCore(SlotCopying, Scanning):
     """One storage node's state; every method is an event, and ``take()`` returns what to do about it."""
 
     def __init__(
@@ -278,6 +280,8 @@ class NodeCore(SlotCopying):
         match message:
             case Request():
                 self._on_request(route, message)
+            case Scan():
+                self._on_scan(route, message)
             case Replicate(repl_id, sender, committed, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
                 self.replica.commit(sender, committed, self.known)
@@ -320,7 +324,6 @@ class NodeCore(SlotCopying):
         if ref in self.inflight:
             return Result(Status.RETRY, None)
         assert self.table is not None
-        assert op.value is not None
         epoch = self.table.epoch(op.slot)
         self.counter += 1
         write = Write(op.slot, epoch, op.key, op.value, make_version(epoch, self.counter), client, op.op_id)
@@ -347,6 +350,9 @@ class NodeCore(SlotCopying):
             return Result(Status.INVALID, None)
         if op.kind == OpKind.PUT:
             if op.value is None or check_value(op.value) is not None:
+                return Result(Status.INVALID, None)
+        elif op.kind == OpKind.DELETE:
+            if op.value is not None:
                 return Result(Status.INVALID, None)
         elif op.kind != OpKind.GET:
             return Result(Status.INVALID, None)
@@ -409,19 +415,20 @@ class NodeCore(SlotCopying):
                 if write.slot in pending.rejected:
                     pending.results[index] = Result(Status.NOT_PRIMARY, None)
                 else:
-                    self._apply_own(write)
-                    pending.results[index] = Result(Status.OK, None)
+                    found = self._apply_own(write)
+                    pending.results[index] = Result(Status.OK if found else Status.NOT_FOUND, None)
                 self._land(write)
             self._reply(pending)
         self.pending = still
 
-    def _apply_own(self, write: Write) -> None:
+    def _apply_own(self, write: Write) -> bool:
+        """Apply a committed write; False only for a delete of a key this store did not hold."""
         flight = self.key_flight[write.key]
         if write.version > flight[1]:
-            self.replica.apply(write)
             flight[1] = write.version
-        else:
-            self.replica.remember(write)  # its resend must be answered OK, not applied over the newer write
+            return self.replica.apply(write) is not None or write.value is not None
+        self.replica.remember(write)  # its resend must be answered OK, not applied over the newer write
+        return True
 
     def _land(self, write: Write) -> None:
         flight = self.key_flight[write.key]

@@ -34,6 +34,7 @@ from kvcluster.errors import ProtocolError
 PROTOCOL_VERSION = 5
 MAX_KEY_BYTES = 256
 MAX_VALUE_BYTES = 1024 * 1024
+MAX_SCAN_KEYS = 10_000  # keys in one scan page: a page is read in one pass of the node's loop
 APPLIED_WINDOW_BYTES = 1 << 17  # a node remembers each client's latest 2^20 op ids: a bitmap of at most this size
 _WHITESPACE = re.compile(r"\s")
 
@@ -81,6 +82,8 @@ class MsgType(enum.IntEnum):
     COPY_DONE = 18  # primary -> master: the new replica holds the slot
     DRAIN = 19  # client -> master: move every slot off a node before it is removed
     NOT_LEADER = 20  # master -> client: ask the leader of the master group instead
+    SCAN = 21  # client -> node: a page of the keys of slots it is primary of
+    SCAN_PAGE = 22  # node -> client
     NODE_EXITED = 23  # the process that watches a node -> master: its process is gone
 
 
@@ -89,6 +92,7 @@ class OpKind(enum.IntEnum):
 
     GET = 1
     PUT = 2
+    DELETE = 3  # a write of "absent": replicated, logged and deduplicated like a put
 
 
 class Status(enum.IntEnum):
@@ -151,12 +155,12 @@ class Result(_Record, frozen=True):
 
 
 class Write(_Record, frozen=True):
-    """One put forwarded from a primary to a backup."""
+    """One put or delete forwarded from a primary to a backup; ``value`` None deletes the key."""
 
     slot: Count
     epoch: Count
     key: str
-    value: str
+    value: str | None
     version: Count
     client: Count
     op_id: int  # as the client sent it: Op.op_id is not range-checked, so neither is this
@@ -435,6 +439,31 @@ class NotReady(_Message, frozen=True, tag=_tag(MsgType.NOT_READY)):
     expected: Count
 
 
+class Scan(_Message, frozen=True, tag=_tag(MsgType.SCAN)):
+    """Ask for the first ``limit`` keys of ``slots``, in order, that start with ``prefix`` and sort after ``after``.
+
+    Served like a get: only if the node is the primary of every slot listed, with a fresh lease.
+    """
+
+    request_id: Count
+    prefix: str
+    after: str
+    limit: Annotated[int, Meta(ge=1, le=MAX_SCAN_KEYS)]
+    slots: list[Count]
+
+
+class ScanPage(_Message, frozen=True, tag=_tag(MsgType.SCAN_PAGE)):
+    """The answer to ``Scan``: its keys in order, fewer than ``limit`` when the slots hold no more.
+
+    ``status`` is ``OK``, or the ``Status`` a get of any listed slot would have got (and no keys).
+    """
+
+    request_id: Count
+    node_id: NodeId
+    status: int
+    keys: list[str]
+
+
 Message = (
     Hello
     | Heartbeat
@@ -457,6 +486,8 @@ Message = (
     | Fenced
     | NotReady
     | NotLeader
+    | Scan
+    | ScanPage
 )
 
 _ENCODER = msgspec.msgpack.Encoder()

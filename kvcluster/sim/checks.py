@@ -60,14 +60,15 @@ def problems(result: RunResult) -> list[str]:
 
 
 def lost_writes(result: RunResult) -> list[str]:
+    """Final reads that miss an acknowledged write: what they read was overwritten (or deleted) after it."""
     found: list[str] = []
-    puts: dict[str, list[Operation]] = {}
+    writes: dict[str, list[Operation]] = {}
     for op in result.history:
-        if op.kind == OpKind.PUT:
-            puts.setdefault(op.key, []).append(op)
-    by_value = {op.value: op for ops in puts.values() for op in ops}
+        if op.kind in (OpKind.PUT, OpKind.DELETE):
+            writes.setdefault(op.key, []).append(op)
+    by_value = {op.value: op for ops in writes.values() for op in ops if op.kind == OpKind.PUT}
     for read in result.final:
-        acked = [p for p in puts.get(read.key, []) if p.outcome == Outcome.OK]
+        acked = [w for w in writes.get(read.key, []) if w.outcome == Outcome.OK]
         if read.key in result.unavailable:
             continue
         if read.outcome == Outcome.FAILED:
@@ -76,19 +77,26 @@ def lost_writes(result: RunResult) -> list[str]:
         if not acked:
             continue
         if read.outcome == Outcome.NOT_FOUND:
-            found.append(f"lost write: {read.key!r} reads absent, but {len(acked)} puts were acknowledged")
-            continue
-        source = by_value.get(read.value)
-        if source is None:
-            found.append(f"final read of {read.key!r} returned {read.value!r}, which no client wrote")
-            continue
-        if source.outcome != Outcome.OK:
-            continue  # an undecided put may take effect after every acknowledged one
-        newer = [p for p in acked if p.invoke > source.complete]
+            sources = [w for w in writes[read.key] if w.kind == OpKind.DELETE]
+            if not sources:
+                found.append(f"lost write: {read.key!r} reads absent, but {len(acked)} puts were acknowledged")
+                continue
+            shown = "absent"
+        else:
+            source = by_value.get(read.value)
+            if source is None:
+                found.append(f"final read of {read.key!r} returned {read.value!r}, which no client wrote")
+                continue
+            sources, shown = [source], repr(read.value)
+        if any(s.outcome != Outcome.OK for s in sources):
+            continue  # an undecided write may take effect after every acknowledged one
+        latest_source = max(sources, key=lambda s: s.complete)
+        newer = [w for w in acked if w.invoke > latest_source.complete]
         if newer:
-            latest = max(newer, key=lambda p: p.complete)
+            latest = max(newer, key=lambda w: w.complete)
+            written = "a delete" if latest.kind == OpKind.DELETE else repr(latest.value)
             found.append(
-                f"lost write: {read.key!r} reads {read.value!r} (acknowledged at {source.complete:.4f}), "
-                f"but {latest.value!r} was acknowledged at {latest.complete:.4f}, after it"
+                f"lost write: {read.key!r} reads {shown} (acknowledged at {latest_source.complete:.4f}), "
+                f"but {written} was acknowledged at {latest.complete:.4f}, after it"
             )
     return found

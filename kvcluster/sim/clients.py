@@ -327,9 +327,10 @@ class SimClient:
         call.remaining -= 1
         kind, key, put_value = call.spec.ops[index]
         now = self.clock.now
-        if kind == OpKind.PUT:
+        if kind in (OpKind.PUT, OpKind.DELETE):
             outcome = Outcome.OK if ok else Outcome.UNKNOWN
-            self.record(Operation(self.index, HistoryKind.PUT, key, put_value, call.invoked, now, outcome))
+            history_kind = HistoryKind.PUT if kind == OpKind.PUT else HistoryKind.DELETE
+            self.record(Operation(self.index, history_kind, key, put_value, call.invoked, now, outcome))
         else:
             outcome = (Outcome.OK if found else Outcome.NOT_FOUND) if ok else Outcome.FAILED
             read = value if ok and found else None

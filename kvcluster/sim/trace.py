@@ -89,7 +89,7 @@ def describe(message: Message) -> str:
     match message:
         case Request(client, request_id, ops):
             shown = ", ".join(
-                f"{'get' if op.kind == OpKind.GET else 'put'} {op.key}{'' if op.value is None else '=' + op.value}"
+                f"{OpKind(op.kind).name.lower()} {op.key}{'' if op.value is None else '=' + op.value}"
                 f" e{op.epoch} #{op.op_id}"
                 for op in ops
             )

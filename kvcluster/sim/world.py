@@ -33,6 +33,7 @@ from kvcluster.sim.trace import Trace, core_logs
 MAX_EVENTS = 3_000_000
 SETTLE_LIMIT = 3.0  # seconds after the workload for healing to finish before the final reads
 SINGLE_SHARE = 0.7  # of client calls: one put or get, as the CLI makes them
+DELETE_SHARE = 0.2  # of writes: deletes, drawn from a stream of their own so the other draws stay as they were
 ADMIN_PID = 900  # below the clients' 1000 + index, above every node id
 RECHECK = 0.2  # seconds between two looks of a membership change at the master's state, as the CLI polls
 
@@ -186,14 +187,17 @@ class World:
         return client
 
     def _workload(self, index: int) -> Workload:
-        """Mostly single puts and gets, sometimes an ``execute`` of a few with several requests in flight."""
+        """Mostly single puts, deletes and gets, sometimes an ``execute`` of a few with several requests in flight."""
         rng = self.stream(f"workload{index}")
+        deletes = self.stream(f"deletes{index}")
         keys, put_ratio, end = self.keys, self.config.put_ratio, self.config.duration
         written = [0]
 
         def op() -> Spec:
             key = keys[rng.randrange(len(keys))]
             if rng.random() < put_ratio:
+                if deletes.random() < DELETE_SHARE:
+                    return OpKind.DELETE, key, None
                 written[0] += 1
                 return OpKind.PUT, key, f"{index}.{written[0]}"
             return OpKind.GET, key, None
