@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from kvcluster.client import Client, Completion
+from kvcluster.client import Completion, Connection
 from kvcluster.core.protocol import OpKind
 from kvcluster.errors import ClusterUnavailable
 from tests.conftest import Cluster, ClusterLauncher, recorded_processes, run_cli, same_process_alive, wait_until
@@ -29,7 +29,7 @@ def up_again(c: Cluster, *extra: str) -> None:
 
 
 def read_back(c: Cluster, keys: list[str]) -> dict[str, str | None]:
-    with Client(c.master_address(), deadline=30.0) as client:
+    with Connection(c.master_address(), deadline=30.0) as client:
         results = client.execute([(OpKind.GET, k, None) for k in keys], batch=64, window=16)
     assert all(r.completion in (Completion.OK, Completion.NOT_FOUND) for r in results), {r.completion for r in results}
     return {k: r.value for k, r in zip(keys, results, strict=True)}
@@ -74,7 +74,7 @@ def test_a_kill_of_every_process_mid_write_loses_no_acknowledged_write(cluster: 
     stop = threading.Event()
 
     def write() -> None:
-        with Client(c.master_address(), deadline=2.0) as client:
+        with Connection(c.master_address(), deadline=2.0) as client:
             batch = 0
             while not stop.is_set():
                 ops = [(OpKind.PUT, f"k{batch}-{i}", f"v{batch}-{i}") for i in range(20)]
