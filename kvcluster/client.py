@@ -55,6 +55,7 @@ from kvcluster.errors import (
     ProtocolError,
 )
 from kvcluster.master_link import MasterLink
+from kvcluster.node_sockets import NodeSockets
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
@@ -62,6 +63,7 @@ MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however ofte
 REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while nothing changes
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: flag arithmetic on zmq's enum costs more than the send itself
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
+LOST_POLL = 0.01  # the same for a node whose connection dropped: the master hears of its exit in milliseconds
 
 
 def validate(key: str, value: str | None = None) -> None:
@@ -128,9 +130,7 @@ class Connection:
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.masters = MasterLink(self.ctx, master, deadline)
-        self.sockets: dict[int, zmq.Socket[bytes]] = {}
-        self.socket_endpoints: dict[int, str] = {}
-        self.poller = zmq.Poller()
+        self.nodes = NodeSockets(self.ctx)
         self.table: RoutingTable | None = self._load_cached_table()
         self.last_refresh = 0.0
         self.next_op_id = 0
@@ -248,7 +248,7 @@ class Connection:
                 if changed:
                     self.table = RoutingTable(reply.data)
                     self._save_cached_table(reply)
-                    self._drop_dead_sockets(self.table)
+                    self.nodes.drop_stale(self.table)
                 assert self.table is not None
                 if changed or not quiet_if_unchanged:
                     dead = ", ".join(node_name(n) for n in self.table.data.dead) or "none"
@@ -277,26 +277,6 @@ class Connection:
     def _ask_master(self, message: TableRequest | StatusRequest | Drain, until: float) -> object:
         wanted = Table if isinstance(message, TableRequest) else StatusReport
         return self.masters.ask(message, wanted, until)
-
-    def _socket(self, node_id: int, table: RoutingTable) -> zmq.Socket[bytes]:
-        sock = self.sockets.get(node_id)
-        if sock is None:
-            sock = self.ctx.socket(zmq.DEALER)
-            endpoint = table.endpoint(node_id)
-            sock.connect(endpoint)
-            self.poller.register(sock, zmq.POLLIN)
-            self.sockets[node_id] = sock
-            self.socket_endpoints[node_id] = endpoint
-        return sock
-
-    def _drop_dead_sockets(self, table: RoutingTable) -> None:
-        """Close sockets to nodes that died, or that restarted at another endpoint."""
-        stale = [n for n in self.sockets if table.is_dead(n) or table.endpoint(n) != self.socket_endpoints[n]]
-        for node_id in stale:
-            sock = self.sockets.pop(node_id)
-            del self.socket_endpoints[node_id]
-            self.poller.unregister(sock)
-            sock.close(linger=0)
 
     def _load_cached_table(self) -> RoutingTable | None:
         if self.table_cache is None:
@@ -340,6 +320,7 @@ class _Run:
         self.slots: list[int] = []
         self.next_expiry = math.inf  # no flight expires before this
         self.suspects: set[int] = set()  # nodes that let a flight time out during this run
+        self.lost: set[int] = set()  # nodes whose connection dropped: dead, most likely, any moment now
         self.remaining = len(ops)
         self.deadline = time.monotonic() + client.deadline
 
@@ -410,7 +391,7 @@ class _Run:
             )
         # A full queue means the node is not reading: the flight then times out like any unanswered one.
         try:  # noqa: SIM105 - contextlib.suppress costs a microsecond on every send
-            client._socket(node_id, table).send(encode(Request(client.client_id, request_id, ops)), NOBLOCK)
+            client.nodes.get(node_id, table).send(encode(Request(client.client_id, request_id, ops)), NOBLOCK)
         except zmq.Again:
             pass
         self.flights[request_id] = _Flight(node_id, indices, now, now + timeout)
@@ -419,15 +400,18 @@ class _Run:
     def _wait(self, now: float) -> None:
         wake = min(self.deadline, self.next_expiry)
         if self._waiting_on_suspects():
-            wake = min(wake, self.client.last_refresh + SUSPECT_POLL)
+            wake = min(wake, self.client.last_refresh + (LOST_POLL if self.lost & self.suspects else SUSPECT_POLL))
         if self.delayed:
             wake = min(wake, self.delayed[0][0])
         if self.queues and len(self.flights) < self.window:
             wake = now
-        for sock, _ in self.client.poller.poll(max(0, int((wake - now) * 1000))):
+        readable, lost = self.client.nodes.poll(max(0, int((wake - now) * 1000)))
+        for sock in readable:
             # A reply drained just before may have refreshed the table and closed this node's socket.
             if not sock.closed:
                 self._drain(sock)
+        for node_id in lost:
+            self._lost(node_id)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:
         while True:
@@ -484,6 +468,20 @@ class _Run:
             self.delayed.extend((now, index) for index in flight.indices)
         self._refresh()
 
+    def _lost(self, node_id: int) -> None:
+        """The connection to ``node_id`` dropped or was refused: its flights will not be answered, so resend them
+        and ask the master now (it may already have declared the node dead) and often until it does."""
+        waiting = [rid for rid, f in self.flights.items() if f.node_id == node_id]
+        if not waiting:
+            return
+        now = time.monotonic()
+        self.client._event(f"lost the connection to {node_name(node_id)}")
+        for rid in waiting:
+            self.delayed.extend((now, index) for index in self.flights.pop(rid).indices)
+        self.suspects.add(node_id)
+        self.lost.add(node_id)
+        self.client.refresh_table(self.deadline, quiet_if_unchanged=True)
+
     def _refresh(self) -> None:
         if time.monotonic() - self.client.last_refresh < REFRESH_INTERVAL:
             return
@@ -499,7 +497,8 @@ class _Run:
         but once the master declares the node dead its operations can go to
         the new primary at once instead of when their flights expire.
         """
-        if now - self.client.last_refresh < SUSPECT_POLL or not self._waiting_on_suspects():
+        poll = LOST_POLL if self.lost & self.suspects else SUSPECT_POLL
+        if now - self.client.last_refresh < poll or not self._waiting_on_suspects():
             return
         version = self._table().version
         table = self.client.refresh_table(self.deadline, quiet_if_unchanged=True)

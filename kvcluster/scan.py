@@ -118,7 +118,8 @@ class _Scanner:
                     f"scan: no page from {', '.join(waiting)} within {connection.deadline:g} s; no key was skipped"
                 )
             wake = min([deadline, *(e for _, e in self.flights.values()), *(w for w, _ in self.delayed)])
-            for sock, _ in connection.poller.poll(max(0, int((wake - now) * 1000))):
+            readable, _ = connection.nodes.poll(max(0, int((wake - now) * 1000)))
+            for sock in readable:
                 if not sock.closed:
                     self._drain(sock)
             now = time.monotonic()
@@ -141,7 +142,7 @@ class _Scanner:
         stream.attempts += 1
         message = Scan(request_id, self.prefix, stream.after, want, stream.slots)
         with contextlib.suppress(zmq.Again):  # a full queue means the node is not reading: the try times out
-            connection._socket(stream.node_id, table).send(encode(message), NOBLOCK)
+            connection.nodes.get(stream.node_id, table).send(encode(message), NOBLOCK)
         self.flights[request_id] = (stream, time.monotonic() + timeout)
 
     def _drain(self, sock: zmq.Socket[bytes]) -> None:

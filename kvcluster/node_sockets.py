@@ -1,0 +1,78 @@
+"""A client's sockets to the storage nodes: a DEALER each, and a monitor that says when a node is lost.
+
+When a node's process dies, the kernel closes its TCP connections at once,
+and connecting to its endpoint afterwards is refused at once. A ZeroMQ
+socket monitor reports either within a millisecond (``EVENT_DISCONNECTED``,
+``EVENT_CONNECT_RETRIED``), so the client can ask the master for a new table
+right away instead of waiting out its try timeout. A lost connection is only
+a reason to ask: the table, not the socket, decides where operations go.
+"""
+
+from __future__ import annotations
+
+import zmq
+from zmq.utils.monitor import recv_monitor_message
+
+from kvcluster.core.placement import RoutingTable
+
+LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
+
+
+class NodeSockets:
+    """One DEALER per node the client talks to, with its monitor, all in one poller."""
+
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+        self.ctx = ctx
+        self.poller = zmq.Poller()
+        self.sockets: dict[int, zmq.Socket[bytes]] = {}
+        self.endpoints: dict[int, str] = {}
+        self.monitors: dict[zmq.Socket[bytes], int] = {}  # monitor socket -> node id
+
+    def get(self, node_id: int, table: RoutingTable) -> zmq.Socket[bytes]:
+        sock = self.sockets.get(node_id)
+        if sock is None:
+            sock = self.ctx.socket(zmq.DEALER)
+            monitor = sock.get_monitor_socket(LOST)
+            endpoint = table.endpoint(node_id)
+            sock.connect(endpoint)
+            self.poller.register(sock, zmq.POLLIN)
+            self.poller.register(monitor, zmq.POLLIN)
+            self.sockets[node_id] = sock
+            self.endpoints[node_id] = endpoint
+            self.monitors[monitor] = node_id
+        return sock
+
+    def drop_stale(self, table: RoutingTable) -> None:
+        """Close the sockets to nodes that died, or that restarted at another endpoint."""
+        for node_id in [n for n in self.sockets if table.is_dead(n) or table.endpoint(n) != self.endpoints[n]]:
+            self._close(node_id)
+
+    def _close(self, node_id: int) -> None:
+        sock = self.sockets.pop(node_id)
+        del self.endpoints[node_id]
+        monitor = next(m for m, n in self.monitors.items() if n == node_id)
+        del self.monitors[monitor]
+        for each in (sock, monitor):
+            self.poller.unregister(each)
+        sock.disable_monitor()
+        monitor.close(linger=0)
+        sock.close(linger=0)
+
+    def poll(self, timeout_ms: int) -> tuple[list[zmq.Socket[bytes]], list[int]]:
+        """Wait up to ``timeout_ms``: the node sockets with something to read, and the nodes whose link was lost."""
+        readable, lost = [], []
+        for sock, _ in self.poller.poll(timeout_ms):
+            node_id = self.monitors.get(sock)
+            if node_id is None:
+                readable.append(sock)
+            elif self._drain_events(sock):
+                lost.append(node_id)
+        return readable, lost
+
+    @staticmethod
+    def _drain_events(monitor: zmq.Socket[bytes]) -> bool:
+        seen = False
+        while monitor.poll(0):
+            recv_monitor_message(monitor, zmq.NOBLOCK)
+            seen = True
+        return seen
