@@ -174,3 +174,16 @@ def test_a_full_disk_refuses_writes_serves_reads_and_recovers(small_disk: Path, 
     up_again(c, "--masters", "1", *storage)
     assert c.get("after")[0] == "space"
     assert json.loads(c.run("status", "--json").stdout)["dead"] == []
+
+
+def test_snapshots_bound_the_log_and_a_restart_reads_them(cluster: ClusterLauncher, tmp_path: Path) -> None:
+    c = cluster(3, 2, 3, "--snapshot-after", "65536")
+    data = load_keys(c, tmp_path, 30_000)
+    node_dir = c.home / "data" / "server1"
+    wait_until(lambda: list(node_dir.glob("*.snap")), message="server1 wrote a snapshot")
+    segments = sorted(node_dir.glob("*.wal"))
+    snapshot = sorted(node_dir.glob("*.snap"))[-1]
+    assert all(int(s.stem) >= int(snapshot.stem) for s in segments), "segments the snapshot covers were kept"
+    c.run("down")
+    up_again(c)
+    assert read_back(c, sorted(data)) == data
