@@ -13,19 +13,31 @@ lives on the master, declared here.
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from kvcluster.core.actions import Route
 from kvcluster.core.events import EventLog
 from kvcluster.core.placement import node_name, with_dead
-from kvcluster.core.protocol import EventKind, TableData, Timing
-
-if TYPE_CHECKING:
-    from kvcluster.core.master import NodeRecord
+from kvcluster.core.protocol import DiskReport, EventKind, TableData, Timing
 
 log = logging.getLogger(__name__)
 
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
+
+
+@dataclass
+class NodeRecord:
+    """What the master knows of one registered node; a new leader knows no route until the node's next heartbeat."""
+
+    route: Route | None
+    endpoint: str
+    pid: int
+    last_seen: float
+    keys: int = 0
+    table_version: int = 0  # the newest table it reported holding: 0 until it installed one
+    disk: DiskReport | None = None
 
 
 class FailureDetection:

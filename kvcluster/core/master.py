@@ -26,13 +26,12 @@ again in answer to any heartbeat that reports an older version.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from kvcluster.core.actions import Action, Answer, Propose, Route
 from kvcluster.core.events import EventLog
 from kvcluster.core.group import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
-from kvcluster.core.liveness import FailureDetection
+from kvcluster.core.liveness import FailureDetection, NodeRecord
 from kvcluster.core.placement import (
     NUM_SLOTS,
     initial_table,
@@ -45,7 +44,6 @@ from kvcluster.core.placement import (
 from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
-    DiskReport,
     Drain,
     EventKind,
     Fenced,
@@ -71,19 +69,6 @@ log = logging.getLogger(__name__)
 
 TICK = 0.02  # how often liveness is checked, in seconds
 REPAIR_TABLE_INTERVAL = 0.5  # seconds between tables that add caught-up replicas: each table costs every node
-
-
-@dataclass
-class NodeRecord:
-    """What the master knows of one registered node; a new leader knows no route until the node's next heartbeat."""
-
-    route: Route | None
-    endpoint: str
-    pid: int
-    last_seen: float
-    keys: int = 0
-    table_version: int = 0  # the newest table it reported holding: 0 until it installed one
-    disk: DiskReport | None = None
 
 
 class MasterCore(FailureDetection):
