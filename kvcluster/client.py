@@ -405,26 +405,12 @@ class _Run:
             wake = min(wake, self.delayed[0][0])
         if self.queues and len(self.flights) < self.window:
             wake = now
-        readable, lost = self.client.nodes.poll(max(0, int((wake - now) * 1000)))
-        for sock in readable:
-            # A reply drained just before may have refreshed the table and closed this node's socket.
-            if not sock.closed:
-                self._drain(sock)
-        for node_id in lost:
-            self._lost(node_id)
-
-    def _drain(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frame = sock.recv(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = decode(frame)
-            except ProtocolError:
-                continue  # a garbled reply is a lost reply: the flight times out and is resent
+        replies, lost = self.client.nodes.poll(max(0, int((wake - now) * 1000)))
+        for reply in replies:
             if isinstance(reply, Reply):
                 self._on_reply(reply)
+        for node_id in lost:
+            self._lost(node_id)
 
     def _on_reply(self, reply: Reply) -> None:
         flight = self.flights.get(reply.request_id)

@@ -10,10 +10,15 @@ a reason to ask: the table, not the socket, decides where operations go.
 
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
+
 import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from kvcluster.core.placement import RoutingTable
+from kvcluster.core.protocol import Message, decode
+from kvcluster.errors import ProtocolError
 
 LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 
@@ -58,16 +63,30 @@ class NodeSockets:
         monitor.close(linger=0)
         sock.close(linger=0)
 
-    def poll(self, timeout_ms: int) -> tuple[list[zmq.Socket[bytes]], list[int]]:
-        """Wait up to ``timeout_ms``: the node sockets with something to read, and the nodes whose link was lost."""
-        readable, lost = [], []
+    def poll(self, timeout_ms: int) -> tuple[list[Message], list[int]]:
+        """Wait up to ``timeout_ms``: the messages the nodes sent, and the nodes whose connection was lost.
+
+        A garbled frame is left out: to the caller it is a lost answer, which times out and is resent.
+        """
+        messages: list[Message] = []
+        lost = []
         for sock, _ in self.poller.poll(timeout_ms):
             node_id = self.monitors.get(sock)
             if node_id is None:
-                readable.append(sock)
+                messages.extend(self._drain(sock))
             elif self._drain_events(sock):
                 lost.append(node_id)
-        return readable, lost
+        return messages, lost
+
+    @staticmethod
+    def _drain(sock: zmq.Socket[bytes]) -> Iterator[Message]:
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return
+            with contextlib.suppress(ProtocolError):
+                yield decode(frame)
 
     @staticmethod
     def _drain_events(monitor: zmq.Socket[bytes]) -> bool:

@@ -28,7 +28,7 @@ import zmq
 
 from kvcluster.client import NOBLOCK, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, Connection
 from kvcluster.core.placement import RoutingTable, node_name
-from kvcluster.core.protocol import MAX_SCAN_KEYS, Scan, ScanPage, Status, decode, encode
+from kvcluster.core.protocol import MAX_SCAN_KEYS, Scan, ScanPage, Status, encode
 from kvcluster.errors import NoLiveReplica, OperationTimedOut, ProtocolError
 
 DEFAULT_PAGE = 2000  # keys per page and node: fewer round trips, yet a page takes a node a few ms of one loop pass
@@ -118,10 +118,10 @@ class _Scanner:
                     f"scan: no page from {', '.join(waiting)} within {connection.deadline:g} s; no key was skipped"
                 )
             wake = min([deadline, *(e for _, e in self.flights.values()), *(w for w, _ in self.delayed)])
-            readable, _ = connection.nodes.poll(max(0, int((wake - now) * 1000)))
-            for sock in readable:
-                if not sock.closed:
-                    self._drain(sock)
+            pages, _ = connection.nodes.poll(max(0, int((wake - now) * 1000)))
+            for page in pages:
+                if isinstance(page, ScanPage) and page.request_id in self.flights:
+                    self._on_page(page)
             now = time.monotonic()
             for request_id in [r for r, (_, expires) in self.flights.items() if expires <= now]:
                 stream, _ = self.flights.pop(request_id)
@@ -144,19 +144,6 @@ class _Scanner:
         with contextlib.suppress(zmq.Again):  # a full queue means the node is not reading: the try times out
             connection.nodes.get(stream.node_id, table).send(encode(message), NOBLOCK)
         self.flights[request_id] = (stream, time.monotonic() + timeout)
-
-    def _drain(self, sock: zmq.Socket[bytes]) -> None:
-        while True:
-            try:
-                frame = sock.recv(NOBLOCK)
-            except zmq.Again:
-                return
-            try:
-                reply = decode(frame)
-            except ProtocolError:
-                continue  # a garbled page is a lost page: the try times out and is resent
-            if isinstance(reply, ScanPage) and reply.request_id in self.flights:
-                self._on_page(reply)
 
     def _on_page(self, page: ScanPage) -> None:
         stream, _ = self.flights.pop(page.request_id)
