@@ -14,6 +14,7 @@ import subprocess
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -186,4 +187,35 @@ def test_snapshots_bound_the_log_and_a_restart_reads_them(cluster: ClusterLaunch
     assert all(int(s.stem) >= int(snapshot.stem) for s in segments), "segments the snapshot covers were kept"
     c.run("down")
     up_again(c)
+    assert read_back(c, sorted(data)) == data
+
+
+def settled(c: Cluster) -> dict[str, Any] | None:
+    """The status once every slot has its replicas, no copy runs and the nodes are balanced; else None."""
+    status = c.status()
+    nodes = [n for n in status["nodes"] if n["alive"]]
+    totals = [n["primary_slots"] + n["backup_slots"] for n in nodes]
+    copying = status["healing"] is not None and status["healing"]["copies_under_way"]
+    if status["under_replicated_slots"] or copying or max(totals) - min(totals) > 1:
+        return None
+    return status
+
+
+def test_a_restarted_node_gets_back_the_slots_it_holds_with_only_the_writes_it_missed(
+    cluster: ClusterLauncher, tmp_path: Path
+) -> None:
+    c = cluster(4, 2)
+    data = load_keys(c, tmp_path, 20_000)
+    c.kill("server2")
+    wait_until(lambda: c.declared_dead("server2") and settled(c), timeout=60, message="healed without server2")
+    copied_before = c.status()["healing"]["keys_copied"]
+    for i in range(50):  # writes it misses while it is away
+        c.put(f"key{i:06d}", f"changed{i}")
+        data[f"key{i:06d}"] = f"changed{i}"
+    c.run("restart", "server2")
+    status = wait_until(lambda: settled(c), timeout=60, message="server2 rebalanced back in")
+    server2 = next(n for n in status["nodes"] if n["name"] == "server2")
+    copied = status["healing"]["keys_copied"] - copied_before
+    assert server2["keys"] > 0
+    assert copied < server2["keys"] / 5, f"{copied} keys sent to give server2 back {server2['keys']}"
     assert read_back(c, sorted(data)) == data

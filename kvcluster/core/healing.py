@@ -11,7 +11,8 @@ once.
 
 Rebalancing (after a node joins) uses the same moves: a copy to the least
 loaded node that, once caught up, *replaces* a replica of the most loaded
-one (add before remove), at its rank: replacing a primary makes the new
+one (add before remove), at its rank (the slots a restarted node still holds
+first, since copying those back costs only the writes it missed): replacing a primary makes the new
 node primary, and its reconcile stops the old one before it serves.
 
 Once totals are within one, primaries are evened out to within one too,
@@ -146,7 +147,11 @@ class Repairs:
 
 
 def plan_rebalance(
-    table: TableData, repairs: Repairs, now: float, draining: frozenset[int] = frozenset()
+    table: TableData,
+    repairs: Repairs,
+    now: float,
+    draining: frozenset[int] = frozenset(),
+    held: frozenset[int] = frozenset(),
 ) -> list[tuple[int, int]]:
     """Start replica moves from the most to the least loaded nodes; return primary switches to publish at once.
 
@@ -177,7 +182,9 @@ def plan_rebalance(
     takers = [n for n in totals if n not in draining]
     if not takers:
         return []
-    for slot, live in enumerate(live_lists):
+    # Slots a returning node still holds come first: copying one back to it sends only what it missed.
+    for slot in sorted(range(len(live_lists)), key=lambda s: s not in held):
+        live = live_lists[slot]
         heavy, lightest = max(totals, key=lambda n: (totals[n], n)), min(takers, key=lambda n: (totals[n], n))
         if totals[heavy] - totals[lightest] <= 1:
             break

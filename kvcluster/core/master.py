@@ -107,6 +107,7 @@ class MasterCore(FailureDetection):
         self.events = EventLog()
         self.healthy = True  # every slot has rep replicas: nothing to plan
         self.recovery = Recovery()  # the hellos heard before the first table
+        self.returning: dict[int, dict[int, tuple[int, int]]] = {}  # restarted node -> slot -> (version, digest)
         self.last_repair_table = 0.0
 
     def take(self) -> list[Action]:
@@ -215,7 +216,8 @@ class MasterCore(FailureDetection):
         if self.repairs.started is not None and self.repairs.idle():
             self._log_healed(now)
         before = set(self.repairs.moves)
-        switches = plan_rebalance(self.table, self.repairs, now, self.draining)
+        held = frozenset(s for slots in self.returning.values() for s in slots)
+        switches = plan_rebalance(self.table, self.repairs, now, self.draining, held)
         self._start([m for slot, m in self.repairs.moves.items() if slot not in before])
         if switches and now - self.last_repair_table >= REPAIR_TABLE_INTERVAL:
             self.last_repair_table = now
@@ -240,9 +242,11 @@ class MasterCore(FailureDetection):
     def _start(self, moves: list[Move]) -> None:
         self.events.moves(self.now, EventKind.MOVES_STARTED, len(moves))
         for move in moves:
+            # Once only: if the target turns out not to hold what it said, the move's retry copies in full.
+            base, digest = self.returning.get(move.target, {}).pop(move.slot, (0, 0))
             route = self.nodes[move.source].route
             if route is not None:  # else asked for once the source is heard (see ``lead``)
-                self._send(route, CopySlot(move.slot, move.epoch, move.target))
+                self._send(route, CopySlot(move.slot, move.epoch, move.target, base, digest))
 
     def _log_healed(self, now: float) -> None:
         started = self.repairs.started
@@ -341,6 +345,10 @@ class MasterCore(FailureDetection):
         if node_id not in table.endpoints and node_id != max(table.endpoints) + 1:
             raise ProtocolError(f"hello from unknown node id {node_id}")
         restarted = node_id in table.endpoints
+        if hello.held is not None and len(hello.held.highs) == table.slots:
+            # What it recovered: copies of these slots back to it may carry only the writes since.
+            held = hello.held
+            self.returning[node_id] = {s: (h, held.digests[s]) for s, h in enumerate(held.highs) if h}
         self.events.record(self.now, EventKind.RESTARTED if restarted else EventKind.JOINED, node_id)
         self.nodes[node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
         log.info("%s joined at %s (pid %d) with no data; rebalancing", node_name(node_id), hello.endpoint, hello.pid)

@@ -116,7 +116,9 @@ class NodeCore(SlotCopying, Scanning):
         self.copies: list[PendingCopy] = []
         self.learners: dict[int, list[int]] = {}
         self.copying: dict[int, int] = {}
-        self.deferred_copies: dict[int, tuple[int, int]] = {}
+        self.deferred_copies: dict[int, tuple[int, int, tuple[int, int]]] = {}
+        self.dormant: dict[int, None] = {}
+        self.dormant_until = 0.0
         self.reported: dict[int, tuple[float, CopyDone]] = {}
         self.stopped = False
 
@@ -146,6 +148,8 @@ class NodeCore(SlotCopying, Scanning):
             self._commit_idle_backups()
             if self.reported:
                 self._report_copies_again()
+            if self.dormant and now >= self.dormant_until:
+                self._drop_dormant()
 
     def _hello(self) -> Hello:
         return Hello(self.node_id, self.endpoint, self.pid, self.held)
@@ -186,8 +190,8 @@ class NodeCore(SlotCopying, Scanning):
             case Table(data):
                 if self.table is None or data.version > self.table.version:
                     self._install(RoutingTable(data))
-            case CopySlot(slot, epoch, target):
-                self._start_copy(slot, epoch, target)
+            case CopySlot(slot, epoch, target, base, digest):
+                self._start_copy(slot, epoch, target, (base, digest))
             case Fenced():
                 log.error("%s was declared dead by the master; exiting", self.name)
                 self.stopped = True
@@ -201,6 +205,8 @@ class NodeCore(SlotCopying, Scanning):
             if len(self.replica.data) != table.slots:
                 journal, self.replica = self.replica.journal, Replica(table.slots)
                 self.replica.journal = journal
+            if self.held is not None:
+                self._keep_dormant(table)
             self.held = None  # the masters placed what it held: the slots this table gives it are current
             self.known = [(-1, 0)] * table.slots
             self.ready = [True] * table.slots
@@ -214,7 +220,12 @@ class NodeCore(SlotCopying, Scanning):
                 self.known[slot] = (epoch, primary)
             if old is not None and primary == self.node_id and old.primary(slot) != self.node_id:
                 gained.append(slot)
-            if data[slot] and slot not in self.copying and self.node_id not in table.live(slot):
+            if (
+                data[slot]
+                and slot not in self.copying
+                and slot not in self.dormant
+                and self.node_id not in table.live(slot)
+            ):
                 self.replica.drop_slot(slot)  # moved to another node, which holds it now
         newly_dead = [n for n in table.data.dead if old is None or not old.is_dead(n)]
         log.info("%s installed table version %d (dead: %s)", self.name, table.version, table.data.dead)

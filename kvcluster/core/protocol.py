@@ -374,11 +374,17 @@ class Commit(_Message, frozen=True, tag=_tag(MsgType.COMMIT)):
 
 
 class CopySlot(_Message, frozen=True, tag=_tag(MsgType.COPY_SLOT)):
-    """Start streaming ``slot`` (at ``epoch``) to ``target``, which joins as a replica once it has caught up."""
+    """Start streaming ``slot`` (at ``epoch``) to ``target``, which joins as a replica once it has caught up.
+
+    ``base`` and ``digest``: what a returning ``target`` still holds of the slot (its highest version and the
+    digest of its contents), so that the source may send only the writes since; 0 and 0 when nothing.
+    """
 
     slot: Count
     epoch: Count
     target: NodeId
+    base: Count = 0
+    digest: Count = 0
 
 
 class SlotCopy(_Message, frozen=True, tag=_tag(MsgType.SLOT_COPY)):
@@ -395,6 +401,11 @@ class SlotCopy(_Message, frozen=True, tag=_tag(MsgType.SLOT_COPY)):
     high: Count
     entries: list[tuple[str, str]]
     applied: list[AppliedWindow]
+    # When ``base`` is not 0, ``entries`` is empty and ``writes`` take a replica holding ``digest`` at ``base``
+    # to the sender's contents, in order (a value None deletes).
+    base: Count = 0
+    digest: Count = 0
+    writes: list[tuple[str, str | None]] = []
 
 
 class CopyDone(_Message, frozen=True, tag=_tag(MsgType.COPY_DONE)):

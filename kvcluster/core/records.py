@@ -83,6 +83,15 @@ class TableSeen(_Entry, frozen=True, tag=_tag(7)):
     table: TableData
 
 
+class Patched(_Entry, frozen=True, tag=_tag(9)):
+    """A slot brought up to date by the writes its copy's source made since this node last held it."""
+
+    slot: Count
+    high: Count
+    writes: list[tuple[str, str | None]]
+    applied: list[AppliedWindow]
+
+
 class End(_Entry, frozen=True, tag=_tag(8)):
     """The last record of a snapshot, which proves it whole: its slot count and the op ids the node remembers."""
 
@@ -90,7 +99,7 @@ class End(_Entry, frozen=True, tag=_tag(8)):
     applied: list[AppliedWindow]
 
 
-Record = Written | Restored | Raised | Installed | Dropped | Noted | TableSeen | End
+Record = Written | Restored | Raised | Installed | Dropped | Noted | TableSeen | End | Patched
 
 _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(Record)

@@ -21,15 +21,26 @@ Nothing here reads a clock, a socket or a random source.
 
 from __future__ import annotations
 
-import zlib
 from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 from sortedcontainers import SortedList
 
+from kvcluster.core.history import Change, SlotHistory
 from kvcluster.core.protocol import APPLIED_WINDOW_BYTES, AppliedWindow, TableData, Write
-from kvcluster.core.records import Dropped, End, Installed, Noted, Raised, Record, Restored, TableSeen, Written
+from kvcluster.core.records import (
+    Dropped,
+    End,
+    Installed,
+    Noted,
+    Patched,
+    Raised,
+    Record,
+    Restored,
+    TableSeen,
+    Written,
+)
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1
@@ -145,6 +156,7 @@ class Replica:
         self.data: list[dict[str, str]] = [{} for _ in range(slots)]
         # Per slot: its keys in order, for scans (about 12 bytes per key; a dict has no order to page through).
         self.index: list[SortedList] = [SortedList() for _ in range(slots)]
+        self.history = SlotHistory(slots)
         self.high = [0] * slots  # per slot: the highest version applied here
         self.tails: dict[int, deque[TailEntry]] = {}  # per sender, in the order received
         self.applied = AppliedOps()
@@ -164,6 +176,7 @@ class Replica:
     def _apply(self, write: Write) -> str | None:
         previous = self.data[write.slot].get(write.key)
         self._set_key(write.slot, write.key, write.value)
+        self.history.record(write.slot, Change(write.version, write.key, previous, write.value))
         self.high[write.slot] = max(self.high[write.slot], write.version)
         self.applied.add(write.client, write.op_id)
         return previous
@@ -229,6 +242,7 @@ class Replica:
         self.high[slot] = max(self.high[slot], high)
         if self.journal is not None:
             self.journal.append(Raised(slot, self.high[slot]))
+        self.history.restart(slot, self.high[slot])  # what was undone is no longer this slot's history
 
     def install_copy(
         self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]
@@ -248,6 +262,8 @@ class Replica:
         self.index[slot] = SortedList(self.data[slot])
         self.keys += len(self.data[slot])
         self.high[slot] = high
+        self.history.rehash_all(slot, self.data[slot])
+        self.history.restart(slot, high)
         self.applied.merge(applied)
 
     def committed_ops(self) -> list[AppliedWindow]:
@@ -280,6 +296,8 @@ class Replica:
         self.data[slot] = {}
         self.index[slot] = SortedList()
         self.high[slot] = 0
+        self.history.rehash_all(slot, {})
+        self.history.restart(slot, 0)
 
     def _pull_tails(self, slots: set[int]) -> dict[int, list[TailEntry]]:
         """Take the tail entries of ``slots`` out of every sender's tail, sorted by version per slot."""
@@ -306,6 +324,7 @@ class Replica:
     def _set_key(self, slot: int, key: str, value: str | None) -> None:
         """Make ``key`` hold ``value`` (``None``: absent), keeping the key index and count right."""
         store = self.data[slot]
+        self.history.rehash(slot, key, store.get(key), value)
         if value is None:
             if store.pop(key, None) is not None:
                 self.index[slot].remove(key)
@@ -333,6 +352,7 @@ class Replica:
                 self.applied.discard(client, op_id)
             case Raised(slot, high):
                 self.high[slot] = high
+                self.history.restart(slot, high)
             case Installed(slot, high, entries, applied):
                 self._install(slot, high, entries, applied)
             case Dropped(slot):
@@ -343,15 +363,30 @@ class Replica:
                 return table
             case End(_, applied):
                 self.applied.merge(applied)
+            case Patched(slot, high, writes, applied):
+                self._patch(slot, high, writes, applied)
         return None
 
     def digest(self, slot: int) -> int:
         """A 64-bit digest of a slot's contents, the same on every replica holding the same pairs in any order."""
-        total = 0
-        for key, value in self.data[slot].items():
-            pair = f"{key} {value}".encode()
-            total ^= zlib.crc32(pair) << 32 | zlib.adler32(pair)
-        return total
+        return self.history.digests[slot]
+
+    def catch_up(
+        self, slot: int, high: int, writes: list[tuple[str, str | None]], applied: Iterable[AppliedWindow]
+    ) -> None:
+        """Apply the writes a copy's source made after this replica's data (``history.since``), in its order."""
+        if self.journal is not None:
+            self.journal.append(Patched(slot, high, writes, list(applied)))
+        self._patch(slot, high, writes, applied)
+
+    def _patch(
+        self, slot: int, high: int, writes: list[tuple[str, str | None]], applied: Iterable[AppliedWindow]
+    ) -> None:
+        for key, value in writes:
+            self._set_key(slot, key, value)
+        self.high[slot] = high
+        self.history.restart(slot, high)
+        self.applied.merge(applied)
 
     def seen_op(self, client: int, op_id: int) -> bool:
         return (client, op_id) in self.applied
