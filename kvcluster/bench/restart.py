@@ -91,9 +91,17 @@ class NodeRestart:
     """Until every slot had ``rep`` replicas, no copy was under way and the node held its share of slots."""
     slots_copied: int
     keys_copied: int
-    """Keys the master's healing counter counted as copied from the restart to the end."""
+    """Keys the master's healing counter counted as copied from the restart to the end (over its resets)."""
+    counter_resets: int
+    """Times that counter started again during the wait: a new round of repairs, some slot short of replicas."""
+    declared_dead: list[str]
+    """Nodes the master's table named dead at some point after the restart (none was killed)."""
+    moves_cancelled: int
+    """Copies the master dropped after the restart (a source or target died, or too slow)."""
+    keys_at_join: int
+    """Keys the node reported when the master first listed its new process: it rejoins with none."""
     keys_after: int
-    """Keys the node held at the end."""
+    """Keys the node held at the end: every one of them was copied to it after its restart."""
     copied_fraction: float | None
     """``keys_copied`` over ``keys_before``: 1 means its whole share was copied to it again."""
     keys_lost: int
@@ -241,24 +249,44 @@ def _restart_whole(
 class _NodeWatch:
     """Follows the master's status after the restart: the node alive, serving, and every slot whole again."""
 
-    def __init__(self, node_id: int, pid: int) -> None:
+    def __init__(self, node_id: int, pid: int, before: StatusReport) -> None:
         self.node_id = node_id
         self.pid = pid
         self.joined_at: float | None = None
         self.serving_at: float | None = None
         self.last: StatusReport | None = None
+        self.keys_at_join = 0
+        # The master's healing counters count the current round of repairs and start again with the next round.
+        self.counted = (before.healed_slots, before.healed_keys)
+        self.earlier = (-before.healed_slots, -before.healed_keys)  # copies counted before the restart, less resets
+        self.resets = 0
+        self.dead: set[int] = set()
+
+    @property
+    def copied(self) -> tuple[int, int]:
+        """Slots and keys copied since the restart, as the healing counters counted them."""
+        return self.earlier[0] + self.counted[0], self.earlier[1] + self.counted[1]
+
+    def _count(self, report: StatusReport) -> None:
+        slots, keys = report.healed_slots, report.healed_keys
+        if slots < self.counted[0] or keys < self.counted[1]:
+            self.resets += 1
+            self.earlier = (self.earlier[0] + self.counted[0], self.earlier[1] + self.counted[1])
+        self.counted = (slots, keys)
 
     def observe(self, report: StatusReport, now: float) -> bool:
         from kvcluster.core.placement import rank_load  # noqa: PLC0415
 
         self.last = report
-        if self.joined_at is None and any(
-            n.node_id == self.node_id and n.alive and n.pid == self.pid for n in report.nodes
-        ):
+        self._count(report)
+        joined = any(n.node_id == self.node_id and n.alive and n.pid == self.pid for n in report.nodes)
+        if self.joined_at is None and joined:
             self.joined_at = now
+            self.keys_at_join = _node_keys(report, self.node_id)
         table = report.table
         if self.joined_at is None or table is None or self.node_id in table.dead:
             return False
+        self.dead |= set(table.dead)
         if self.serving_at is None and any(
             next((n for n in nodes if n not in table.dead), None) == self.node_id for nodes in table.replicas
         ):
@@ -271,6 +299,7 @@ class _NodeWatch:
 def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, task: Any) -> NodeRestart:
     """Kill server1, wait out the absence, start it again, time its return, read every key back."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
+    from kvcluster.core.protocol import EventKind  # noqa: PLC0415
     from kvcluster.supervisor import kill_node, start_node, stop_process  # noqa: PLC0415
 
     master = state.master_endpoint
@@ -292,17 +321,15 @@ def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, 
     restarted = time.monotonic()
     info = start_node(state, VICTIM)
     try:
-        watch = _NodeWatch(VICTIM, info.pid)
+        watch = _NodeWatch(VICTIM, info.pid, before)
         settled = poll_master(master, watch.observe, shape.timeout, f"{name} back with its share of slots")
         assert watch.last is not None
         assert watch.joined_at is not None
         assert watch.serving_at is not None
         after = watch.last
-        # The healing counter restarts only when a slot falls short of replicas again: none did after the restart.
-        copied_keys = after.healed_keys - before.healed_keys
-        copied_slots = after.healed_slots - before.healed_slots
-        if copied_keys < 0 or copied_slots < 0:
-            copied_keys, copied_slots = after.healed_keys, after.healed_slots
+        copied_slots, copied_keys = watch.copied
+        since = time.monotonic() - restarted
+        cancelled = sum(e.slots for e in after.events if e.kind == EventKind.MOVES_CANCELLED and e.age_s < since)
         progress.update(task, description="one node: reading every key back")
         check = bulk_verify(master, shape.keys, lambda _: None)
     finally:
@@ -319,6 +346,10 @@ def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, 
         replicas_s=round(settled - restarted, 3),
         slots_copied=copied_slots,
         keys_copied=copied_keys,
+        counter_resets=watch.resets,
+        declared_dead=[node_name(n) for n in sorted(watch.dead)],
+        moves_cancelled=cancelled,
+        keys_at_join=watch.keys_at_join,
         keys_after=_node_keys(after, VICTIM),
         copied_fraction=round(copied_keys / keys_before, 3) if keys_before else None,
         keys_lost=check.lost,
@@ -403,6 +434,7 @@ def restart_table(result: RestartResult) -> RenderableType:
         ("keys read back", _lost(w.keys_lost, w.keys_unreadable)),
     ]:
         whole.add_row(measure, value)
+    held = f"{n.keys_before:,} / {n.keys_at_join:,} / {n.keys_after:,}"
     node = measure_table(f"kill -9 {n.node}, restarted after {n.absence_s:g} s (seconds from the restart)")
     for measure, value in [
         ("declared dead after the kill", f"{n.declared_dead_s:.2f} s"),
@@ -411,7 +443,9 @@ def restart_table(result: RestartResult) -> RenderableType:
         ("serving (primary of a slot again)", f"{n.serving_s:.2f} s"),
         (f"every slot at {result.rep} replicas, {n.node} back to its share", f"{n.replicas_s:.2f} s"),
         ("slots / keys copied since the restart", f"{n.slots_copied:,} / {n.keys_copied:,}"),
-        (f"keys {n.node} held before the kill / at the end", f"{n.keys_before:,} / {n.keys_after:,}"),
+        ("healing counter restarts / copies cancelled", f"{n.counter_resets} / {n.moves_cancelled}"),
+        ("nodes declared dead after the restart", ", ".join(n.declared_dead) or "none"),
+        (f"keys {n.node} held: before the kill / at its join / at the end", held),
         ("keys copied / keys held before", _fraction(n.copied_fraction)),
         ("keys read back", _lost(n.keys_lost, n.keys_unreadable)),
     ]:
