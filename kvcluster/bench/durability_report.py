@@ -165,14 +165,15 @@ def _restart_lines(restarts: Sequence[RestartResult], chart: str) -> list[str]:
         "rejoins with no slots (catching up by difference is not implemented), so rebalancing copies its share to",
         "it again; times run from its restart, and the keys copied are compared with the keys it held before the",
         "kill. Every key is read back after each restart. Disk is `du` of the data root with the cluster stopped;",
-        "RSS is the storage nodes' resident memory after the load; both per key replica (keys x replicas).",
+        "RSS is the storage nodes' resident memory after the load; both per key replica (keys x replicas). *Added*",
+        "is what the load added to the nodes' memory, without what the Python processes take with no data.",
         "",
         f"![restart times]({chart})",
         "",
         "| keys | nodes, rep | fsync | whole: table / serving / every slot whole | whole: keys copied | whole: keys"
         " lost | node: alive / serving / share back | node: keys copied / held before | node: keys lost | disk per"
-        " key replica | RSS per key replica |",
-        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        " key replica | RSS per key replica | RSS added per key replica |",
+        "| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in restarts:
         w, n = r.whole, r.node
@@ -184,7 +185,7 @@ def _restart_lines(restarts: Sequence[RestartResult], chart: str) -> list[str]:
             f"| {n.joined_s:.1f} / {n.serving_s:.1f} / **{n.replicas_s:.1f}** s "
             f"| {n.keys_copied:,} / {n.keys_before:,} ({fraction}) | **{n.keys_lost + n.keys_unreadable}** "
             f"| {r.disk_bytes_per_key_replica:,.0f} B ({_mib(r.disk_bytes)}) "
-            f"| {r.rss_bytes_per_key_replica:,.0f} B ({_mib(r.rss_bytes)}) |"
+            f"| {r.rss_bytes_per_key_replica:,.0f} B ({_mib(r.rss_bytes)}) | {r.rss_added_per_key_replica:,.0f} B |"
         )
     lines.append("")
     for r in restarts:

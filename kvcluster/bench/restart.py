@@ -19,8 +19,9 @@ The cluster is bulk-loaded with ``--keys`` keys (``bulk.bulk_load``), then:
   held before the kill, and every key is read back again.
 
 Also measured: the data root's disk usage (``du``: allocated blocks) with the
-cluster stopped, and the storage nodes' resident memory, each per key replica
-(keys x rep).
+cluster stopped, and the storage nodes' resident memory after the load, each
+per key replica (keys x rep), and what the load added to that memory (the
+nodes' memory before the load is the Python processes' own).
 """
 
 from __future__ import annotations
@@ -121,6 +122,10 @@ class RestartResult:
     rss_bytes: int
     """Resident memory of every storage node after the load."""
     rss_bytes_per_key_replica: float
+    rss_bytes_empty: int
+    """Resident memory of every storage node before the load: what the processes cost with no data."""
+    rss_added_per_key_replica: float
+    """What the load added to the nodes' resident memory, per key replica."""
     rss_bytes_after_restart: int
     """The same once the whole cluster had started again from its data."""
     whole: WholeRestart
@@ -362,6 +367,7 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
     start_load = load_average()
     task = progress.add_task(f"restart: starting {shape.nodes} nodes", total=None)
     with cluster(shape.nodes, shape.rep, fsync=shape.fsync) as (supervisor, state):
+        rss_empty = rss_bytes([s.pid for s in state.servers])
         load_task = progress.add_task(f"loading {shape.keys:,} keys", total=shape.keys)
         load_s = bulk_load(state.master_endpoint, shape.keys, lambda done: progress.advance(load_task, done))
         rss = rss_bytes([s.pid for s in state.servers])
@@ -386,6 +392,8 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
         disk_bytes_per_key_replica=round(disk / replicas, 1),
         rss_bytes=rss,
         rss_bytes_per_key_replica=round(rss / replicas, 1),
+        rss_bytes_empty=rss_empty,
+        rss_added_per_key_replica=round((rss - rss_empty) / replicas, 1),
         rss_bytes_after_restart=rss_after,
         whole=whole,
         node=node,
@@ -416,10 +424,12 @@ def restart_table(result: RestartResult) -> RenderableType:
     )
     disk = f"{_mib(result.disk_bytes)} / {result.disk_bytes_per_key_replica:,.0f} B"
     rss = f"{_mib(result.rss_bytes)} / {result.rss_bytes_per_key_replica:,.0f} B"
+    added = f"{_mib(result.rss_bytes_empty)} / {result.rss_added_per_key_replica:,.0f} B"
     for measure, value in [
         ("bulk load", f"{result.load_s:.1f} s"),
         ("disk (du of the data root) / per key replica", disk),
         ("node RSS after the load / per key replica", rss),
+        ("node RSS before the load / added per key replica", added),
         ("node RSS after the whole restart", _mib(result.rss_bytes_after_restart)),
     ]:
         sizes.add_row(measure, value)
