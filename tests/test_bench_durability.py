@@ -37,6 +37,7 @@ def test_restart_reads_every_key_back_after_the_whole_cluster_and_one_node(tmp_p
     assert whole["recovered_event"] is True
     assert 0 < whole["table_s"] <= whole["serving_s"] <= whole["replicas_s"] < HANG
     assert 0 < whole["stop_s"] < HANG
+    assert 0 < result["empty_start_s"] < HANG
     node = result["node"]
     assert node["node"] == "server1"
     assert node["keys_lost"] == node["keys_unreadable"] == 0
@@ -103,6 +104,10 @@ def test_report_writes_the_durability_section_into_an_existing_report(tmp_path: 
     assert {r["fsync"] for r in data["throughput"]} == {"always", "everysec", "no"}
     (restart,) = data["restart"]
     assert restart["whole"]["keys_lost"] == restart["node"]["keys_lost"] == 0
+    assert 0 < data["fdatasync_us"]["median"] <= data["fdatasync_us"]["p99"]
+    if redis_compare.redis_available():
+        assert [r["fsync"] for r in data["redis"]] == ["always", "everysec", "no"]
+        assert "redis-benchmark" in text
 
 
 def test_fsync_list_keeps_the_order_and_refuses_unknown_policies() -> None:

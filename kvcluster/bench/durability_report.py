@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.output import to_json
+from kvcluster.bench.redis_compare import RedisRun, redis_available, run_redis
 from kvcluster.bench.restart import RestartResult, RestartShape, chart_restart, run_restart
 from kvcluster.bench.throughput import Mode, ThroughputRun, chart_throughput, fsync_costs, run_throughput
 
@@ -63,6 +64,10 @@ class DurabilityResults:
     """The report command that measured them."""
     load_average: dict[str, list[float]] = field(default_factory=dict)
     """The machine's 1, 5 and 15 minute load averages before the throughput runs and at their end."""
+    redis: list[RedisRun] = field(default_factory=list)
+    """redis-benchmark under each policy's persistence, when Redis is installed."""
+    fdatasync_us: dict[str, float] = field(default_factory=dict)
+    """Median and p99 of one small append and ``fdatasync`` where the benchmarks keep their data."""
 
     def json(self) -> dict[str, Any]:
         return {
@@ -70,6 +75,8 @@ class DurabilityResults:
                 "throughput": to_json(self.runs),
                 "fsync_costs": to_json(fsync_costs(self.runs)),
                 "restart": to_json(self.restarts),
+                "redis": to_json(self.redis),
+                "fdatasync_us": self.fdatasync_us,
                 "load_average": self.load_average,
                 "command": self.command,
             }
@@ -82,6 +89,28 @@ def durability_command(restart_keys: Sequence[int], *, quick: bool, only: bool) 
     words += ["--only-durability"] if only else []
     words += [f"--restart-keys {','.join(map(str, restart_keys))}"]
     return " ".join(words)
+
+
+SYNC_SAMPLES = 500
+
+
+def fdatasync_latency(samples: int = SYNC_SAMPLES) -> dict[str, float]:
+    """Append 200 bytes and ``fdatasync``, ``samples`` times, in the temporary directory the benchmarks use."""
+    import tempfile  # noqa: PLC0415
+    import time  # noqa: PLC0415
+
+    from kvcluster.bench.common import percentile  # noqa: PLC0415
+
+    took = []
+    with tempfile.TemporaryFile(prefix="kvcluster-bench-sync-") as file:
+        fd = file.fileno()
+        for _ in range(samples):
+            os.write(fd, b"x" * 200)
+            started = time.perf_counter()
+            os.fdatasync(fd)
+            took.append(time.perf_counter() - started)
+    took.sort()
+    return {"median": round(percentile(took, 0.5) * 1e6, 1), "p99": round(percentile(took, 0.99) * 1e6, 1)}
 
 
 def run_durability(sizes: DurabilitySizes, restart_keys: Sequence[int], progress: Progress) -> DurabilityResults:
@@ -100,6 +129,7 @@ def run_durability(sizes: DurabilitySizes, restart_keys: Sequence[int], progress
         fsyncs=sizes.fsyncs,
     )
     end = load_average()
+    redis = [run_redis(fsync, sizes.ops) for fsync in sizes.fsyncs] if redis_available() else []
     restarts = [
         run_restart(
             RestartShape(sizes.restart_nodes, sizes.restart_rep, keys, sizes.absence, "everysec", RESTART_TIMEOUT),
@@ -107,7 +137,9 @@ def run_durability(sizes: DurabilitySizes, restart_keys: Sequence[int], progress
         )
         for keys in restart_keys
     ]
-    return DurabilityResults(runs, restarts, load_average={"start": start, "end": end})
+    return DurabilityResults(
+        runs, restarts, load_average={"start": start, "end": end}, redis=redis, fdatasync_us=fdatasync_latency()
+    )
 
 
 def _mib(value: float) -> str:
@@ -143,6 +175,21 @@ def _throughput_lines(results: DurabilityResults, chart: str) -> list[str]:
     if costs:
         lines += ["", "Against *no* at the same replica count and mode:", ""]
         lines += [f"- {cost.sentence}." for cost in costs]
+        lines += [
+            "",
+            "Each policy is measured once, one after the other, on a machine shared with other work: small",
+            "differences, and a policy that comes out faster than *no*, are the spread between runs, not an effect.",
+        ]
+    if results.fdatasync_us:
+        sync = results.fdatasync_us
+        lines += [
+            "",
+            "What a sync costs here: a 200-byte append and `fdatasync` in the benchmarks' temporary directory took",
+            f"{sync['median']:,.0f} µs (median) and {sync['p99']:,.0f} µs (p99). On a disk that must reach stable",
+            "storage before it answers, a sync takes milliseconds, and *always* costs correspondingly more.",
+        ]
+    if results.redis:
+        lines += _redis_lines(results)
     if results.load_average:
         start, end = results.load_average["start"], results.load_average["end"]
         lines += [
@@ -150,6 +197,36 @@ def _throughput_lines(results: DurabilityResults, chart: str) -> list[str]:
             f"Load average {start[0]:g} before these runs and {end[0]:g} at their end (1 min, {os.cpu_count()} cores).",
         ]
     lines.append("")
+    return lines
+
+
+def _redis_lines(results: DurabilityResults) -> list[str]:
+    first = results.redis[0]
+    modes = sorted({r.mode for r in results.runs})
+    lines = [
+        "",
+        f"Redis on the same machine, for scale: `redis-benchmark -q -c {first.clients} -n {first.requests} -t set,get`",
+        "against a redis-server with the matching persistence (*no* against Redis with persistence off, which",
+        "writes nothing, while kvcluster's nodes still write their log). Redis's 50/50 rate is the harmonic mean",
+        "of its SET and GET rates; one Redis process holds one copy, kvcluster keeps every replica count's copies",
+        "on the same cores.",
+        "",
+        "| fsync | Redis | Redis SET / GET ops/s | Redis 50/50 ops/s | kvcluster replicas | "
+        + " | ".join(f"kvcluster {m.label} ops/s (/ Redis)" for m in modes)
+        + " |",
+        "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in modes) + " |",
+    ]
+    for redis in results.redis:
+        for rep in sorted({r.rep for r in results.runs if r.fsync == redis.fsync}):
+            cells = []
+            for mode in modes:
+                run = next((r for r in results.runs if (r.fsync, r.rep, r.mode) == (redis.fsync, rep, mode)), None)
+                ratio = run.ops_per_s / redis.mixed_ops_per_s if run is not None and redis.mixed_ops_per_s else None
+                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
+            lines.append(
+                f"| {redis.fsync} | {redis.config} | {redis.set_ops_per_s:,.0f} / {redis.get_ops_per_s:,.0f} "
+                f"| {redis.mixed_ops_per_s:,.0f} | {rep} | " + " | ".join(cells) + " |"
+            )
     return lines
 
 
@@ -192,7 +269,8 @@ def _restart_lines(restarts: Sequence[RestartResult], chart: str) -> list[str]:
         start, end = r.load_average["start"], r.load_average["end"]
         healed = "were" if r.node.healed_before_restart else "were not yet"
         lines += [
-            f"`{r.command}`: stopping every process took {r.whole.stop_s:.1f} s; {r.node.node} was declared dead",
+            f"`{r.command}`: the first start, with no data, took {r.empty_start_s:.1f} s and stopping every process",
+            f"{r.whole.stop_s:.1f} s; {r.node.node} was declared dead",
             f"{r.node.declared_dead_s:.2f} s after its kill and the slots it held {healed} back at {r.rep} replicas on",
             f"the other nodes when it restarted {r.node.absence_s:g} s after the kill. Load average {start[0]:g}",
             f"before the run, {end[0]:g} at its end (1 min).",

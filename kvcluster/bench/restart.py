@@ -115,6 +115,8 @@ class RestartResult:
     rep: int
     keys: int
     fsync: str
+    empty_start_s: float
+    """How long the first start took, with no data: what a start costs before any log is read."""
     load_s: float
     disk_bytes: int
     """``du`` of the data root with the cluster stopped after the load."""
@@ -366,7 +368,9 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
     """Load, stop and start the whole cluster again, then kill and restart one node."""
     start_load = load_average()
     task = progress.add_task(f"restart: starting {shape.nodes} nodes", total=None)
+    starting = time.monotonic()
     with cluster(shape.nodes, shape.rep, fsync=shape.fsync) as (supervisor, state):
+        empty_start_s = time.monotonic() - starting
         rss_empty = rss_bytes([s.pid for s in state.servers])
         load_task = progress.add_task(f"loading {shape.keys:,} keys", total=shape.keys)
         load_s = bulk_load(state.master_endpoint, shape.keys, lambda done: progress.advance(load_task, done))
@@ -387,6 +391,7 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
         rep=shape.rep,
         keys=shape.keys,
         fsync=shape.fsync,
+        empty_start_s=round(empty_start_s, 3),
         load_s=round(load_s, 2),
         disk_bytes=disk,
         disk_bytes_per_key_replica=round(disk / replicas, 1),
@@ -426,6 +431,7 @@ def restart_table(result: RestartResult) -> RenderableType:
     rss = f"{_mib(result.rss_bytes)} / {result.rss_bytes_per_key_replica:,.0f} B"
     added = f"{_mib(result.rss_bytes_empty)} / {result.rss_added_per_key_replica:,.0f} B"
     for measure, value in [
+        ("first start, with no data", f"{result.empty_start_s:.2f} s"),
         ("bulk load", f"{result.load_s:.1f} s"),
         ("disk (du of the data root) / per key replica", disk),
         ("node RSS after the load / per key replica", rss),
