@@ -174,6 +174,7 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         assert f"]({chart})" in report
         assert (docs / chart).read_bytes().startswith(PNG_MAGIC)
     assert "kvcluster bench failover-sweep --keys 1000 " in report
+    assert report.index("## Durability") < report.index("## Reproduce")
     data = json.loads((docs / "REPORT.json").read_text())
     assert data["failover"]["lost_acked_writes"] == 0
     assert {r["batch"] for r in data["throughput"]["runs"]} == {1, 16}
@@ -213,6 +214,11 @@ def test_master_failover_elects_a_new_leader_after_each_fault_and_loses_no_write
         ["failover-sweep", "--keys", "ten"],
         ["failover-sweep", "--nodes", "3", "--rep", "4"],
         ["report", "--failover-keys", "0"],
+        ["throughput", "--fsync", "always,sometimes"],
+        ["restart", "--fsync", "always,no"],
+        ["restart", "--nodes", "3", "--rep", "4"],
+        ["report", "--restart-keys", "ten"],
+        ["report", "--only-durability", "--only-healing", "--recovery-keys", "500"],
     ],
 )
 def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> None:

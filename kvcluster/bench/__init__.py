@@ -1,12 +1,14 @@
 """The ``kvcluster bench`` commands: throughput, balance, failover, chaos and the report that gathers them.
 
 One module per benchmark, each owning its run, its results, its tables and
-its charts: ``throughput``, ``balance``, ``failover`` (figures in
-``failover_analysis``, tables and charts in ``failover_views``),
-``failover_sweep`` (failover against the data size), ``master_failover``
-(faults of the leading master), ``recovery`` and
-``rebalance`` (healing under load, sharing ``healing_load`` and ``healing_views``), ``chaos`` (faults and
-linearizability, with ``chaos_faults`` and ``chaos_report``), ``report``.
+its charts: ``throughput`` (with ``redis_compare`` for Redis beside it),
+``balance``, ``failover`` (figures in ``failover_analysis``, tables and charts
+in ``failover_views``), ``failover_sweep`` (failover against the data size),
+``master_failover`` (faults of the leading master), ``recovery`` and
+``rebalance`` (healing under load, sharing ``healing_load`` and ``healing_views``),
+``restart`` (a whole cluster, and one node, started again from their data),
+``chaos`` (faults and linearizability, with ``chaos_faults`` and
+``chaos_report``), ``report``.
 ``bulk`` loads and reads back a large data set for failover and chaos runs.
 ``common`` and ``output`` hold what they share; nothing there imports a
 benchmark module. Only ``kvcluster bench ...`` imports this package, and
@@ -32,6 +34,7 @@ def register(app: typer.Typer) -> None:
         rebalance,
         recovery,
         report,
+        restart,
         throughput,
     )
 
@@ -42,5 +45,6 @@ def register(app: typer.Typer) -> None:
     app.command("master-failover")(master_failover.master_failover_command)
     app.command("recovery")(recovery.recovery_command)
     app.command("rebalance")(rebalance.rebalance_command)
+    app.command("restart")(restart.restart_command)
     app.command("report")(report.report_command)
     chaos.register(app)

@@ -40,15 +40,24 @@ class BenchmarkError(KvclusterError):
 
 
 @contextmanager
-def cluster(nodes: int, rep: int, masters: int = DEFAULT_MASTERS) -> Iterator[tuple[Supervisor, ClusterState]]:
-    """A fresh cluster in its own temporary state directory, stopped and reaped on the way out."""
+def cluster(
+    nodes: int, rep: int, masters: int = DEFAULT_MASTERS, fsync: str = "everysec"
+) -> Iterator[tuple[Supervisor, ClusterState]]:
+    """A fresh cluster in its own temporary state directory, stopped and reaped on the way out.
+
+    The nodes keep their data under ``<home>/data`` with the ``fsync`` policy;
+    ``supervisor.stop()`` then ``supervisor.start()`` starts the same cluster
+    again from that data, and the way out stops whichever processes run.
+    """
     import tempfile  # noqa: PLC0415
 
     from kvcluster.core.protocol import Timing  # noqa: PLC0415
+    from kvcluster.datadir import Storage, default_root  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
     with tempfile.TemporaryDirectory(prefix="kvcluster-bench-") as home:
-        supervisor = Supervisor(Path(home), nodes, rep, masters, "127.0.0.1:0", Timing())
+        storage = Storage(str(default_root(Path(home))), fsync)
+        supervisor = Supervisor(Path(home), nodes, rep, masters, "127.0.0.1:0", Timing(), storage=storage)
         try:
             state = supervisor.start()
             yield supervisor, state
@@ -68,6 +77,17 @@ def check_shape(nodes: int, reps: Sequence[int]) -> None:
     for rep in reps:
         if not 1 <= rep <= nodes:
             raise UsageError(f"replica count {rep} is out of range 1..{nodes} for {nodes} nodes")
+
+
+def fsync_list(text: str) -> list[str]:
+    """``--fsync always,everysec,no``: the policies in the order given, each once."""
+    from kvcluster.datadir import FSYNC_POLICIES  # noqa: PLC0415
+
+    policies = list(dict.fromkeys(part.strip() for part in text.split(",") if part.strip()))
+    unknown = [p for p in policies if p not in FSYNC_POLICIES]
+    if not policies or unknown:
+        raise UsageError(f"--fsync takes a comma-separated list of {', '.join(FSYNC_POLICIES)}; got {text!r}")
+    return policies
 
 
 def int_list(text: str, option: str) -> list[int]:

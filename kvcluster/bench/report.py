@@ -6,7 +6,10 @@ beside it, and the machine the figures were measured on. With
 sizes (``failover_sweep``), which takes long at a million keys and more. With
 ``--recovery-keys`` and ``--rebalance-keys`` it adds a section on healing under
 load (``healing_report``); ``--only-healing`` runs only those and updates that
-section of an existing report, keeping the others.
+section of an existing report, keeping the others. The durability section
+(``durability_report``: throughput per fsync policy, and ``restart`` at the
+``--restart-keys`` sizes) is measured too; ``--only-durability`` runs only it
+and updates that section in the same way.
 """
 
 from __future__ import annotations
@@ -23,6 +26,16 @@ import typer
 
 from kvcluster.bench.balance import Balance, balance_table, chart_balance, run_balance
 from kvcluster.bench.common import int_list
+from kvcluster.bench.durability_report import (
+    FULL_DURABILITY,
+    FULL_RESTART_KEYS,
+    QUICK_DURABILITY,
+    QUICK_RESTART_KEYS,
+    DurabilityResults,
+    durability_command,
+    run_durability,
+    write_durability,
+)
 from kvcluster.bench.failover import FailoverShape, run_failover
 from kvcluster.bench.failover_analysis import Failover, FailoverSeries
 from kvcluster.bench.failover_sweep import (
@@ -46,6 +59,7 @@ from kvcluster.bench.healing_report import (
 from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
 from kvcluster.bench.rebalance import rebalance_table
 from kvcluster.bench.recovery import recovery_table
+from kvcluster.bench.restart import restart_table
 from kvcluster.bench.throughput import (
     Mode,
     ThroughputRun,
@@ -347,9 +361,32 @@ def report_command(
             "report in place of its previous one, keeping every other section.",
         ),
     ] = False,
+    restart_keys: Annotated[
+        str | None,
+        typer.Option(
+            "--restart-keys",
+            help="Run bench restart (whole cluster, then one node; 7 nodes, rep 3) after loading each of these "
+            "numbers of keys for the durability section; default 100000 (2000 with --quick), '' for none.",
+        ),
+    ] = None,
+    only_durability: Annotated[
+        bool,
+        typer.Option(
+            "--only-durability",
+            help="Run only the durability section (throughput per fsync policy, --restart-keys restarts) and put "
+            "it into the existing report in place of its previous one, keeping every other section.",
+        ),
+    ] = False,
 ) -> None:
     """Run every benchmark at full size (100,000 keys on 7 nodes) and write a Markdown report with PNG charts."""
     sizes = QUICK_SIZES if quick else FULL_SIZES
+    durability_sizes = QUICK_DURABILITY if quick else FULL_DURABILITY
+    restarts = _restart_sizes(restart_keys, quick=quick)
+    if only_durability:
+        if only_healing:
+            raise UsageError("--only-durability and --only-healing each update one section: run them one at a time")
+        _only_durability(out, restarts, quick=quick)
+        return
     sweep_sizes = int_list(failover_keys, "--failover-keys") if failover_keys else []
     recoveries = int_list(recovery_keys, "--recovery-keys") if recovery_keys else []
     rebalances = int_list(rebalance_keys, "--rebalance-keys") if rebalance_keys else []
@@ -386,7 +423,9 @@ def report_command(
             progress=progress,
         )
         healing = run_healing(healing_sizes, recoveries, rebalances, progress)
+        durability = run_durability(durability_sizes, restarts, progress)
     healing.command = healing_command(recoveries, rebalances, quick=quick, only=False)
+    durability.command = durability_command(restarts, quick=quick, only=False)
     console = stdout_console()
     console.print(throughput_table(runs))
     console.print(balance_table(balance))
@@ -394,10 +433,37 @@ def report_command(
     if sweep:
         console.print(sweep_table(sweep))
     _print_healing(healing)
+    _print_durability(durability)
     write_report(out, sizes, runs, balance, failover, sweep)
     if healing:
         write_healing(out, healing)
+    write_durability(out, durability)
     console.print(f"wrote {out} and its charts")
+
+
+def _restart_sizes(restart_keys: str | None, *, quick: bool) -> list[int]:
+    """``--restart-keys``: the sizes given, none for '', or the default for the report's sizes."""
+    if restart_keys is None:
+        return list(QUICK_RESTART_KEYS if quick else FULL_RESTART_KEYS)
+    return int_list(restart_keys, "--restart-keys") if restart_keys.strip() else []
+
+
+def _only_durability(out: Path, restarts: list[int], *, quick: bool) -> None:
+    """Measure the durability section alone and put it into ``out`` in place of its previous one."""
+    with interrupt_on_sigterm(), progress_bar() as progress:
+        durability = run_durability(QUICK_DURABILITY if quick else FULL_DURABILITY, restarts, progress)
+    durability.command = durability_command(restarts, quick=quick, only=True)
+    _print_durability(durability)
+    write_durability(out, durability)
+    stdout_console().print(f"wrote the durability section of {out} and its charts")
+
+
+def _print_durability(durability: DurabilityResults) -> None:
+    console = stdout_console()
+    if durability.runs:
+        console.print(throughput_table(durability.runs))
+    for restart in durability.restarts:
+        console.print(restart_table(restart))
 
 
 def _print_healing(healing: HealingResults) -> None:

@@ -1,16 +1,19 @@
-"""``kvcluster bench throughput``: ops/s, latency percentiles and CPU per op for each replica count.
+"""``kvcluster bench throughput``: ops/s, latency percentiles and CPU per op for each replica count and fsync policy.
 
 Load comes from separate client processes (a ``workers.ClientPool``),
 released together by a barrier so the measured wall time covers the
-concurrent phase only. Each replica count gets a fresh, preloaded cluster;
-each mode (operations per message, messages in flight) is one measured phase.
+concurrent phase only. Each fsync policy and replica count gets a fresh,
+preloaded cluster; each mode (operations per message, messages in flight) is
+one measured phase. With several policies, each one's cost is given against
+``no`` (the log written, never synced by the nodes); ``--redis`` adds Redis's
+own figures under the matching persistence (``redis_compare``).
 """
 
 from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
@@ -29,12 +32,14 @@ from kvcluster.bench.common import (
     cpu_seconds,
     dead_nodes,
     execute_chunked,
+    fsync_list,
     int_list,
     key_name,
     percentile,
     preload,
 )
 from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
+from kvcluster.bench.redis_compare import CONFIG_LABEL, RedisRun, redis_available, run_redis
 from kvcluster.errors import UsageError
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
 from kvcluster.workers import ClientPool, Worker
@@ -70,6 +75,7 @@ class ThroughputRun:
     cluster_cpu_us_per_op: float = 0.0
     # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
     dead_nodes: list[str] = field(default_factory=list)
+    fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
 
     @property
     def mode(self) -> Mode:
@@ -160,19 +166,21 @@ def run_throughput(
     modes: Sequence[Mode],
     progress: Progress,
     masters: int = DEFAULT_MASTERS,
+    fsyncs: Sequence[str] = ("everysec",),
 ) -> list[ThroughputRun]:
-    """For every replica count a fresh cluster: preload, then one measured phase per mode."""
+    """For every fsync policy and replica count a fresh cluster: preload, then one measured phase per mode."""
     runs: list[ThroughputRun] = []
-    for rep in reps:
-        task = progress.add_task(f"rep {rep}: starting {nodes} nodes", total=keys + ops * len(modes))
-        advance = functools.partial(progress.advance, task)
-        with cluster(nodes, rep, masters) as (_, state):
-            progress.update(task, description=f"rep {rep}: preload")
-            preload(state.master_endpoint, keys, advance)
-            for mode in modes:
-                progress.update(task, description=f"rep {rep}: {mode.label}")
-                runs.append(
-                    measure_load(
+    for fsync in fsyncs:
+        for rep in reps:
+            name = f"fsync {fsync}, rep {rep}" if len(fsyncs) > 1 else f"rep {rep}"
+            task = progress.add_task(f"{name}: starting {nodes} nodes", total=keys + ops * len(modes))
+            advance = functools.partial(progress.advance, task)
+            with cluster(nodes, rep, masters, fsync) as (_, state):
+                progress.update(task, description=f"{name}: preload")
+                preload(state.master_endpoint, keys, advance)
+                for mode in modes:
+                    progress.update(task, description=f"{name}: {mode.label}")
+                    run = measure_load(
                         state.master_endpoint,
                         rep=rep,
                         ops=ops,
@@ -185,8 +193,9 @@ def run_throughput(
                         advance=advance,
                         cluster_pids=[*(m.pid for m in state.masters), *(s.pid for s in state.servers)],
                     )
-                )
-        progress.update(task, description=f"rep {rep}: done")
+                    run.fsync = fsync
+                    runs.append(run)
+            progress.update(task, description=f"{name}: done")
     return runs
 
 
@@ -252,24 +261,25 @@ def measure_load(
 
 
 def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
-    """Replica counts down, batch sizes across, so both modes sit side by side."""
+    """Fsync policies and replica counts down, batch sizes across, so both modes sit side by side."""
     from rich.table import Table  # noqa: PLC0415
 
     modes = _modes(runs)
     table = Table(
         title=f"Throughput ({runs[0].ops} ops per run, {runs[0].nodes} nodes, {runs[0].clients} client processes)"
     )
+    table.add_column("fsync")
     table.add_column("replicas", justify="right")
     for mode in modes:
         header = mode.label.replace(", ", "\n")
         table.add_column(f"{header}\nops/s", justify="right")
         table.add_column(f"{header}\np50/p95/p99 ms", justify="right")
     table.add_column("failed\nops", justify="right")
-    for rep in sorted({r.rep for r in runs}):
-        row = [str(rep)]
+    for fsync, rep in _groups(runs):
+        row = [fsync, str(rep)]
         failed = 0
         for mode in modes:
-            run = _run_of(runs, rep, mode)
+            run = _run_of(runs, rep, mode, fsync)
             if run is None:
                 row += ["-", "-"]
                 continue
@@ -281,12 +291,13 @@ def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
 
 
 def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
-    """The throughput table, followed by a line for each run where operations failed or nodes were declared dead."""
+    """The throughput table, each fsync policy's cost against ``no``, and a line for each run where operations
+    failed or nodes were declared dead."""
     from rich.console import Group  # noqa: PLC0415
 
-    problems: list[str] = []
+    problems: list[str] = [cost.sentence for cost in fsync_costs(runs)]
     for run in runs:
-        where = f"rep {run.rep}, {run.mode.label}"
+        where = f"fsync {run.fsync}, rep {run.rep}, {run.mode.label}"
         if run.failed:
             kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
             problems.append(f"[bold red]{where}: {run.failed} ops did not complete ({kinds})[/]")
@@ -297,9 +308,9 @@ def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
 
 def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
     modes = _modes(runs)
-    reps = sorted({r.rep for r in runs})
-    labels = [f"rep {rep}" for rep in reps]
-    series = [[_ops_per_s(runs, rep, mode) for rep in reps] for mode in modes]
+    groups = _groups(runs)
+    labels = [_group_label(runs, fsync, rep) for fsync, rep in groups]
+    series = [[_ops_per_s(runs, rep, mode, fsync) for fsync, rep in groups] for mode in modes]
     with terminal_chart("Throughput (ops/s) against replicas", [v for s in series for v in s]) as plt:
         if len(series) == 1:
             plt.bar(labels, series[0])
@@ -331,34 +342,159 @@ def _modes(runs: Sequence[ThroughputRun]) -> list[Mode]:
     return sorted({r.mode for r in runs})
 
 
-def _run_of(runs: Sequence[ThroughputRun], rep: int, mode: Mode) -> ThroughputRun | None:
-    return next((r for r in runs if r.rep == rep and r.mode == mode), None)
+def _run_of(runs: Sequence[ThroughputRun], rep: int, mode: Mode, fsync: str | None = None) -> ThroughputRun | None:
+    """The run of this replica count and mode (and fsync policy; any policy when ``None``)."""
+    return next((r for r in runs if r.rep == rep and r.mode == mode and fsync in (None, r.fsync)), None)
 
 
-def _ops_per_s(runs: Sequence[ThroughputRun], rep: int, mode: Mode) -> float:
-    run = _run_of(runs, rep, mode)
+def _ops_per_s(runs: Sequence[ThroughputRun], rep: int, mode: Mode, fsync: str | None = None) -> float:
+    run = _run_of(runs, rep, mode, fsync)
     return run.ops_per_s if run is not None else 0.0
+
+
+def _groups(runs: Sequence[ThroughputRun]) -> list[tuple[str, int]]:
+    """(fsync policy, replica count) of every cluster measured: policies in the order run, replicas ascending."""
+    policies = list(dict.fromkeys(r.fsync for r in runs))
+    return [(fsync, rep) for fsync in policies for rep in sorted({r.rep for r in runs if r.fsync == fsync})]
+
+
+def _group_label(runs: Sequence[ThroughputRun], fsync: str, rep: int) -> str:
+    return f"rep {rep}" if len({r.fsync for r in runs}) == 1 else f"{fsync}, rep {rep}"
+
+
+@dataclass(frozen=True)
+class FsyncCost:
+    """How much throughput one fsync policy gives up against ``no`` at the same replica count and mode."""
+
+    fsync: str
+    rep: int
+    batch: int
+    window: int
+    ops_per_s: float
+    no_ops_per_s: float
+    cost: float  # 1 - ops_per_s / no_ops_per_s: 0.25 means a quarter fewer ops/s than with no fsync
+
+    @property
+    def sentence(self) -> str:
+        mode = Mode(self.batch, self.window).label
+        verb = "costs" if self.cost >= 0 else "gains"
+        return (
+            f"fsync {self.fsync} {verb} {abs(self.cost):.0%} against no (rep {self.rep}, {mode}: "
+            f"{self.ops_per_s:,.0f} against {self.no_ops_per_s:,.0f} ops/s)"
+        )
+
+
+def fsync_costs(runs: Sequence[ThroughputRun]) -> list[FsyncCost]:
+    """Every policy's run against the ``no`` run of the same replica count and mode, when there is one."""
+    costs = []
+    for run in runs:
+        base = _run_of(runs, run.rep, run.mode, "no")
+        if run.fsync == "no" or base is None or not base.ops_per_s:
+            continue
+        cost = round(1 - run.ops_per_s / base.ops_per_s, 3)
+        costs.append(FsyncCost(run.fsync, run.rep, run.batch, run.window, run.ops_per_s, base.ops_per_s, cost))
+    return costs
 
 
 def chart_throughput(runs: Sequence[ThroughputRun], path: Path) -> None:
     modes = _modes(runs)
-    reps = sorted({r.rep for r in runs})
+    groups = _groups(runs)
     width = 0.8 / len(modes)
-    with png_chart(path) as ax:
+    with png_chart(path, width=max(7, 1.2 * len(groups))) as ax:
         for i, mode in enumerate(modes):
-            values = [_ops_per_s(runs, rep, mode) for rep in reps]
-            xs = [x + (i - (len(modes) - 1) / 2) * width for x in range(len(reps))]
+            values = [_ops_per_s(runs, rep, mode, fsync) for fsync, rep in groups]
+            xs = [x + (i - (len(modes) - 1) / 2) * width for x in range(len(groups))]
             bars = ax.bar(xs, values, width, label=mode.label)
             ax.bar_label(bars, labels=[f"{v:,.0f}" for v in values], fontsize=8)
-        ax.set_xticks(range(len(reps)), [f"{rep}" for rep in reps])
+        ticks = [f"{rep}" if len({r.fsync for r in runs}) == 1 else f"{rep}\nfsync {fsync}" for fsync, rep in groups]
+        ax.set_xticks(range(len(groups)), ticks)
         ax.set_xlabel("replicas")
         ax.set_ylabel("ops/s")
         ax.set_title(f"Throughput, {runs[0].ops:,} ops (50/50 get/put), {runs[0].nodes} nodes")
         ax.legend()
 
 
-def throughput_json(runs: Sequence[ThroughputRun]) -> dict[str, Any]:
-    return {"runs": to_json(list(runs))}
+def throughput_json(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun] = ()) -> dict[str, Any]:
+    data = {"runs": to_json(list(runs)), "fsync_costs": to_json(fsync_costs(runs))}
+    if redis:
+        data["redis"] = [
+            {**to_json(r), "kvcluster": [_versus_redis(run, r) for run in runs if run.fsync == r.fsync]} for r in redis
+        ]
+    return data
+
+
+@dataclass
+class ThroughputResults:
+    """kvcluster's runs, and Redis's beside them when asked for (``redis_note`` says why there are none)."""
+
+    runs: list[ThroughputRun]
+    redis: list[RedisRun] = field(default_factory=list)
+    redis_note: str = ""
+
+
+def _versus_redis(run: ThroughputRun, redis: RedisRun) -> dict[str, Any]:
+    ratio = round(run.ops_per_s / redis.mixed_ops_per_s, 3) if redis.mixed_ops_per_s else None
+    return {"rep": run.rep, "batch": run.batch, "window": run.window, "ops_per_s": run.ops_per_s, "ratio": ratio}
+
+
+def redis_table(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun]) -> RenderableType:
+    """Redis under each policy's persistence, beside kvcluster's runs of that policy: ops/s and kvcluster / Redis."""
+    from rich.table import Table  # noqa: PLC0415
+
+    first = redis[0]
+    modes = _modes(runs)
+    table = Table(
+        title=f"kvcluster against Redis (redis-benchmark -c {first.clients} -n {first.requests} -t set,get; "
+        "Redis 50/50 = harmonic mean of SET and GET)"
+    )
+    table.add_column("fsync")
+    table.add_column("Redis")
+    table.add_column("Redis\nSET / GET\nops/s", justify="right")
+    table.add_column("Redis\n50/50\nops/s", justify="right")
+    table.add_column("kvcluster\nreplicas", justify="right")
+    for mode in modes:
+        table.add_column(f"kvcluster\n{mode.label.replace(', ', chr(10))}\nops/s (/ Redis)", justify="right")
+    for r in redis:
+        for rep in sorted({run.rep for run in runs if run.fsync == r.fsync}):
+            cells = []
+            for mode in modes:
+                run = _run_of(runs, rep, mode, r.fsync)
+                ratio = None if run is None else _versus_redis(run, r)["ratio"]
+                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
+            table.add_row(
+                r.fsync,
+                r.config.replace(", ", "\n"),
+                f"{r.set_ops_per_s:,.0f} / {r.get_ops_per_s:,.0f}",
+                f"{r.mixed_ops_per_s:,.0f}",
+                str(rep),
+                *cells,
+            )
+    return table
+
+
+def _results_summary(results: ThroughputResults) -> RenderableType:
+    from rich.console import Group  # noqa: PLC0415
+
+    parts = [_throughput_summary(results.runs)]
+    if results.redis:
+        parts.append(redis_table(results.runs, results.redis))
+    if results.redis_note:
+        parts.append(results.redis_note)
+    return Group(*parts)
+
+
+def run_with_redis(
+    progress: Progress, run: Callable[[Progress], list[ThroughputRun]], fsyncs: Sequence[str], requests: int
+) -> ThroughputResults:
+    """kvcluster's runs, then redis-benchmark under each policy's persistence."""
+    runs = run(progress)
+    task = progress.add_task("redis-benchmark", total=len(fsyncs))
+    redis = []
+    for fsync in fsyncs:
+        progress.update(task, description=f"redis-benchmark: {CONFIG_LABEL[fsync]}")
+        redis.append(run_redis(fsync, requests))
+        progress.advance(task)
+    return ThroughputResults(runs, redis)
 
 
 def throughput_command(
@@ -380,16 +516,34 @@ def throughput_command(
         ),
     ] = "1",
     masters: Annotated[int, typer.Option("--masters", help="Masters in the group: 1, 3 or 5.")] = DEFAULT_MASTERS,
+    fsync: Annotated[
+        str,
+        typer.Option(
+            "--fsync",
+            help="When the nodes sync their logs: always, everysec or no; a comma-separated list runs each "
+            "side by side, with each policy's cost against no.",
+        ),
+    ] = "everysec",
+    redis: Annotated[
+        bool,
+        typer.Option(
+            "--redis",
+            help="Also run redis-benchmark (-c 16, --ops requests) against a redis-server with the matching "
+            "persistence, if redis-server and redis-benchmark are installed.",
+        ),
+    ] = False,
     plot: Plot = False,
     json_out: JsonOut = None,
 ) -> None:
-    """Ops/s and latency percentiles for each replica count, under many concurrent clients."""
+    """Ops/s and latency percentiles for each fsync policy and replica count, under many concurrent clients."""
     check_master_count(masters)
     rep_list = int_list(reps, "--reps")
+    fsyncs = fsync_list(fsync)
     modes = _modes_of(int_list(batch, "--batch"), int_list(window, "--window"))
     check_shape(nodes, rep_list)
-    run_benchmark(
-        lambda progress: run_throughput(
+
+    def run(progress: Progress) -> list[ThroughputRun]:
+        return run_throughput(
             ops=ops,
             nodes=nodes,
             reps=rep_list,
@@ -399,10 +553,22 @@ def throughput_command(
             modes=modes,
             progress=progress,
             masters=masters,
+            fsyncs=fsyncs,
+        )
+
+    note = ""
+    if redis and not redis_available():
+        note = "--redis: redis-server or redis-benchmark is not installed; Redis was not measured"
+    with_redis = redis and not note
+    run_benchmark(
+        lambda progress: (
+            run_with_redis(progress, run, fsyncs, ops)
+            if with_redis
+            else ThroughputResults(run(progress), redis_note=note)
         ),
-        _throughput_summary,
-        _plot_throughput,
-        throughput_json,
+        _results_summary,
+        lambda results: _plot_throughput(results.runs),
+        lambda results: throughput_json(results.runs, results.redis),
         plot=plot,
         json_out=json_out,
     )
