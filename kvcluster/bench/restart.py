@@ -186,12 +186,12 @@ def _whole(report: StatusReport) -> bool:
 
 def _first_get(master: str, keys: int, timeout: float) -> float:
     """Ask for a loaded key until it is answered with its value; the time it was."""
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.errors import KvclusterError  # noqa: PLC0415
 
     index = keys // 2
     deadline = time.monotonic() + timeout
-    with Client(master, deadline=2.0, try_timeout=0.3) as client:
+    with Connection(master, deadline=2.0, try_timeout=0.3) as client:
         while True:
             try:
                 value, _ = client.get(key_name(index))
@@ -206,9 +206,9 @@ def _first_get(master: str, keys: int, timeout: float) -> float:
 
 
 def _status(master: str) -> StatusReport:
-    from kvcluster.client import Client  # noqa: PLC0415
+    from kvcluster.client import Connection  # noqa: PLC0415
 
-    with Client(master, deadline=5.0) as client:
+    with Connection(master, deadline=5.0) as client:
         return client.status()
 
 
@@ -484,8 +484,8 @@ def _phases(result: RestartResult) -> tuple[list[str], list[float]]:
 
 def _plot_restart(result: RestartResult) -> None:
     labels, values = _phases(result)
-    with terminal_chart("Seconds from the (re)start") as plt:
-        plt.bar(labels, values, orientation="horizontal")
+    with terminal_chart("Seconds from the (re)start", values) as plt:
+        plt.bar(labels, values)
 
 
 def chart_restart(results: Sequence[RestartResult], path: Path) -> None:
