@@ -164,6 +164,7 @@ class Replica:
         # Every change, as the records a write-ahead log keeps; None when nothing is logged (the simulator).
         # The driver empties it each pass and must log what it held before it sends any acknowledgement.
         self.journal: list[Record] | None = None
+        self.rebuilding = False  # replaying a log: what can be derived from the data is derived once, after
 
     # --- applying ---
 
@@ -176,7 +177,8 @@ class Replica:
     def _apply(self, write: Write) -> str | None:
         previous = self.data[write.slot].get(write.key)
         self._set_key(write.slot, write.key, write.value)
-        self.history.record(write.slot, Change(write.version, write.key, previous, write.value))
+        if not self.rebuilding:
+            self.history.record(write.slot, Change(write.version, write.key, previous, write.value))
         self.high[write.slot] = max(self.high[write.slot], write.version)
         self.applied.add(write.client, write.op_id)
         return previous
@@ -259,11 +261,12 @@ class Replica:
     def _install(self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]) -> None:
         self._drop(slot)
         self.data[slot] = dict(entries)
-        self.index[slot] = SortedList(self.data[slot])
         self.keys += len(self.data[slot])
         self.high[slot] = high
-        self.history.rehash_all(slot, self.data[slot])
-        self.history.restart(slot, high)
+        if not self.rebuilding:
+            self.index[slot] = SortedList(self.data[slot])
+            self.history.rehash_all(slot, self.data[slot])
+            self.history.restart(slot, high)
         self.applied.merge(applied)
 
     def committed_ops(self) -> list[AppliedWindow]:
@@ -324,6 +327,12 @@ class Replica:
     def _set_key(self, slot: int, key: str, value: str | None) -> None:
         """Make ``key`` hold ``value`` (``None``: absent), keeping the key index and count right."""
         store = self.data[slot]
+        if self.rebuilding:  # the index, count and digest are made once at the end (``reindex``)
+            if value is None:
+                store.pop(key, None)
+            else:
+                store[key] = value
+            return
         self.history.rehash(slot, key, store.get(key), value)
         if value is None:
             if store.pop(key, None) is not None:
@@ -366,6 +375,15 @@ class Replica:
             case Patched(slot, high, writes, applied):
                 self._patch(slot, high, writes, applied)
         return None
+
+    def reindex(self) -> None:
+        """After a replay: count the keys, sort each slot's index, hash each slot; its backlog starts here."""
+        self.rebuilding = False
+        self.keys = sum(len(store) for store in self.data)
+        for slot, store in enumerate(self.data):
+            self.index[slot] = SortedList(store)
+            self.history.rehash_all(slot, store)
+            self.history.restart(slot, self.high[slot])
 
     def digest(self, slot: int) -> int:
         """A 64-bit digest of a slot's contents, the same on every replica holding the same pairs in any order."""
@@ -411,6 +429,7 @@ class Rebuild:
         if isinstance(record, TableSeen):
             if self.replica is None:
                 self.replica = Replica(record.table.slots)
+                self.replica.rebuilding = True
             self.table = record.table
         elif self.replica is None:
             return False
@@ -421,4 +440,6 @@ class Rebuild:
     def result(self) -> tuple[Replica, TableData] | None:
         if self.replica is None or self.table is None:
             return None
+        if self.replica.rebuilding:
+            self.replica.reindex()
         return self.replica, self.table

@@ -83,7 +83,9 @@ def recover(directory: Path) -> Recovered:
             file.truncate(damage.offset)
             os.fsync(file.fileno())
     last = max([first, *(seq for seq, _ in segments)])
-    return Recovered(rebuild.replica, rebuild.table, last + 1, rebuild.records, log_bytes)
+    rebuilt = rebuild.result()
+    replica, table = rebuilt if rebuilt is not None else (None, None)
+    return Recovered(replica, table, last + 1, rebuild.records, log_bytes)
 
 
 def _corrupt(directory: Path, path: Path, damage: Damage) -> DataCorrupt:
