@@ -63,6 +63,13 @@ class Snapshot:
             self.sealer = threading.Thread(target=self._seal, name="snapshot-seal", daemon=True)
             self.sealer.start()
 
+    def finish(self) -> None:
+        """Write the rest and seal it now, waiting: the node is stopping and serves nobody meanwhile."""
+        while self.sealer is None and self.failed is None:
+            self.step()
+        if self.sealer is not None:
+            self.sealer.join()
+
     def done(self) -> bool:
         return self.failed is not None or (self.sealer is not None and not self.sealer.is_alive())
 
