@@ -141,7 +141,7 @@ def _connect(
 
         parse_addresses(master)  # a bad address is a usage error before anything is sent
         return Connection(master, deadline=timeout, on_event=on_event)
-    from kvcluster.supervisor import TABLE_CACHE, ClusterState, default_home  # noqa: PLC0415
+    from kvcluster.state import TABLE_CACHE, ClusterState, default_home  # noqa: PLC0415
 
     chosen = home if home is not None else os.environ.get("KVCLUSTER_HOME") or default_home()
     state_home = Path(chosen).expanduser().resolve()
