@@ -11,7 +11,6 @@ a reason to ask: the table, not the socket, decides where operations go.
 from __future__ import annotations
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kvcluster.core.placement import RoutingTable
 
@@ -73,6 +72,7 @@ class NodeSockets:
     def _drain_events(monitor: zmq.Socket[bytes]) -> bool:
         seen = False
         while monitor.poll(0):
-            recv_monitor_message(monitor, zmq.NOBLOCK)
+            # Which event it was does not matter, so it is not parsed: zmq.utils.monitor, which would, imports asyncio.
+            monitor.recv_multipart(zmq.NOBLOCK)
             seen = True
         return seen
