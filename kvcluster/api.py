@@ -21,10 +21,9 @@ import os
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
-from kvcluster.client import Completion, Connection, validate
+from kvcluster.client import DEFAULT_PAGE, Completion, Connection, validate
 from kvcluster.core.protocol import OpKind, check_key
 from kvcluster.errors import InvalidKey, UsageError
-from kvcluster.scan import DEFAULT_PAGE, scan
 
 BATCH = 256  # operations per message in get_many and put_many
 WINDOW = 32  # messages in flight
@@ -123,6 +122,8 @@ class Client:
             raise UsageError(f"limit must be at least 0, got {limit}")
         if page < 1:
             raise UsageError(f"page must be at least 1, got {page}")
+        from kvcluster.scan import scan  # noqa: PLC0415 - a put or get does not need the scanner
+
         return scan(self._connection, prefix, limit, page)
 
 
@@ -141,7 +142,7 @@ def _connect(
 
         parse_addresses(master)  # a bad address is a usage error before anything is sent
         return Connection(master, deadline=timeout, on_event=on_event)
-    from kvcluster.supervisor import TABLE_CACHE, ClusterState, default_home  # noqa: PLC0415
+    from kvcluster.state import TABLE_CACHE, ClusterState, default_home  # noqa: PLC0415
 
     chosen = home if home is not None else os.environ.get("KVCLUSTER_HOME") or default_home()
     state_home = Path(chosen).expanduser().resolve()

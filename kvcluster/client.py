@@ -20,11 +20,10 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import zmq
 
-from kvcluster.check.history import HistoryRecorder, Operation, Outcome
-from kvcluster.check.history import OpKind as HistoryKind
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
     Drain,
@@ -57,6 +56,9 @@ from kvcluster.errors import (
 from kvcluster.master_link import MasterLink
 from kvcluster.node_sockets import NodeSockets
 
+if TYPE_CHECKING:
+    from kvcluster.check.history import HistoryRecorder
+
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
 MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
@@ -64,6 +66,7 @@ REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds while n
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: flag arithmetic on zmq's enum costs more than the send itself
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
 LOST_POLL = 0.01  # the same for a node whose connection dropped: the master hears of its exit in milliseconds
+DEFAULT_PAGE = 2000  # keys per page and node: fewer round trips, yet a page takes a node a few ms of one loop pass
 
 
 def validate(key: str, value: str | None = None) -> None:
@@ -178,19 +181,14 @@ class Connection:
 
     def _single(self, kind: OpKind, key: str, value: str | None) -> OpResult:
         invoked = time.monotonic()
-        # A write that failed in any way may still have reached a primary before it died.
-        failed = Outcome.FAILED if kind == OpKind.GET else Outcome.UNKNOWN
         try:
             result = self.execute([(kind, key, value)], window=1)[0]
         except ClusterUnavailable:
-            self._record(kind, key, value, invoked, failed)
+            self._record(kind, key, value, invoked, None)
             raise
+        self._record(kind, key, value, invoked, result)
         if result.completion in (Completion.OK, Completion.NOT_FOUND):
-            found = result.completion == Completion.OK
-            outcome = Outcome.OK if found or kind == OpKind.DELETE else Outcome.NOT_FOUND
-            self._record(kind, key, result.value if kind == OpKind.GET else value, invoked, outcome)
             return result
-        self._record(kind, key, None if kind == OpKind.GET else value, invoked, failed)
         raise self.failure(kind, key, result)
 
     def failure(self, kind: OpKind, key: str, result: OpResult) -> KvclusterError:
@@ -206,11 +204,24 @@ class Connection:
         applied = "" if kind == OpKind.GET else "; it may or may not have been applied"
         return OperationTimedOut(f"{verb} {key!r} did not complete within {self.deadline:g} s{applied}")
 
-    def _record(self, kind: OpKind, key: str, value: str | None, invoked: float, outcome: Outcome) -> None:
-        if self.recorder is not None:
-            history_kind = HistoryKind[kind.name]
-            op = Operation(self.client_id, history_kind, key, value, invoked, time.monotonic(), outcome)
-            self.recorder.record(op)
+    def _record(self, kind: OpKind, key: str, value: str | None, invoked: float, result: OpResult | None) -> None:
+        """Add the operation to the history if this connection keeps one; ``result`` is None when no master answered."""
+        if self.recorder is None:
+            return
+        # Only a recording connection (the chaos benchmark) needs the history types, so a put or get does not load them.
+        from kvcluster.check.history import Operation, Outcome  # noqa: PLC0415
+        from kvcluster.check.history import OpKind as HistoryKind  # noqa: PLC0415
+
+        # A write that failed in any way may still have reached a primary before it died.
+        outcome = Outcome.FAILED if kind == OpKind.GET else Outcome.UNKNOWN
+        if result is not None and result.completion in (Completion.OK, Completion.NOT_FOUND):
+            found = result.completion == Completion.OK
+            outcome = Outcome.OK if found or kind == OpKind.DELETE else Outcome.NOT_FOUND
+            value = result.value if kind == OpKind.GET else value
+        elif result is not None:
+            value = None if kind == OpKind.GET else value
+        op = Operation(self.client_id, HistoryKind[kind.name], key, value, invoked, time.monotonic(), outcome)
+        self.recorder.record(op)
 
     # --- many operations in flight ---
 

@@ -44,7 +44,8 @@ from kvcluster.runtime.wal import FsyncPolicy
 if TYPE_CHECKING:
     from kvcluster.client import Connection
     from kvcluster.datadir import Storage
-    from kvcluster.supervisor import ClusterState, Supervisor
+    from kvcluster.state import ClusterState
+    from kvcluster.supervisor import Supervisor
 
 app = typer.Typer(
     add_completion=False,
@@ -267,7 +268,8 @@ def _start_detached(
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
 
-    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, ClusterState, last_log_line, timing_args  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import LOG_DIR, START_TIMEOUT, last_log_line, timing_args  # noqa: PLC0415
 
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
@@ -307,7 +309,8 @@ def down(
     """Stop every process of the cluster; its data stays for the next up, unless --purge."""
     from kvcluster.datadir import default_root  # noqa: PLC0415
     from kvcluster.datadir import purge as purge_data  # noqa: PLC0415
-    from kvcluster.supervisor import ClusterState, stop_recorded  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import stop_recorded  # noqa: PLC0415
 
     state_home = home_dir(home)
     try:
@@ -332,7 +335,8 @@ def kill(
     home: Home = None,
 ) -> None:
     """Kill one storage node or master with SIGKILL, as kill -9 would."""
-    from kvcluster.supervisor import ClusterState, kill_master, kill_node  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import kill_master, kill_node  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if node.startswith("master"):
@@ -356,7 +360,8 @@ def restart(
     home: Home = None,
 ) -> None:
     """Start a dead node again (it joins with no data and receives slots by rebalancing), or a stopped master."""
-    from kvcluster.supervisor import ClusterState, start_master, start_node, wait_joined  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import start_master, start_node, wait_joined  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if node.startswith("master"):
@@ -377,7 +382,8 @@ def add_node(
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
-    from kvcluster.supervisor import ClusterState, add_nodes  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import add_nodes  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if len(state.servers) + count > MAX_NODES:
@@ -398,7 +404,8 @@ def remove_node(
 ) -> None:
     """Move every slot off a node (never below rep replicas), then stop it."""
     from kvcluster.client import Connection  # noqa: PLC0415
-    from kvcluster.supervisor import ClusterState, stop_process  # noqa: PLC0415
+    from kvcluster.state import ClusterState  # noqa: PLC0415
+    from kvcluster.supervisor import stop_process  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     info = state.server(node)
@@ -432,8 +439,8 @@ def _slots_held(client: Connection, node_id: int) -> int:
 @app.command()
 def status(home: Home = None, as_json: Json = False) -> None:
     """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    from kvcluster.state import ClusterState  # noqa: PLC0415
     from kvcluster.status_view import print_status  # noqa: PLC0415
-    from kvcluster.supervisor import ClusterState  # noqa: PLC0415
 
     print_status(ClusterState.load(home_dir(home)), as_json=as_json)
 

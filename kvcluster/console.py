@@ -26,7 +26,7 @@ def say(text: str) -> None:
 
 def home_dir(home: Path | None) -> Path:
     """The state directory: ``--home``, else ``KVCLUSTER_HOME``, else the per-user default."""
-    from kvcluster.supervisor import default_home  # noqa: PLC0415
+    from kvcluster.state import default_home  # noqa: PLC0415
 
     return (home or default_home()).expanduser().resolve()
 

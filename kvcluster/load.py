@@ -248,7 +248,7 @@ def _client(target: Target) -> Connection:
     """A client for the load: like ``Target.client``, with tries that wait long enough for a loaded node."""
     from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.console import home_dir  # noqa: PLC0415
-    from kvcluster.supervisor import TABLE_CACHE, ClusterState  # noqa: PLC0415
+    from kvcluster.state import TABLE_CACHE, ClusterState  # noqa: PLC0415
 
     if target.master is not None:
         return Connection(target.master, deadline=target.timeout, try_timeout=TRY_TIMEOUT)

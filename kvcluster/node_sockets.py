@@ -14,7 +14,6 @@ import contextlib
 from collections.abc import Iterator
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kvcluster.core.placement import RoutingTable
 from kvcluster.core.protocol import Message, decode
@@ -92,6 +91,7 @@ class NodeSockets:
     def _drain_events(monitor: zmq.Socket[bytes]) -> bool:
         seen = False
         while monitor.poll(0):
-            recv_monitor_message(monitor, zmq.NOBLOCK)
+            # Which event it was does not matter, so it is not parsed: zmq.utils.monitor, which would, imports asyncio.
+            monitor.recv_multipart(zmq.NOBLOCK)
             seen = True
         return seen

@@ -26,12 +26,10 @@ from dataclasses import dataclass, field
 
 import zmq
 
-from kvcluster.client import NOBLOCK, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, Connection
+from kvcluster.client import DEFAULT_PAGE, NOBLOCK, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, Connection
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import MAX_SCAN_KEYS, Scan, ScanPage, Status, encode
 from kvcluster.errors import NoLiveReplica, OperationTimedOut, ProtocolError
-
-DEFAULT_PAGE = 2000  # keys per page and node: fewer round trips, yet a page takes a node a few ms of one loop pass
 
 
 @dataclass(eq=False)

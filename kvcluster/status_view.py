@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from rich.table import Table
 
     from kvcluster.core.protocol import StatusReport
-    from kvcluster.supervisor import ClusterState
+    from kvcluster.state import ClusterState
 
 LIVE_EVENTS = 8  # events the live view of ``up`` shows under the nodes
 STATUS_EVENTS = 12  # events ``kvcluster status`` shows; ``--json`` carries every one the master keeps

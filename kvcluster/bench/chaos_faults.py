@@ -50,7 +50,8 @@ from kvcluster.core.placement import NUM_SLOTS, node_name, replicas_for, slot_of
 from kvcluster.core.protocol import Timing
 
 if TYPE_CHECKING:
-    from kvcluster.supervisor import ClusterState, ProcessInfo, Supervisor
+    from kvcluster.state import ClusterState, ProcessInfo
+    from kvcluster.supervisor import Supervisor
 
 
 class FaultKind(enum.StrEnum):
@@ -261,7 +262,7 @@ class FaultInjector:
 
     def _change_membership(self, fault: PlannedFault, recorded: Fault) -> None:
         """Run the restart, add-node or remove-node command, then read back the processes it recorded."""
-        from kvcluster.supervisor import ClusterState  # noqa: PLC0415
+        from kvcluster.state import ClusterState  # noqa: PLC0415
 
         assert self.change_membership is not None, "membership faults come with the command that makes them"
         home = Path(self.state.home)

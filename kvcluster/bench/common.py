@@ -27,7 +27,8 @@ from kvcluster.masters import DEFAULT_MASTERS
 if TYPE_CHECKING:
     from kvcluster.client import Completion, Connection, OpResult
     from kvcluster.core.protocol import OpKind
-    from kvcluster.supervisor import ClusterState, Supervisor
+    from kvcluster.state import ClusterState
+    from kvcluster.supervisor import Supervisor
 
 PRELOAD_BATCH = 64  # ops per message when filling a cluster before measuring
 PRELOAD_WINDOW = 16

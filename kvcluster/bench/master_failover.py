@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     from rich.progress import Progress
     from rich.table import Table
 
-    from kvcluster.supervisor import ClusterState
+    from kvcluster.state import ClusterState
 
 POLL = 0.02  # seconds between questions to the masters while waiting for a new leader
 ELECTION_DEADLINE = 15.0  # seconds without a new leader before a fault counts as failed
