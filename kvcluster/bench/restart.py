@@ -46,7 +46,8 @@ if TYPE_CHECKING:
     from rich.progress import Progress
 
     from kvcluster.core.protocol import StatusReport
-    from kvcluster.supervisor import ClusterState, Supervisor
+    from kvcluster.state import ClusterState
+    from kvcluster.supervisor import Supervisor
 
 VICTIM = 1
 POLL = 0.05  # seconds between gets while waiting for the first answer
