@@ -42,8 +42,8 @@ from kvcluster.state import STATE_FILE, TABLE_CACHE, ClusterState, ProcessInfo
 log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
-START_TIMEOUT = 30.0
-STOP_GRACE = 5.0
+START_TIMEOUT = 60.0  # a cluster starting again from a million keys reads them back first
+STOP_GRACE = 10.0  # a node stopping cleanly first snapshots its log: at a million keys that takes seconds
 
 
 def clear_state(home: Path) -> None:

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from kvcluster.core.protocol import Hello, Holdings, TableData
 
-RECOVERY_WAIT = 10.0  # seconds after the first node with data said hello: then the missing are declared dead
+RECOVERY_WAIT = 20.0  # seconds after the first node with data said hello: then the missing are declared dead
 
 
 @dataclass
