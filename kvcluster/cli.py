@@ -44,6 +44,7 @@ def _fast_parser() -> argparse.ArgumentParser:
     common = _QuietParser(add_help=False, exit_on_error=False)
     common.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
     common.add_argument("--master")
+    common.add_argument("--cluster", type=Path)
     common.add_argument("-v", "--verbose", action="store_true")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     parser = _QuietParser(add_help=False, exit_on_error=False)
@@ -76,7 +77,7 @@ def _run_fast(argv: list[str]) -> bool:
     # Values that look like options, or numbers Typer would reject, get Typer's own error message.
     if unknown or args.timeout < 0.1 or (args.command == "scan" and args.limit is not None and args.limit < 1):
         return False
-    target = target_for(args.home, args.master, args.verbose, args.timeout)
+    target = target_for(args.home, args.master, args.verbose, args.timeout, args.cluster)
     if args.command == "put":
         put_and_print(target, args.key, args.value)
     elif args.command == "get":

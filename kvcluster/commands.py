@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
+from kvcluster import hosts_commands
 from kvcluster.console import (
     delete_and_print,
     get_and_print,
@@ -64,6 +65,12 @@ Home = Annotated[
 Master = Annotated[
     str | None, typer.Option("--master", help="Master address HOST:PORT (default: from the state directory).")
 ]
+Cluster = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster", envvar="KVCLUSTER_CLUSTER", help="Cluster file (kvcluster init) of a cluster on many hosts."
+    ),
+]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
@@ -71,24 +78,42 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts inste
 
 @app.command()
 def put(
-    key: str, value: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+    key: str,
+    value: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Store VALUE under KEY; prints 'OK, serverN'."""
-    put_and_print(target_for(home, master, verbose, timeout), key, value)
+    put_and_print(target_for(home, master, verbose, timeout, cluster), key, value)
 
 
 @app.command()
-def get(key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
+def get(
+    key: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
+) -> None:
     """Read KEY; prints 'KEY, VALUE, serverN'."""
-    get_and_print(target_for(home, master, verbose, timeout), key)
+    get_and_print(target_for(home, master, verbose, timeout, cluster), key)
 
 
 @app.command()
 def delete(
-    key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+    key: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Delete KEY; prints 'OK, serverN', or fails like get when KEY has no value."""
-    delete_and_print(target_for(home, master, verbose, timeout), key)
+    delete_and_print(target_for(home, master, verbose, timeout, cluster), key)
 
 
 @app.command()
@@ -101,9 +126,10 @@ def scan(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Give up on a page after this many seconds.")
     ] = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Print every key (that starts with PREFIX), in order, one per line."""
-    scan_and_print(target_for(home, master, verbose, timeout), prefix, limit)
+    scan_and_print(target_for(home, master, verbose, timeout, cluster), prefix, limit)
 
 
 @app.command("client")
@@ -115,9 +141,10 @@ def client_command(
     master: Master = None,
     verbose: Verbose = False,
     timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """The GTStore-style client form: --put K --val V, or --get K; prints what put and get print."""
-    run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
+    run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout, cluster))
 
 
 @app.command()
@@ -134,13 +161,13 @@ def load(
         int, typer.Option("--clients", min=1, help="Client processes storing in parallel (a key's puts stay in one).")
     ] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON for scripts.")] = False,
+    cluster: Cluster = None,
 ) -> None:
     """Store every KEY VALUE line of FILE in batches; bad lines are reported with their numbers, the rest stored."""
     from kvcluster import load as bulk  # noqa: PLC0415
 
-    bulk.run(
-        target_for(home, master, False, timeout), file, batch=batch, window=window, clients=clients, as_json=as_json
-    )
+    target = target_for(home, master, False, timeout, cluster)
+    bulk.run(target, file, batch=batch, window=window, clients=clients, as_json=as_json)
 
 
 def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
@@ -430,8 +457,13 @@ def _slots_held(client: Connection, node_id: int) -> int:
 
 
 @app.command()
-def status(home: Home = None, as_json: Json = False) -> None:
+def status(home: Home = None, as_json: Json = False, cluster: Cluster = None) -> None:
     """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    if cluster is not None and home is None:
+        from kvcluster.remote_status import print_remote_status  # noqa: PLC0415
+
+        print_remote_status(cluster, as_json=as_json)
+        return
     from kvcluster.status_view import print_status  # noqa: PLC0415
     from kvcluster.supervisor import ClusterState  # noqa: PLC0415
 
@@ -502,6 +534,9 @@ def run(argv: list[str]) -> int:
     except typer.Abort:
         raise KeyboardInterrupt from None
     return code if isinstance(code, int) else 0
+
+
+hosts_commands.register(app)
 
 
 def register_benchmarks() -> None:

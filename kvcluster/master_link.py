@@ -10,11 +10,16 @@ is passed over for the next. The whole question has the caller's deadline.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
 from kvcluster.core.protocol import Message, NotLeader, NotReady, StatusReport, StatusRequest, decode, encode
-from kvcluster.errors import ClusterUnavailable, InvalidAddress
+from kvcluster.errors import ClusterUnavailable, InvalidAddress, KeyRefused
+
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve, Handshakes
 
 TRY_TIMEOUT = 0.25  # seconds one master of a group gets to answer before the next is asked: a dead one costs this
 ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the leader
@@ -43,16 +48,43 @@ def parse_addresses(addresses: str) -> list[str]:
 class MasterLink:
     """Sockets to every master of one cluster; not thread-safe, like the client that owns it."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float, curve: Curve | None = None
+    ) -> None:
         self.address = addresses
         self.endpoints = parse_addresses(addresses)
         self.deadline = deadline
         self.sockets: list[zmq.Socket[bytes]] = []
-        for endpoint in self.endpoints:
+        # With CURVE, a monitor per socket tells a refused key from a master that is down.
+        self.monitors: list[tuple[zmq.Socket[bytes], Handshakes]] = []
+        for index, endpoint in enumerate(self.endpoints):
             sock = ctx.socket(zmq.DEALER)
+            if curve is not None:
+                from kvcluster.curve import HANDSHAKE_EVENTS, Handshakes  # noqa: PLC0415
+
+                curve.connect_to(sock, curve.masters[index])
+                self.monitors.append((sock.get_monitor_socket(HANDSHAKE_EVENTS), Handshakes()))
             sock.connect(endpoint)
             self.sockets.append(sock)
         self.current = 0  # the master believed to lead
+
+    def _check_handshakes(self, final: bool) -> None:
+        """Raise ``KeyRefused`` once every master refused our key, or at the deadline if none ever let us in."""
+        if not self.monitors:
+            return
+        for monitor, seen in self.monitors:
+            while monitor.poll(0):
+                seen.note(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
+        if any(seen.succeeded for _, seen in self.monitors):
+            return
+        if all(seen.refused for _, seen in self.monitors) or (final and any(s.shut_out() for _, s in self.monitors)):
+            raise KeyRefused
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=0)
+        for monitor, _ in self.monitors:
+            monitor.close(linger=0)
 
     @property
     def key(self) -> str:
@@ -63,9 +95,12 @@ class MasterLink:
         """Send ``message`` to the leader and return its ``wanted`` (or ``NotReady``) answer by ``until``."""
         while True:
             remaining = until - time.monotonic()
+            self._check_handshakes(final=remaining <= 0)
             if remaining <= 0:
                 raise ClusterUnavailable(self.address, self.deadline)
             wait = remaining if len(self.sockets) == 1 else min(remaining, TRY_TIMEOUT)
+            if self.monitors:
+                wait = min(wait, TRY_TIMEOUT)  # look at the handshakes now and then: a refusal ends the wait
             reply = self._ask_one(self.sockets[self.current], message, wanted, time.monotonic() + wait)
             if isinstance(reply, NotLeader) and reply.leader:
                 self.current = reply.leader - 1
@@ -94,13 +129,19 @@ class MasterLink:
 
 
 def survey(
-    ctx: zmq.Context[zmq.Socket[bytes]], endpoints: list[str], question: Message, timeout: float
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    endpoints: list[str],
+    question: Message,
+    timeout: float,
+    curve: Curve | None = None,
 ) -> list[Message | None]:
     """Ask every master ``question`` at once; each answer, or ``None`` for one silent for ``timeout`` seconds."""
     sockets = []
     poller = zmq.Poller()
-    for endpoint in endpoints:
+    for index, endpoint in enumerate(endpoints):
         sock = ctx.socket(zmq.DEALER)
+        if curve is not None:
+            curve.connect_to(sock, curve.masters[index])
         sock.connect(endpoint)
         sock.send(encode(question), zmq.NOBLOCK)
         poller.register(sock, zmq.POLLIN)
@@ -115,7 +156,9 @@ def survey(
     return answers
 
 
-def roll_call(endpoints: list[str], timeout: float) -> tuple[list[tuple[str, int | None]], StatusReport | None]:
+def roll_call(
+    endpoints: list[str], timeout: float, curve: Curve | None = None
+) -> tuple[list[tuple[str, int | None]], StatusReport | None]:
     """Each master's (role, term) as it answers for itself, and the leader's report, if one answered.
 
     A role is ``leader``, ``follower``, ``no leader`` (a member mid-election) or ``not answering``
@@ -123,7 +166,7 @@ def roll_call(endpoints: list[str], timeout: float) -> tuple[list[tuple[str, int
     """
     ctx = zmq.Context()
     try:
-        answers = survey(ctx, endpoints, StatusRequest(), timeout)
+        answers = survey(ctx, endpoints, StatusRequest(), timeout, curve)
     finally:
         ctx.destroy(linger=0)
     found: list[tuple[str, int | None]] = []

@@ -38,11 +38,12 @@ from kvcluster.errors import (
     UnknownNode,
 )
 from kvcluster.exitwatch import ExitWatch
-from kvcluster.masters import group_args, master_name, prepare_group
+from kvcluster.masters import RAFT_DIR, SECRET_FILE, group_args, master_name, prepare_group
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "cluster.json"
+CLUSTER_FILE = "cluster.toml"  # the cluster file of this local cluster, for --cluster like any other
 TABLE_CACHE = "table.cache"
 LOG_DIR = "logs"
 START_TIMEOUT = 30.0
@@ -91,6 +92,7 @@ class ClusterState:
     timing: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
     storage: dict[str, Any] = field(default_factory=dict)  # a ``datadir.Storage``: where the nodes keep data
+    curve: bool = False  # a local cluster runs without CurveZMQ: every socket is on loopback
 
     def node_storage(self) -> Storage:
         return Storage(**self.storage)
@@ -144,7 +146,7 @@ class ClusterState:
 
 
 def clear_state(home: Path) -> None:
-    for name in (STATE_FILE, TABLE_CACHE):
+    for name in (STATE_FILE, TABLE_CACHE, CLUSTER_FILE):
         (home / name).unlink(missing_ok=True)
 
 
@@ -271,6 +273,7 @@ class Supervisor:
             started_at=time.time(),
             storage=asdict(self.storage),
         )
+        write_cluster_file(self.state, self.storage.fsync)
         self.state.save()
         self.exits = ExitWatch(ClusterState.path(self.home), lambda: ClusterState.load(self.home).servers, endpoint)
         self.exits.start()
@@ -338,6 +341,30 @@ class Supervisor:
         if self.state is not None:
             clear_state(self.home)
             self.state = None
+
+
+def write_cluster_file(state: ClusterState, fsync: str) -> None:
+    """Write ``HOME/cluster.toml``: the same cluster file ``kvcluster init`` writes, CurveZMQ off, for ``--cluster``."""
+    import msgspec  # noqa: PLC0415
+
+    from kvcluster import clusterfile  # noqa: PLC0415
+
+    addresses = [m.endpoint.removeprefix("tcp://") for m in state.masters]
+    # A lone master has no Raft traffic; its own port stands in for the address the file format asks for.
+    raft = state.raft_addresses or addresses
+    cluster = clusterfile.create(
+        addresses,
+        state.rep,
+        state.nodes,
+        raft_ports=[int(a.rpartition(":")[2]) for a in raft],
+        fsync=fsync,
+        timing=Timing(**state.timing),
+        curve=state.curve,
+    )
+    secret = Path(state.home) / RAFT_DIR / SECRET_FILE
+    if secret.exists():
+        cluster = msgspec.structs.replace(cluster, raft_secret=secret.read_text().strip())
+    clusterfile.write_replacing(Path(state.home) / CLUSTER_FILE, cluster)
 
 
 def stop_flag() -> list[bool]:
