@@ -72,7 +72,7 @@ class MasterProcess:
                 chosen = int(port)
         except zmq.ZMQError as exc:
             self._close()
-            raise AddressUnusable(f"master{member_id} cannot listen on {bind}: {os.strerror(exc.errno)}") from None
+            raise AddressUnusable(f"master{member_id} cannot listen on {bind}: {os.strerror(exc.errno or 0)}") from None
         self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
         self.core = MasterCore(nodes, rep, timing, os.getpid(), master_id=member_id, replicated=membership is not None)
         self.group = (

@@ -71,7 +71,7 @@ def _bind(router: zmq.Socket[bytes], listen: Listen) -> str:
             port = listen.port
     except zmq.ZMQError as exc:
         where = f"{listen.host}:{listen.port}" if listen.port else listen.host
-        raise AddressUnusable(f"cannot listen on {where}: {os.strerror(exc.errno)}") from None
+        raise AddressUnusable(f"cannot listen on {where}: {os.strerror(exc.errno or 0)}") from None
     return f"tcp://{listen.advertise_host or listen.host}:{listen.advertise_port or port}"
 
 
