@@ -154,7 +154,13 @@ def _connect(
     chosen = home if home is not None else os.environ.get("KVCLUSTER_HOME") or default_home()
     state_home = Path(chosen).expanduser().resolve()
     state = ClusterState.load(state_home)
-    return Connection(state.master_endpoint, deadline=timeout, table_cache=state_home / TABLE_CACHE, on_event=on_event)
+    curve = None
+    if state.curve:
+        from kvcluster.local_file import state_curve  # noqa: PLC0415
+
+        curve = state_curve(state)
+    cache = state_home / TABLE_CACHE
+    return Connection(state.master_endpoint, deadline=timeout, table_cache=cache, on_event=on_event, curve=curve)
 
 
 def connect_file(

@@ -224,6 +224,12 @@ def up(
         FsyncPolicy, typer.Option("--fsync", help="When the nodes sync their logs to disk, as Redis's appendfsync.")
     ] = FsyncPolicy.EVERYSEC,
     snapshot_after: Annotated[int, typer.Option("--snapshot-after", min=1, hidden=True)] = 64 << 20,
+    curve: Annotated[
+        bool,
+        typer.Option(
+            "--curve/--insecure", help="CurveZMQ on every socket (keys in HOME/cluster.toml); off on loopback."
+        ),
+    ] = False,
     home: Home = None,
 ) -> None:
     """Start a group of MASTERS masters and NODES storage nodes with REP replicas each.
@@ -248,11 +254,11 @@ def up(
     storage = Storage(str(root), fsync.value, snapshot_after)
     bind = f"{host}:{port}"
     if detach:
-        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage)
+        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage, curve)
         print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
-    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage)
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve)
     stop = stop_flag()
     try:
         state = supervisor.start()
@@ -289,7 +295,7 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
 
 
 def _start_detached(
-    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool
 ) -> ClusterState:
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
@@ -300,7 +306,7 @@ def _start_detached(
     logs.mkdir(parents=True, exist_ok=True)
     shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), "--bind", bind]
     args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
-    args += ["--storage", json.dumps(asdict(storage))]
+    args += ["--storage", json.dumps(asdict(storage)), *(["--curve"] if curve else [])]
     with (logs / "supervisor.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
@@ -435,7 +441,9 @@ def remove_node(
     live = sum(server.alive() for server in state.servers)
     if live - 1 < state.rep:
         raise UsageError(f"removing {node} would leave {live - 1} live nodes for {state.rep} replicas")
-    with Connection(state.master_endpoint, deadline=5.0) as client:
+    from kvcluster.local_file import state_curve  # noqa: PLC0415
+
+    with Connection(state.master_endpoint, deadline=5.0, curve=state_curve(state)) as client:
         deadline = time.monotonic() + timeout
         while (left := _slots_held(client, node_id)) > 0:
             if time.monotonic() > deadline:

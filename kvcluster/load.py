@@ -256,9 +256,15 @@ def _client(target: Target) -> Connection:
         from kvcluster.api import connect_file  # noqa: PLC0415
 
         return connect_file(target.cluster, target.timeout, try_timeout=TRY_TIMEOUT)
+    from kvcluster.local_file import state_curve  # noqa: PLC0415
+
     home = home_dir(target.home)
-    master = ClusterState.load(home).master_endpoint
-    return Connection(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
+    state = ClusterState.load(home)
+    cache = home / TABLE_CACHE
+    curve = state_curve(state)
+    return Connection(
+        state.master_endpoint, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=cache, curve=curve
+    )
 
 
 def _load(loaders: Loaders, stream: IO[bytes], report: LoadReport, deadline: float, progress: _Bar) -> None:

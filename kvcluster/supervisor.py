@@ -38,12 +38,12 @@ from kvcluster.errors import (
     UnknownNode,
 )
 from kvcluster.exitwatch import ExitWatch
-from kvcluster.masters import RAFT_DIR, SECRET_FILE, group_args, master_name, prepare_group
+from kvcluster.local_file import CLUSTER_FILE, cluster_args, draft_keys, state_curve, write_cluster_file
+from kvcluster.masters import group_args, master_name, prepare_group
 
 log = logging.getLogger(__name__)
 
 STATE_FILE = "cluster.json"
-CLUSTER_FILE = "cluster.toml"  # the cluster file of this local cluster, for --cluster like any other
 TABLE_CACHE = "table.cache"
 LOG_DIR = "logs"
 START_TIMEOUT = 30.0
@@ -92,7 +92,7 @@ class ClusterState:
     timing: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
     storage: dict[str, Any] = field(default_factory=dict)  # a ``datadir.Storage``: where the nodes keep data
-    curve: bool = False  # a local cluster runs without CurveZMQ: every socket is on loopback
+    curve: bool = False  # CurveZMQ (up --curve) with the keys of HOME/cluster.toml; off by default on loopback
 
     def node_storage(self) -> Storage:
         return Storage(**self.storage)
@@ -162,10 +162,13 @@ def check_can_start(home: Path) -> None:
     clear_state(home)
 
 
-def node_args(node_id: int, master_endpoint: str, timing: Timing, storage: Storage) -> list[str]:
-    """The command line of storage node ``node_id``."""
+def node_args(
+    node_id: int, master_endpoint: str, timing: Timing, storage: Storage, keys: list[str] | None = None
+) -> list[str]:
+    """The command line of storage node ``node_id``; ``keys`` (``--cluster FILE``) turns CurveZMQ on."""
     return [
         "_node",
+        *(keys or []),
         "--id",
         str(node_id),
         "--master",
@@ -201,8 +204,10 @@ class Supervisor:
         bind: str,
         timing: Timing,
         storage: Storage | None = None,
+        curve: bool = False,
     ) -> None:
         self.home = home
+        self.curve = curve
         self.storage = storage or Storage(str(default_root(home)))
         self.nodes = nodes
         self.rep = rep
@@ -244,10 +249,13 @@ class Supervisor:
             log.info("starting again from the data in %s", root)
         record_shape(root, Shape(self.nodes, self.rep))
         raft = prepare_group(self.home, self.masters)
+        # With CurveZMQ the processes need their keys before anyone knows the masters' ports: a draft file holds them.
+        keys = draft_keys(self.home, self.masters, self.rep, self.nodes) if self.curve else None
+        self.keys = cluster_args(self.home, self.curve)
         masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
         endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
         servers = [
-            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage))
+            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys))
             for i in range(1, self.nodes + 1)
         ]
         # Starting again, a node whose data is damaged refuses to start; the others start without it.
@@ -272,10 +280,12 @@ class Supervisor:
             timing=asdict(self.timing),
             started_at=time.time(),
             storage=asdict(self.storage),
+            curve=self.curve,
         )
-        write_cluster_file(self.state, self.storage.fsync)
+        write_cluster_file(self.state, self.storage.fsync, keys)
         self.state.save()
-        self.exits = ExitWatch(ClusterState.path(self.home), lambda: ClusterState.load(self.home).servers, endpoint)
+        servers_now = lambda: ClusterState.load(self.home).servers  # noqa: E731 - read afresh on every change
+        self.exits = ExitWatch(ClusterState.path(self.home), servers_now, endpoint, state_curve(self.state))
         self.exits.start()
         return self.state
 
@@ -284,7 +294,7 @@ class Supervisor:
         bind = f"{host}:{int(port) + member_id - 1 if int(port) else 0}"
         shape = ["--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", bind]
         name = master_name(member_id)
-        args = ["_master", *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
+        args = ["_master", *self.keys, *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
         return name, self._spawn(name, args, stdout=subprocess.PIPE)
 
     def _read_ready_line(self, master: subprocess.Popen[bytes], name: str, deadline: float) -> str:
@@ -299,7 +309,8 @@ class Supervisor:
     def _wait_for_table(self, endpoint: str, deadline: float, may_exit: list[subprocess.Popen[bytes]]) -> StatusReport:
         from kvcluster.client import Connection  # noqa: PLC0415
 
-        with Connection(endpoint, deadline=1.0) as client:
+        curve = state_curve(self.home) if self.curve else None
+        with Connection(endpoint, deadline=1.0, curve=curve) as client:
             while True:
                 for proc in self.children:
                     if proc.poll() is not None and proc not in may_exit:
@@ -343,30 +354,6 @@ class Supervisor:
             self.state = None
 
 
-def write_cluster_file(state: ClusterState, fsync: str) -> None:
-    """Write ``HOME/cluster.toml``: the same cluster file ``kvcluster init`` writes, CurveZMQ off, for ``--cluster``."""
-    import msgspec  # noqa: PLC0415
-
-    from kvcluster import clusterfile  # noqa: PLC0415
-
-    addresses = [m.endpoint.removeprefix("tcp://") for m in state.masters]
-    # A lone master has no Raft traffic; its own port stands in for the address the file format asks for.
-    raft = state.raft_addresses or addresses
-    cluster = clusterfile.create(
-        addresses,
-        state.rep,
-        state.nodes,
-        raft_ports=[int(a.rpartition(":")[2]) for a in raft],
-        fsync=fsync,
-        timing=Timing(**state.timing),
-        curve=state.curve,
-    )
-    secret = Path(state.home) / RAFT_DIR / SECRET_FILE
-    if secret.exists():
-        cluster = msgspec.structs.replace(cluster, raft_secret=secret.read_text().strip())
-    clusterfile.write_replacing(Path(state.home) / CLUSTER_FILE, cluster)
-
-
 def stop_flag() -> list[bool]:
     """A flag that SIGTERM and SIGINT raise, so a supervisor stops its cluster instead of dying mid-way."""
     stop = [False]
@@ -379,9 +366,11 @@ def stop_flag() -> list[bool]:
     return stop
 
 
-def supervise(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage) -> None:
+def supervise(
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool = False
+) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage)
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve)
     stop = stop_flag()
     try:
         supervisor.start()
@@ -461,7 +450,8 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
     elif node_id != len(state.servers) + 1:
         raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
     storage = state.node_storage()
-    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage)
+    keys = cluster_args(Path(state.home), state.curve)
+    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage, keys)
     info = _start_detached_child(Path(state.home), name, args)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
@@ -507,7 +497,8 @@ def start_master(state: ClusterState, name: str) -> ProcessInfo:
     timing = Timing(**state.timing)
     shape = ["--nodes", str(state.nodes), "--rep", str(state.rep), "--bind", f"{host}:{port}"]
     group = group_args(Path(state.home), state.raft_addresses, member_id)
-    info = _start_detached_child(Path(state.home), name, ["_master", *shape, *timing_args(timing), *group])
+    keys = cluster_args(Path(state.home), state.curve)
+    info = _start_detached_child(Path(state.home), name, ["_master", *keys, *shape, *timing_args(timing), *group])
     info.endpoint = old.endpoint
     state.masters[member_id - 1] = info
     state.save()
@@ -531,7 +522,7 @@ def wait_joined(state: ClusterState, node_ids: list[int]) -> None:
 
     pids = {n: state.servers[n - 1].pid for n in node_ids}
     deadline = time.monotonic() + JOIN_TIMEOUT
-    with Connection(state.master_endpoint, deadline=2.0) as client:
+    with Connection(state.master_endpoint, deadline=2.0, curve=state_curve(state)) as client:
         while True:
             report = client.status()
             joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}

@@ -144,3 +144,29 @@ def test_next_ids_differ_and_a_live_name_is_refused() -> None:
     assert later.answer(20.0, Join(9, "tcp://h9:3", 202), table, holders, 3, 0.7).refusal == (
         "no server9 in this cluster; the next new node is server5"
     )
+
+
+def test_up_with_curve(cluster: ClusterLauncher, tmp_path: Path) -> None:
+    local = cluster(3, 2, 3, "--curve")
+    path = local.home / "cluster.toml"
+    keys = load(path)
+    assert keys.curve is True
+    assert [f"tcp://{m.endpoint}" for m in keys.masters] == local.status()["master"]["endpoint"].split(",")
+    server = local.put("secret", "kept")
+    assert local.get("secret") == ("kept", server)
+    assert local.status()["curve"] is True
+    assert kv("get", "secret", "--cluster", str(path)).stdout == f"secret, kept, {server}\n"
+    # The same masters, with another cluster's keys: refused, in one line, within the timeout.
+    other = tmp_path / "other.toml"
+    assert kv("init", str(other), "--masters", MASTERS, "--rep", "1").returncode == 0
+    text = other.read_text()
+    for mine, theirs in zip(load(other).masters, keys.masters, strict=True):
+        text = text.replace(f'endpoint = "{mine.endpoint}"', f'endpoint = "{theirs.endpoint}"')
+    other.write_text(text)
+    started = time.monotonic()
+    refused = kv("get", "secret", "--cluster", str(other), "--timeout", "2")
+    assert time.monotonic() - started < 5
+    assert (refused.returncode, refused.stderr) == (
+        1,
+        "error: the cluster refused this client's key (check --cluster FILE)\n",
+    )

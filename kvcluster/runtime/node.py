@@ -305,7 +305,12 @@ class NodeProcess:
 
 
 def serve(
-    node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1", storage: NodeStorage | None = None
+    node_id: int,
+    master_endpoint: str,
+    timing: Timing,
+    host: str = "127.0.0.1",
+    storage: NodeStorage | None = None,
+    curve: Curve | None = None,
 ) -> None:
     """Run a storage node in this process until it is stopped."""
-    NodeProcess(node_id, master_endpoint, timing, host, storage).run()
+    NodeProcess(node_id, master_endpoint, timing, host, storage, curve=curve).run()
