@@ -10,12 +10,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kvcluster.errors import (
+    ClusterFileInvalid,
     ClusterNotRunning,
     ClusterUnavailable,
     InvalidAddress,
     InvalidKey,
     InvalidValue,
     KeyNotFound,
+    KeyRefused,
     KvclusterError,
     NoLiveReplica,
     OperationTimedOut,
@@ -30,12 +32,14 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Client",
+    "ClusterFileInvalid",
     "ClusterNotRunning",
     "ClusterUnavailable",
     "InvalidAddress",
     "InvalidKey",
     "InvalidValue",
     "KeyNotFound",
+    "KeyRefused",
     "KvclusterError",
     "NoLiveReplica",
     "OperationTimedOut",

@@ -34,7 +34,8 @@ class Client:
 
     ``master`` is ``HOST:PORT`` of a master (or of every master, comma-separated); without it the
     cluster is found in the state directory ``home``, else ``$KVCLUSTER_HOME``, else
-    ``~/.local/state/kvcluster``, as the CLI finds it. ``timeout`` bounds every call in seconds
+    ``~/.local/state/kvcluster``, as the CLI finds it; ``cluster`` names a cluster file instead
+    (``kvcluster init``), whose CurveZMQ client key the connection then uses. ``timeout`` bounds every call in seconds
     (every page of a scan). ``on_event`` is called with a line per routing step (what ``-v`` prints).
     """
 
@@ -45,10 +46,11 @@ class Client:
         home: str | os.PathLike[str] | None = None,
         timeout: float = 5.0,
         on_event: Callable[[str], None] | None = None,
+        cluster: str | os.PathLike[str] | None = None,
     ) -> None:
         if not timeout > 0:
             raise UsageError(f"timeout must be positive, got {timeout!r}")
-        self._connection = _connect(master, home, timeout, on_event)
+        self._connection = _connect(master, home, timeout, on_event, cluster)
         self.last_server: str | None = None
         """The server that answered the latest ``put``, ``get``, ``get_with_server`` or ``delete``."""
 
@@ -135,10 +137,16 @@ def check_prefix(prefix: str) -> None:
 
 
 def _connect(
-    master: str | None, home: str | os.PathLike[str] | None, timeout: float, on_event: Callable[[str], None] | None
+    master: str | None,
+    home: str | os.PathLike[str] | None,
+    timeout: float,
+    on_event: Callable[[str], None] | None,
+    cluster: str | os.PathLike[str] | None = None,
 ) -> Connection:
+    if cluster is not None and master is None:
+        return connect_file(Path(cluster), timeout, on_event)
     if master is not None:
-        from kvcluster.master_link import parse_addresses  # noqa: PLC0415
+        from kvcluster.addresses import parse_addresses  # noqa: PLC0415
 
         parse_addresses(master)  # a bad address is a usage error before anything is sent
         return Connection(master, deadline=timeout, on_event=on_event)
@@ -147,4 +155,27 @@ def _connect(
     chosen = home if home is not None else os.environ.get("KVCLUSTER_HOME") or default_home()
     state_home = Path(chosen).expanduser().resolve()
     state = ClusterState.load(state_home)
-    return Connection(state.master_endpoint, deadline=timeout, table_cache=state_home / TABLE_CACHE, on_event=on_event)
+    curve = None
+    if state.curve:
+        from kvcluster.local_file import state_curve  # noqa: PLC0415
+
+        curve = state_curve(state)
+    cache = state_home / TABLE_CACHE
+    return Connection(state.master_endpoint, deadline=timeout, table_cache=cache, on_event=on_event, curve=curve)
+
+
+def connect_file(
+    path: Path, timeout: float, on_event: Callable[[str], None] | None = None, try_timeout: float = 0.3
+) -> Connection:
+    """A connection to the cluster a cluster file describes, with its client key when CurveZMQ is on."""
+    from kvcluster.clusterfile import load  # noqa: PLC0415
+    from kvcluster.curve import for_process  # noqa: PLC0415
+
+    cluster = load(path)
+    return Connection(
+        cluster.master_endpoints(),
+        deadline=timeout,
+        try_timeout=try_timeout,
+        on_event=on_event,
+        curve=for_process(cluster, "client"),
+    )

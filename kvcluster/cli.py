@@ -17,7 +17,7 @@ import argparse
 import os
 import sys
 from pathlib import Path
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from kvcluster.console import (
     DEFAULT_TIMEOUT,
@@ -29,6 +29,9 @@ from kvcluster.console import (
     target_for,
 )
 from kvcluster.errors import KvclusterError
+
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve
 
 FAST_COMMANDS = ("put", "get", "delete", "scan", "client")
 
@@ -44,6 +47,7 @@ def _fast_parser() -> argparse.ArgumentParser:
     common = _QuietParser(add_help=False, exit_on_error=False)
     common.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
     common.add_argument("--master")
+    common.add_argument("--cluster", type=Path)
     common.add_argument("-v", "--verbose", action="store_true")
     common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
     parser = _QuietParser(add_help=False, exit_on_error=False)
@@ -76,7 +80,7 @@ def _run_fast(argv: list[str]) -> bool:
     # Values that look like options, or numbers Typer would reject, get Typer's own error message.
     if unknown or args.timeout < 0.1 or (args.command == "scan" and args.limit is not None and args.limit < 1):
         return False
-    target = target_for(args.home, args.master, args.verbose, args.timeout)
+    target = target_for(args.home, args.master, args.verbose, args.timeout, args.cluster)
     if args.command == "put":
         put_and_print(target, args.key, args.value)
     elif args.command == "get":
@@ -104,12 +108,14 @@ def _process_parser() -> argparse.ArgumentParser:
     master.add_argument("--group", default="", help="every member's Raft address, comma-separated")
     master.add_argument("--secret-file", type=Path)
     master.add_argument("--journal", type=Path)
+    master.add_argument("--cluster", type=Path, help="a cluster file whose CurveZMQ keys to use (up --curve)")
     node = processes.add_parser("_node", parents=[timing])
     node.add_argument("--id", type=int, required=True)
     node.add_argument("--master", required=True)
     node.add_argument("--data-dir", type=Path)
     node.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec")
     node.add_argument("--snapshot-after", type=int, default=64 << 20)
+    node.add_argument("--cluster", type=Path, help="a cluster file whose CurveZMQ keys to use (up --curve)")
     supervise = processes.add_parser("_supervise", parents=[timing])
     supervise.add_argument("--home", type=Path, required=True)
     supervise.add_argument("--nodes", type=int, required=True)
@@ -117,6 +123,7 @@ def _process_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--bind", required=True)
     supervise.add_argument("--masters", type=int, required=True)
     supervise.add_argument("--storage", required=True, help="the cluster's Storage, as JSON")
+    supervise.add_argument("--curve", action="store_true")
     return parser
 
 
@@ -142,7 +149,7 @@ def _run_process(argv: list[str]) -> bool:
         if args.group:
             secret = args.secret_file.read_text().strip()
             membership = master.Membership(args.id, args.group.split(","), secret, args.journal)
-        master.serve(args.nodes, args.rep, args.bind, timing, membership)
+        master.serve(args.nodes, args.rep, args.bind, timing, membership, _keys(args.cluster, "master", args.id))
     elif args.process == "_node":
         from kvcluster.runtime import node  # noqa: PLC0415
         from kvcluster.runtime.wal import FsyncPolicy  # noqa: PLC0415
@@ -150,7 +157,7 @@ def _run_process(argv: list[str]) -> bool:
         kept = None
         if args.data_dir is not None:
             kept = node.NodeStorage(args.data_dir, FsyncPolicy(args.fsync), args.snapshot_after)
-        node.serve(args.id, args.master, timing, storage=kept)
+        node.serve(args.id, args.master, timing, storage=kept, curve=_keys(args.cluster, "node"))
     else:
         import json  # noqa: PLC0415
 
@@ -158,8 +165,18 @@ def _run_process(argv: list[str]) -> bool:
         from kvcluster.datadir import Storage  # noqa: PLC0415
 
         storage = Storage(**json.loads(args.storage))
-        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing, storage)
+        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing, storage, args.curve)
     return True
+
+
+def _keys(cluster: Path | None, role: str, member_id: int = 0) -> Curve | None:
+    """The CurveZMQ keys of a process ``up --curve`` started, from the cluster file it was handed."""
+    if cluster is None:
+        return None
+    from kvcluster import clusterfile  # noqa: PLC0415
+    from kvcluster.curve import for_process  # noqa: PLC0415
+
+    return for_process(clusterfile.load(cluster), role, member_id)
 
 
 def _fail(message: str, code: int) -> NoReturn:

@@ -58,6 +58,7 @@ from kvcluster.node_sockets import NodeSockets
 
 if TYPE_CHECKING:
     from kvcluster.check.history import HistoryRecorder
+    from kvcluster.curve import Curve
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
@@ -121,8 +122,10 @@ class Connection:
         table_cache: Path | None = None,
         on_event: Callable[[str], None] | None = None,
         recorder: HistoryRecorder | None = None,
+        curve: Curve | None = None,
     ) -> None:
         self.address = master
+        self.curve = curve
         self.deadline = deadline
         # The timeout of a try doubles with every earlier try of the same operation, up to MAX_TRY_TIMEOUT.
         self.try_timeouts = [min(MAX_TRY_TIMEOUT, try_timeout * 2**attempt) for attempt in range(8)]
@@ -132,8 +135,8 @@ class Connection:
         self.client_id = random.getrandbits(62)
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.masters = MasterLink(self.ctx, master, deadline)
-        self.nodes = NodeSockets(self.ctx)
+        self.masters = MasterLink(self.ctx, master, deadline, curve)
+        self.nodes = NodeSockets(self.ctx, curve)
         self.table: RoutingTable | None = self._load_cached_table()
         self.last_refresh = 0.0
         self.next_op_id = 0

@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 from typer._click.exceptions import ClickException  # Typer re-exports only some of its click's exceptions
 
+from kvcluster import hosts_commands
 from kvcluster.console import (
     delete_and_print,
     get_and_print,
@@ -65,6 +66,12 @@ Home = Annotated[
 Master = Annotated[
     str | None, typer.Option("--master", help="Master address HOST:PORT (default: from the state directory).")
 ]
+Cluster = Annotated[
+    Path | None,
+    typer.Option(
+        "--cluster", envvar="KVCLUSTER_CLUSTER", help="Cluster file (kvcluster init) of a cluster on many hosts."
+    ),
+]
 Verbose = Annotated[bool, typer.Option("-v", "--verbose", help="Explain routing, timeouts and retries on stderr.")]
 Timeout = Annotated[float, typer.Option("--timeout", min=0.1, help="Give up after this many seconds.")]
 Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts instead of a table.")]
@@ -72,24 +79,42 @@ Json = Annotated[bool, typer.Option("--json", help="Print JSON for scripts inste
 
 @app.command()
 def put(
-    key: str, value: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+    key: str,
+    value: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Store VALUE under KEY; prints 'OK, serverN'."""
-    put_and_print(target_for(home, master, verbose, timeout), key, value)
+    put_and_print(target_for(home, master, verbose, timeout, cluster), key, value)
 
 
 @app.command()
-def get(key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0) -> None:
+def get(
+    key: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
+) -> None:
     """Read KEY; prints 'KEY, VALUE, serverN'."""
-    get_and_print(target_for(home, master, verbose, timeout), key)
+    get_and_print(target_for(home, master, verbose, timeout, cluster), key)
 
 
 @app.command()
 def delete(
-    key: str, home: Home = None, master: Master = None, verbose: Verbose = False, timeout: Timeout = 5.0
+    key: str,
+    home: Home = None,
+    master: Master = None,
+    verbose: Verbose = False,
+    timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Delete KEY; prints 'OK, serverN', or fails like get when KEY has no value."""
-    delete_and_print(target_for(home, master, verbose, timeout), key)
+    delete_and_print(target_for(home, master, verbose, timeout, cluster), key)
 
 
 @app.command()
@@ -102,9 +127,10 @@ def scan(
     timeout: Annotated[
         float, typer.Option("--timeout", min=0.1, help="Give up on a page after this many seconds.")
     ] = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """Print every key (that starts with PREFIX), in order, one per line."""
-    scan_and_print(target_for(home, master, verbose, timeout), prefix, limit)
+    scan_and_print(target_for(home, master, verbose, timeout, cluster), prefix, limit)
 
 
 @app.command("client")
@@ -116,9 +142,10 @@ def client_command(
     master: Master = None,
     verbose: Verbose = False,
     timeout: Timeout = 5.0,
+    cluster: Cluster = None,
 ) -> None:
     """The GTStore-style client form: --put K --val V, or --get K; prints what put and get print."""
-    run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout))
+    run_client_form(put_key, val, get_key, target_for(home, master, verbose, timeout, cluster))
 
 
 @app.command()
@@ -135,13 +162,13 @@ def load(
         int, typer.Option("--clients", min=1, help="Client processes storing in parallel (a key's puts stay in one).")
     ] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the summary as JSON for scripts.")] = False,
+    cluster: Cluster = None,
 ) -> None:
     """Store every KEY VALUE line of FILE in batches; bad lines are reported with their numbers, the rest stored."""
     from kvcluster import load as bulk  # noqa: PLC0415
 
-    bulk.run(
-        target_for(home, master, False, timeout), file, batch=batch, window=window, clients=clients, as_json=as_json
-    )
+    target = target_for(home, master, False, timeout, cluster)
+    bulk.run(target, file, batch=batch, window=window, clients=clients, as_json=as_json)
 
 
 def _timing(heartbeat_ms: int, lease_ms: int, dead_after_ms: int) -> Timing:
@@ -198,6 +225,12 @@ def up(
         FsyncPolicy, typer.Option("--fsync", help="When the nodes sync their logs to disk, as Redis's appendfsync.")
     ] = FsyncPolicy.EVERYSEC,
     snapshot_after: Annotated[int, typer.Option("--snapshot-after", min=1, hidden=True)] = 64 << 20,
+    curve: Annotated[
+        bool,
+        typer.Option(
+            "--curve/--insecure", help="CurveZMQ on every socket (keys in HOME/cluster.toml); off on loopback."
+        ),
+    ] = False,
     home: Home = None,
 ) -> None:
     """Start a group of MASTERS masters and NODES storage nodes with REP replicas each.
@@ -222,11 +255,11 @@ def up(
     storage = Storage(str(root), fsync.value, snapshot_after)
     bind = f"{host}:{port}"
     if detach:
-        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage)
+        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage, curve)
         print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
-    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage)
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve)
     stop = stop_flag()
     try:
         state = supervisor.start()
@@ -263,7 +296,7 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
 
 
 def _start_detached(
-    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool
 ) -> ClusterState:
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
@@ -275,7 +308,7 @@ def _start_detached(
     logs.mkdir(parents=True, exist_ok=True)
     shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), "--bind", bind]
     args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
-    args += ["--storage", json.dumps(asdict(storage))]
+    args += ["--storage", json.dumps(asdict(storage)), *(["--curve"] if curve else [])]
     with (logs / "supervisor.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
@@ -415,7 +448,9 @@ def remove_node(
     live = sum(server.alive() for server in state.servers)
     if live - 1 < state.rep:
         raise UsageError(f"removing {node} would leave {live - 1} live nodes for {state.rep} replicas")
-    with Connection(state.master_endpoint, deadline=5.0) as client:
+    from kvcluster.local_file import state_curve  # noqa: PLC0415
+
+    with Connection(state.master_endpoint, deadline=5.0, curve=state_curve(state)) as client:
         deadline = time.monotonic() + timeout
         while (left := _slots_held(client, node_id)) > 0:
             if time.monotonic() > deadline:
@@ -437,8 +472,13 @@ def _slots_held(client: Connection, node_id: int) -> int:
 
 
 @app.command()
-def status(home: Home = None, as_json: Json = False) -> None:
+def status(home: Home = None, as_json: Json = False, cluster: Cluster = None) -> None:
     """Show the master and every node: PID, endpoint, liveness, slots and keys."""
+    if cluster is not None and home is None:
+        from kvcluster.remote_status import print_remote_status  # noqa: PLC0415
+
+        print_remote_status(cluster, as_json=as_json)
+        return
     from kvcluster.state import ClusterState  # noqa: PLC0415
     from kvcluster.status_view import print_status  # noqa: PLC0415
 
@@ -509,6 +549,9 @@ def run(argv: list[str]) -> int:
     except typer.Abort:
         raise KeyboardInterrupt from None
     return code if isinstance(code, int) else 0
+
+
+hosts_commands.register(app)
 
 
 def register_benchmarks() -> None:

@@ -39,20 +39,29 @@ class Target:
     master: str | None
     verbose: bool
     timeout: float
+    cluster: Path | None = None  # a cluster file (--cluster or KVCLUSTER_CLUSTER)
 
     def client(self) -> Client:
-        """A client for ``--master``, or for the cluster recorded in the state directory (with its table cache)."""
+        """A client for ``--master``, the cluster file, or the cluster recorded in the state directory."""
         from kvcluster.api import Client  # noqa: PLC0415
 
-        return Client(self.master, home=self.home, timeout=self.timeout, on_event=say if self.verbose else None)
+        on_event = say if self.verbose else None
+        return Client(self.master, home=self.home, timeout=self.timeout, on_event=on_event, cluster=self.cluster)
 
 
-def target_for(home: Path | None, master: str | None, verbose: bool, timeout: float) -> Target:
+def target_for(
+    home: Path | None, master: str | None, verbose: bool, timeout: float, cluster: Path | None = None
+) -> Target:
+    """``--master`` wins, then ``--cluster`` (or ``KVCLUSTER_CLUSTER``, unless ``--home`` is given), then the home."""
     if master is not None:
-        from kvcluster.master_link import parse_addresses  # noqa: PLC0415
+        from kvcluster.addresses import parse_addresses  # noqa: PLC0415
 
         parse_addresses(master)  # a bad address is a usage error before anything else happens
-    return Target(home, master, verbose, timeout)
+    if cluster is None and home is None:
+        from kvcluster.clusterfile import resolve  # noqa: PLC0415
+
+        cluster = resolve(None)
+    return Target(home, master, verbose, timeout, cluster)
 
 
 def put_and_print(target: Target, key: str, value: str) -> None:

@@ -119,3 +119,22 @@ class ClusterShapeMismatch(UsageError):
 
 class LogUnwritable(KvclusterError):
     """A node refused a write because it cannot write its log (a full disk, an unwritable directory)."""
+
+
+class ClusterFileInvalid(UsageError):
+    """A cluster file does not parse, lacks a field or holds a value that is no cluster; nothing was started."""
+
+
+class KeyRefused(KvclusterError):
+    """The cluster's servers refused this client's CurveZMQ key: the handshake failed, nothing was sent."""
+
+    def __init__(self) -> None:
+        super().__init__("the cluster refused this client's key (check --cluster FILE)")
+
+
+class AddressUnusable(UsageError):
+    """A process cannot bind the address it was given: not on this host, or the port is taken."""
+
+
+class NameInUse(KvclusterError):
+    """A node asked to join under a name whose earlier incarnation the master does not hold dead."""

@@ -21,12 +21,15 @@ import select
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import zmq
 
+from kvcluster.addresses import parse_addresses
 from kvcluster.core.protocol import NodeExited, encode
-from kvcluster.master_link import parse_addresses
+
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve
 
 log = logging.getLogger(__name__)
 
@@ -47,8 +50,15 @@ class ExitWatch:
     ``servers`` reads the node processes of the state file ``state``, in node id order, whenever it changes.
     """
 
-    def __init__(self, state: Path, servers: Callable[[], Sequence[NodeProcess]], master_endpoint: str) -> None:
+    def __init__(
+        self,
+        state: Path,
+        servers: Callable[[], Sequence[NodeProcess]],
+        master_endpoint: str,
+        curve: Curve | None = None,
+    ) -> None:
         self.state = state
+        self.curve = curve
         self.servers = servers
         self.master_endpoint = master_endpoint
         self.stopping = threading.Event()
@@ -66,9 +76,11 @@ class ExitWatch:
     def _run(self) -> None:
         ctx = zmq.Context()
         masters = []
-        for address in parse_addresses(self.master_endpoint):
+        for index, address in enumerate(parse_addresses(self.master_endpoint)):
             sock = ctx.socket(zmq.DEALER)
             sock.setsockopt(zmq.LINGER, 0)
+            if self.curve is not None:
+                self.curve.connect_to(sock, self.curve.masters[index])
             sock.connect(address)
             masters.append(sock)
         poller = select.poll()

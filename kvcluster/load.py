@@ -207,10 +207,10 @@ def run(target: Target, source: str, *, batch: int, window: int, clients: int, a
         report = LoadReport(source="standard input" if source == STDIN else source)
         with _client(target) as client:
             client.refresh_table()  # an unreachable cluster fails here, before a line is read
-            master = client.address
+            master, curve = client.address, client.curve
         try:
             with (
-                Loaders(master, clients, deadline=target.timeout, batch=batch, window=window) as loaders,
+                Loaders(master, clients, deadline=target.timeout, batch=batch, window=window, curve=curve) as loaders,
                 _progress_bar(size) as progress,
             ):
                 _load(loaders, stream, report, target.timeout, progress)
@@ -252,9 +252,19 @@ def _client(target: Target) -> Connection:
 
     if target.master is not None:
         return Connection(target.master, deadline=target.timeout, try_timeout=TRY_TIMEOUT)
+    if target.cluster is not None:
+        from kvcluster.api import connect_file  # noqa: PLC0415
+
+        return connect_file(target.cluster, target.timeout, try_timeout=TRY_TIMEOUT)
+    from kvcluster.local_file import state_curve  # noqa: PLC0415
+
     home = home_dir(target.home)
-    master = ClusterState.load(home).master_endpoint
-    return Connection(master, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=home / TABLE_CACHE)
+    state = ClusterState.load(home)
+    cache = home / TABLE_CACHE
+    curve = state_curve(state)
+    return Connection(
+        state.master_endpoint, deadline=target.timeout, try_timeout=TRY_TIMEOUT, table_cache=cache, curve=curve
+    )
 
 
 def _load(loaders: Loaders, stream: IO[bytes], report: LoadReport, deadline: float, progress: _Bar) -> None:

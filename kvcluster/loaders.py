@@ -32,9 +32,12 @@ import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kvcluster.errors import KvclusterError, LoadIncomplete
+
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve
 
 QUEUED_SHARES = 1  # shares waiting for each process beyond the one it is storing: enough to never idle
 POLL = 0.2  # seconds between looks at the processes' health while waiting on them
@@ -57,7 +60,9 @@ class Stored:
 class Loaders:
     """Client processes that store shares of chunks; use as a context manager, which stops them all."""
 
-    def __init__(self, master: str, count: int, *, deadline: float, batch: int, window: int) -> None:
+    def __init__(
+        self, master: str, count: int, *, deadline: float, batch: int, window: int, curve: Curve | None = None
+    ) -> None:
         import multiprocessing  # noqa: PLC0415
 
         ctx = multiprocessing.get_context("fork")  # see the module docstring
@@ -66,7 +71,7 @@ class Loaders:
         self.procs = [
             ctx.Process(
                 target=_store_shares,
-                args=(_Job(master, deadline, batch, window, index, os.getpid()), inbox, self.results),
+                args=(_Job(master, deadline, batch, window, index, os.getpid(), curve), inbox, self.results),
                 daemon=True,
             )
             for index, inbox in enumerate(self.inboxes)
@@ -157,6 +162,7 @@ class _Job:
     window: int
     index: int
     parent: int
+    curve: Curve | None = None  # the client's CurveZMQ keys, for a cluster file with CURVE on
 
 
 def _store_shares(job: _Job, inbox: Any, results: Any) -> None:
@@ -177,7 +183,7 @@ def _serve(job: _Job, inbox: Any, results: Any) -> None:
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     put, ok = OpKind.PUT, Completion.OK  # enum members cost a lookup each time: once per put adds up
-    with Connection(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT) as client:
+    with Connection(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT, curve=job.curve) as client:
         while (share := inbox.get()) is not None:
             outcome = client.execute([(put, key, value) for key, value in share], batch=job.batch, window=job.window)
             failed = [(i, result.completion.value) for i, result in enumerate(outcome) if result.completion is not ok]

@@ -10,49 +10,62 @@ is passed over for the next. The whole question has the caller's deadline.
 from __future__ import annotations
 
 import time
+from typing import TYPE_CHECKING
 
 import zmq
+from zmq.utils.monitor import recv_monitor_message
 
+from kvcluster.addresses import parse_addresses
 from kvcluster.core.protocol import Message, NotLeader, NotReady, StatusReport, StatusRequest, decode, encode
-from kvcluster.errors import ClusterUnavailable, InvalidAddress
+from kvcluster.errors import ClusterUnavailable, KeyRefused
+
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve, Handshakes
 
 TRY_TIMEOUT = 0.25  # seconds one master of a group gets to answer before the next is asked: a dead one costs this
 ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the leader
 
 
-def parse_address(address: str) -> str:
-    """Turn ``HOST:PORT`` (or ``tcp://HOST:PORT``) into a ZeroMQ endpoint, or raise ``InvalidAddress``."""
-    bare = address.removeprefix("tcp://")
-    host, sep, port = bare.rpartition(":")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-        raise InvalidAddress(f"invalid address {address!r}: expected HOST:PORT, e.g. 127.0.0.1:50051")
-    return f"tcp://{host}:{int(port)}"
-
-
-def parse_addresses(addresses: str) -> list[str]:
-    """Every endpoint of a comma-separated list of masters, or ``InvalidAddress`` naming the bad one."""
-    parts = addresses.split(",")
-    if len(parts) == 1:
-        return [parse_address(addresses)]
-    try:
-        return [parse_address(part.strip()) for part in parts]
-    except InvalidAddress as exc:
-        raise InvalidAddress(f"{exc}, in the list {addresses!r}") from None
-
-
 class MasterLink:
     """Sockets to every master of one cluster; not thread-safe, like the client that owns it."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float) -> None:
+    def __init__(
+        self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float, curve: Curve | None = None
+    ) -> None:
         self.address = addresses
         self.endpoints = parse_addresses(addresses)
         self.deadline = deadline
         self.sockets: list[zmq.Socket[bytes]] = []
-        for endpoint in self.endpoints:
+        # With CURVE, a monitor per socket tells a refused key from a master that is down.
+        self.monitors: list[tuple[zmq.Socket[bytes], Handshakes]] = []
+        for index, endpoint in enumerate(self.endpoints):
             sock = ctx.socket(zmq.DEALER)
+            if curve is not None:
+                from kvcluster.curve import HANDSHAKE_EVENTS, Handshakes  # noqa: PLC0415
+
+                curve.connect_to(sock, curve.masters[index])
+                self.monitors.append((sock.get_monitor_socket(HANDSHAKE_EVENTS), Handshakes()))
             sock.connect(endpoint)
             self.sockets.append(sock)
         self.current = 0  # the master believed to lead
+
+    def _check_handshakes(self, final: bool) -> None:
+        """Raise ``KeyRefused`` once every master refused our key, or at the deadline if none ever let us in."""
+        if not self.monitors:
+            return
+        for monitor, seen in self.monitors:
+            while monitor.poll(0):
+                seen.note(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
+        if any(seen.succeeded for _, seen in self.monitors):
+            return
+        if all(seen.refused for _, seen in self.monitors) or (final and any(s.shut_out() for _, s in self.monitors)):
+            raise KeyRefused
+
+    def close(self) -> None:
+        for sock in self.sockets:
+            sock.close(linger=0)
+        for monitor, _ in self.monitors:
+            monitor.close(linger=0)
 
     @property
     def key(self) -> str:
@@ -63,9 +76,12 @@ class MasterLink:
         """Send ``message`` to the leader and return its ``wanted`` (or ``NotReady``) answer by ``until``."""
         while True:
             remaining = until - time.monotonic()
+            self._check_handshakes(final=remaining <= 0)
             if remaining <= 0:
                 raise ClusterUnavailable(self.address, self.deadline)
             wait = remaining if len(self.sockets) == 1 else min(remaining, TRY_TIMEOUT)
+            if self.monitors:
+                wait = min(wait, TRY_TIMEOUT)  # look at the handshakes now and then: a refusal ends the wait
             reply = self._ask_one(self.sockets[self.current], message, wanted, time.monotonic() + wait)
             if isinstance(reply, NotLeader) and reply.leader:
                 self.current = reply.leader - 1
@@ -94,13 +110,19 @@ class MasterLink:
 
 
 def survey(
-    ctx: zmq.Context[zmq.Socket[bytes]], endpoints: list[str], question: Message, timeout: float
+    ctx: zmq.Context[zmq.Socket[bytes]],
+    endpoints: list[str],
+    question: Message,
+    timeout: float,
+    curve: Curve | None = None,
 ) -> list[Message | None]:
     """Ask every master ``question`` at once; each answer, or ``None`` for one silent for ``timeout`` seconds."""
     sockets = []
     poller = zmq.Poller()
-    for endpoint in endpoints:
+    for index, endpoint in enumerate(endpoints):
         sock = ctx.socket(zmq.DEALER)
+        if curve is not None:
+            curve.connect_to(sock, curve.masters[index])
         sock.connect(endpoint)
         sock.send(encode(question), zmq.NOBLOCK)
         poller.register(sock, zmq.POLLIN)
@@ -115,7 +137,9 @@ def survey(
     return answers
 
 
-def roll_call(endpoints: list[str], timeout: float) -> tuple[list[tuple[str, int | None]], StatusReport | None]:
+def roll_call(
+    endpoints: list[str], timeout: float, curve: Curve | None = None
+) -> tuple[list[tuple[str, int | None]], StatusReport | None]:
     """Each master's (role, term) as it answers for itself, and the leader's report, if one answered.
 
     A role is ``leader``, ``follower``, ``no leader`` (a member mid-election) or ``not answering``
@@ -123,7 +147,7 @@ def roll_call(endpoints: list[str], timeout: float) -> tuple[list[tuple[str, int
     """
     ctx = zmq.Context()
     try:
-        answers = survey(ctx, endpoints, StatusRequest(), timeout)
+        answers = survey(ctx, endpoints, StatusRequest(), timeout, curve)
     finally:
         ctx.destroy(linger=0)
     found: list[tuple[str, int | None]] = []

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import zmq
 
@@ -19,14 +20,18 @@ from kvcluster.core.placement import RoutingTable
 from kvcluster.core.protocol import Message, decode
 from kvcluster.errors import ProtocolError
 
+if TYPE_CHECKING:
+    from kvcluster.curve import Curve
+
 LOST = zmq.EVENT_DISCONNECTED | zmq.EVENT_CONNECT_RETRIED
 
 
 class NodeSockets:
     """One DEALER per node the client talks to, with its monitor, all in one poller."""
 
-    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]]) -> None:
+    def __init__(self, ctx: zmq.Context[zmq.Socket[bytes]], curve: Curve | None = None) -> None:
         self.ctx = ctx
+        self.curve = curve
         self.poller = zmq.Poller()
         self.sockets: dict[int, zmq.Socket[bytes]] = {}
         self.endpoints: dict[int, str] = {}
@@ -36,6 +41,8 @@ class NodeSockets:
         sock = self.sockets.get(node_id)
         if sock is None:
             sock = self.ctx.socket(zmq.DEALER)
+            if self.curve is not None:
+                self.curve.connect_to(sock, self.curve.node)  # every node serves with the one node key
             monitor = sock.get_monitor_socket(LOST)
             endpoint = table.endpoint(node_id)
             sock.connect(endpoint)

@@ -65,6 +65,7 @@ class ClusterState:
     timing: dict[str, float] = field(default_factory=dict)
     started_at: float = 0.0
     storage: dict[str, Any] = field(default_factory=dict)  # a ``datadir.Storage``: where the nodes keep data
+    curve: bool = False  # CurveZMQ (up --curve) with the keys of HOME/cluster.toml; off by default on loopback
 
     def node_storage(self) -> Storage:
         from kvcluster.datadir import Storage  # noqa: PLC0415 - only up and restart need it, not a put or get

@@ -55,6 +55,7 @@ def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]
     leader = next((m for m in masters if m["role"] == "leader"), None)
     return {
         "home": state.home,
+        "curve": state.curve,
         "nodes_total": state.nodes,
         "rep": state.rep,
         "master": {
@@ -78,9 +79,10 @@ def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]
 
 def masters_document(state: ClusterState, timeout: float) -> tuple[list[dict[str, Any]], StatusReport | None]:
     """Each master's role and term as it answers for itself, and the leader's view of the cluster."""
+    from kvcluster.local_file import state_curve  # noqa: PLC0415
     from kvcluster.master_link import roll_call  # noqa: PLC0415
 
-    found, report = roll_call(state.master_endpoints(), timeout)
+    found, report = roll_call(state.master_endpoints(), timeout, state_curve(state))
     masters = []
     for info, (role, term) in zip(state.masters, found, strict=True):
         masters.append({
@@ -181,7 +183,8 @@ def _status_table(doc: dict[str, Any]) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
     masters = ", ".join(_master_label(m) for m in doc["masters"])
-    title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}"
+    curve = "CurveZMQ on" if doc.get("curve") else "CurveZMQ off"
+    title = f"masters: {masters}\nrep {doc['rep']}, table version {doc['table_version'] or 'unknown'}, {curve}"
     table = Table(title=title, caption=_status_caption(doc))
     for column in ("node", "pid", "endpoint", "state", "primary", "backup", "keys", "sync"):
         numeric = column in ("pid", "primary", "backup", "keys", "sync")

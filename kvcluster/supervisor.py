@@ -36,6 +36,7 @@ from kvcluster.errors import (
     UnknownNode,
 )
 from kvcluster.exitwatch import ExitWatch
+from kvcluster.local_file import CLUSTER_FILE, cluster_args, draft_keys, state_curve, write_cluster_file
 from kvcluster.masters import group_args, master_name, prepare_group
 from kvcluster.state import STATE_FILE, TABLE_CACHE, ClusterState, ProcessInfo
 
@@ -47,7 +48,7 @@ STOP_GRACE = 10.0  # a node stopping cleanly first snapshots its log: at a milli
 
 
 def clear_state(home: Path) -> None:
-    for name in (STATE_FILE, TABLE_CACHE):
+    for name in (STATE_FILE, TABLE_CACHE, CLUSTER_FILE):
         (home / name).unlink(missing_ok=True)
 
 
@@ -63,10 +64,13 @@ def check_can_start(home: Path) -> None:
     clear_state(home)
 
 
-def node_args(node_id: int, master_endpoint: str, timing: Timing, storage: Storage) -> list[str]:
-    """The command line of storage node ``node_id``."""
+def node_args(
+    node_id: int, master_endpoint: str, timing: Timing, storage: Storage, keys: list[str] | None = None
+) -> list[str]:
+    """The command line of storage node ``node_id``; ``keys`` (``--cluster FILE``) turns CurveZMQ on."""
     return [
         "_node",
+        *(keys or []),
         "--id",
         str(node_id),
         "--master",
@@ -102,8 +106,10 @@ class Supervisor:
         bind: str,
         timing: Timing,
         storage: Storage | None = None,
+        curve: bool = False,
     ) -> None:
         self.home = home
+        self.curve = curve
         self.storage = storage or Storage(str(default_root(home)))
         self.nodes = nodes
         self.rep = rep
@@ -145,10 +151,13 @@ class Supervisor:
             log.info("starting again from the data in %s", root)
         record_shape(root, Shape(self.nodes, self.rep))
         raft = prepare_group(self.home, self.masters)
+        # With CurveZMQ the processes need their keys before anyone knows the masters' ports: a draft file holds them.
+        keys = draft_keys(self.home, self.masters, self.rep, self.nodes) if self.curve else None
+        self.keys = cluster_args(self.home, self.curve)
         masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
         endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
         servers = [
-            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage))
+            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys))
             for i in range(1, self.nodes + 1)
         ]
         # Starting again, a node whose data is damaged refuses to start; the others start without it.
@@ -173,9 +182,12 @@ class Supervisor:
             timing=asdict(self.timing),
             started_at=time.time(),
             storage=asdict(self.storage),
+            curve=self.curve,
         )
+        write_cluster_file(self.state, self.storage.fsync, keys)
         self.state.save()
-        self.exits = ExitWatch(ClusterState.path(self.home), lambda: ClusterState.load(self.home).servers, endpoint)
+        servers_now = lambda: ClusterState.load(self.home).servers  # noqa: E731 - read afresh on every change
+        self.exits = ExitWatch(ClusterState.path(self.home), servers_now, endpoint, state_curve(self.state))
         self.exits.start()
         return self.state
 
@@ -184,7 +196,7 @@ class Supervisor:
         bind = f"{host}:{int(port) + member_id - 1 if int(port) else 0}"
         shape = ["--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", bind]
         name = master_name(member_id)
-        args = ["_master", *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
+        args = ["_master", *self.keys, *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
         return name, self._spawn(name, args, stdout=subprocess.PIPE)
 
     def _read_ready_line(self, master: subprocess.Popen[bytes], name: str, deadline: float) -> str:
@@ -199,7 +211,8 @@ class Supervisor:
     def _wait_for_table(self, endpoint: str, deadline: float, may_exit: list[subprocess.Popen[bytes]]) -> StatusReport:
         from kvcluster.client import Connection  # noqa: PLC0415
 
-        with Connection(endpoint, deadline=1.0) as client:
+        curve = state_curve(self.home) if self.curve else None
+        with Connection(endpoint, deadline=1.0, curve=curve) as client:
             while True:
                 for proc in self.children:
                     if proc.poll() is not None and proc not in may_exit:
@@ -255,9 +268,11 @@ def stop_flag() -> list[bool]:
     return stop
 
 
-def supervise(home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage) -> None:
+def supervise(
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool = False
+) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage)
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve)
     stop = stop_flag()
     try:
         supervisor.start()
@@ -337,7 +352,8 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
     elif node_id != len(state.servers) + 1:
         raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
     storage = state.node_storage()
-    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage)
+    keys = cluster_args(Path(state.home), state.curve)
+    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage, keys)
     info = _start_detached_child(Path(state.home), name, args)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
@@ -383,7 +399,8 @@ def start_master(state: ClusterState, name: str) -> ProcessInfo:
     timing = Timing(**state.timing)
     shape = ["--nodes", str(state.nodes), "--rep", str(state.rep), "--bind", f"{host}:{port}"]
     group = group_args(Path(state.home), state.raft_addresses, member_id)
-    info = _start_detached_child(Path(state.home), name, ["_master", *shape, *timing_args(timing), *group])
+    keys = cluster_args(Path(state.home), state.curve)
+    info = _start_detached_child(Path(state.home), name, ["_master", *keys, *shape, *timing_args(timing), *group])
     info.endpoint = old.endpoint
     state.masters[member_id - 1] = info
     state.save()
@@ -407,7 +424,7 @@ def wait_joined(state: ClusterState, node_ids: list[int]) -> None:
 
     pids = {n: state.servers[n - 1].pid for n in node_ids}
     deadline = time.monotonic() + JOIN_TIMEOUT
-    with Connection(state.master_endpoint, deadline=2.0) as client:
+    with Connection(state.master_endpoint, deadline=2.0, curve=state_curve(state)) as client:
         while True:
             report = client.status()
             joined = {n.node_id: n for n in report.nodes if n.alive and pids.get(n.node_id) == n.pid}

@@ -26,8 +26,11 @@ from kvcluster.core.protocol import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    Join,
+    JoinAnswer,
     Message,
     MsgType,
+    NodeExited,
     NodeReport,
     NotLeader,
     NotReady,
@@ -122,6 +125,10 @@ SAMPLES: list[tuple[MsgType, Message]] = [
     (MsgType.SCAN, Scan(8, "", "", 1, [])),
     (MsgType.SCAN_PAGE, ScanPage(7, 2, Status.OK, ["user:18", "user:2", "é"])),
     (MsgType.SCAN_PAGE, ScanPage(8, 1, Status.NOT_PRIMARY, [])),
+    (MsgType.NODE_EXITED, NodeExited(3, 4242)),
+    (MsgType.JOIN, Join(0, "tcp://10.1.2.3:5000", 4242)),
+    (MsgType.JOIN_ANSWER, JoinAnswer(6, "")),
+    (MsgType.JOIN_ANSWER, JoinAnswer(2, "server2 is alive")),
 ]
 
 

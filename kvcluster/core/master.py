@@ -31,6 +31,7 @@ from kvcluster.core.actions import Action, Answer, Propose, Route
 from kvcluster.core.events import EventLog
 from kvcluster.core.group import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
+from kvcluster.core.joins import Holder, Reservations
 from kvcluster.core.liveness import FailureDetection, NodeRecord
 from kvcluster.core.placement import (
     NUM_SLOTS,
@@ -50,6 +51,8 @@ from kvcluster.core.protocol import (
     Heartbeat,
     HeartbeatAck,
     Hello,
+    Join,
+    JoinAnswer,
     Message,
     NodeExited,
     NodeReport,
@@ -109,6 +112,7 @@ class MasterCore(FailureDetection):
         self.recovery = Recovery()  # the hellos heard before the first table
         self.returning: dict[int, dict[int, tuple[int, int]]] = {}  # restarted node -> slot -> (version, digest)
         self.last_repair_table = 0.0
+        self.joins = Reservations()  # node ids given to nodes started by hand, until their hello arrives
 
     def take(self) -> list[Action]:
         """The actions the events so far asked for, oldest first; the outbox is emptied."""
@@ -119,7 +123,7 @@ class MasterCore(FailureDetection):
         self.now = now
         if self.acting:
             self._handle(route, message)
-        elif isinstance(message, TableRequest | StatusRequest | Drain):
+        elif isinstance(message, TableRequest | StatusRequest | Drain | Join):
             self._send(route, NotLeader(self.term, self.leader))
         elif not isinstance(message, Hello | Heartbeat | CopyDone | NodeExited):  # sent to every member: one acts
             raise ProtocolError(f"unexpected message: {type(message).__name__}")
@@ -285,8 +289,17 @@ class MasterCore(FailureDetection):
                 self._send(route, self._status())
             case NodeExited(node_id, pid):
                 self._on_exit(node_id, pid)
+            case Join():
+                self._send(route, self._answer_join(message))
             case _:
                 raise ProtocolError(f"unexpected message: {type(message).__name__}")
+
+    def _answer_join(self, join: Join) -> JoinAnswer:
+        holders = {n: Holder(r.pid, r.endpoint, r.last_seen) for n, r in self.nodes.items()}
+        answer = self.joins.answer(self.now, join, self.table, holders, self.expected, self.timing.dead_after)
+        if answer.refusal:
+            log.warning("refused %s (pid %d): %s", node_name(answer.node_id), join.pid, answer.refusal)
+        return answer
 
     def _is_dead(self, node_id: int) -> bool:
         return self.table is not None and node_id in self.table.dead
@@ -294,6 +307,11 @@ class MasterCore(FailureDetection):
     def _on_hello(self, route: Route, hello: Hello) -> None:
         if self.table is not None:
             self._on_join(route, hello, self.table)
+            return
+        old = self.nodes.get(hello.node_id)
+        if old is not None and old.pid != hello.pid and self.now - old.last_seen < self.timing.dead_after:
+            # Two processes under one id before the first table: the one heard first keeps it while it lives.
+            log.warning("%s (pid %d) ignored: pid %d holds that id", node_name(hello.node_id), hello.pid, old.pid)
             return
         self.recovery.hear(self.now, hello)
         stored = self.recovery.newest_table()

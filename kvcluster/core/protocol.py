@@ -85,6 +85,8 @@ class MsgType(enum.IntEnum):
     SCAN = 21  # client -> node: a page of the keys of slots it is primary of
     SCAN_PAGE = 22  # node -> client
     NODE_EXITED = 23  # the process that watches a node -> master: its process is gone
+    JOIN = 24  # a node started by hand (kvcluster node) -> master: which node id may it take?
+    JOIN_ANSWER = 25  # master -> that node
 
 
 class OpKind(enum.IntEnum):
@@ -433,6 +435,21 @@ class NodeExited(_Message, frozen=True, tag=_tag(MsgType.NODE_EXITED)):
     pid: Count
 
 
+class Join(_Message, frozen=True, tag=_tag(MsgType.JOIN)):
+    """Before its first hello: may the process ``pid`` at ``endpoint`` be node ``node_id`` (0: the next free id)?"""
+
+    node_id: Count
+    endpoint: str
+    pid: Count
+
+
+class JoinAnswer(_Message, frozen=True, tag=_tag(MsgType.JOIN_ANSWER)):
+    """The id the node is to say hello under; ``refusal`` says why it may not (empty when it may)."""
+
+    node_id: Count
+    refusal: str
+
+
 class Fenced(_Message, frozen=True, tag=_tag(MsgType.FENCED)):
     node_id: NodeId
     term: Count
@@ -493,6 +510,8 @@ Message = (
     | CopyDone
     | Drain
     | NodeExited
+    | Join
+    | JoinAnswer
     | ReplicateAck
     | Fenced
     | NotReady

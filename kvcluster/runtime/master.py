@@ -23,7 +23,8 @@ from kvcluster.core.actions import Answer, Propose
 from kvcluster.core.group import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
-from kvcluster.errors import ProtocolError
+from kvcluster.curve import Curve, start_authenticator
+from kvcluster.errors import AddressUnusable, ProtocolError
 from kvcluster.runtime.group import MasterGroup, Role
 from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 
@@ -45,18 +46,34 @@ class Membership:
 class MasterProcess:
     """Runs one ``MasterCore`` until SIGTERM."""
 
-    def __init__(self, nodes: int, rep: int, bind: str, timing: Timing, membership: Membership | None) -> None:
+    def __init__(
+        self,
+        nodes: int,
+        rep: int,
+        bind: str,
+        timing: Timing,
+        membership: Membership | None,
+        curve: Curve | None = None,
+    ) -> None:
         self.ctx = zmq.Context()
         self.ctx.linger = 0
         self.router = self.ctx.socket(zmq.ROUTER)
-        host, _, port = bind.rpartition(":")
-        if port == "0":
-            chosen = self.router.bind_to_random_port(f"tcp://{host}")
-        else:
-            self.router.bind(f"tcp://{bind}")
-            chosen = int(port)
-        self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
         member_id = membership.member_id if membership else 1
+        self.auth = None
+        if curve is not None:
+            curve.serve(self.router)
+            self.auth = start_authenticator(self.ctx, curve, f"master{member_id}")
+        host, _, port = bind.rpartition(":")
+        try:
+            if port == "0":
+                chosen = self.router.bind_to_random_port(f"tcp://{host}")
+            else:
+                self.router.bind(f"tcp://{bind}")
+                chosen = int(port)
+        except zmq.ZMQError as exc:
+            self._close()
+            raise AddressUnusable(f"master{member_id} cannot listen on {bind}: {os.strerror(exc.errno or 0)}") from None
+        self.endpoint = f"tcp://{'127.0.0.1' if host in ('0.0.0.0', '*') else host}:{chosen}"  # noqa: S104 - matching, not binding
         self.core = MasterCore(nodes, rep, timing, os.getpid(), master_id=member_id, replicated=membership is not None)
         self.group = (
             MasterGroup(member_id, membership.addresses, membership.secret, membership.journal) if membership else None
@@ -84,8 +101,13 @@ class MasterProcess:
         finally:
             if self.group is not None:
                 self.group.close()
-            self.ctx.destroy(linger=0)
+            self._close()
             log.info("master stopped")
+
+    def _close(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()  # its thread holds a socket of the context
+        self.ctx.destroy(linger=0)
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
@@ -146,9 +168,16 @@ class MasterProcess:
             self.router.send_multipart([*action.route, encode(action.message)])
 
 
-def serve(nodes: int, rep: int, bind: str, timing: Timing, membership: Membership | None = None) -> None:
+def serve(
+    nodes: int,
+    rep: int,
+    bind: str,
+    timing: Timing,
+    membership: Membership | None = None,
+    curve: Curve | None = None,
+) -> None:
     """Run the master in this process; announce its endpoint on stdout once bound."""
-    master = MasterProcess(nodes, rep, bind, timing, membership)
+    master = MasterProcess(nodes, rep, bind, timing, membership, curve)
     sys.stdout.write(f"READY {master.endpoint}\n")
     sys.stdout.flush()
     master.run()

@@ -23,13 +23,14 @@ from pathlib import Path
 
 import zmq
 
+from kvcluster.addresses import parse_addresses
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import DiskReport, Message, Timing, decode, encode
 from kvcluster.core.records import TableSeen
-from kvcluster.errors import ProtocolError
-from kvcluster.master_link import parse_addresses
+from kvcluster.curve import Curve, start_authenticator
+from kvcluster.errors import AddressUnusable, ProtocolError
 from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 from kvcluster.runtime.recovery import recover
 from kvcluster.runtime.snapshots import Snapshot
@@ -44,9 +45,35 @@ NOBLOCK = int(zmq.NOBLOCK)  # plain ints: flag arithmetic on zmq's enums costs m
 SNDMORE = int(zmq.SNDMORE)
 
 Handler = Callable[[list[bytes], Message], None]
+# Asks the master which id a node started by hand takes, given its endpoint: the id, and where its data goes.
+Claim = Callable[["zmq.Context[zmq.Socket[bytes]]", str], "tuple[int, NodeStorage | None]"]
 SNAPSHOT_AFTER = 64 << 20  # bytes of log since the last snapshot that start the next one (at least)
 SNAPSHOT_AT_STOP = 1 << 20  # bytes of log since the last snapshot that make a clean stop write one
 DISK_REPORT_EVERY = 0.5  # seconds between refreshes of the log figures a heartbeat carries
+
+
+@dataclass(frozen=True)
+class Listen:
+    """Where a node binds (port 0: a free one) and the host (and port, 0: the bound one) it tells the master."""
+
+    host: str
+    port: int = 0
+    advertise_host: str = ""
+    advertise_port: int = 0
+
+
+def _bind(router: zmq.Socket[bytes], listen: Listen) -> str:
+    """Bind ``router`` as ``listen`` says; the endpoint to advertise, or ``AddressUnusable``."""
+    try:
+        if listen.port == 0:
+            port = router.bind_to_random_port(f"tcp://{listen.host}")
+        else:
+            router.bind(f"tcp://{listen.host}:{listen.port}")
+            port = listen.port
+    except zmq.ZMQError as exc:
+        where = f"{listen.host}:{listen.port}" if listen.port else listen.host
+        raise AddressUnusable(f"cannot listen on {where}: {os.strerror(exc.errno or 0)}") from None
+    return f"tcp://{listen.advertise_host or listen.host}:{listen.advertise_port or port}"
 
 
 @dataclass(frozen=True)
@@ -68,18 +95,37 @@ class NodeProcess:
         timing: Timing,
         host: str = "127.0.0.1",
         storage: NodeStorage | None = None,
+        *,
+        listen: Listen | None = None,
+        curve: Curve | None = None,
+        claim: Claim | None = None,
     ) -> None:
-        recovered = recover(storage.directory) if storage is not None else None
         self.ctx = zmq.Context()
         self.ctx.linger = 0
-        self.router = self.ctx.socket(zmq.ROUTER)
-        endpoint = f"tcp://{host}:{self.router.bind_to_random_port(f'tcp://{host}')}"
+        self.auth = None
+        try:
+            self.router = self.ctx.socket(zmq.ROUTER)
+            if curve is not None:
+                curve.serve(self.router)
+            endpoint = _bind(self.router, listen or Listen(host))
+            if curve is not None:
+                self.auth = start_authenticator(self.ctx, curve, f"node at {endpoint}")
+            if claim is not None:
+                # A node started by hand learns its id (and so its data directory) from the master.
+                node_id, storage = claim(self.ctx, endpoint)
+            recovered = recover(storage.directory) if storage is not None else None
+        except BaseException:
+            self._close_context()
+            raise
+        self.curve = curve
         self.poller = zmq.Poller()
         self.masters: dict[str, zmq.Socket[bytes]] = {}  # by address
-        for address in parse_addresses(master_endpoint):
+        for index, address in enumerate(parse_addresses(master_endpoint)):
             sock = self.ctx.socket(zmq.DEALER)
             # One identity per incarnation: the master tells a restarted node from its dead predecessor by it.
             sock.setsockopt(zmq.IDENTITY, f"node-{node_id}-{os.getpid()}".encode())
+            if curve is not None:
+                curve.connect_to(sock, curve.masters[index])
             sock.connect(address)
             self.poller.register(sock, zmq.POLLIN)
             self.masters[address] = sock
@@ -131,8 +177,13 @@ class NodeProcess:
                 self._report_long_pass(time.monotonic() - started, time.thread_time() - cpu_started)
         finally:
             self._close_log()
-            self.ctx.destroy(linger=0)
+            self._close_context()
             log.info("%s stopped", core.name)
+
+    def _close_context(self) -> None:
+        if self.auth is not None:
+            self.auth.stop()  # its thread holds a socket of the context
+        self.ctx.destroy(linger=0)
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
@@ -255,6 +306,8 @@ class NodeProcess:
             # Replication must never block the loop (two nodes blocked sending to each other would deadlock);
             # what is queued is bounded by the requests clients have in flight.
             sock.setsockopt(zmq.SNDHWM, 0)
+            if self.curve is not None:
+                self.curve.connect_to(sock, self.curve.node)  # every node serves with the one node key
             sock.connect(endpoint)
             self.poller.register(sock, zmq.POLLIN)
             self.peers[node_id] = sock
@@ -262,7 +315,12 @@ class NodeProcess:
 
 
 def serve(
-    node_id: int, master_endpoint: str, timing: Timing, host: str = "127.0.0.1", storage: NodeStorage | None = None
+    node_id: int,
+    master_endpoint: str,
+    timing: Timing,
+    host: str = "127.0.0.1",
+    storage: NodeStorage | None = None,
+    curve: Curve | None = None,
 ) -> None:
     """Run a storage node in this process until it is stopped."""
-    NodeProcess(node_id, master_endpoint, timing, host, storage).run()
+    NodeProcess(node_id, master_endpoint, timing, host, storage, curve=curve).run()

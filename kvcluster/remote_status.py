@@ -1,0 +1,86 @@
+"""``kvcluster status --cluster FILE``: the cluster as its masters see it, from any host.
+
+The local ``status`` joins the leader's report with the processes the state
+directory records on this machine. A cluster on many hosts has no such record
+here, so this view takes the masters from the cluster file and everything
+else (nodes, pids, liveness) from the leader's report, in the same document
+shape, plus whether CurveZMQ is on.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from kvcluster import clusterfile
+from kvcluster.core.placement import node_name
+from kvcluster.curve import for_process
+from kvcluster.masters import master_name
+from kvcluster.status_view import STATUS_EVENTS, status_view
+
+
+def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
+    from kvcluster.addresses import parse_addresses  # noqa: PLC0415
+    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
+    from kvcluster.master_link import roll_call  # noqa: PLC0415
+    from kvcluster.status_view import _disk_document, _events_document, _healing_document  # noqa: PLC0415
+
+    cluster = clusterfile.load(path)
+    found, report = roll_call(parse_addresses(cluster.master_endpoints()), timeout, for_process(cluster, "client"))
+    masters = [
+        {
+            "name": master_name(i),
+            "pid": report.master_pid if report is not None and role == "leader" else None,
+            "endpoint": f"tcp://{entry.endpoint}",
+            "process_alive": term is not None,
+            "role": role,
+            "term": term,
+        }
+        for i, (entry, (role, term)) in enumerate(zip(cluster.masters, found, strict=True), start=1)
+    ]
+    table = RoutingTable(report.table) if report is not None and report.table is not None else None
+    nodes = []
+    for view in report.nodes if report is not None else []:
+        primary, backup = table.slots_of(view.node_id) if table is not None else (0, 0)
+        nodes.append({
+            "name": node_name(view.node_id), "id": view.node_id, "pid": view.pid, "endpoint": view.endpoint,
+            "alive": view.alive, "process_alive": None, "declared_dead": not view.alive,
+            "primary_slots": primary, "backup_slots": backup, "keys": view.keys,
+            "disk": _disk_document(view.disk) if view.disk is not None else None,
+        })  # fmt: skip
+    leader = next((m for m in masters if m["role"] == "leader"), None)
+    return {
+        "cluster_file": str(path),
+        "curve": cluster.curve,
+        "nodes_total": len(nodes) or cluster.nodes,
+        "rep": cluster.rep,
+        "master": {
+            "endpoint": cluster.master_endpoints(),
+            "pid": leader["pid"] if leader else None,
+            "alive": report is not None,
+            "leader": leader["name"] if leader else None,
+            "term": leader["term"] if leader else None,
+        },
+        "masters": masters,
+        "table_version": table.version if table is not None else None,
+        "dead": [node_name(n) for n in table.data.dead] if table is not None else [],
+        "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
+        "healing": _healing_document(report),
+        "draining": [node_name(n) for n in report.draining] if report is not None else [],
+        "events": _events_document(report.events, time.time()) if report is not None else [],
+        "nodes": nodes,
+    }
+
+
+def print_remote_status(path: Path, *, as_json: bool) -> None:
+    doc = remote_document(path)
+    if as_json:
+        import json  # noqa: PLC0415
+
+        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
+        return
+    from rich.console import Console  # noqa: PLC0415
+
+    Console().print(status_view(doc, STATUS_EVENTS))
