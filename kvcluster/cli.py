@@ -112,6 +112,7 @@ def _process_parser() -> argparse.ArgumentParser:
     node = processes.add_parser("_node", parents=[timing])
     node.add_argument("--id", type=int, required=True)
     node.add_argument("--master", required=True)
+    node.add_argument("--host", default="127.0.0.1", help="the address to bind and advertise")
     node.add_argument("--data-dir", type=Path)
     node.add_argument("--fsync", choices=("always", "everysec", "no"), default="everysec")
     node.add_argument("--snapshot-after", type=int, default=64 << 20)
@@ -124,6 +125,7 @@ def _process_parser() -> argparse.ArgumentParser:
     supervise.add_argument("--masters", type=int, required=True)
     supervise.add_argument("--storage", required=True, help="the cluster's Storage, as JSON")
     supervise.add_argument("--curve", action="store_true")
+    supervise.add_argument("--netns", action="store_true")
     return parser
 
 
@@ -157,7 +159,10 @@ def _run_process(argv: list[str]) -> bool:
         kept = None
         if args.data_dir is not None:
             kept = node.NodeStorage(args.data_dir, FsyncPolicy(args.fsync), args.snapshot_after)
-        node.serve(args.id, args.master, timing, storage=kept, curve=_keys(args.cluster, "node"))
+        if node.serve(args.id, args.master, timing, args.host, kept, _keys(args.cluster, "node")):
+            from kvcluster.runtime.exits import FENCED_EXIT  # noqa: PLC0415
+
+            sys.exit(FENCED_EXIT)
     else:
         import json  # noqa: PLC0415
 
@@ -165,7 +170,9 @@ def _run_process(argv: list[str]) -> bool:
         from kvcluster.datadir import Storage  # noqa: PLC0415
 
         storage = Storage(**json.loads(args.storage))
-        supervisor.supervise(args.home, args.nodes, args.rep, args.masters, args.bind, timing, storage, args.curve)
+        supervisor.supervise(
+            args.home, args.nodes, args.rep, args.masters, args.bind, timing, storage, args.curve, args.netns
+        )
     return True
 
 

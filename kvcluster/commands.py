@@ -40,6 +40,7 @@ from kvcluster.errors import (
 )
 from kvcluster.help_style import click_style
 from kvcluster.masters import DEFAULT_MASTERS, check_master_count
+from kvcluster.net_commands import net_app
 from kvcluster.runtime.wal import FsyncPolicy
 
 if TYPE_CHECKING:
@@ -231,6 +232,9 @@ def up(
             "--curve/--insecure", help="CurveZMQ on every socket (keys in HOME/cluster.toml); off on loopback."
         ),
     ] = False,
+    netns: Annotated[
+        bool, typer.Option("--netns", help="Each process on a host of its own (a network namespace; root only).")
+    ] = False,
     home: Home = None,
 ) -> None:
     """Start a group of MASTERS masters and NODES storage nodes with REP replicas each.
@@ -252,14 +256,22 @@ def up(
     check_can_start(state_home)
     root = (data_dir or default_root(state_home)).absolute()
     check_shape_matches(root, Shape(nodes, rep))
+    if netns:
+        from kvcluster.netns import check_can_build  # noqa: PLC0415
+
+        check_can_build()
     storage = Storage(str(root), fsync.value, snapshot_after)
     bind = f"{host}:{port}"
     if detach:
-        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage, curve)
+        flags = [*(["--curve"] if curve else []), *(["--netns"] if netns else [])]
+        state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage, flags)
         print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
-    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve)
+    from kvcluster.netns import NetHosts  # noqa: PLC0415
+
+    hosts = NetHosts() if netns else None
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve, hosts)
     stop = stop_flag()
     try:
         state = supervisor.start()
@@ -296,7 +308,7 @@ def _watch(supervisor: Supervisor, state: ClusterState, stop: list[bool]) -> Non
 
 
 def _start_detached(
-    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool
+    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, flags: list[str]
 ) -> ClusterState:
     import json  # noqa: PLC0415
     from dataclasses import asdict  # noqa: PLC0415
@@ -308,7 +320,7 @@ def _start_detached(
     logs.mkdir(parents=True, exist_ok=True)
     shape = ["--home", str(home), "--nodes", str(nodes), "--rep", str(rep), "--masters", str(masters), "--bind", bind]
     args = [sys.executable, "-m", "kvcluster", "_supervise", *shape, *timing_args(timing)]
-    args += ["--storage", json.dumps(asdict(storage)), *(["--curve"] if curve else [])]
+    args += ["--storage", json.dumps(asdict(storage)), *flags]
     with (logs / "supervisor.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
             args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
@@ -552,6 +564,7 @@ def run(argv: list[str]) -> int:
 
 
 hosts_commands.register(app)
+app.add_typer(net_app, name="net")
 
 
 def register_benchmarks() -> None:

@@ -57,8 +57,9 @@ def free_loopback_port() -> int:
             return port
 
 
-def prepare_group(home: Path, count: int) -> list[str]:
-    """Fresh Raft addresses, secret and empty journals for ``count`` masters; none are needed for one."""
+def prepare_group(home: Path, count: int, addresses: list[str] | None = None) -> list[str]:
+    """Fresh Raft addresses (loopback ports, unless ``addresses`` are given), secret and empty journals for
+    ``count`` masters; none are needed for one."""
     raft = home / RAFT_DIR
     shutil.rmtree(raft, ignore_errors=True)
     if count == 1:
@@ -67,7 +68,7 @@ def prepare_group(home: Path, count: int) -> list[str]:
     secret = raft / SECRET_FILE
     secret.touch(mode=0o600)
     secret.write_text(secrets.token_hex(32))
-    return [f"127.0.0.1:{free_loopback_port()}" for _ in range(count)]
+    return addresses or [f"127.0.0.1:{free_loopback_port()}" for _ in range(count)]
 
 
 def group_args(home: Path, raft_addresses: list[str], member_id: int) -> list[str]:

@@ -38,6 +38,9 @@ from kvcluster.errors import (
 from kvcluster.exitwatch import ExitWatch
 from kvcluster.local_file import CLUSTER_FILE, cluster_args, draft_keys, state_curve, write_cluster_file
 from kvcluster.masters import group_args, master_name, prepare_group
+from kvcluster.netns import NetHosts
+from kvcluster.netns import remove as remove_hosts
+from kvcluster.runtime.exits import FENCED_EXIT
 from kvcluster.state import STATE_FILE, TABLE_CACHE, ClusterState, ProcessInfo
 
 log = logging.getLogger(__name__)
@@ -61,16 +64,24 @@ def check_can_start(home: Path) -> None:
         return
     if state.running():
         raise ClusterAlreadyRunning(f"a cluster is already running in {home} (stop it with: kvcluster down)")
+    remove_hosts(home)
     clear_state(home)
 
 
 def node_args(
-    node_id: int, master_endpoint: str, timing: Timing, storage: Storage, keys: list[str] | None = None
+    node_id: int,
+    master_endpoint: str,
+    timing: Timing,
+    storage: Storage,
+    keys: list[str] | None = None,
+    hosts: NetHosts | None = None,
 ) -> list[str]:
-    """The command line of storage node ``node_id``; ``keys`` (``--cluster FILE``) turns CurveZMQ on."""
+    """The command line of storage node ``node_id``; ``keys`` (``--cluster FILE``) turns CurveZMQ on, ``hosts``
+    binds it to its own host's address."""
     return [
         "_node",
         *(keys or []),
+        *(["--host", hosts.ip(node_name(node_id))] if hosts is not None else []),
         "--id",
         str(node_id),
         "--master",
@@ -107,9 +118,12 @@ class Supervisor:
         timing: Timing,
         storage: Storage | None = None,
         curve: bool = False,
+        hosts: NetHosts | None = None,
     ) -> None:
         self.home = home
         self.curve = curve
+        self.hosts = hosts  # every process on a host (network namespace) of its own, or all on loopback
+        self.server_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.storage = storage or Storage(str(default_root(home)))
         self.nodes = nodes
         self.rep = rep
@@ -123,9 +137,10 @@ class Supervisor:
     def _spawn(self, name: str, args: list[str], stdout: int | None = None) -> subprocess.Popen[bytes]:
         logs = self.home / LOG_DIR
         logs.mkdir(parents=True, exist_ok=True)
+        argv = [sys.executable, "-m", "kvcluster", *args]
         with (logs / f"{name}.log").open("ab") as log_file:
             proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-                [sys.executable, "-m", "kvcluster", *args],
+                self.hosts.wrap(name, argv) if self.hosts is not None else argv,
                 stdin=subprocess.DEVNULL,
                 stdout=stdout if stdout is not None else log_file,
                 stderr=log_file,
@@ -150,16 +165,21 @@ class Supervisor:
         if restarting:
             log.info("starting again from the data in %s", root)
         record_shape(root, Shape(self.nodes, self.rep))
-        raft = prepare_group(self.home, self.masters)
+        names = [master_name(i) for i in range(1, self.masters + 1)]
+        if self.hosts is not None:
+            self.hosts.build([*names, *(node_name(i) for i in range(1, self.nodes + 1))])
+            self.hosts.save(self.home)
+        raft = prepare_group(self.home, self.masters, self.hosts.raft_addresses(names) if self.hosts else None)
         # With CurveZMQ the processes need their keys before anyone knows the masters' ports: a draft file holds them.
         keys = draft_keys(self.home, self.masters, self.rep, self.nodes) if self.curve else None
         self.keys = cluster_args(self.home, self.curve)
         masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
         endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
         servers = [
-            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys))
+            self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys, self.hosts))
             for i in range(1, self.nodes + 1)
         ]
+        self.server_procs = dict(enumerate(servers, start=1))
         # Starting again, a node whose data is damaged refuses to start; the others start without it.
         report = self._wait_for_table(endpoint, deadline, servers if restarting else [])
         endpoints = {r.node_id: r.endpoint for r in report.nodes}
@@ -192,10 +212,12 @@ class Supervisor:
         return self.state
 
     def _spawn_master(self, member_id: int, raft: list[str]) -> tuple[str, subprocess.Popen[bytes]]:
+        name = master_name(member_id)
         host, _, port = self.bind.rpartition(":")
         bind = f"{host}:{int(port) + member_id - 1 if int(port) else 0}"
+        if self.hosts is not None:
+            bind = self.hosts.master_bind(name)
         shape = ["--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", bind]
-        name = master_name(member_id)
         args = ["_master", *self.keys, *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
         return name, self._spawn(name, args, stdout=subprocess.PIPE)
 
@@ -231,9 +253,26 @@ class Supervisor:
                 time.sleep(0.05)
 
     def reap(self) -> None:
-        """Collect exit statuses of children that died, so none stays a zombie."""
+        """Collect exit statuses of children that died, so none stays a zombie.
+
+        On separate hosts, a node the master fenced (declared dead while a cut kept it from the masters)
+        is started again, as a new incarnation that keeps its data: a partition must not cost a node.
+        """
         for proc in self.children:
             proc.poll()
+        if self.hosts is None or self.state is None:
+            return
+        for node_id, proc in list(self.server_procs.items()):
+            if proc.returncode == FENCED_EXIT:
+                self._rejoin(self.state, node_id)
+
+    def _rejoin(self, state: ClusterState, node_id: int) -> None:
+        name = node_name(node_id)
+        log.info("%s was fenced; starting it again as a new incarnation", name)
+        args = node_args(node_id, state.master_endpoint, self.timing, self.storage, self.keys, self.hosts)
+        proc = self.server_procs[node_id] = self._spawn(name, args)
+        state.servers[node_id - 1] = ProcessInfo(name, proc.pid, _create_time(proc.pid))
+        state.save()
 
     def stop(self) -> None:
         """SIGTERM every child, SIGKILL what is left after the grace period, reap all, clear the state."""
@@ -251,6 +290,8 @@ class Supervisor:
                 proc.kill()
                 proc.wait()
         self.children.clear()
+        if self.hosts is not None:
+            remove_hosts(self.home)
         if self.state is not None:
             clear_state(self.home)
             self.state = None
@@ -269,10 +310,18 @@ def stop_flag() -> list[bool]:
 
 
 def supervise(
-    home: Path, nodes: int, rep: int, masters: int, bind: str, timing: Timing, storage: Storage, curve: bool = False
+    home: Path,
+    nodes: int,
+    rep: int,
+    masters: int,
+    bind: str,
+    timing: Timing,
+    storage: Storage,
+    curve: bool = False,
+    netns: bool = False,
 ) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve)
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve, NetHosts() if netns else None)
     stop = stop_flag()
     try:
         supervisor.start()
@@ -306,6 +355,7 @@ def stop_recorded(state: ClusterState, grace: float = STOP_GRACE) -> int:
         if info.alive():
             os.kill(info.pid, signal.SIGKILL)
     _wait_gone(leftovers, grace)
+    remove_hosts(Path(state.home))  # the namespaces of a cluster on separate hosts, if its supervisor left any
     clear_state(Path(state.home))
     return len(alive)
 
@@ -353,8 +403,12 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
         raise UnknownNode(f"cannot add {name}: the next node is {node_name(len(state.servers) + 1)}")
     storage = state.node_storage()
     keys = cluster_args(Path(state.home), state.curve)
-    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage, keys)
-    info = _start_detached_child(Path(state.home), name, args)
+    hosts = NetHosts.load(Path(state.home))
+    if hosts is not None and name not in hosts.numbers:
+        hosts.add(name)  # a node added to a cluster on separate hosts gets a host of its own
+        hosts.save(Path(state.home))
+    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage, keys, hosts)
+    info = _start_detached_child(Path(state.home), name, args, hosts)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
     else:
@@ -365,13 +419,15 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
     return info
 
 
-def _start_detached_child(home: Path, name: str, args: list[str]) -> ProcessInfo:
-    """Start ``kvcluster ARGS`` in a session of its own, so it outlives this command like the rest of the cluster."""
+def _start_detached_child(home: Path, name: str, args: list[str], hosts: NetHosts | None = None) -> ProcessInfo:
+    """Start ``kvcluster ARGS`` (on its own host, with ``hosts``) in a session of its own, so it outlives this
+    command like the rest of the cluster."""
     logs = home / LOG_DIR
     logs.mkdir(parents=True, exist_ok=True)
+    argv = [sys.executable, "-m", "kvcluster", *args]
     with (logs / f"{name}.log").open("ab") as log_file:
         proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
-            [sys.executable, "-m", "kvcluster", *args],
+            hosts.wrap(name, argv) if hosts is not None else argv,
             stdin=subprocess.DEVNULL,
             stdout=log_file,
             stderr=log_file,

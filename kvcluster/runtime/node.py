@@ -138,6 +138,7 @@ class NodeProcess:
         self.core = NodeCore(node_id, endpoint, os.getpid(), timing, held)
         self.rejections = RejectionLog(log, self.core.name)
         self.stopping = False
+        self.fenced = False  # stopped because the master declared it dead
         self.storage = storage
         self.wal: WriteAheadLog | None = None
         self.deferred: list[Answer] = []  # acknowledgements waiting for the pass's records to be logged
@@ -237,6 +238,7 @@ class NodeProcess:
                     sock.close(linger=0)
             case Exit():
                 self.stopping = True
+                self.fenced = True
 
     def _answer(self, answer: Answer) -> None:
         route = answer.route
@@ -321,6 +323,8 @@ def serve(
     host: str = "127.0.0.1",
     storage: NodeStorage | None = None,
     curve: Curve | None = None,
-) -> None:
-    """Run a storage node in this process until it is stopped."""
-    NodeProcess(node_id, master_endpoint, timing, host, storage, curve=curve).run()
+) -> bool:
+    """Run a storage node in this process until it is stopped; True if the master fenced it."""
+    process = NodeProcess(node_id, master_endpoint, timing, host, storage, curve=curve)
+    process.run()
+    return process.fenced
