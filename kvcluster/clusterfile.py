@@ -36,10 +36,10 @@ from kvcluster.core.protocol import Timing
 from kvcluster.datadir import FSYNC_POLICIES
 from kvcluster.errors import ClusterFileInvalid, InvalidAddress, UsageError
 from kvcluster.masters import MASTER_COUNTS
+from kvcluster.state import CLUSTER_ENV
 
 RAFT_PORT_OFFSET = 1000  # a master's Raft port is its client port plus this, unless --raft-ports names them
 KEY_CHARS = 40  # a z85-encoded CurveZMQ key
-ENV = "KVCLUSTER_CLUSTER"
 
 
 class KeyPair(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -136,7 +136,7 @@ def load(path: Path) -> ClusterFile:
 
 def resolve(path: Path | str | None) -> Path | None:
     """``--cluster`` if given, else ``$KVCLUSTER_CLUSTER``, else None (the state directory decides)."""
-    chosen = path if path is not None else os.environ.get(ENV) or None
+    chosen = path if path is not None else os.environ.get(CLUSTER_ENV) or None
     return Path(chosen).expanduser() if chosen is not None else None
 
 

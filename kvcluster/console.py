@@ -6,6 +6,7 @@ so neither imports the other's module at load time.
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -58,9 +59,10 @@ def target_for(
 
         parse_addresses(master)  # a bad address is a usage error before anything else happens
     if cluster is None and home is None:
-        from kvcluster.clusterfile import resolve  # noqa: PLC0415
+        from kvcluster.state import CLUSTER_ENV  # noqa: PLC0415 - not clusterfile: a get need not parse TOML
 
-        cluster = resolve(None)
+        chosen = os.environ.get(CLUSTER_ENV)
+        cluster = Path(chosen).expanduser() if chosen else None
     return Target(home, master, verbose, timeout, cluster)
 
 

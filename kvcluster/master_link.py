@@ -13,7 +13,6 @@ import time
 from typing import TYPE_CHECKING
 
 import zmq
-from zmq.utils.monitor import recv_monitor_message
 
 from kvcluster.addresses import parse_addresses
 from kvcluster.core.protocol import Message, NotLeader, NotReady, StatusReport, StatusRequest, decode, encode
@@ -24,6 +23,14 @@ if TYPE_CHECKING:
 
 TRY_TIMEOUT = 0.25  # seconds one master of a group gets to answer before the next is asked: a dead one costs this
 ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the leader
+
+
+def monitor_event(frames: list[bytes]) -> int:
+    """The event number of a socket monitor message: the first 16 bits of its first frame.
+
+    Parsed here because ``zmq.utils.monitor`` imports asyncio, which a put or get does not need.
+    """
+    return int.from_bytes(frames[0][:2], "little")
 
 
 class MasterLink:
@@ -55,7 +62,7 @@ class MasterLink:
             return
         for monitor, seen in self.monitors:
             while monitor.poll(0):
-                seen.note(recv_monitor_message(monitor, zmq.NOBLOCK)["event"])
+                seen.note(monitor_event(monitor.recv_multipart(zmq.NOBLOCK)))
         if any(seen.succeeded for _, seen in self.monitors):
             return
         if all(seen.refused for _, seen in self.monitors) or (final and any(s.shut_out() for _, s in self.monitors)):

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 STATE_FILE = "cluster.json"
 TABLE_CACHE = "table.cache"
+CLUSTER_ENV = "KVCLUSTER_CLUSTER"  # names a cluster file when no --cluster or --home is given
 
 
 def default_home() -> Path:

@@ -43,8 +43,8 @@ HEAVY = (
 )
 
 # kvcluster, its errors, cli and console (the fast path), api (Client) and state (cluster.json),
-# client, master_link and node_sockets (the connection), core, core.protocol and core.placement.
-MAX_KVCLUSTER_MODULES = 12
+# client, master_link, addresses and node_sockets (the connection), core, core.protocol and core.placement.
+MAX_KVCLUSTER_MODULES = 13
 
 # Runs the CLI as its entry point does, then writes every module loaded to the file named first.
 PROBE = """
