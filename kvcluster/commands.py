@@ -438,6 +438,22 @@ def status(home: Home = None, as_json: Json = False) -> None:
     print_status(ClusterState.load(home_dir(home)), as_json=as_json)
 
 
+@app.command()
+def top(
+    home: Home = None,
+    master: Master = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts and exit.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.05, help="Seconds a frame waits for the nodes' and masters' answers.")
+    ] = 0.4,
+) -> None:
+    """A live view of every node, twice a second: ops/s, latency, keys, slots, replication backlog, fsync, CPU, RSS."""
+    from kvcluster import top as top_view  # noqa: PLC0415
+
+    top_view.run(top_view.Source(home_dir(home), master), once=once, as_json=as_json, timeout=timeout)
+
+
 @app.command("sim")
 def sim_command(
     seed: Annotated[
