@@ -24,7 +24,7 @@ import zmq
 
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import NodeStats, StatsRequest, decode, encode
-from kvcluster.errors import ClusterNotRunning, ProtocolError
+from kvcluster.errors import ClusterNotRunning, KvclusterError, ProtocolError
 
 if TYPE_CHECKING:
     from rich.console import Group
@@ -121,6 +121,7 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
         probe.ask(endpoint)
     master_endpoints = parse_addresses(source.master) if source.master else state.master_endpoints() if state else []
     found, report = roll_call(master_endpoints, max(0.01, until - time.monotonic()))
+    received = time.time()  # the events' ages count back from the leader's answer
     table = RoutingTable(report.table) if report is not None and report.table is not None else None
     if table is not None:
         for node_id, endpoint in table.data.endpoints.items():
@@ -129,16 +130,14 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
                 probe.ask(endpoint)
     answers = probe.collect(endpoints, until)
     probe.forget(set(endpoints.values()))
-    received = time.time()
     infos = dict(enumerate(state.servers, start=1)) if state else {}
     nodes = []
     for node_id in sorted(endpoints.keys() | infos.keys()):
         info = infos.get(node_id)
         process_alive = info.alive() if info is not None else None
         declared_dead = table.is_dead(node_id) if table is not None else False
-        nodes.append(
-            _node_document(node_id, endpoints.get(node_id, ""), answers.get(node_id), process_alive, declared_dead)
-        )
+        doc = _node_document(node_id, endpoints.get(node_id, ""), answers.get(node_id), process_alive, declared_dead)
+        nodes.append({"pid": info.pid if info is not None else None} | doc)
     if state is not None and source.master is None:
         names = [m.name for m in state.masters]
     else:
@@ -339,12 +338,17 @@ def run(source: Source, *, once: bool, as_json: bool, timeout: float) -> None:
 
 def _live(console: Any, source: Source, probe: NodeProbe, timeout: float) -> None:
     from rich.live import Live  # noqa: PLC0415
+    from rich.text import Text  # noqa: PLC0415
 
     with Live(console=console, screen=sys.stdout.isatty(), auto_refresh=False) as live:
         try:
             while True:
                 started = time.monotonic()
-                live.update(top_view(top_document(source, probe, timeout)), refresh=True)
+                try:
+                    view: Any = top_view(top_document(source, probe, timeout))
+                except KvclusterError as exc:  # the cluster went down, or a master sent garbage: say so, keep trying
+                    view = Text(f"kvcluster top  {datetime.now().strftime('%H:%M:%S')}  {exc}", style="red")
+                live.update(view, refresh=True)
                 time.sleep(max(0.0, started + REFRESH - time.monotonic()))
         except KeyboardInterrupt:
             pass

@@ -321,7 +321,8 @@ class NodeCore(SlotCopying, Scanning):
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
     def _on_request(self, route: Route, request: Request) -> None:
-        pending = PendingRequest(route, request, [], arrived=self.now)
+        pending = PendingRequest(route, request, [])
+        pending.arrived = self.now  # set, not passed: a keyword argument costs a dataclass three times as much
         lease_fresh = self.now < self.lease_until
         for index, op in enumerate(request.ops):
             pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
