@@ -5,10 +5,13 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import time
+import urllib.request
 from collections import Counter
 from typing import Any
 
+import psutil
 import pytest
 from conftest import Cluster, ClusterLauncher, wait_until
 
@@ -91,3 +94,31 @@ def test_a_silent_node_and_a_killed_one_show_within_the_deadline(shared: Cluster
         lambda: any(e["kind"] == "dead" and e["node"] == "server2" for e in top_json(shared)["events"]),
         message="server2's death among top's events",
     )
+
+
+def test_up_with_a_metrics_port_serves_the_counters_to_prometheus(cluster: ClusterLauncher) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    started = cluster(3, 2, 3, "--metrics-port", str(port))
+    started.put("m1", "v1")
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+        text = answer.read().decode()
+    samples = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    for name in ("server1", "server2", "server3"):
+        assert samples[f'kvcluster_node_up{{node="{name}"}}'] == "1.0"
+    assert sum(float(samples[f'kvcluster_node_keys{{node="server{n}"}}']) for n in (1, 2, 3)) == 2  # rep 2
+    puts = [float(samples[f'kvcluster_node_ops_total{{kind="puts",node="server{n}"}}']) for n in (1, 2, 3)]
+    assert sum(puts) == 1
+    started.run("down")
+    wait_until(lambda: not exporters(started), message="the exporter to stop with the cluster")
+
+
+def exporters(cluster: Cluster) -> list[psutil.Process]:
+    """The ``_metrics`` processes serving this cluster."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if "_metrics" in cmdline and str(cluster.home) in cmdline:
+            found.append(proc)
+    return found
