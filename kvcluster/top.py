@@ -1,11 +1,13 @@
 """``kvcluster top``: every node's load, latency, holdings and backlog, asked of the nodes themselves.
 
 One frame: send ``STATS_REQUEST`` to every node (endpoints from the state
-directory, then from the master's table), ask every master for its role and
-the leader's report meanwhile, and collect the nodes' ``STATS`` until one
+directory and the last table seen), ask every master for its role and the
+leader's report meanwhile, and collect the nodes' ``STATS`` until one
 deadline. A node that has not answered by then shows as not answering (or
-dead, when its process is gone or the master declared it so): nothing in a
-frame waits longer than ``timeout``. The sockets are kept from frame to frame
+dead, when its process is gone or the master declared it so). Only a node
+first learnt of from the table (``--master`` alone, or a node restarted on a
+new port) is asked after the masters answer, and gets a whole ``timeout`` of
+its own: a frame never waits longer than twice ``timeout``. The sockets are kept from frame to frame
 and answers carry the frame's request id, so a late answer is never taken for
 a newer one.
 """
@@ -43,6 +45,7 @@ class NodeProbe:
     ctx: zmq.Context[zmq.Socket[bytes]] = field(default_factory=zmq.Context)
     sockets: dict[str, zmq.Socket[bytes]] = field(default_factory=dict)
     request_id: int = 0
+    known: dict[int, str] = field(default_factory=dict)  # node endpoints of the last table seen
 
     def new_frame(self) -> int:
         self.request_id += 1
@@ -116,7 +119,8 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
     state = source.state()
     until = time.monotonic() + timeout
     probe.new_frame()
-    endpoints = {i: s.endpoint for i, s in enumerate(state.servers, start=1) if s.endpoint} if state else {}
+    recorded = {i: s.endpoint for i, s in enumerate(state.servers, start=1) if s.endpoint} if state else {}
+    endpoints = probe.known | recorded
     for endpoint in endpoints.values():
         probe.ask(endpoint)
     master_endpoints = parse_addresses(source.master) if source.master else state.master_endpoints() if state else []
@@ -124,10 +128,12 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
     received = time.time()  # the events' ages count back from the leader's answer
     table = RoutingTable(report.table) if report is not None and report.table is not None else None
     if table is not None:
+        probe.known = dict(table.data.endpoints)
         for node_id, endpoint in table.data.endpoints.items():
             if endpoints.get(node_id) != endpoint:  # not recorded here, or restarted on a new port
                 endpoints[node_id] = endpoint
                 probe.ask(endpoint)
+                until = max(until, time.monotonic() + timeout)  # asked late: it gets a whole timeout too
     answers = probe.collect(endpoints, until)
     probe.forget(set(endpoints.values()))
     infos = dict(enumerate(state.servers, start=1)) if state else {}
