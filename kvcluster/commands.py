@@ -235,6 +235,15 @@ def up(
     netns: Annotated[
         bool, typer.Option("--netns", help="Each process on a host of its own (a network namespace; root only).")
     ] = False,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            "--metrics-port",
+            min=1,
+            max=65535,
+            help="Serve the nodes' counters (those of kvcluster top) in Prometheus text format on 127.0.0.1:PORT.",
+        ),
+    ] = None,
     home: Home = None,
 ) -> None:
     """Start a group of MASTERS masters and NODES storage nodes with REP replicas each.
@@ -262,9 +271,13 @@ def up(
         check_can_build()
     storage = Storage(str(root), fsync.value, snapshot_after)
     bind = f"{host}:{port}"
+    if metrics_port is not None:
+        _check_port_free(metrics_port)
     if detach:
         flags = [*(["--curve"] if curve else []), *(["--netns"] if netns else [])]
         state = _start_detached(state_home, nodes, rep, masters, bind, timing, storage, flags)
+        if metrics_port is not None:
+            _start_metrics(state_home, metrics_port)
         print_status(state, as_json=False)
         say(f"cluster running in the background; stop it with: kvcluster down{_home_flag(home)}")
         return
@@ -273,12 +286,60 @@ def up(
     hosts = NetHosts() if netns else None
     supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve, hosts)
     stop = stop_flag()
+    exporter = None
     try:
         state = supervisor.start()
+        if metrics_port is not None:
+            exporter = _start_metrics(state_home, metrics_port)
         _watch(supervisor, state, stop)
     finally:
+        if exporter is not None:
+            exporter.terminate()
         supervisor.stop()
     say("cluster stopped")
+
+
+def _check_port_free(port: int) -> None:
+    import socket  # noqa: PLC0415
+
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError as exc:
+            raise UsageError(f"--metrics-port {port}: cannot bind 127.0.0.1:{port} ({exc.strerror})") from None
+
+
+def _start_metrics(home: Path, port: int) -> subprocess.Popen[bytes]:
+    """Start the Prometheus exporter (``_metrics``); it stops by itself once the cluster's supervisor is gone."""
+    import socket  # noqa: PLC0415
+
+    from kvcluster.supervisor import LOG_DIR  # noqa: PLC0415
+
+    args = [sys.executable, "-m", "kvcluster", "_metrics", "--home", str(home), "--port", str(port)]
+    with (home / LOG_DIR / "metrics.log").open("ab") as log_file:
+        proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+            args, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file, start_new_session=True
+        )
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and proc.poll() is None:
+        with socket.socket() as probe:
+            if probe.connect_ex(("127.0.0.1", port)) == 0:
+                say(f"metrics in Prometheus text format at http://127.0.0.1:{port}/metrics")
+                return proc
+        time.sleep(0.05)
+    say(f"warning: the metrics exporter did not start; see {home / LOG_DIR / 'metrics.log'}")
+    return proc
+
+
+@app.command("_metrics", hidden=True)
+def metrics_command(
+    home: Annotated[Path, typer.Option("--home")],
+    port: Annotated[int, typer.Option("--port")],
+) -> None:
+    """Serve the nodes' counters in Prometheus text format until the cluster stops (started by up)."""
+    from kvcluster.metrics import serve  # noqa: PLC0415
+
+    serve(home, port)
 
 
 def _home_flag(home: Path | None) -> str:
@@ -495,6 +556,22 @@ def status(home: Home = None, as_json: Json = False, cluster: Cluster = None) ->
     from kvcluster.status_view import print_status  # noqa: PLC0415
 
     print_status(ClusterState.load(home_dir(home)), as_json=as_json)
+
+
+@app.command()
+def top(
+    home: Home = None,
+    master: Master = None,
+    once: Annotated[bool, typer.Option("--once", help="Print one frame and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON document for scripts and exit.")] = False,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=0.05, help="Seconds a frame waits for the nodes' and masters' answers.")
+    ] = 0.4,
+) -> None:
+    """A live view of every node, twice a second: ops/s, latency, keys, slots, replication backlog, fsync, CPU, RSS."""
+    from kvcluster import top as top_view  # noqa: PLC0415
+
+    top_view.run(top_view.Source(home_dir(home), master), once=once, as_json=as_json, timeout=timeout)
 
 
 @app.command("sim")

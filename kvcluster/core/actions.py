@@ -33,11 +33,15 @@ class ToPeer(NamedTuple):
 
 
 class Answer(NamedTuple):
-    """Send ``message`` back along ``route``; a ``durable`` one only once the changes before it are logged."""
+    """Send ``message`` back along ``route``; a ``durable`` one only once the changes before it are logged.
+
+    ``arrived``: for a client's reply, when its request arrived (the driver counts the latency as it sends).
+    """
 
     route: Route
     message: Message
     durable: bool = False
+    arrived: float = 0.0
 
 
 class DropPeer(NamedTuple):

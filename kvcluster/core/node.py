@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
 from kvcluster.core.copying import SlotCopying
@@ -61,6 +62,7 @@ from kvcluster.core.protocol import (
     Scan,
     SlotCopy,
     SlotTail,
+    StatsRequest,
     Status,
     Table,
     TableData,
@@ -72,6 +74,7 @@ from kvcluster.core.protocol import (
 from kvcluster.core.records import TableSeen
 from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 from kvcluster.core.scanning import Scanning
+from kvcluster.core.stats import OpStats, node_stats
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
 from kvcluster.errors import ProtocolError
 
@@ -121,6 +124,8 @@ class NodeCore(SlotCopying, Scanning):
         self.dormant_until = 0.0
         self.reported: dict[int, tuple[float, CopyDone]] = {}
         self.stopped = False
+        self.stats = OpStats(0.0)  # ops served and request latencies, for ``kvcluster top``
+        self.sample_process: Callable[[], tuple[float, int]] | None = None  # the driver's (CPU %, RSS bytes)
 
     # --- events ---
 
@@ -133,10 +138,13 @@ class NodeCore(SlotCopying, Scanning):
         self.now = now
         self.outbox.append(ToMaster(self._hello()))
         self.next_beat = now + self.timing.heartbeat
+        self.stats = OpStats(now)
 
     def tick(self, now: float) -> None:
         """Time passed: heartbeat the master when due, and tell idle backups the commit watermark."""
         self.now = now
+        if now >= self.stats.next_rotate:
+            self.stats.rotate(now)
         if now >= self.next_beat:
             self.next_beat = now + self.timing.heartbeat
             if self.table is None:
@@ -293,6 +301,8 @@ class NodeCore(SlotCopying, Scanning):
                 self._on_request(route, message)
             case Scan():
                 self._on_scan(route, message)
+            case StatsRequest(request_id):
+                self.outbox.append(Answer(route, node_stats(self, request_id)))
             case Replicate(repl_id, sender, committed, writes):
                 rejected = sorted({w.slot for w in writes if not self._apply_replicated(w, sender)})
                 self.replica.commit(sender, committed, self.known)
@@ -312,6 +322,7 @@ class NodeCore(SlotCopying, Scanning):
 
     def _on_request(self, route: Route, request: Request) -> None:
         pending = PendingRequest(route, request, [])
+        pending.arrived = self.now  # set, not passed: a keyword argument costs a dataclass three times as much
         lease_fresh = self.now < self.lease_until
         for index, op in enumerate(request.ops):
             pending.results.append(self._serve(op, request.client, index, pending, lease_fresh))
@@ -326,6 +337,7 @@ class NodeCore(SlotCopying, Scanning):
         refusal = self._refusal(op, lease_fresh)
         if refusal is not None:
             return refusal
+        self.stats.ops[op.kind] += 1
         if op.kind == OpKind.GET:
             value = self.replica.data[op.slot].get(op.key)
             return Result(Status.NOT_FOUND, None) if value is None else Result(Status.OK, value)
@@ -381,7 +393,7 @@ class NodeCore(SlotCopying, Scanning):
     def _reply(self, pending: PendingRequest) -> None:
         results = [r if r is not None else Result(Status.RETRY, None) for r in pending.results]
         reply = Reply(pending.request.request_id, self.node_id, results)
-        self.outbox.append(Answer(pending.route, reply, durable=bool(pending.writes)))
+        self.outbox.append(Answer(pending.route, reply, bool(pending.writes), pending.arrived))
 
     # --- primary side of replication ---
 

@@ -87,6 +87,8 @@ class MsgType(enum.IntEnum):
     NODE_EXITED = 23  # the process that watches a node -> master: its process is gone
     JOIN = 24  # a node started by hand (kvcluster node) -> master: which node id may it take?
     JOIN_ANSWER = 25  # master -> that node
+    STATS_REQUEST = 30  # client -> node: its counters, for ``kvcluster top``
+    STATS = 31  # node -> client
 
 
 class OpKind(enum.IntEnum):
@@ -492,6 +494,48 @@ class ScanPage(_Message, frozen=True, tag=_tag(MsgType.SCAN_PAGE)):
     keys: list[str]
 
 
+class StatsRequest(_Message, frozen=True, tag=_tag(MsgType.STATS_REQUEST)):
+    """Ask a node for its counters; answered with ``NodeStats`` at once, whatever the node's state."""
+
+    request_id: Count
+
+
+class NodeStats(_Message, frozen=True, tag=_tag(MsgType.STATS)):
+    """A node's counters. ``gets``, ``puts``, ``deletes`` and the latencies cover the last ``window_s`` seconds
+    (4 to 5); the ``total_*`` counts run from the node's start. A latency is a request's, from its arrival to its
+    reply leaving the node (for writes: replication to every backup and the log write included).
+
+    ``pending_writes``: writes this node, as primary, has sent and not yet had acknowledged by every backup;
+    ``oldest_pending_ms``: how long the oldest of them has waited (0 with none). ``fsync_p99_ms`` is -1 for a
+    node that keeps no log; ``cpu_percent`` and ``rss_bytes`` describe its process, sampled at most once a second.
+    """
+
+    request_id: Count
+    node_id: NodeId
+    pid: Count
+    uptime_s: float
+    window_s: float
+    gets: Count
+    puts: Count
+    deletes: Count
+    replies: Count
+    p50_ms: float
+    p99_ms: float
+    total_gets: Count
+    total_puts: Count
+    total_deletes: Count
+    keys: Count
+    primary_slots: Count
+    backup_slots: Count
+    table_version: Count
+    pending_writes: Count
+    oldest_pending_ms: float
+    fsync_policy: str
+    fsync_p99_ms: float
+    cpu_percent: float
+    rss_bytes: Count
+
+
 Message = (
     Hello
     | Heartbeat
@@ -518,6 +562,8 @@ Message = (
     | NotLeader
     | Scan
     | ScanPage
+    | StatsRequest
+    | NodeStats
 )
 
 _ENCODER = msgspec.msgpack.Encoder()

@@ -36,6 +36,7 @@ class PendingRequest(Waiter):
     results: list[Result | None]
     writes: list[tuple[int, Write]] = field(default_factory=list)
     backups: set[int] = field(default_factory=set)  # backups still to be sent this pass's writes
+    arrived: float = 0.0  # when the request arrived
 
 
 @dataclass(eq=False)

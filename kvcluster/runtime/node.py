@@ -17,6 +17,7 @@ import logging
 import os
 import signal
 import time
+from bisect import bisect_right
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,7 @@ from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import DiskReport, Message, Timing, decode, encode
 from kvcluster.core.records import TableSeen
+from kvcluster.core.stats import BOUNDS
 from kvcluster.curve import Curve, start_authenticator
 from kvcluster.errors import AddressUnusable, ProtocolError
 from kvcluster.runtime.ratelimit import RejectionLog, peer_name
@@ -149,6 +151,7 @@ class NodeProcess:
             self.wal = WriteAheadLog(storage.directory, storage.policy, recovered.next_seq)
             self.wal.written = recovered.log_bytes  # replaying a long log next time is what a snapshot saves
             self.core.replica.journal = []
+        self.core.sample_process = ProcessSampler().sample
 
     def run(self) -> None:
         signal.signal(signal.SIGTERM, self._stop)
@@ -221,7 +224,7 @@ class NodeProcess:
             case Answer() if self.wal is not None:
                 self.deferred.append(action)
             case Answer():
-                self._answer(action)
+                self._answer(action, time.monotonic())
             case ToPeer(node_id, endpoint, message):
                 self._peer(node_id, endpoint).send(encode(message))
             case ToMaster(message):
@@ -240,12 +243,14 @@ class NodeProcess:
                 self.stopping = True
                 self.fenced = True
 
-    def _answer(self, answer: Answer) -> None:
+    def _answer(self, answer: Answer, now: float) -> None:
         route = answer.route
         assert isinstance(route, list)
         for frame in route:
             self.router.send(frame, SNDMORE)
         self.router.send(encode(answer.message))
+        if answer.arrived:
+            self.core.stats.hist[bisect_right(BOUNDS, now - answer.arrived)] += 1
 
     # --- the log ---
 
@@ -260,13 +265,13 @@ class NodeProcess:
             journal.clear()
         logged = wal.write_out()
         held = []
+        now = time.monotonic()
         for answer in self.deferred:
             if logged or not answer.durable:
-                self._answer(answer)  # reads still go out while the disk refuses writes
+                self._answer(answer, now)  # reads still go out while the disk refuses writes
             else:
                 held.append(answer)
         self.deferred = held
-        now = time.monotonic()
         if now >= self.next_disk_report or (wal.error or "") != (self.core.disk.error if self.core.disk else ""):
             self.next_disk_report = now + DISK_REPORT_EVERY
             self.core.disk = DiskReport(wal.policy.value, wal.syncs.last_ms(), wal.syncs.p99_ms(), wal.error or "")
@@ -314,6 +319,30 @@ class NodeProcess:
             self.poller.register(sock, zmq.POLLIN)
             self.peers[node_id] = sock
         return sock
+
+
+class ProcessSampler:
+    """This process's CPU % (of one core, since the previous sample) and resident memory, at most once a second."""
+
+    def __init__(self) -> None:
+        import psutil  # noqa: PLC0415 - the node's only use of it
+
+        self.process = psutil.Process()
+        self.sampled_at = time.monotonic()
+        self.cpu = self._cpu_seconds()
+        self.last = (0.0, int(self.process.memory_info().rss))
+
+    def _cpu_seconds(self) -> float:
+        times = self.process.cpu_times()
+        return float(times.user + times.system)
+
+    def sample(self) -> tuple[float, int]:
+        now = time.monotonic()
+        if now - self.sampled_at >= 1.0:
+            cpu = self._cpu_seconds()
+            self.last = (100 * (cpu - self.cpu) / (now - self.sampled_at), int(self.process.memory_info().rss))
+            self.sampled_at, self.cpu = now, cpu
+        return self.last
 
 
 def serve(
