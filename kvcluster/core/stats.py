@@ -17,12 +17,13 @@ from __future__ import annotations
 
 from bisect import bisect_right
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from typing import Protocol
 
-from kvcluster.core.protocol import NodeStats, OpKind
-
-if TYPE_CHECKING:
-    from kvcluster.core.node import NodeCore
+from kvcluster.core.placement import RoutingTable
+from kvcluster.core.protocol import DiskReport, NodeStats, OpKind
+from kvcluster.core.replica import Replica
+from kvcluster.core.waiters import PendingRequest
 
 BUCKETS = 5  # one-second buckets in the ring, the current one included: the window is 4 to 5 s
 STEP = 2**0.25
@@ -119,7 +120,22 @@ class OpStats:
         )
 
 
-def node_stats(core: NodeCore, request_id: int) -> NodeStats:
+class Counted(Protocol):
+    """What ``node_stats`` reads of a node (``NodeCore``)."""
+
+    now: float
+    node_id: int
+    pid: int
+    stats: OpStats
+    table: RoutingTable | None
+    replica: Replica
+    pending: list[PendingRequest]
+    inflight: set[tuple[int, int]]
+    disk: DiskReport | None
+    sample_process: Callable[[], tuple[float, int]] | None
+
+
+def node_stats(core: Counted, request_id: int) -> NodeStats:
     """The answer to a ``StatsRequest``: the node's counters, its holdings and its backlog, at ``core.now``."""
     now = core.now
     window = core.stats.window(now)
