@@ -123,7 +123,7 @@ class _Authenticator(ThreadAuthenticator):
 
 def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], curve: Curve, name: str) -> ThreadAuthenticator:
     """Run the ZAP handler of ``ctx``, admitting the keys ``curve`` allows; stop it before destroying ``ctx``."""
-    auth = _Authenticator(ctx, log=logging.getLogger("kvcluster.zap"))
+    auth = _Authenticator(ctx, log=log.getChild("zap"))
     auth.allowlist = _Allowlist(curve.allowed, name)
     auth.start()
     auth.configure_curve_callback("*", credentials_provider=auth.allowlist)

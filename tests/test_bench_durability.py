@@ -44,10 +44,11 @@ def test_restart_reads_every_key_back_after_the_whole_cluster_and_one_node(tmp_p
     assert 0 < node["declared_dead_s"] < HANG
     assert 0 < node["joined_s"] <= node["replicas_s"] < HANG
     assert 0 < node["serving_s"] <= node["replicas_s"]
-    # It rejoins with no slots: its share is copied to it again, about as many keys as it held.
+    # It rejoins with no slots and gets back the ones it still holds with only the writes it missed (or, where its
+    # data no longer matches its source's, the whole slot): never more than its share.
     assert node["keys_before"] > 0
     assert node["keys_after"] > 0
-    assert node["keys_copied"] >= node["keys_before"] // 2
+    assert 0 <= node["keys_copied"] <= node["keys_after"]
     assert node["copied_fraction"] == pytest.approx(node["keys_copied"] / node["keys_before"], abs=0.001)
     assert result["disk_bytes"] > 0
     assert result["disk_bytes_per_key_replica"] == pytest.approx(result["disk_bytes"] / 4000, abs=0.1)
