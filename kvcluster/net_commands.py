@@ -14,18 +14,12 @@ from typing import Annotated
 
 import typer
 
+from kvcluster.cli_options import Home
 from kvcluster.console import home_dir, say
 from kvcluster.errors import UsageError
 from kvcluster.netns import CLIENTS, NetHosts
 
 net_app = typer.Typer(no_args_is_help=True, help="Cut links between the hosts of a cluster started with up --netns.")
-
-Home = Annotated[
-    Path | None,
-    typer.Option(
-        "--home", envvar="KVCLUSTER_HOME", help="State directory of the cluster (default: ~/.local/state/kvcluster)."
-    ),
-]
 
 
 def _hosts(home: Path | None) -> tuple[Path, NetHosts]:

@@ -16,8 +16,8 @@ to within that step.
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from kvcluster.core.placement import RoutingTable
