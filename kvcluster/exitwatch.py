@@ -75,14 +75,7 @@ class ExitWatch:
 
     def _run(self) -> None:
         ctx = zmq.Context()
-        masters = []
-        for index, address in enumerate(parse_addresses(self.master_endpoint)):
-            sock = ctx.socket(zmq.DEALER)
-            sock.setsockopt(zmq.LINGER, 0)
-            if self.curve is not None:
-                self.curve.connect_to(sock, self.curve.masters[index])
-            sock.connect(address)
-            masters.append(sock)
+        masters = master_sockets(ctx, self.master_endpoint, self.curve)
         poller = select.poll()
         try:
             while not self.stopping.is_set():
@@ -98,13 +91,8 @@ class ExitWatch:
             ctx.destroy(linger=0)
 
     def _tell(self, masters: list[zmq.Socket[bytes]], message: NodeExited) -> None:
-        if self.stopping.is_set():
-            return  # the cluster is being stopped: nothing to fail over
-        log.info("server%d (pid %d) exited; telling the masters", message.node_id, message.pid)
-        frame = encode(message)
-        for sock in masters:
-            with contextlib.suppress(zmq.Again):
-                sock.send(frame, zmq.NOBLOCK)
+        if not self.stopping.is_set():  # the cluster is being stopped: nothing to fail over
+            tell(masters, message)
 
     def _watch_new_nodes(self, poller: select.poll) -> None:
         try:
@@ -132,3 +120,35 @@ class ExitWatch:
                 continue
             self.watched[fd] = (node_id, info.pid)
             poller.register(fd, select.POLLIN)
+
+
+def master_sockets(
+    ctx: zmq.Context[zmq.Socket[bytes]], master_endpoint: str, curve: Curve | None
+) -> list[zmq.Socket[bytes]]:
+    """A DEALER to every master: ``NODE_EXITED`` goes to all of them, and the acting one acts on it."""
+    masters = []
+    for index, address in enumerate(parse_addresses(master_endpoint)):
+        sock = ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.connect_to(sock, curve.masters[index])
+        sock.connect(address)
+        masters.append(sock)
+    return masters
+
+
+def tell(masters: list[zmq.Socket[bytes]], message: NodeExited) -> None:
+    log.info("server%d (pid %d) exited; telling the masters", message.node_id, message.pid)
+    frame = encode(message)
+    for sock in masters:
+        with contextlib.suppress(zmq.Again):
+            sock.send(frame, zmq.NOBLOCK)
+
+
+def announce_exit(master_endpoint: str, curve: Curve | None, node_id: int, pid: int) -> None:
+    """Tell the masters once, from outside a watch: a node that refused to start (its data is damaged)."""
+    ctx: zmq.Context[zmq.Socket[bytes]] = zmq.Context()
+    try:
+        tell(master_sockets(ctx, master_endpoint, curve), NodeExited(node_id, pid))
+    finally:
+        ctx.destroy(linger=500)  # long enough for the frames to leave; a master that is not up yet misses it

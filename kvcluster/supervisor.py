@@ -35,7 +35,7 @@ from kvcluster.errors import (
     StartupFailed,
     UnknownNode,
 )
-from kvcluster.exitwatch import ExitWatch
+from kvcluster.exitwatch import ExitWatch, announce_exit
 from kvcluster.local_file import CLUSTER_FILE, cluster_args, draft_keys, state_curve, write_cluster_file
 from kvcluster.masters import group_args, master_name, prepare_group
 from kvcluster.netns import NetHosts
@@ -179,8 +179,8 @@ class Supervisor:
             self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys, self.hosts))
             for i in range(1, self.nodes + 1)
         ]
-        self.server_procs = dict(enumerate(servers, start=1))
         # Starting again, a node whose data is damaged refuses to start; the others start without it.
+        self.server_procs = dict(enumerate(servers, start=1))
         report = self._wait_for_table(endpoint, deadline, servers if restarting else [])
         endpoints = {r.node_id: r.endpoint for r in report.nodes}
         me = os.getpid()
@@ -234,12 +234,18 @@ class Supervisor:
         from kvcluster.client import Connection  # noqa: PLC0415
 
         curve = state_curve(self.home) if self.curve else None
+        announced: dict[int, float] = {}  # node id -> when its exit was last told: the group may still be electing
         with Connection(endpoint, deadline=1.0, curve=curve) as client:
             while True:
                 for proc in self.children:
                     if proc.poll() is not None and proc not in may_exit:
                         logs = self.home / LOG_DIR
                         raise StartupFailed(f"a cluster process exited during start-up ({proc.returncode}); see {logs}")
+                for node_id, proc in self.server_procs.items():
+                    if proc.returncode is not None and time.monotonic() - announced.get(node_id, 0.0) > 0.5:
+                        # The masters need not wait for a node that refused its data: its peers hold its slots.
+                        announce_exit(endpoint, curve, node_id, proc.pid)
+                        announced[node_id] = time.monotonic()
                 try:
                     report = client.status()
                     if report.table is not None:

@@ -83,6 +83,7 @@ def test_throughput_runs_each_fsync_policy_side_by_side(tmp_path: Path) -> None:
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # the quick report in tests/test_bench.py writes the same section in the default suite
 def test_report_writes_the_durability_section_into_an_existing_report(tmp_path: Path) -> None:
     report = tmp_path / "REPORT.md"
     report.write_text("# kvcluster performance report\n\n## Throughput\n\nkept\n\n## Reproduce\n\nkept too\n")

@@ -73,6 +73,7 @@ def test_recovery_restores_every_replica_and_loses_no_key(tmp_path: Path) -> Non
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # tests/test_healing.py and test_rebalance.py cover add-node rebalancing in the default suite
 def test_rebalance_spreads_slots_over_the_new_nodes_and_loses_no_key(tmp_path: Path) -> None:
     out = tmp_path / "rebalance.json"
     run_bench(

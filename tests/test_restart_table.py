@@ -56,3 +56,12 @@ def test_recovery_waits_for_every_live_node_or_the_deadline() -> None:
     assert recovery.ready(10.0 + RECOVERY_WAIT) == OLD
     recovery.hear(11.0, hello(3, [0] * SLOTS, [0] * SLOTS))
     assert recovery.ready(11.0) == OLD
+
+
+def test_a_node_that_exited_before_its_hello_is_not_waited_for() -> None:
+    recovery = Recovery()
+    recovery.hear(10.0, hello(1, [0] * SLOTS, [0] * SLOTS))
+    recovery.hear(10.1, hello(2, [0] * SLOTS, [0] * SLOTS))
+    assert recovery.ready(10.2) is None
+    recovery.gone.add(3)  # it refused its damaged data and exited
+    assert recovery.ready(10.2) == OLD

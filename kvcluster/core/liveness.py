@@ -80,8 +80,11 @@ class FailureDetection:
         wait out. Replies it sent before it died may still be on their way;
         each was right when it was sent, before anything the new primary does.
         """
+        if self.table is None:
+            self._gone_before_table(node_id)
+            return
         record = self.nodes.get(node_id)
-        if self.table is None or record is None or record.pid != pid or self._is_dead(node_id):
+        if record is None or record.pid != pid or self._is_dead(node_id):
             return  # an older incarnation, one already declared dead, or one the master never took in
         log.warning("%s (pid %d) exited: declared dead at once", node_name(node_id), pid)
         self._declare_dead([node_id])
@@ -147,3 +150,5 @@ class FailureDetection:
         def _publish(self, table: TableData) -> None: ...
 
         def _is_dead(self, node_id: int) -> bool: ...
+
+        def _gone_before_table(self, node_id: int) -> None: ...

@@ -330,6 +330,11 @@ class MasterCore(FailureDetection):
         )
         self._form_table()
 
+    def _gone_before_table(self, node_id: int) -> None:
+        """A node exited before the first table (it refused its damaged data): do not wait for its hello."""
+        self.recovery.gone.add(node_id)
+        self._form_table()
+
     def _form_table(self) -> None:
         """Publish the first table: from the nodes' data if any kept some, else a fresh one once all are here."""
         if self.recovery.since is not None:

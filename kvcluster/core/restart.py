@@ -35,6 +35,7 @@ class Recovery:
 
     hellos: dict[int, Hello] = field(default_factory=dict)
     since: float | None = None
+    gone: set[int] = field(default_factory=set)  # nodes whose process exited before saying hello
 
     def hear(self, now: float, hello: Hello) -> None:
         self.hellos[hello.node_id] = hello
@@ -50,7 +51,7 @@ class Recovery:
         table = self.newest_table()
         if table is None or self.since is None:
             return None
-        expected = set(table.endpoints) - set(table.dead)
+        expected = set(table.endpoints) - set(table.dead) - self.gone
         if expected <= self.hellos.keys() or now - self.since >= RECOVERY_WAIT:
             return table
         return None
