@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.bench.output import to_json
+from kvcluster.bench.output import splice, to_json
 from kvcluster.bench.redis_compare import RedisRun, redis_available, run_redis
 from kvcluster.bench.restart import RestartResult, RestartShape, chart_restart, run_restart
 from kvcluster.bench.throughput import Mode, ThroughputRun, chart_throughput, fsync_costs, run_throughput
@@ -293,15 +293,8 @@ def durability_markdown(results: DurabilityResults, charts: dict[str, str]) -> l
 
 
 def splice_durability(report: str, section: str) -> str:
-    """``report`` with its durability section replaced by ``section`` (or put before ``## Reproduce``, or appended)."""
-    if BEGIN in report and END in report:
-        head, rest = report.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return head + section.rstrip("\n") + tail
-    if "\n## Reproduce" in report:
-        head, tail = report.split("\n## Reproduce", 1)
-        return head + "\n" + section + "\n## Reproduce" + tail
-    return report.rstrip("\n") + "\n\n" + section
+    """``report`` with this section replaced by ``section`` (or put before ``## Reproduce``, or appended)."""
+    return splice(report, section, BEGIN, END)
 
 
 def write_durability(out: Path, results: DurabilityResults) -> None:

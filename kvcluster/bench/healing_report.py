@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.healing_load import HealingRun
 from kvcluster.bench.healing_views import ms
-from kvcluster.bench.output import to_json
+from kvcluster.bench.output import splice, to_json
 from kvcluster.bench.rebalance import Rebalance, RebalanceShape, chart_rebalance, run_rebalance
 from kvcluster.bench.recovery import Recovery, RecoveryShape, chart_recovery, run_recovery
 
@@ -231,15 +231,8 @@ def healing_markdown(results: HealingResults, charts: dict[str, str]) -> list[st
 
 
 def splice_section(report: str, section: str) -> str:
-    """``report`` with its healing section replaced by ``section`` (or put before ``## Reproduce``, or appended)."""
-    if BEGIN in report and END in report:
-        head, rest = report.split(BEGIN, 1)
-        _, tail = rest.split(END, 1)
-        return head + section.rstrip("\n") + tail
-    if "\n## Reproduce" in report:
-        head, tail = report.split("\n## Reproduce", 1)
-        return head + "\n" + section + "\n## Reproduce" + tail
-    return report.rstrip("\n") + "\n\n" + section
+    """``report`` with this section replaced by ``section`` (or put before ``## Reproduce``, or appended)."""
+    return splice(report, section, BEGIN, END)
 
 
 def write_healing(out: Path, results: HealingResults) -> None:

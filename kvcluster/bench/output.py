@@ -161,3 +161,16 @@ def run_benchmark(
         chart(result)
     write_json(json_out, as_json(result))
     return result
+
+
+def splice(report: str, section: str, begin: str, end: str) -> str:
+    """``report`` with the section between ``begin`` and ``end`` replaced by ``section`` (which carries both
+    markers), or ``section`` put before ``## Reproduce``, or appended: one section of a report rewritten alone."""
+    if begin in report and end in report:
+        head, rest = report.split(begin, 1)
+        _, tail = rest.split(end, 1)
+        return head + section.rstrip("\n") + tail
+    if "\n## Reproduce" in report:
+        head, tail = report.split("\n## Reproduce", 1)
+        return head + "\n" + section + "\n## Reproduce" + tail
+    return report.rstrip("\n") + "\n\n" + section
