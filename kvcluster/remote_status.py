@@ -9,7 +9,6 @@ shape, plus whether CurveZMQ is on.
 
 from __future__ import annotations
 
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ from kvcluster import clusterfile
 from kvcluster.core.placement import node_name
 from kvcluster.curve import for_process
 from kvcluster.masters import master_name
-from kvcluster.status_view import STATUS_EVENTS, status_view
+from kvcluster.status_view import print_document
 
 
 def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
@@ -75,12 +74,4 @@ def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
 
 
 def print_remote_status(path: Path, *, as_json: bool) -> None:
-    doc = remote_document(path)
-    if as_json:
-        import json  # noqa: PLC0415
-
-        sys.stdout.write(json.dumps(doc, indent=2) + "\n")
-        return
-    from rich.console import Console  # noqa: PLC0415
-
-    Console().print(status_view(doc, STATUS_EVENTS))
+    print_document(remote_document(path), as_json=as_json)

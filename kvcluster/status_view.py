@@ -250,7 +250,11 @@ def _status_caption(doc: dict[str, Any]) -> str:
 
 
 def print_status(state: ClusterState, *, as_json: bool) -> None:
-    doc = status_document(state)
+    print_document(status_document(state), as_json=as_json)
+
+
+def print_document(doc: dict[str, Any], *, as_json: bool) -> None:
+    """A status document as JSON for scripts, or as the table for people."""
     if as_json:
         import json  # noqa: PLC0415
 
