@@ -47,6 +47,7 @@ log = logging.getLogger(__name__)
 
 LOG_DIR = "logs"
 START_TIMEOUT = 60.0  # a cluster starting again from a million keys reads them back first
+GROUP_START_TRIES = 3  # starts of the master group on fresh Raft ports, if one was taken meanwhile
 STOP_GRACE = 10.0  # a node stopping cleanly first snapshots its log: at a million keys that takes seconds
 
 
@@ -169,12 +170,10 @@ class Supervisor:
         if self.hosts is not None:
             self.hosts.build([*names, *(node_name(i) for i in range(1, self.nodes + 1))])
             self.hosts.save(self.home)
-        raft = prepare_group(self.home, self.masters, self.hosts.raft_addresses(names) if self.hosts else None)
         # With CurveZMQ the processes need their keys before anyone knows the masters' ports: a draft file holds them.
         keys = draft_keys(self.home, self.masters, self.rep, self.nodes) if self.curve else None
         self.keys = cluster_args(self.home, self.curve)
-        masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
-        endpoint = ",".join(self._read_ready_line(master, name, deadline) for name, master in masters)
+        raft, masters, endpoint = self._start_masters(names, deadline)
         servers = [
             self._spawn(node_name(i), node_args(i, endpoint, self.timing, self.storage, self.keys, self.hosts))
             for i in range(1, self.nodes + 1)
@@ -220,6 +219,30 @@ class Supervisor:
         shape = ["--nodes", str(self.nodes), "--rep", str(self.rep), "--bind", bind]
         args = ["_master", *self.keys, *shape, *timing_args(self.timing), *group_args(self.home, raft, member_id)]
         return name, self._spawn(name, args, stdout=subprocess.PIPE)
+
+    def _start_masters(
+        self, names: list[str], deadline: float
+    ) -> tuple[list[str], list[tuple[str, subprocess.Popen[bytes]]], str]:
+        """Start the master group; its Raft addresses, its processes, and every master's endpoint.
+
+        A Raft port is chosen free and bound later by its member, so another process may take it in
+        between; the member then fails with pysyncobj's BindError, and the group starts again on other ports.
+        """
+        attempt = 1
+        while True:
+            raft = prepare_group(self.home, self.masters, self.hosts.raft_addresses(names) if self.hosts else None)
+            masters = [self._spawn_master(member_id, raft) for member_id in range(1, self.masters + 1)]
+            try:
+                return raft, masters, ",".join(self._read_ready_line(proc, name, deadline) for name, proc in masters)
+            except StartupFailed as exc:
+                if "BindError" not in str(exc) or attempt == GROUP_START_TRIES:
+                    raise
+                log.warning("a master could not bind its Raft port; starting the group again on other ports")
+                for _, proc in masters:
+                    proc.kill()
+                    proc.wait()
+                    self.children.remove(proc)
+                attempt += 1
 
     def _read_ready_line(self, master: subprocess.Popen[bytes], name: str, deadline: float) -> str:
         assert master.stdout is not None

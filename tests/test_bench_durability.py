@@ -55,7 +55,8 @@ def test_restart_reads_every_key_back_after_the_whole_cluster_and_one_node(tmp_p
     assert result["rss_bytes_per_key_replica"] == pytest.approx(result["rss_bytes"] / 4000, abs=0.1)
     assert result["rss_bytes_after_restart"] > 0
     assert result["rss_bytes_empty"] > 0
-    assert node["keys_at_join"] == 0  # a restarted node rejoins with nothing
+    # It rejoins holding what it recovered (dormant until slots are given back), never more than it held.
+    assert 0 <= node["keys_at_join"] <= node["keys_before"]
     assert "0 lost, 0 unreadable" in proc.stdout
 
 
