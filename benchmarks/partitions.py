@@ -3,8 +3,8 @@
     sudo python benchmarks/partitions.py --tries 5
 
 For each case a fresh ``kvcluster up --nodes 5 --rep 3 --netns`` cluster; a client puts to one key
-in a loop (each put's deadline 3 s) and the gap between the last acknowledged put before the cut and
-the first after it is the unavailability. After the heal every acknowledged value of the key must
+in a loop (each put's deadline 3 s), and the longest stretch without an acknowledged put, from the
+last one before the cut on, is the unavailability. After the heal every acknowledged value of the key must
 read back (the last one, or a later unacknowledged one), and the fenced nodes must come back alone.
 
 Cases: the key's primary cut off from the masters (still reachable by clients); the primary cut
@@ -102,9 +102,11 @@ def one_try(case: str, home: Path) -> dict[str, object]:
     finally:
         stop.set()
         thread.join()
-    before = [t for t, _ in acknowledged if t < started]
-    after = [t for t, _ in acknowledged if t >= started]
-    gap = (after[0] - before[-1]) if before and after else float("nan")
+    times = [t for t, _ in acknowledged]
+    during = [t for t in times if t >= started]
+    last_before = max((t for t in times if t < started), default=started)
+    # The longest stretch without an acknowledged put, from the last one before the cut on.
+    gap = max((b - a for a, b in zip([last_before, *during], during, strict=False)), default=float("nan"))
     final = cli(home, "get", KEY).stdout.strip().split(", ")[1]
     last = acknowledged[-1][1]
     lost = int(int(final.removeprefix("v")) < int(last.removeprefix("v")))
