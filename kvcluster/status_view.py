@@ -140,7 +140,7 @@ def describe(event: ClusterEvent) -> str:
         case EventKind.JOINED:
             return f"{node} joined as a new node"
         case EventKind.RESTARTED:
-            return f"{node} restarted: a new incarnation, with no data"
+            return f"{node} restarted: a new incarnation, given slots by rebalancing"
         case EventKind.RECOVERED:
             return f"cluster started again from its nodes' data ({slots} stale replicas to copy again)"
         case EventKind.PROMOTED:

@@ -17,7 +17,7 @@ With ``--membership``, the cluster's membership changes too, through the
 commands people use (``chaos_membership``):
 
 * ``restart``: ``kvcluster restart serverN`` of a node that a fault took
-  down and the master declared dead; it joins with no data.
+  down and the master declared dead; it joins with no slots and gets back by difference those it still holds.
 * ``add``: ``kvcluster add-node``.
 * ``remove``: ``kvcluster remove-node serverN``: drain, then stop.
 

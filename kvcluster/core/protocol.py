@@ -244,7 +244,9 @@ class EventKind(enum.StrEnum):
 
     DEAD = "dead"  # node_id declared dead
     JOINED = "joined"  # node_id joined a running cluster as a new node
-    RESTARTED = "restarted"  # a new incarnation of node_id joined with no data
+    RESTARTED = (
+        "restarted"  # a new incarnation of node_id joined, with no slots (it gets back by difference those it holds)
+    )
     RECOVERED = "recovered"  # the cluster started again from its nodes' data; ``slots`` lost a stale replica
     PROMOTED = "promoted"  # node_id became primary of ``slots`` more slots
     MOVES_STARTED = "moves-started"  # ``slots`` copies started (node_id 0: many nodes)
