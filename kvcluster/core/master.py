@@ -374,8 +374,8 @@ class MasterCore(FailureDetection):
             self.returning[node_id] = {s: (h, held.digests[s]) for s, h in enumerate(held.highs) if h}
         self.events.record(self.now, EventKind.RESTARTED if restarted else EventKind.JOINED, node_id)
         self.nodes[node_id] = NodeRecord(route, hello.endpoint, hello.pid, self.now)
-        held = "holding what it recovered" if hello.held is not None else "with no data"
-        log.info("%s joined at %s (pid %d) %s; rebalancing", node_name(node_id), hello.endpoint, hello.pid, held)
+        data = "holding what it recovered" if hello.held is not None else "with no data"
+        log.info("%s joined at %s (pid %d) %s; rebalancing", node_name(node_id), hello.endpoint, hello.pid, data)
         self._publish(with_member(table, node_id, hello.endpoint))
         self.healthy = False
 
