@@ -162,7 +162,17 @@ def test_failover_sweep_measures_each_size_idle_and_under_load(tmp_path: Path) -
 @pytest.mark.cluster
 def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
     run_bench(
-        tmp_path, "report", "--quick", "--out", "tmp/REPORT.md", "--failover-keys", "1000", "--failover-runs", "1"
+        tmp_path,
+        "report",
+        "--quick",
+        "--out",
+        "tmp/REPORT.md",
+        "--failover-keys",
+        "1000",
+        "--failover-runs",
+        "1",
+        "--restart-keys",
+        "",  # tests/test_bench_durability.py runs bench restart on its own
     )
     docs = tmp_path / "tmp"
     report = (docs / "REPORT.md").read_text()

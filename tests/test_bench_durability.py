@@ -61,6 +61,7 @@ def test_restart_reads_every_key_back_after_the_whole_cluster_and_one_node(tmp_p
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # the quick report in tests/test_bench.py runs each fsync policy in the default suite
 def test_throughput_runs_each_fsync_policy_side_by_side(tmp_path: Path) -> None:
     out = tmp_path / "throughput.json"
     proc = run_bench(

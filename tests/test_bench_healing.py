@@ -51,6 +51,7 @@ def check_common(result: dict[str, Any], keys: int, nodes: int, rep: int) -> Non
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # tests/test_healing.py restores every replica after a kill in the default suite
 def test_recovery_restores_every_replica_and_loses_no_key(tmp_path: Path) -> None:
     out = tmp_path / "recovery.json"
     proc = run_bench(
