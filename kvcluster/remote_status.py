@@ -9,7 +9,6 @@ shape, plus whether CurveZMQ is on.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -17,14 +16,14 @@ from kvcluster import clusterfile
 from kvcluster.core.placement import node_name
 from kvcluster.curve import for_process
 from kvcluster.masters import master_name
-from kvcluster.status_view import print_document
+from kvcluster.status_view import cluster_document, print_document
 
 
 def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
     from kvcluster.addresses import parse_addresses  # noqa: PLC0415
-    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
+    from kvcluster.core.placement import RoutingTable  # noqa: PLC0415
     from kvcluster.master_link import roll_call  # noqa: PLC0415
-    from kvcluster.status_view import _disk_document, _events_document, _healing_document  # noqa: PLC0415
+    from kvcluster.status_view import _disk_document  # noqa: PLC0415
 
     cluster = clusterfile.load(path)
     found, report = roll_call(parse_addresses(cluster.master_endpoints()), timeout, for_process(cluster, "client"))
@@ -63,12 +62,7 @@ def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
             "term": leader["term"] if leader else None,
         },
         "masters": masters,
-        "table_version": table.version if table is not None else None,
-        "dead": [node_name(n) for n in table.data.dead] if table is not None else [],
-        "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
-        "healing": _healing_document(report),
-        "draining": [node_name(n) for n in report.draining] if report is not None else [],
-        "events": _events_document(report.events, time.time()) if report is not None else [],
+        **cluster_document(report, table),
         "nodes": nodes,
     }
 

@@ -13,7 +13,7 @@ import time
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.core.placement import node_name
+from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import ClusterEvent, DiskReport, EventKind
 
 if TYPE_CHECKING:
@@ -29,7 +29,6 @@ STATUS_EVENTS = 12  # events ``kvcluster status`` shows; ``--json`` carries ever
 
 def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]:
     """The cluster as JSON-ready data: the leading master's view where one answers, process liveness always."""
-    from kvcluster.core.placement import RoutingTable, under_replicated  # noqa: PLC0415
 
     masters, report = masters_document(state, timeout)
     table = RoutingTable(report.table) if report is not None and report.table is not None else None
@@ -67,13 +66,22 @@ def status_document(state: ClusterState, timeout: float = 2.0) -> dict[str, Any]
         },
         "masters": masters,
         "supervisor": {"pid": state.supervisor.pid, "alive": state.supervisor.alive()},
+        **cluster_document(report, table),
+        "nodes": nodes,
+    }
+
+
+def cluster_document(report: StatusReport | None, table: RoutingTable | None) -> dict[str, Any]:
+    """What the acting master says of the whole cluster: table, deaths, repairs, drains and recent events."""
+    from kvcluster.core.placement import under_replicated  # noqa: PLC0415
+
+    return {
         "table_version": table.version if table is not None else None,
         "dead": [node_name(n) for n in table.data.dead] if table is not None else [],
         "under_replicated_slots": len(under_replicated(table.data)) if table is not None else None,
         "healing": _healing_document(report),
         "draining": [node_name(n) for n in report.draining] if report is not None else [],
         "events": _events_document(report.events, time.time()) if report is not None else [],
-        "nodes": nodes,
     }
 
 
