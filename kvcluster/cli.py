@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
-from kvcluster.console import (
+from kvcluster.data_commands import (
     DEFAULT_TIMEOUT,
     delete_and_print,
     get_and_print,

@@ -53,7 +53,7 @@ from kvcluster.errors import (
     OperationTimedOut,
     ProtocolError,
 )
-from kvcluster.master_link import MasterLink
+from kvcluster.leader_link import MasterLink
 from kvcluster.node_sockets import NodeSockets
 
 if TYPE_CHECKING:

@@ -35,7 +35,7 @@ from kvcluster.addresses import parse_address
 from kvcluster.core.protocol import Timing
 from kvcluster.datadir import FSYNC_POLICIES
 from kvcluster.errors import ClusterFileInvalid, InvalidAddress, UsageError
-from kvcluster.masters import MASTER_COUNTS
+from kvcluster.master_group import MASTER_COUNTS
 from kvcluster.state import CLUSTER_ENV
 
 RAFT_PORT_OFFSET = 1000  # a master's Raft port is its client port plus this, unless --raft-ports names them

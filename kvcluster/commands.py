@@ -19,7 +19,7 @@ from typer._click.exceptions import ClickException  # Typer re-exports only some
 
 from kvcluster import hosts_commands, up_down
 from kvcluster.cli_options import Cluster, Home, Json, Master, Timeout, Verbose
-from kvcluster.console import (
+from kvcluster.data_commands import (
     delete_and_print,
     get_and_print,
     home_dir,
@@ -140,7 +140,7 @@ def load(
     cluster: Cluster = None,
 ) -> None:
     """Store every KEY VALUE line of FILE in batches; bad lines are reported with their numbers, the rest stored."""
-    from kvcluster import load as bulk  # noqa: PLC0415
+    from kvcluster import load_file as bulk  # noqa: PLC0415
 
     target = target_for(home, master, False, timeout, cluster)
     bulk.run(target, file, batch=batch, window=window, clients=clients, as_json=as_json)

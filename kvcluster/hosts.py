@@ -29,7 +29,7 @@ from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Join, JoinAnswer
 from kvcluster.curve import for_process
 from kvcluster.errors import ClusterUnavailable, NameInUse, UsageError
-from kvcluster.masters import master_name
+from kvcluster.master_group import master_name
 from kvcluster.runtime.wal import FsyncPolicy
 
 log = logging.getLogger(__name__)
@@ -131,7 +131,7 @@ def run_node(path: Path, options: NodeOptions) -> None:
 
 def claim_id(ctx: zmq.Context[zmq.Socket[bytes]], cluster: clusterfile.ClusterFile, wanted: int, endpoint: str) -> int:
     """The node id the acting master gives this process; ``NameInUse`` once refused for ``JOIN_WAIT`` seconds."""
-    from kvcluster.master_link import MasterLink  # noqa: PLC0415
+    from kvcluster.leader_link import MasterLink  # noqa: PLC0415
 
     link = MasterLink(ctx, cluster.master_endpoints(), ASK_EVERY, for_process(cluster, "node"))
     try:

@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from kvcluster.console import say
+from kvcluster.data_commands import say
 from kvcluster.errors import StartupFailed, UsageError
 from kvcluster.runtime.wal import FsyncPolicy
 
@@ -72,7 +72,7 @@ def master(
 ) -> None:
     """Run master ID of the cluster file in the foreground (Ctrl-C stops it); its journal goes in --data-dir."""
     from kvcluster import clusterfile, hosts  # noqa: PLC0415
-    from kvcluster.masters import master_name  # noqa: PLC0415
+    from kvcluster.master_group import master_name  # noqa: PLC0415
 
     clusterfile.load(file).master(member_id)  # a bad file or id fails here, before any detaching
     if detach:

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from kvcluster.core.protocol import Timing
-from kvcluster.masters import RAFT_DIR, SECRET_FILE
+from kvcluster.master_group import RAFT_DIR, SECRET_FILE
 
 if TYPE_CHECKING:
     from kvcluster.clusterfile import ClusterFile

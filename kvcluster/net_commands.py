@@ -15,7 +15,7 @@ from typing import Annotated
 import typer
 
 from kvcluster.cli_options import Home
-from kvcluster.console import home_dir, say
+from kvcluster.data_commands import home_dir, say
 from kvcluster.errors import UsageError
 from kvcluster.netns import CLIENTS, NetHosts
 

@@ -15,14 +15,14 @@ from typing import Any
 from kvcluster import clusterfile
 from kvcluster.core.placement import node_name
 from kvcluster.curve import for_process
-from kvcluster.masters import master_name
+from kvcluster.master_group import master_name
 from kvcluster.status_view import cluster_document, print_document
 
 
 def remote_document(path: Path, timeout: float = 2.0) -> dict[str, Any]:
     from kvcluster.addresses import parse_addresses  # noqa: PLC0415
     from kvcluster.core.placement import RoutingTable  # noqa: PLC0415
-    from kvcluster.master_link import roll_call  # noqa: PLC0415
+    from kvcluster.leader_link import roll_call  # noqa: PLC0415
     from kvcluster.status_view import _disk_document  # noqa: PLC0415
 
     cluster = clusterfile.load(path)

@@ -87,8 +87,8 @@ def cluster_document(report: StatusReport | None, table: RoutingTable | None) ->
 
 def masters_document(state: ClusterState, timeout: float) -> tuple[list[dict[str, Any]], StatusReport | None]:
     """Each master's role and term as it answers for itself, and the leader's view of the cluster."""
+    from kvcluster.leader_link import roll_call  # noqa: PLC0415
     from kvcluster.local_file import state_curve  # noqa: PLC0415
-    from kvcluster.master_link import roll_call  # noqa: PLC0415
 
     found, report = roll_call(state.master_endpoints(), timeout, state_curve(state))
     masters = []

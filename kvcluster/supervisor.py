@@ -37,7 +37,7 @@ from kvcluster.errors import (
 )
 from kvcluster.exitwatch import ExitWatch, announce_exit
 from kvcluster.local_file import CLUSTER_FILE, cluster_args, draft_keys, state_curve, write_cluster_file
-from kvcluster.masters import group_args, master_name, prepare_group
+from kvcluster.master_group import group_args, master_name, prepare_group
 from kvcluster.netns import NetHosts
 from kvcluster.netns import remove as remove_hosts
 from kvcluster.runtime.exits import FENCED_EXIT

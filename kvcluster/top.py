@@ -114,7 +114,7 @@ class Source:
 def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, Any]:
     """One frame as JSON-ready data: the masters, every node's counters (or why there are none), the events."""
     from kvcluster.addresses import parse_addresses  # noqa: PLC0415
-    from kvcluster.master_link import roll_call  # noqa: PLC0415
+    from kvcluster.leader_link import roll_call  # noqa: PLC0415
     from kvcluster.status_view import describe  # noqa: PLC0415
 
     state = source.state()

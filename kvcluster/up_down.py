@@ -19,10 +19,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from kvcluster.cli_options import Home
-from kvcluster.console import home_dir, say
 from kvcluster.core.protocol import Timing
+from kvcluster.data_commands import home_dir, say
 from kvcluster.errors import ClusterNotRunning, StartupFailed, UsageError
-from kvcluster.masters import DEFAULT_MASTERS, check_master_count
+from kvcluster.master_group import DEFAULT_MASTERS, check_master_count
 from kvcluster.runtime.wal import FsyncPolicy
 
 if TYPE_CHECKING:

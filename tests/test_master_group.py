@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from kvcluster.core.actions import Action, Answer, Propose
-from kvcluster.core.group import MasterState, decode_state, encode_state, takeover_grace
+from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import with_dead
@@ -185,8 +185,8 @@ def test_leader_changes_around_a_node_death_keep_histories_linearizable(seed: in
 
 def test_an_entry_from_an_older_term_never_replaces_a_newer_state(tmp_path: Path) -> None:
     """pysyncobj forwards a deposed leader's queued proposal to the new leader; it must not win when it commits."""
-    from kvcluster.masters import free_loopback_port  # noqa: PLC0415
-    from kvcluster.runtime.group import MasterGroup  # noqa: PLC0415
+    from kvcluster.master_group import free_loopback_port  # noqa: PLC0415
+    from kvcluster.runtime.raft_log import MasterGroup  # noqa: PLC0415
 
     group = MasterGroup(1, [f"127.0.0.1:{free_loopback_port()}"], "secret", tmp_path / "m1.journal")
     try:

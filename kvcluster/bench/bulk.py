@@ -24,7 +24,7 @@ from kvcluster.bench.common import (
     dead_nodes,
     key_name,
 )
-from kvcluster.workers import ClientPool, Worker
+from kvcluster.client_pool import ClientPool, Worker
 
 if TYPE_CHECKING:
     from kvcluster.core.protocol import OpKind
@@ -43,7 +43,7 @@ def bulk_value(index: int) -> str:
 
 def release_timeout(keys: int) -> float:
     """How long client processes started before a bulk load of ``keys`` keys may wait for their release."""
-    from kvcluster.workers import START_TIMEOUT  # noqa: PLC0415
+    from kvcluster.client_pool import START_TIMEOUT  # noqa: PLC0415
 
     return START_TIMEOUT + keys / MIN_KEYS_PER_S
 

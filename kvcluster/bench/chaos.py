@@ -50,10 +50,10 @@ from kvcluster.bench.chaos_report import (
     summary_table,
 )
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
+from kvcluster.client_pool import ClientPool, Worker, interrupt_on_sigterm
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import KvclusterError, UsageError
-from kvcluster.masters import DEFAULT_MASTERS
-from kvcluster.workers import ClientPool, Worker, interrupt_on_sigterm
+from kvcluster.master_group import DEFAULT_MASTERS
 
 if TYPE_CHECKING:
     from kvcluster.client import Connection

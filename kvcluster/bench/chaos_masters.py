@@ -22,7 +22,7 @@ import signal
 import time
 
 from kvcluster.bench.chaos_faults import Fault, FaultInjector, FaultKind
-from kvcluster.master_link import await_leader
+from kvcluster.leader_link import await_leader
 
 MASTER_INTERVAL = (4.0, 7.0)  # seconds between two faults of the leader
 MASTER_PAUSE = (1.2, 2.5)  # seconds a paused leader stays stopped

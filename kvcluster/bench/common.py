@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Annotated
 import typer
 
 from kvcluster.errors import KvclusterError, UsageError
-from kvcluster.masters import DEFAULT_MASTERS
+from kvcluster.master_group import DEFAULT_MASTERS
 
 if TYPE_CHECKING:
     from kvcluster.client import Completion, Connection, OpResult

@@ -46,8 +46,8 @@ from kvcluster.bench.failover_analysis import (
 )
 from kvcluster.bench.failover_views import plot_failover, runs_table
 from kvcluster.bench.output import run_benchmark, to_json
+from kvcluster.client_pool import ClientPool, Worker
 from kvcluster.errors import NodeNotRunning, UsageError
-from kvcluster.workers import ClientPool, Worker
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID

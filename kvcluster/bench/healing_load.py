@@ -28,8 +28,8 @@ from kvcluster.bench.common import (
     key_name,
     percentile,
 )
+from kvcluster.client_pool import ClientPool, Worker
 from kvcluster.errors import KvclusterError
-from kvcluster.workers import ClientPool, Worker
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -57,7 +57,7 @@ def load_average() -> list[float]:
 
 def fill(master: str, keys: int, advance: Advance) -> float:
     """Store ``keys`` keys with 100-byte values through ``kvcluster load``'s loader processes; seconds it took."""
-    from kvcluster.loaders import Loaders, Stored  # noqa: PLC0415
+    from kvcluster.load_processes import Loaders, Stored  # noqa: PLC0415
 
     failed: list[str] = []
 

@@ -28,9 +28,9 @@ from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_s
 from kvcluster.bench.failover import FailoverJob, failover_worker, get_all, put_all
 from kvcluster.bench.failover_analysis import OpRecord, lost_writes
 from kvcluster.bench.output import run_benchmark, terminal_chart, to_json
+from kvcluster.client_pool import ClientPool
 from kvcluster.errors import UsageError
-from kvcluster.master_link import await_leader, roles
-from kvcluster.workers import ClientPool
+from kvcluster.leader_link import await_leader, roles
 
 if TYPE_CHECKING:
     from rich.progress import Progress

@@ -15,7 +15,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
-from kvcluster.workers import interrupt_on_sigterm
+from kvcluster.client_pool import interrupt_on_sigterm
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType

@@ -68,8 +68,8 @@ from kvcluster.bench.throughput import (
     throughput_json,
     throughput_table,
 )
+from kvcluster.client_pool import interrupt_on_sigterm
 from kvcluster.errors import UsageError
-from kvcluster.workers import interrupt_on_sigterm
 
 
 def machine() -> dict[str, Any]:

@@ -40,9 +40,9 @@ from kvcluster.bench.common import (
 )
 from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
 from kvcluster.bench.redis_compare import CONFIG_LABEL, RedisRun, redis_available, run_redis
+from kvcluster.client_pool import ClientPool, Worker
 from kvcluster.errors import UsageError
-from kvcluster.masters import DEFAULT_MASTERS, check_master_count
-from kvcluster.workers import ClientPool, Worker
+from kvcluster.master_group import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
     from rich.console import RenderableType

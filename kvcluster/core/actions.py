@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
-from kvcluster.core.group import MasterState
+from kvcluster.core.group_state import MasterState
 from kvcluster.core.protocol import Message
 
 Route = object

@@ -16,7 +16,7 @@ node's backups are promoted and the slot's epoch grows.
 With a master group (``replicated``), only the member its driver made leader
 acts (``lead``); the others answer ``NotLeader``. Every change is proposed to
 the group's log (a ``Propose`` action) and reaches nodes and clients only once
-committed (``on_committed``); the rules for taking over are in ``core/group.py``.
+committed (``on_committed``); the rules for taking over are in ``core/group_state.py``.
 
 The master never serves keys. Clients ask it for the table once and go to the
 primaries directly; nodes receive every new table as soon as it is made, and
@@ -29,7 +29,7 @@ import logging
 
 from kvcluster.core.actions import Action, Answer, Propose, Route
 from kvcluster.core.events import EventLog
-from kvcluster.core.group import MasterState, MoveRecord
+from kvcluster.core.group_state import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
 from kvcluster.core.joins import Holder, Reservations
 from kvcluster.core.liveness import FailureDetection, NodeRecord

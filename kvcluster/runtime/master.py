@@ -1,7 +1,7 @@
 """The master process: ``MasterCore`` driven over one ZeroMQ ROUTER socket with the real clock.
 
 Alone (``--masters 1``) it acts from the start. As a member of a group it
-also ticks its Raft member (``runtime/group.py``) every pass: the core acts
+also ticks its Raft member (``runtime/raft_log.py``) every pass: the core acts
 only while this member leads, from the state the group committed, and every
 table it makes waits in the log until committed before it reaches a node.
 """
@@ -20,12 +20,12 @@ from pathlib import Path
 import zmq
 
 from kvcluster.core.actions import Answer, Propose
-from kvcluster.core.group import MasterState, decode_state, encode_state, takeover_grace
+from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.curve import Curve, start_authenticator
 from kvcluster.errors import AddressUnusable, ProtocolError
-from kvcluster.runtime.group import MasterGroup, Role
+from kvcluster.runtime.raft_log import MasterGroup, Role
 from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 
 log = logging.getLogger(__name__)

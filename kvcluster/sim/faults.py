@@ -30,7 +30,7 @@ import enum
 import random
 from dataclasses import dataclass
 
-from kvcluster.core.group import ELECTION_TIMEOUT
+from kvcluster.core.group_state import ELECTION_TIMEOUT
 
 SAFE_SILENCE = 0.35  # seconds: a node silent this long is never declared dead (dead_after is 0.7 s)
 HEAL_TIME = 1.5  # seconds after a silence ends until the cluster is whole again: detection, copies, a table

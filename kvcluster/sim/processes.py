@@ -24,7 +24,7 @@ from collections import deque
 from collections.abc import Callable
 
 from kvcluster.core.actions import Answer, DropPeer, Exit, Propose, ToMaster, ToPeer
-from kvcluster.core.group import FALLBACK, MasterState, takeover_grace
+from kvcluster.core.group_state import FALLBACK, MasterState, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.protocol import Message

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from kvcluster.workers import ClientPool, Worker, WorkerError
+from kvcluster.client_pool import ClientPool, Worker, WorkerError
 
 
 def square(job: int, worker: Worker) -> tuple[int, int]:

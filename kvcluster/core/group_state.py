@@ -6,7 +6,7 @@ it: the table, the nodes being drained, the incarnation (pid) of every node
 and the moves under way. ``MasterState`` is that record, one log entry per
 change; a member that becomes leader rebuilds its ``MasterCore`` from the
 newest one (``MasterCore.lead``). The log itself is kept by a Raft library in
-the runtime (``runtime/group.py``); the simulator keeps it by contract.
+the runtime (``runtime/raft_log.py``); the simulator keeps it by contract.
 
 The lease rule. A node serves only while a lease from an acting master is
 fresh. A deposed leader that has not yet noticed may still grant leases for

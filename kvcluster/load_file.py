@@ -14,7 +14,7 @@ field or more than two, or that is not UTF-8, is rejected, and the load goes
 on. When a key appears on several lines, the last one wins.
 
 The parent process reads and checks the input chunk by chunk and hands each
-chunk's puts to client processes (``loaders.py``), split by key so that the
+chunk's puts to client processes (``load_processes.py``), split by key so that the
 puts of a key stay in order, each share stored by one ``execute`` call whose
 deadline (``--timeout``) therefore bounds it. The chunk size follows the rate
 measured so far, so that a chunk takes a fifth of the deadline: a machine
@@ -36,13 +36,13 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any
 
 from kvcluster.errors import Interrupted, KvclusterError, LoadIncomplete, UnreadableFile
-from kvcluster.loaders import TRY_TIMEOUT, Loaders, Stored
+from kvcluster.load_processes import TRY_TIMEOUT, Loaders, Stored
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
     from kvcluster.client import Connection
-    from kvcluster.console import Target
+    from kvcluster.data_commands import Target
 
 STDIN = "-"
 FIRST_CHUNK = 10_000  # lines in the first chunk, before any rate is known
@@ -199,7 +199,7 @@ def run(target: Target, source: str, *, batch: int, window: int, clients: int, a
     the cluster's errors when it cannot be reached before anything is stored,
     and ``LoadIncomplete`` after the summary when some line was not stored.
     """
-    from kvcluster.workers import interrupt_on_sigterm  # noqa: PLC0415
+    from kvcluster.client_pool import interrupt_on_sigterm  # noqa: PLC0415
 
     stream, size = _open(source)
     interrupted = False
@@ -247,7 +247,7 @@ def _stream(source: str) -> IO[bytes]:
 def _client(target: Target) -> Connection:
     """A client for the load: like ``Target.client``, with tries that wait long enough for a loaded node."""
     from kvcluster.client import Connection  # noqa: PLC0415
-    from kvcluster.console import home_dir  # noqa: PLC0415
+    from kvcluster.data_commands import home_dir  # noqa: PLC0415
     from kvcluster.state import TABLE_CACHE, ClusterState  # noqa: PLC0415
 
     if target.master is not None:

@@ -12,7 +12,7 @@ term. What this module adds to it:
   steps a leader down once it has heard from no majority for
   ``leaderFallbackTimeout``; its default of 30 s would let a deposed leader
   grant leases for that long, so it is ``FALLBACK`` here, and the new leader
-  waits it out (``core/group.py``).
+  waits it out (``core/group_state.py``).
 - **Pickle only from members.** pysyncobj's transport unpickles what it
   receives. Members bind to loopback, and every frame is encrypted and
   authenticated with the cluster's secret (Fernet, the library's ``password``
@@ -31,7 +31,7 @@ from pathlib import Path
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
 
-from kvcluster.core.group import ELECTION_TIMEOUT, FALLBACK
+from kvcluster.core.group_state import ELECTION_TIMEOUT, FALLBACK
 
 RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
