@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from kvcluster.client import DEFAULT_PAGE, Completion, Connection, validate
+from kvcluster.core.client import DEFAULT_TRY_TIMEOUT
 from kvcluster.core.protocol import OpKind, check_key
 from kvcluster.errors import InvalidKey, UsageError
 
@@ -30,7 +31,7 @@ WINDOW = 32  # messages in flight
 
 
 class Client:
-    """A connection to one running cluster. Not thread-safe: use one per thread or process.
+    """A connection to one running cluster, which threads may share (their operations travel together).
 
     ``master`` is ``HOST:PORT`` of a master (or of every master, comma-separated); without it the
     cluster is found in the state directory ``home``, else ``$KVCLUSTER_HOME``, else
@@ -165,7 +166,10 @@ def _connect(
 
 
 def connect_file(
-    path: Path, timeout: float, on_event: Callable[[str], None] | None = None, try_timeout: float = 0.3
+    path: Path,
+    timeout: float,
+    on_event: Callable[[str], None] | None = None,
+    try_timeout: float = DEFAULT_TRY_TIMEOUT,
 ) -> Connection:
     """A connection to the cluster a cluster file describes, with its client key when CurveZMQ is on."""
     from kvcluster.clusterfile import load  # noqa: PLC0415

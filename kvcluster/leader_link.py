@@ -1,28 +1,28 @@
-"""How a client reaches the acting master: a socket per master, a guess at the leader, and redirects.
+"""The sockets to the master group: one DEALER per master, CURVE handshake watching, and a blocking ask.
 
 ``--master`` takes one address or a comma-separated list of every master in
-the group. A question goes to the master believed to lead; a ``NOT_LEADER``
-answer names the one that does (or, mid-election, none, and the next is
-tried after a short pause), and a master that stays silent for ``TRY_TIMEOUT``
-is passed over for the next. The whole question has the caller's deadline.
+the group. Which master to ask, and when to move on to the next, is decided
+by ``core.client_masters.LeaderSeeker``; ``MasterLink.ask`` drives it for
+callers that want one answer and may block for it (joining nodes, status).
+The client's own table fetches drive the seeker inside ``ClientCore``, over
+these same sockets. ``survey`` and ``roll_call`` ask every master at once.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from typing import TYPE_CHECKING
 
 import zmq
 
 from kvcluster.addresses import parse_addresses
+from kvcluster.core.client_masters import TRY_TIMEOUT, AskMaster, LeaderSeeker
 from kvcluster.core.protocol import Message, NotLeader, NotReady, StatusReport, StatusRequest, decode, encode
-from kvcluster.errors import ClusterUnavailable, KeyRefused
+from kvcluster.errors import ClusterUnavailable, KeyRefused, ProtocolError
 
 if TYPE_CHECKING:
     from kvcluster.curve import Curve, Handshakes
-
-TRY_TIMEOUT = 0.25  # seconds one master of a group gets to answer before the next is asked: a dead one costs this
-ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the leader
 
 
 def monitor_event(frames: list[bytes]) -> int:
@@ -34,7 +34,7 @@ def monitor_event(frames: list[bytes]) -> int:
 
 
 class MasterLink:
-    """Sockets to every master of one cluster; not thread-safe, like the client that owns it."""
+    """Sockets to every master of one cluster; used by one thread at a time."""
 
     def __init__(
         self, ctx: zmq.Context[zmq.Socket[bytes]], addresses: str, deadline: float, curve: Curve | None = None
@@ -54,9 +54,9 @@ class MasterLink:
                 self.monitors.append((sock.get_monitor_socket(HANDSHAKE_EVENTS), Handshakes()))
             sock.connect(endpoint)
             self.sockets.append(sock)
-        self.current = 0  # the master believed to lead
+        self.seeker = LeaderSeeker(len(self.sockets))
 
-    def _check_handshakes(self, final: bool) -> None:
+    def check_handshakes(self, final: bool) -> None:
         """Raise ``KeyRefused`` once every master refused our key, or at the deadline if none ever let us in."""
         if not self.monitors:
             return
@@ -79,41 +79,54 @@ class MasterLink:
         """The masters, as the table cache records them."""
         return ",".join(self.endpoints)
 
+    def send(self, ask: AskMaster) -> None:
+        # A full queue means this master is not reading: the seeker passes it over when it stays silent.
+        with contextlib.suppress(zmq.Again):
+            self.sockets[ask.member].send(encode(ask.message), zmq.NOBLOCK)
+
+    def receive(self, index: int) -> list[Message]:
+        """Every message waiting on master ``index``'s socket; garbled frames are left out (they time out)."""
+        messages: list[Message] = []
+        sock = self.sockets[index]
+        while True:
+            try:
+                frame = sock.recv(zmq.NOBLOCK)
+            except zmq.Again:
+                return messages
+            with contextlib.suppress(ProtocolError):
+                messages.append(decode(frame))
+
     def ask(self, message: Message, wanted: type[Message], until: float) -> Message:
         """Send ``message`` to the leader and return its ``wanted`` (or ``NotReady``) answer by ``until``."""
-        while True:
-            remaining = until - time.monotonic()
-            self._check_handshakes(final=remaining <= 0)
-            if remaining <= 0:
-                raise ClusterUnavailable(self.address, self.deadline)
-            wait = remaining if len(self.sockets) == 1 else min(remaining, TRY_TIMEOUT)
-            if self.monitors:
-                wait = min(wait, TRY_TIMEOUT)  # look at the handshakes now and then: a refusal ends the wait
-            reply = self._ask_one(self.sockets[self.current], message, wanted, time.monotonic() + wait)
-            if isinstance(reply, NotLeader) and reply.leader:
-                self.current = reply.leader - 1
-            elif reply is None or isinstance(reply, NotLeader):
-                if isinstance(reply, NotLeader):
-                    time.sleep(min(ELECTION_PAUSE, max(0.0, until - time.monotonic())))
-                self.current = (self.current + 1) % len(self.sockets)
-            else:
-                return reply
-
-    def _ask_one(
-        self, sock: zmq.Socket[bytes], message: Message, wanted: type[Message], until: float
-    ) -> Message | None:
+        seeker = self.seeker
+        self.send(seeker.ask(time.monotonic(), message))
+        poller = zmq.Poller()
+        for sock in self.sockets:
+            poller.register(sock, zmq.POLLIN)
         try:
-            sock.send(encode(message), zmq.NOBLOCK)
-        except zmq.Again:
-            return None  # requests pile up unanswered: this master is gone
-        while True:
-            remaining = until - time.monotonic()
-            if remaining <= 0 or not sock.poll(int(remaining * 1000) + 1):
-                return None
-            reply = decode(sock.recv())
-            if isinstance(reply, wanted | NotReady | NotLeader):
-                return reply
-            # A late answer to an earlier question: skip it.
+            while True:
+                now = time.monotonic()
+                self.check_handshakes(final=now >= until)
+                if now >= until:
+                    raise ClusterUnavailable(self.address, self.deadline)
+                wake = min(until, seeker.next_wake())
+                if self.monitors:
+                    wake = min(wake, now + TRY_TIMEOUT)  # look at the handshakes now and then: a refusal ends the wait
+                for sock, _ in poller.poll(max(0, int((wake - now) * 1000)) + 1):
+                    index = self.sockets.index(sock)
+                    for reply in self.receive(index):
+                        if not isinstance(reply, wanted | NotReady | NotLeader):
+                            continue  # a late answer to an earlier question
+                        answer, again = seeker.on_answer(time.monotonic(), index, reply)
+                        if again is not None:
+                            self.send(again)
+                        if answer is not None:
+                            return answer
+                again = seeker.on_timer(time.monotonic())
+                if again is not None:
+                    self.send(again)
+        finally:
+            seeker.cancel()
 
 
 def survey(

@@ -36,15 +36,21 @@ class NodeSockets:
         self.sockets: dict[int, zmq.Socket[bytes]] = {}
         self.endpoints: dict[int, str] = {}
         self.monitors: dict[zmq.Socket[bytes], int] = {}  # monitor socket -> node id
+        self.others: set[zmq.Socket[bytes]] = set()  # sockets polled along, whose messages the caller reads
 
-    def get(self, node_id: int, table: RoutingTable) -> zmq.Socket[bytes]:
+    def watch(self, sock: zmq.Socket[bytes]) -> None:
+        """Poll ``sock`` too: ``poll`` names it when it is readable, and leaves reading it to the caller."""
+        self.others.add(sock)
+        self.poller.register(sock, zmq.POLLIN)
+
+    def get(self, node_id: int, endpoint: str) -> zmq.Socket[bytes]:
+        """The socket to ``node_id`` (at ``endpoint``), connected on first use."""
         sock = self.sockets.get(node_id)
         if sock is None:
             sock = self.ctx.socket(zmq.DEALER)
             if self.curve is not None:
                 self.curve.connect_to(sock, self.curve.node)  # every node serves with the one node key
             monitor = sock.get_monitor_socket(LOST)
-            endpoint = table.endpoint(node_id)
             sock.connect(endpoint)
             self.poller.register(sock, zmq.POLLIN)
             self.poller.register(monitor, zmq.POLLIN)
@@ -69,20 +75,24 @@ class NodeSockets:
         monitor.close(linger=0)
         sock.close(linger=0)
 
-    def poll(self, timeout_ms: int) -> tuple[list[Message], list[int]]:
-        """Wait up to ``timeout_ms``: the messages the nodes sent, and the nodes whose connection was lost.
+    def poll(self, timeout_ms: int) -> tuple[list[Message], list[int], list[zmq.Socket[bytes]]]:
+        """Wait up to ``timeout_ms``: the messages the nodes sent, the nodes whose connection was lost, and
+        the watched sockets that are readable.
 
         A garbled frame is left out: to the caller it is a lost answer, which times out and is resent.
         """
         messages: list[Message] = []
         lost = []
+        others = []
         for sock, _ in self.poller.poll(timeout_ms):
             node_id = self.monitors.get(sock)
-            if node_id is None:
+            if sock in self.others:
+                others.append(sock)
+            elif node_id is None:
                 messages.extend(self._drain(sock))
             elif self._drain_events(sock):
                 lost.append(node_id)
-        return messages, lost
+        return messages, lost, others
 
     @staticmethod
     def _drain(sock: zmq.Socket[bytes]) -> Iterator[Message]:

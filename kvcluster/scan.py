@@ -104,6 +104,10 @@ class _Scanner:
 
     def _fill(self, want: int) -> None:
         """Fetch the next page of every stream that has yielded all it holds and may hold more."""
+        with self.connection.exclusive():
+            self._fill_streams(want)
+
+    def _fill_streams(self, want: int) -> None:
         connection = self.connection
         deadline = time.monotonic() + connection.deadline
         for stream in [s for s in self.streams if not s.keys and not s.done]:
@@ -116,7 +120,7 @@ class _Scanner:
                     f"scan: no page from {', '.join(waiting)} within {connection.deadline:g} s; no key was skipped"
                 )
             wake = min([deadline, *(e for _, e in self.flights.values()), *(w for w, _ in self.delayed)])
-            pages, _ = connection.nodes.poll(max(0, int((wake - now) * 1000)))
+            pages = connection.poll_nodes(max(0, int((wake - now) * 1000)))
             for page in pages:
                 if isinstance(page, ScanPage) and page.request_id in self.flights:
                     self._on_page(page)
@@ -133,14 +137,13 @@ class _Scanner:
     def _send(self, stream: _Stream, want: int) -> None:
         connection = self.connection
         table = connection._ensure_table(time.monotonic() + connection.deadline)
-        connection.next_request_id += 1
-        request_id = connection.next_request_id
+        request_id = connection.core.new_request_id()
         stream.asked = want
         timeout = connection.try_timeouts[min(stream.attempts, len(connection.try_timeouts) - 1)]
         stream.attempts += 1
         message = Scan(request_id, self.prefix, stream.after, want, stream.slots)
         with contextlib.suppress(zmq.Again):  # a full queue means the node is not reading: the try times out
-            connection.nodes.get(stream.node_id, table).send(encode(message), NOBLOCK)
+            connection.nodes.get(stream.node_id, table.endpoint(stream.node_id)).send(encode(message), NOBLOCK)
         self.flights[request_id] = (stream, time.monotonic() + timeout)
 
     def _on_page(self, page: ScanPage) -> None:

@@ -94,6 +94,8 @@ class NodeCore(SlotCopying, Scanning):
         self.timing = timing
         self.outbox: list[Action] = []
         self.now = 0.0
+        self.wall_offset = 0.0  # wall-clock time minus ``now``: requests carry their deadline in wall-clock time
+        self.expired_requests = 0  # requests dropped unapplied because their deadline had passed
 
         self.table: RoutingTable | None = None
         self.replica = Replica(0) if recovered is None else recovered[0]
@@ -321,6 +323,10 @@ class NodeCore(SlotCopying, Scanning):
                 raise ProtocolError(f"unexpected message from a client: {type(message).__name__}")
 
     def _on_request(self, route: Route, request: Request) -> None:
+        if request.deadline and self.now + self.wall_offset > request.deadline:
+            # The client has given up and reported an unknown outcome: applying it now would help nobody.
+            self.expired_requests += 1
+            return
         pending = PendingRequest(route, request, [])
         pending.arrived = self.now  # set, not passed: a keyword argument costs a dataclass three times as much
         lease_fresh = self.now < self.lease_until

@@ -346,9 +346,12 @@ class StatusReport(_Message, frozen=True, tag=_tag(MsgType.STATUS)):
 
 
 class Request(_Message, frozen=True, tag=_tag(MsgType.REQUEST)):
+    """Operations from one client; ``deadline``: wall-clock seconds after which the client has given up (0: none)."""
+
     client: Count
     request_id: Count
     ops: list[Op]
+    deadline: float = 0.0
 
 
 class Reply(_Message, frozen=True, tag=_tag(MsgType.REPLY)):

@@ -157,6 +157,7 @@ class NodeProcess:
         signal.signal(signal.SIGTERM, self._stop)
         signal.signal(signal.SIGINT, self._stop)
         core = self.core
+        core.wall_offset = time.time() - time.monotonic()
         core.start(time.monotonic())
         self._act()
         log.info("%s listening on %s", core.name, core.endpoint)
