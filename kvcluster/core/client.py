@@ -315,6 +315,7 @@ class ClientCore:
 
     def _on_table(self, now: float, message: Table) -> None:
         self.refreshing = self.fetch_asked = False
+        self.last_refresh = now  # the rate limit and the suspect poll count from the newest answer
         old = self.table
         if old is None or message.data.version > old.version:
             self.table = table = RoutingTable(message.data)

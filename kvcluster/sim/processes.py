@@ -27,7 +27,7 @@ from kvcluster.core.actions import Answer, DropPeer, Exit, Propose, ToMaster, To
 from kvcluster.core.group_state import FALLBACK, MasterState, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
-from kvcluster.core.protocol import Message
+from kvcluster.core.protocol import Message, NotLeader
 from kvcluster.runtime.node import BEAT_CHECK_EVERY, DRAIN_LIMIT
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.disk import SimDisk
@@ -146,6 +146,8 @@ class SimMaster(SimProcess):
         self.cut_off: list[MasterCore] = []  # leaders that lost their majority: nothing they proposed commits
         self.log: MasterState | None = None
         self.inbox: deque[tuple[Link, Message]] = deque()
+        self.client_members: dict[Link, int] = {}  # a client's link to one member -> that member's id
+        self.crashed: set[int] = set()  # members that answer nobody until the next election
 
     def start(self) -> None:
         self.set_timer(TICK)
@@ -162,6 +164,7 @@ class SimMaster(SimProcess):
         self.note(now, f"leader master{old.master_id} (term {self.term}) {how}; election in {election:.3f} s")
         if how == "crash":
             old.follow(self.term, 0)
+            self.crashed.add(old.master_id)
         else:
             self.deposed.append(old)
             self.cut_off.append(old)
@@ -176,6 +179,7 @@ class SimMaster(SimProcess):
             self.cut_off.append(core)  # a proposal of theirs still on its way never commits
         self.deposed.clear()
         self.inbox.clear()
+        self.crashed = set(range(1, GROUP_SIZE + 1))
 
     def start_again(self, _arg: object) -> None:
         """The group starts again with an empty log: its first table comes from what the nodes kept."""
@@ -184,6 +188,7 @@ class SimMaster(SimProcess):
         self.note(self.clock.now, f"the master group starts again (term {self.term}, no table)")
         self.core = self.make_core(1)
         self.core.lead(self.clock.now, self.term, None, 0.0)
+        self.crashed.clear()
         self.wake()
 
     def _step_down(self, core: MasterCore) -> None:
@@ -193,11 +198,24 @@ class SimMaster(SimProcess):
     def _elect(self, member: int) -> None:
         now = self.clock.now
         self.term += 1
+        self.crashed.clear()  # a crashed member is back, as a follower, by the time the group has elected
         version = self.log.table.version if self.log is not None and self.log.table is not None else 0
         self.note(now, f"master{member} leads term {self.term} from table version {version}")
         self.core = self.make_core(member)
         self.core.lead(now, self.term, self.log, takeover_grace(self.core.timing))
         self.wake()
+
+    def _answer_client(self, t: float, link: Link, member: int, message: Message) -> None:
+        """A client asked ``member``: a leader (or a candidate) answers itself, a crashed member does not,
+        and any other names the leader (0 mid-election), as a follower's ``NotLeader`` does."""
+        if member in self.crashed:
+            return
+        for core in self._acting():
+            if core.master_id == member:
+                core.on_message(t, link.reverse, message)
+                return
+        leader = self.core.master_id if self.core.acting else 0
+        link.reverse.send(NotLeader(self.term, leader), t)
 
     def _acting(self) -> list[MasterCore]:
         return [self.core, *self.deposed]
@@ -214,8 +232,12 @@ class SimMaster(SimProcess):
                 t = resumed
             link, message = inbox.popleft()
             link.unread -= 1
-            for core in self._acting():
-                core.on_message(t, link.reverse, message)
+            member = self.client_members.get(link)
+            if member is not None:
+                self._answer_client(t, link, member, message)
+            else:
+                for core in self._acting():
+                    core.on_message(t, link.reverse, message)
             t += self.cost(t)
             self._act(t)
         for core in self._acting():

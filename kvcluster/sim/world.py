@@ -17,17 +17,18 @@ import traceback
 from dataclasses import dataclass, field
 
 from kvcluster.check.history import Operation
+from kvcluster.core.client import Spec
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, under_replicated
 from kvcluster.core.protocol import Drain, OpKind, Timing
-from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Spec, Workload
+from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Sink, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape
 from kvcluster.sim.disk import SimDisk
 from kvcluster.sim.faults import MEMBERSHIP, Fault, FaultKind, plan_faults
 from kvcluster.sim.network import Link, Network
-from kvcluster.sim.processes import SimMaster, SimNode, SimProcess
+from kvcluster.sim.processes import GROUP_SIZE, SimMaster, SimNode, SimProcess
 from kvcluster.sim.trace import Trace, core_logs
 
 MAX_EVENTS = 3_000_000
@@ -35,6 +36,7 @@ SETTLE_LIMIT = 3.0  # seconds after the workload for healing to finish before th
 SINGLE_SHARE = 0.7  # of client calls: one put or get, as the CLI makes them
 DELETE_SHARE = 0.2  # of writes: deletes, drawn from a stream of their own so the other draws stay as they were
 ADMIN_PID = 900  # below the clients' 1000 + index, above every node id
+CLOSE_NOTICE = 0.001  # seconds from a process's death to its peers' sockets reporting the closed connection
 RECHECK = 0.2  # seconds between two looks of a membership change at the master's state, as the CLI polls
 
 
@@ -162,11 +164,14 @@ class World:
         name = f"{node.name}>{peer.name}" + (f"#{count}" if count > 1 else "")
         return self.net.connect(node, peer, name, peer.arrive_router, node.arrive_peer)
 
-    def _connect_client(self, client: SimClient, node_id: int | None) -> Link:
-        if node_id is None:
-            return self.net.connect(
-                client, self.master, f"{client.name}>master", self.master.arrive, client.arrive_master
-            )
+    def _connect_master(self, client: SimClient, member: int, back: Sink) -> Link:
+        """A client's DEALER to master ``member`` (0-based) of the group."""
+        name = f"{client.name}>master{member + 1}"
+        link = self.net.connect(client, self.master, name, self.master.arrive, back)
+        self.master.client_members[link] = member + 1
+        return link
+
+    def _connect_client(self, client: SimClient, node_id: int) -> Link:
         node = self.nodes[node_id]
         return self.net.connect(
             client, node, f"{client.name}>{node.name}", node.arrive_router, client.arrive_reply, lossy=True
@@ -180,8 +185,9 @@ class World:
             into.append(op)
             self.trace.operation(op)
 
+        think_time = lambda: rng.expovariate(1.0 / think)  # noqa: E731 - one line, named for what it is
         client = SimClient(
-            index, self.clock, rng, self._connect_client, workload, lambda: rng.expovariate(1.0 / think), record
+            index, self.clock, rng, self._connect_client, self._connect_master, GROUP_SIZE, workload, think_time, record
         )
         client.on_done = self._client_done
         return client
@@ -256,7 +262,7 @@ class World:
             case FaultKind.KILL:
                 node = self.nodes[fault.node]
                 node.kill_at = fault.at
-                clock.at(fault.at, node.kill)
+                clock.at(fault.at, self._kill, node)
             case FaultKind.RESTART:
                 clock.at(fault.at, self._restart, fault.node)
             case FaultKind.ADD_NODE:
@@ -285,7 +291,7 @@ class World:
         running = sorted(n for n, node in self.nodes.items() if node.alive)
         for node_id in running:
             node = self.nodes[node_id]
-            node.kill(None)
+            self._kill(node)
             lost = self.disks[node_id].power_cut(cut)
             self.trace.note(self.clock.now, f"{node.name}: power cut, {lost} unsynced records lost")
         self.master.power_cut()
@@ -335,7 +341,16 @@ class World:
             return
         node = self.nodes[node_id]
         node.kill_at = self.clock.now
+        self._kill(node)
+
+    def _kill(self, node: SimNode) -> None:
+        """SIGKILL: the kernel closes the process's connections, and each client's socket monitor says so."""
         node.kill(None)
+        self.clock.at(self.clock.now + CLOSE_NOTICE, self._connections_closed, node)
+
+    def _connections_closed(self, node: SimNode) -> None:
+        for client in [*self.clients, *([self.reader] if self.reader is not None else [])]:
+            client.connection_lost(node)
 
     def _stop(self, stop: tuple[SimProcess, float]) -> None:
         process, until = stop
