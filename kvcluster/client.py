@@ -94,8 +94,9 @@ __all__ = [
 NOBLOCK = int(zmq.NOBLOCK)  # a plain int: flag arithmetic on zmq's enum costs more than the send itself
 DEFAULT_PAGE = 2000  # keys per page and node: fewer round trips, yet a page takes a node a few ms of one loop pass
 SHARED_BATCH = 256  # single operations of any thread that wait for the same node travel in one request of up to this
-SHARED_DEPTH = 2  # requests of single operations in flight per node; the next ones queue and travel together
+SHARED_DEPTH = 1  # requests of single operations in flight per node; the next ones queue and travel together
 UNLIMITED = 1 << 30
+TABLE_WAIT_POLL = 0.01  # seconds between looks at the table of a caller that waits for one while another drives
 IDLE_POLL = 1.0  # seconds a driver polls at most when the core names no wake-up (it always does while busy)
 
 
@@ -111,13 +112,14 @@ def validate(key: str, value: str | None = None) -> None:
 
 
 class _Call:
-    """What one caller waits for: the results of its operations, in order."""
+    """What one caller waits for: the results of its operations, in order, and the event that wakes it."""
 
-    __slots__ = ("remaining", "results")
+    __slots__ = ("remaining", "results", "wake")
 
     def __init__(self, count: int) -> None:
         self.results = [OpResult() for _ in range(count)]
         self.remaining = count
+        self.wake = threading.Event()  # set when its operations are done, or when it should drive
 
 
 class Connection:
@@ -153,9 +155,11 @@ class Connection:
         self.try_timeouts = self.core.try_timeouts
         self.shared = Lane(SHARED_BATCH, UNLIMITED, SHARED_DEPTH)
         self.wake_at = float("inf")
-        # One thread drives at a time; ``cond`` guards the core and ``driving``, and wakes waiting callers.
-        self.cond = threading.Condition()
+        # One thread drives at a time; ``lock`` guards the core, ``driver`` and ``waiting``.
+        self.lock = threading.Lock()
         self.driver: int | None = None  # the thread driving the core, if one does
+        # Callers waiting while another thread drives, and what they wait for: one takes over when it stops.
+        self.waiting: dict[_Call, Callable[[], bool]] = {}
         self.poke_in = self.ctx.socket(zmq.PAIR)
         self.poke_out = self.ctx.socket(zmq.PAIR)
         address = f"inproc://poke-{id(self)}-{next(_POKES)}"
@@ -259,32 +263,56 @@ class Connection:
 
     def _run(self, specs: Sequence[Spec], lane: Lane) -> list[OpResult]:
         call = _Call(len(specs))
-        with self.cond:
-            self.core.submit(time.monotonic(), lane, specs, ((call, i) for i in range(len(specs))))
-            if self.driver is not None:
-                self.poke_in.send(b"")  # the driving thread sends these operations along with what it has queued
-            self._wait_until(lambda: not call.remaining, None)
+        with self.lock:
+            core = self.core
+            core.submit(time.monotonic(), lane, specs, ((call, i) for i in range(len(specs))))
+            if self.driver is not None and any(isinstance(a, SendRequest | AskMaster) for a in core.outbox):
+                self.poke_in.send(b"")  # the driving thread is polling: it sends these for us
+        self._wait_until(call, lambda: not call.remaining, None)
         return call.results
 
-    def _wait_until(self, done: Callable[[], bool], until: float | None) -> None:
-        """Wait (``cond`` held) until ``done()`` or ``until``, driving the core whenever no other thread does."""
-        me = threading.get_ident()
-        while not done():
-            now = time.monotonic()
-            if until is not None and now >= until:
-                return
-            if self.driver is not None and self.driver != me:
-                self.cond.wait(None if until is None else until - now)
-                continue
-            mine = self.driver is None  # else this thread holds the sockets already (``exclusive``)
-            self.driver = me
-            try:
+    def _wait_until(self, call: _Call, done: Callable[[], bool], until: float | None) -> None:
+        """Wait until ``done()`` or ``until``, driving the core whenever no other thread does."""
+        with self._driving(call, done, until) as driving:
+            if driving:
                 self._drive(done, until)
-            finally:
-                if mine:
-                    self.driver = None
-                    self.cond.notify_all()
-            return
+
+    @contextlib.contextmanager
+    def _driving(self, call: _Call, done: Callable[[], bool], until: float | None) -> Iterator[bool]:
+        """Become the thread that drives (yields True, ``lock`` held), or wait until ``done()`` (yields False)."""
+        me = threading.get_ident()
+        while True:
+            self.lock.acquire()
+            now = time.monotonic()
+            if done() or (until is not None and now >= until):
+                self.lock.release()
+                yield False
+                return
+            if self.driver is None or self.driver == me:
+                break  # the lock stays held: the driving starts with it
+            call.wake.clear()
+            self.waiting[call] = done
+            self.lock.release()
+            # A caller that waits for a table polls now and then: a table that comes does not wake it.
+            call.wake.wait(None if until is None else min(until - now, TABLE_WAIT_POLL))
+            with self.lock:
+                self.waiting.pop(call, None)
+        mine = self.driver is None  # else this thread holds the sockets already (``exclusive``)
+        self.driver = me
+        try:
+            yield True
+        finally:
+            if mine:
+                self.driver = None
+                self._hand_over()
+            self.lock.release()
+
+    def _hand_over(self) -> None:
+        """Wake a caller that still waits: it drives from now on."""
+        for waiter, done in self.waiting.items():
+            if not done():
+                waiter.wake.set()
+                return
 
     def _drive(self, done: Callable[[], bool], until: float | None) -> None:
         core = self.core
@@ -298,11 +326,11 @@ class Connection:
             if core.refreshing:
                 self.masters.check_handshakes(final=False)
             wake = min(self.wake_at, now + IDLE_POLL) if until is None else min(self.wake_at, until)
-            self.cond.release()
+            self.lock.release()
             try:
                 messages, lost, ready = self.nodes.poll(max(0, int((wake - now) * 1000)) + (wake > now))
             finally:
-                self.cond.acquire()
+                self.lock.acquire()
             now = time.monotonic()
             for message in messages:
                 if isinstance(message, Reply):
@@ -326,7 +354,6 @@ class Connection:
             self.core.on_master(now, index, message)
 
     def _carry_out(self, actions: list[ClientAction]) -> None:
-        notify = False
         for action in actions:
             if isinstance(action, SendRequest):
                 # A full queue means the node is not reading: the flight then times out like any unanswered one.
@@ -338,7 +365,8 @@ class Connection:
                 call, index = cast("tuple[_Call, int]", action.op.tag)
                 call.results[index] = action.result
                 call.remaining -= 1
-                notify = notify or not call.remaining
+                if not call.remaining:
+                    call.wake.set()
             elif isinstance(action, WakeAt):
                 self.wake_at = action.at
             elif isinstance(action, AskMaster):
@@ -349,8 +377,6 @@ class Connection:
                 self._save_cached_table(action.message)
             elif isinstance(action, Note):
                 self._event(action.text)
-        if notify:
-            self.cond.notify_all()
 
     # --- the table and the master ---
 
@@ -364,10 +390,11 @@ class Connection:
         """Fetch the current table from the master, waiting at most until ``deadline``."""
         until = deadline if deadline is not None else time.monotonic() + self.deadline
         core = self.core
-        with self.cond:
+        with self.lock:
             version = core.table.version if core.table is not None else -1
             core.fetch_table(time.monotonic())
-            self._wait_until(lambda: not core.refreshing, until)
+        self._wait_until(_Call(0), lambda: not core.refreshing, until)
+        with self.lock:
             if core.refreshing or core.table is None:
                 core.stop_fetching()
                 self.masters.check_handshakes(final=True)
@@ -396,25 +423,18 @@ class Connection:
     @contextlib.contextmanager
     def exclusive(self) -> Iterator[None]:
         """Use the sockets directly (a scan, a question to the master) while no thread drives the core."""
-        me = threading.get_ident()
-        with self.cond:
-            while self.driver is not None and self.driver != me:
-                self.cond.wait()
-            mine = self.driver is None
-            self.driver = me
-        try:
-            yield
-        finally:
-            if mine:
-                with self.cond:
-                    self.driver = None
-                    self.cond.notify_all()
+        with self._driving(_Call(0), lambda: False, None):
+            self.lock.release()  # the sockets are this thread's; the core is locked only while it is used
+            try:
+                yield
+            finally:
+                self.lock.acquire()
 
     def poll_nodes(self, timeout_ms: int) -> list[Message]:
         """Within ``exclusive``: wait for the nodes' messages; replies to operations go to the core on the way."""
         messages, lost, ready = self.nodes.poll(timeout_ms)
         now = time.monotonic()
-        with self.cond:
+        with self.lock:
             for message in messages:
                 if isinstance(message, Reply):
                     self.core.on_reply(now, message)
