@@ -38,7 +38,7 @@ def hammer(home: str, threads: int, seconds: float) -> tuple[float, float]:
     """Puts per second over ``seconds`` of ``threads`` looping on one client, and puts per request."""
     with Client(home=home, timeout=30.0) as kv:
         kv.put("warm", "up")
-        core = kv._connection.core  # noqa: SLF001 - a benchmark reads the batching it measures
+        core = kv._connection.core
         ops_before, requests_before = core.next_op_id, core.next_request_id
         counts = [0] * threads
         stop = time.monotonic() + seconds

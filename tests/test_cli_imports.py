@@ -42,9 +42,10 @@ HEAVY = (
     "kvcluster.scan",
 )
 
-# kvcluster, its errors, cli and console (the fast path), api (Client) and state (cluster.json),
-# client, master_link, addresses and node_sockets (the connection), core, core.protocol and core.placement.
-MAX_KVCLUSTER_MODULES = 13
+# kvcluster, its errors, cli and data_commands (the fast path), api (Client) and state (cluster.json),
+# client, leader_link, addresses and node_sockets (the connection), core, core.protocol, core.placement,
+# and the client's core: core.client and core.client_masters.
+MAX_KVCLUSTER_MODULES = 15
 
 # Runs the CLI as its entry point does, then writes every module loaded to the file named first.
 PROBE = """

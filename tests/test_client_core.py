@@ -7,7 +7,7 @@ tests check a node's side of request deadlines, with explicit ``now`` too.
 
 from __future__ import annotations
 
-from kvcluster.check.history import Outcome
+from kvcluster.check.history import Outcome, history_operation
 from kvcluster.core.actions import Answer
 from kvcluster.core.client import (
     MAX_TRY_TIMEOUT,
@@ -23,7 +23,6 @@ from kvcluster.core.client import (
     Lane,
     SendRequest,
     WakeAt,
-    history_operation,
 )
 from kvcluster.core.client_masters import ELECTION_PAUSE, TRY_TIMEOUT, AskMaster, LeaderSeeker
 from kvcluster.core.node import NodeCore
@@ -56,8 +55,7 @@ def table(version: int = 1, dead: tuple[int, ...] = ()) -> TableData:
 
 
 def core_with_table(masters: int = 1, data: TableData | None = None) -> ClientCore:
-    core = ClientCore(42, masters, ClientConfig(DEADLINE, TRY), RoutingTable(data or table()))
-    return core
+    return ClientCore(42, masters, ClientConfig(DEADLINE, TRY), RoutingTable(data or table()))
 
 
 def sends(actions: list[ClientAction]) -> list[SendRequest]:
@@ -130,7 +128,8 @@ def test_not_primary_refreshes_then_resends_to_the_new_primary() -> None:
     first = put(core)
     core.on_reply(0.01, reply(first, Status.NOT_PRIMARY))
     actions = core.take()
-    assert asks(actions) and not sends(actions)
+    assert asks(actions)
+    assert not sends(actions)
     moved = table(version=2, dead=(first.node_id,))
     core.on_master(0.02, 0, Table(moved))
     (second,) = sends(core.take())
@@ -235,7 +234,8 @@ def test_a_lost_connection_fetches_a_table_at_once_and_resends() -> None:
     first = put(core)
     core.on_lost(0.002, first.node_id)
     actions = core.take()
-    assert asks(actions) and not sends(actions)
+    assert asks(actions)
+    assert not sends(actions)
     core.on_master(0.003, 0, Table(table()))
     (second,) = sends(core.take())
     assert second.request.ops[0].op_id == first.request.ops[0].op_id

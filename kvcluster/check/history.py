@@ -8,6 +8,9 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
+from kvcluster.core.client import Completion, OpResult
+from kvcluster.core.protocol import OpKind as WireKind
+
 
 class OpKind(enum.StrEnum):
     """What a client asked the store to do."""
@@ -158,3 +161,18 @@ class HistoryRecorder:
                     raise ValueError(f"{path}:{line_number}: expected a JSON object")  # noqa: TRY004 - bad data, like json's own errors
                 ops.append(Operation.from_json(record))
         return ops
+
+
+def history_operation(
+    client: int, kind: WireKind, key: str, value: str | None, invoked: float, completed: float, result: OpResult
+) -> Operation:
+    """The history record of one finished operation, as the linearizability checker reads it."""
+    # A write that failed in any way may still have reached a primary before it died.
+    outcome = Outcome.FAILED if kind == WireKind.GET else Outcome.UNKNOWN
+    if result.completion in (Completion.OK, Completion.NOT_FOUND):
+        found = result.completion == Completion.OK
+        outcome = Outcome.OK if found or kind != WireKind.GET else Outcome.NOT_FOUND
+        value = result.value if kind == WireKind.GET else value
+    elif kind == WireKind.GET:
+        value = None
+    return Operation(client, OpKind[kind.name], key, value, invoked, completed, outcome)

@@ -36,7 +36,7 @@ import math
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, NamedTuple
+from typing import NamedTuple
 
 from kvcluster.core.client_masters import AskMaster, LeaderSeeker
 from kvcluster.core.placement import RoutingTable, node_name
@@ -51,9 +51,6 @@ REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
 LOST_POLL = 0.01  # the same for a node whose connection dropped: the master hears of its exit in milliseconds
 TRY_DOUBLINGS = 8  # a try timeout doubles at most this many times (it hits MAX_TRY_TIMEOUT long before)
-
-if TYPE_CHECKING:
-    from kvcluster.check.history import Operation
 
 Spec = tuple[OpKind, str, str | None]  # (kind, key, value) of one operation
 
@@ -498,22 +495,3 @@ class ClientCore:
         if wake != self.woken_at:
             self.woken_at = wake
             self.outbox.append(WakeAt(wake))
-
-
-def history_operation(
-    client: int, kind: OpKind, key: str, value: str | None, invoked: float, completed: float, result: OpResult
-) -> Operation:
-    """The history record of one finished operation, as the linearizability checker reads it."""
-    # Only recording clients (the simulator, the chaos benchmark) need the history types: a put or get does not.
-    from kvcluster.check.history import Operation, Outcome  # noqa: PLC0415
-    from kvcluster.check.history import OpKind as HistoryKind  # noqa: PLC0415
-
-    # A write that failed in any way may still have reached a primary before it died.
-    outcome = Outcome.FAILED if kind == OpKind.GET else Outcome.UNKNOWN
-    if result.completion in (Completion.OK, Completion.NOT_FOUND):
-        found = result.completion == Completion.OK
-        outcome = Outcome.OK if found or kind != OpKind.GET else Outcome.NOT_FOUND
-        value = result.value if kind == OpKind.GET else value
-    elif kind == OpKind.GET:
-        value = None
-    return Operation(client, HistoryKind[kind.name], key, value, invoked, completed, outcome)

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from kvcluster.check.history import Operation
+from kvcluster.check.history import Operation, history_operation
 from kvcluster.core.client import (
     DEFAULT_DEADLINE,
     ClientAction,
@@ -31,7 +31,6 @@ from kvcluster.core.client import (
     SendRequest,
     Spec,
     WakeAt,
-    history_operation,
 )
 from kvcluster.core.client_masters import AskMaster
 from kvcluster.core.protocol import Message, Reply
