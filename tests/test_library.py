@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -82,6 +83,31 @@ def test_many_keys_in_batches_and_scanned_in_order(shared: Cluster) -> None:
         everything = list(kv.scan())
     assert everything == sorted(set(everything))
     assert set(wanted) <= set(everything)
+
+
+def test_threads_share_one_client(shared: Cluster) -> None:
+    """Eight threads put, get and scan through one client at once; every answer is the thread's own."""
+    errors: list[BaseException] = []
+    with Client(home=shared.home, timeout=TIMEOUT) as kv:
+
+        def writer(index: int) -> None:
+            try:
+                for n in range(100):
+                    kv.put(f"thread:{index}:{n:03d}", f"{index}.{n}")
+                    assert kv.get(f"thread:{index}:{n:03d}") == f"{index}.{n}"
+                assert list(kv.scan(f"thread:{index}:")) == [f"thread:{index}:{n:03d}" for n in range(100)]
+            except BaseException as error:  # noqa: BLE001 - collected for the assertion below
+                errors.append(error)
+
+        threads = [threading.Thread(target=writer, args=(i,)) for i in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert not any(thread.is_alive() for thread in threads)
+        assert errors == []
+        keys = [f"thread:{i}:{n:03d}" for i in range(8) for n in range(100)]
+        assert kv.get_many(keys) == [f"{i}.{n}" for i in range(8) for n in range(100)]
 
 
 def test_bad_input_raises_before_anything_is_sent(shared: Cluster) -> None:
