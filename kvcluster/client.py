@@ -118,7 +118,8 @@ class _Call:
     def __init__(self, count: int) -> None:
         self.results = [OpResult() for _ in range(count)]
         self.remaining = count
-        self.wake = threading.Event()  # set when its operations are done, or when it should drive
+        # Set when its operations are done, or when it should drive; made only once its caller has to wait.
+        self.wake: threading.Event | None = None
 
 
 class Connection:
@@ -292,11 +293,12 @@ class Connection:
                 return
             if self.driver is None or self.driver == me:
                 break  # the lock stays held: the driving starts with it
-            call.wake.clear()
+            wake = call.wake = call.wake or threading.Event()
+            wake.clear()
             self.waiting[call] = done
             self.lock.release()
             # A caller that waits for a table polls now and then: a table that comes does not wake it.
-            call.wake.wait(None if until is None else min(until - now, TABLE_WAIT_POLL))
+            wake.wait(None if until is None else min(until - now, TABLE_WAIT_POLL))
             with self.lock:
                 self.waiting.pop(call, None)
         mine = self.driver is None  # else this thread holds the sockets already (``exclusive``)
@@ -312,7 +314,7 @@ class Connection:
     def _hand_over(self) -> None:
         """Wake a caller that still waits: it drives from now on."""
         for waiter, done in self.waiting.items():
-            if not done():
+            if not done() and waiter.wake is not None:
                 waiter.wake.set()
                 return
 
@@ -367,7 +369,7 @@ class Connection:
                 call, index = cast("tuple[_Call, int]", action.op.tag)
                 call.results[index] = action.result
                 call.remaining -= 1
-                if not call.remaining:
+                if not call.remaining and call.wake is not None:
                     call.wake.set()
             elif isinstance(action, WakeAt):
                 self.wake_at = action.at
