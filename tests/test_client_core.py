@@ -303,3 +303,12 @@ def test_a_node_serves_a_request_within_its_deadline_or_without_one() -> None:
     node.flush(10.0)
     assert len([a for a in node.take() if isinstance(a, Answer)]) == 2
     assert node.expired_requests == 0
+
+
+def test_a_window_is_shared_among_the_nodes_in_turn() -> None:
+    core = core_with_table()
+    keys = [f"r{i}" for i in range(300)]
+    core.submit(0.0, Lane(batch=2, window=6, per_node=6), [(OpKind.GET, k, None) for k in keys])
+    sent = sends(core.take())
+    assert len(sent) == 6
+    assert sorted({s.node_id for s in sent}) == sorted({primary_of(k, table()) for k in keys})

@@ -351,15 +351,20 @@ class ClientCore:
         queue.append(op)
 
     def _send_queued(self, now: float) -> None:
-        for node_id in list(self.queues):
-            queue = self.queues[node_id]
-            while queue:
+        """Send what the lanes' limits allow, a request per node in turn, so that every node gets its share."""
+        sending = list(self.queues)
+        while sending:
+            still = []
+            for node_id in sending:
+                queue = self.queues[node_id]
                 ops = self._take_batch(node_id, queue)
-                if not ops:
-                    break
-                self._send(node_id, ops, now)
-            if not queue:
-                del self.queues[node_id]
+                if ops:
+                    self._send(node_id, ops, now)
+                if not queue:
+                    del self.queues[node_id]
+                elif ops:
+                    still.append(node_id)
+            sending = still
 
     def _take_batch(self, node_id: int, queue: deque[PendingOp]) -> list[PendingOp]:
         """The operations at the head of ``queue`` that may go to ``node_id`` now, in one request."""
