@@ -106,10 +106,20 @@ class PendingOp:
     lane: Lane
     deadline: float
     tag: object = None
+    submission: Submission | None = None
     slot: int = -1
     attempts: int = 0
     first_sent: float = 0.0
     done: bool = False
+
+
+@dataclass(slots=True, eq=False)
+class Submission:
+    """Operations submitted together, hence with one deadline; ``remaining``: how many have not completed."""
+
+    deadline: float
+    ops: list[PendingOp]
+    remaining: int
 
 
 @dataclass(slots=True)
@@ -179,7 +189,7 @@ class ClientCore:
         self.next_request_id = 0
         self.queues: dict[int, deque[PendingOp]] = {}
         self.delayed: list[tuple[float, int, PendingOp]] = []  # (when, tie-breaker, op): resends after RETRY
-        self.deadlines: list[tuple[float, int, PendingOp]] = []
+        self.deadlines: deque[Submission] = deque()  # in deadline order, as time never goes back
         self.order = itertools.count()
         self.unrouted: list[PendingOp] = []  # operations that wait for a new table
         self.flights: dict[int, Flight] = {}
@@ -203,12 +213,15 @@ class ClientCore:
         """Start ``specs`` in ``lane``, each with the configured deadline; one ``Complete`` each will follow."""
         deadline = now + self.config.deadline
         tag_of = iter(tags)
-        ops = []
+        ops: list[PendingOp] = []
+        submission = Submission(deadline, ops, 0)
+        op_id = self.next_op_id
         for kind, key, value in specs:
-            op = PendingOp(kind, key, value, self.next_op_id, lane, deadline, next(tag_of, None))
-            self.next_op_id += 1
-            heapq.heappush(self.deadlines, (deadline, next(self.order), op))
-            ops.append(op)
+            ops.append(PendingOp(kind, key, value, op_id, lane, deadline, next(tag_of, None), submission))
+            op_id += 1
+        self.next_op_id = op_id
+        submission.remaining = len(ops)
+        self.deadlines.append(submission)
         self.open += len(ops)
         if self.table is None:
             self.unrouted.extend(ops)
@@ -220,6 +233,16 @@ class ClientCore:
         return ops
 
     def on_reply(self, now: float, reply: Reply) -> None:
+        self._take_reply(now, reply)
+        self._pump(now)
+
+    def on_replies(self, now: float, replies: Iterable[Reply]) -> None:
+        """Several replies that arrived together: one pass of sends and timers after all of them."""
+        for reply in replies:
+            self._take_reply(now, reply)
+        self._pump(now)
+
+    def _take_reply(self, now: float, reply: Reply) -> None:
         flight = self.flights.get(reply.request_id)
         if flight is None or len(reply.results) != len(flight.ops):
             return  # a late answer to a flight given up on, or a garbled one: the flight times out and is resent
@@ -248,7 +271,6 @@ class ClientCore:
         if refresh:
             self._note(f"{node_name(flight.node_id)} cannot serve now; refreshing table")
             self.want_table(now)
-        self._pump(now)
 
     def on_master(self, now: float, index: int, message: Message) -> None:
         """An answer from master ``index`` (0-based)."""
@@ -371,19 +393,22 @@ class ClientCore:
         ops: list[PendingOp] = []
         limit = math.inf
         lanes: list[Lane] = []
-        while queue and len(ops) < limit:
+        current = None  # the lane of the previous operation: consecutive ones mostly share it
+        while queue:
             op = queue[0]
             if op.done:
                 queue.popleft()
                 continue
             lane = op.lane
-            if lane not in lanes:
-                if not lane.may_send(node_id):
-                    break  # this lane's limits are reached: its operations wait, and those behind them too
-                lanes.append(lane)
-            if len(ops) >= lane.batch:
+            if lane is not current:
+                if lane not in lanes:
+                    if not lane.may_send(node_id):
+                        break  # this lane's limits are reached: its operations wait, and those behind them too
+                    lanes.append(lane)
+                current = lane
+                limit = min(limit, lane.batch)
+            if len(ops) >= limit:
                 break
-            limit = min(limit, lane.batch)
             ops.append(queue.popleft())
         return ops
 
@@ -424,6 +449,8 @@ class ClientCore:
     def _complete(self, op: PendingOp, result: OpResult) -> None:
         op.done = True
         self.open -= 1
+        assert op.submission is not None
+        op.submission.remaining -= 1
         self.outbox.append(Complete(op, result))
 
     def _note(self, text: str) -> None:
@@ -454,11 +481,11 @@ class ClientCore:
 
     def _expire_deadlines(self, now: float) -> None:
         deadlines = self.deadlines
-        while deadlines and (deadlines[0][2].done or deadlines[0][0] <= now):
-            op = heapq.heappop(deadlines)[2]
-            if not op.done:
-                completion = Completion.TIMED_OUT if self.table is not None else Completion.UNAVAILABLE
-                self._complete(op, OpResult(completion, latency=now - op.first_sent if op.first_sent else 0.0))
+        while deadlines and (not deadlines[0].remaining or deadlines[0].deadline <= now):
+            for op in deadlines.popleft().ops:
+                if not op.done:
+                    completion = Completion.TIMED_OUT if self.table is not None else Completion.UNAVAILABLE
+                    self._complete(op, OpResult(completion, latency=now - op.first_sent if op.first_sent else 0.0))
 
     def _expire_flights(self, now: float) -> None:
         if now < self.next_expiry:
@@ -492,7 +519,7 @@ class ClientCore:
     def _schedule(self) -> None:
         wake = min(self.next_expiry, self.seeker.next_wake())
         if self.deadlines:
-            wake = min(wake, self.deadlines[0][0])
+            wake = min(wake, self.deadlines[0].deadline)
         if self.delayed:
             wake = min(wake, self.delayed[0][0])
         if not self.refreshing:
