@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 
 from kvcluster.client import DEFAULT_PAGE, Completion, Connection, validate
-from kvcluster.core.client import DEFAULT_TRY_TIMEOUT
+from kvcluster.core.client_ops import DEFAULT_TRY_TIMEOUT
 from kvcluster.core.protocol import OpKind, check_key
 from kvcluster.errors import InvalidKey, UsageError
 

@@ -26,15 +26,13 @@ from typing import TYPE_CHECKING, cast
 
 import zmq
 
-from kvcluster.core.client import (
+from kvcluster.core.client import REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, ClientCore
+from kvcluster.core.client_masters import AskMaster
+from kvcluster.core.client_ops import (
     DEFAULT_DEADLINE,
     DEFAULT_TRY_TIMEOUT,
-    REFRESH_INTERVAL,
-    RETRIES_BEFORE_REFRESH,
-    RETRY_DELAY,
     ClientAction,
     ClientConfig,
-    ClientCore,
     Complete,
     Completion,
     Lane,
@@ -45,7 +43,6 @@ from kvcluster.core.client import (
     Spec,
     WakeAt,
 )
-from kvcluster.core.client_masters import AskMaster
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
     Drain,

@@ -44,8 +44,8 @@ HEAVY = (
 
 # kvcluster, its errors, cli and data_commands (the fast path), api (Client) and state (cluster.json),
 # client, leader_link, addresses and node_sockets (the connection), core, core.protocol, core.placement,
-# and the client's core: core.client and core.client_masters.
-MAX_KVCLUSTER_MODULES = 15
+# and the client's core: core.client, core.client_ops and core.client_masters.
+MAX_KVCLUSTER_MODULES = 16
 
 # Runs the CLI as its entry point does, then writes every module loaded to the file named first.
 PROBE = """

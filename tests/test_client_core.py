@@ -15,16 +15,10 @@ from kvcluster.core.client import (
     RETRIES_BEFORE_REFRESH,
     RETRY_DELAY,
     SUSPECT_POLL,
-    ClientAction,
-    ClientConfig,
     ClientCore,
-    Complete,
-    Completion,
-    Lane,
-    SendRequest,
-    WakeAt,
 )
 from kvcluster.core.client_masters import ELECTION_PAUSE, TRY_TIMEOUT, AskMaster, LeaderSeeker
+from kvcluster.core.client_ops import ClientAction, ClientConfig, Complete, Completion, Lane, SendRequest, WakeAt
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table, with_dead
 from kvcluster.core.protocol import (

@@ -8,7 +8,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from kvcluster.core.client import Completion, OpResult
+from kvcluster.core.client_ops import Completion, OpResult
 from kvcluster.core.protocol import OpKind as WireKind
 
 

@@ -29,21 +29,32 @@ node travel together in one request, whichever lane or caller they came from.
 
 from __future__ import annotations
 
-import enum
 import heapq
 import itertools
 import math
 from collections import deque
 from collections.abc import Iterable
-from dataclasses import dataclass, field
-from typing import NamedTuple
 
-from kvcluster.core.client_masters import AskMaster, LeaderSeeker
+from kvcluster.core.client_masters import LeaderSeeker
+from kvcluster.core.client_ops import (
+    ClientAction,
+    ClientConfig,
+    Complete,
+    Completion,
+    Flight,
+    Lane,
+    NewTable,
+    Note,
+    OpResult,
+    PendingOp,
+    SendRequest,
+    Spec,
+    Submission,
+    WakeAt,
+)
 from kvcluster.core.placement import RoutingTable, node_name
-from kvcluster.core.protocol import Message, NotReady, Op, OpKind, Reply, Request, Status, Table, TableRequest
+from kvcluster.core.protocol import Message, NotReady, Op, Reply, Request, Status, Table, TableRequest
 
-DEFAULT_DEADLINE = 5.0  # seconds an operation may take, retries included, unless its caller says otherwise
-DEFAULT_TRY_TIMEOUT = 0.3  # seconds the first try of an operation waits for its answer
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master
 MAX_TRY_TIMEOUT = 2.0  # a single try never waits longer than this, however often it was retried
@@ -51,127 +62,6 @@ REFRESH_INTERVAL = 0.05  # at most one table fetch per this many seconds
 SUSPECT_POLL = 0.1  # how often to ask for a new table while operations wait on a node that timed out
 LOST_POLL = 0.01  # the same for a node whose connection dropped: the master hears of its exit in milliseconds
 TRY_DOUBLINGS = 8  # a try timeout doubles at most this many times (it hits MAX_TRY_TIMEOUT long before)
-
-Spec = tuple[OpKind, str, str | None]  # (kind, key, value) of one operation
-
-
-class Completion(enum.Enum):
-    """How one operation ended."""
-
-    OK = "ok"
-    NOT_FOUND = "not_found"
-    NO_REPLICA = "no_replica"  # every replica of the slot is dead: definitely not applied
-    TIMED_OUT = "timed_out"  # the deadline passed: a put may or may not have been applied
-    INVALID = "invalid"  # a node refused the operation as malformed
-    UNWRITABLE = "unwritable"  # the primary cannot write its log (value: why): not applied
-    UNAVAILABLE = "unavailable"  # no master gave a table before the deadline: nothing was sent
-
-
-@dataclass(slots=True)
-class OpResult:
-    """The result of one operation: for a get the value read, and the node that served it."""
-
-    completion: Completion = Completion.TIMED_OUT
-    value: str | None = None
-    node_id: int = 0
-    latency: float = 0.0
-
-
-@dataclass(slots=True, eq=False)
-class Lane:
-    """Limits shared by the operations submitted to it: per request, in flight, and in flight per node."""
-
-    batch: int = 1
-    window: int = 1
-    per_node: int = 1
-    flights: int = 0
-    node_flights: dict[int, int] = field(default_factory=dict)
-
-    def may_send(self, node_id: int) -> bool:
-        return self.flights < self.window and self.node_flights.get(node_id, 0) < self.per_node
-
-    def count(self, node_id: int, change: int) -> None:
-        self.flights += change
-        self.node_flights[node_id] = self.node_flights.get(node_id, 0) + change
-
-
-@dataclass(slots=True, eq=False)
-class PendingOp:
-    """One submitted operation, until it completes; ``tag`` is the submitter's, handed back untouched."""
-
-    kind: OpKind
-    key: str
-    value: str | None
-    op_id: int
-    lane: Lane
-    deadline: float
-    tag: object = None
-    submission: Submission | None = None
-    slot: int = -1
-    attempts: int = 0
-    first_sent: float = 0.0
-    done: bool = False
-
-
-@dataclass(slots=True, eq=False)
-class Submission:
-    """Operations submitted together, hence with one deadline; ``remaining``: how many have not completed."""
-
-    deadline: float
-    ops: list[PendingOp]
-    remaining: int
-
-
-@dataclass(slots=True)
-class Flight:
-    node_id: int
-    ops: list[PendingOp]
-    lanes: list[Lane]
-    sent_at: float
-    expires: float
-
-
-class SendRequest(NamedTuple):
-    """Send ``request`` to node ``node_id`` at ``endpoint``."""
-
-    node_id: int
-    endpoint: str
-    request: Request
-
-
-class WakeAt(NamedTuple):
-    """Call ``on_timer`` at ``at`` (replaces any earlier wake-up)."""
-
-    at: float
-
-
-class Complete(NamedTuple):
-    """``op`` has ended with ``result``."""
-
-    op: PendingOp
-    result: OpResult
-
-
-class NewTable(NamedTuple):
-    """A newer table arrived: close sockets to nodes it names dead or moved, and cache it."""
-
-    message: Table
-
-
-class Note(NamedTuple):
-    """A routing step worth telling a curious user (what ``-v`` prints)."""
-
-    text: str
-
-
-ClientAction = SendRequest | AskMaster | WakeAt | Complete | NewTable | Note
-
-
-@dataclass(frozen=True)
-class ClientConfig:
-    deadline: float = DEFAULT_DEADLINE
-    try_timeout: float = DEFAULT_TRY_TIMEOUT
-    notes: bool = False  # emit ``Note`` actions; off, the hot path builds no strings
 
 
 class ClientCore:

@@ -17,11 +17,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kvcluster.check.history import Operation, history_operation
-from kvcluster.core.client import (
+from kvcluster.core.client import ClientCore
+from kvcluster.core.client_masters import AskMaster
+from kvcluster.core.client_ops import (
     DEFAULT_DEADLINE,
     ClientAction,
     ClientConfig,
-    ClientCore,
     Complete,
     Completion,
     Lane,
@@ -32,7 +33,6 @@ from kvcluster.core.client import (
     Spec,
     WakeAt,
 )
-from kvcluster.core.client_masters import AskMaster
 from kvcluster.core.protocol import Message, Reply
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.network import Link

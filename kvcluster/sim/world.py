@@ -17,7 +17,7 @@ import traceback
 from dataclasses import dataclass, field
 
 from kvcluster.check.history import Operation
-from kvcluster.core.client import Spec
+from kvcluster.core.client_ops import Spec
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, under_replicated
