@@ -39,6 +39,7 @@ from kvcluster.core.client_ops import (
     NewTable,
     Note,
     OpResult,
+    PendingOp,
     SendRequest,
     Spec,
     WakeAt,
@@ -110,10 +111,10 @@ def validate(key: str, value: str | None = None) -> None:
 class _Call:
     """What one caller waits for: the results of its operations, in order, and the event that wakes it."""
 
-    __slots__ = ("remaining", "results", "wake")
+    __slots__ = ("ops", "remaining", "wake")
 
     def __init__(self, count: int) -> None:
-        self.results = [OpResult() for _ in range(count)]
+        self.ops: list[PendingOp] = []
         self.remaining = count
         # Set when its operations are done, or when it should drive; made only once its caller has to wait.
         self.wake: threading.Event | None = None
@@ -265,11 +266,11 @@ class Connection:
         call = _Call(len(specs))
         with self.lock:
             core = self.core
-            core.submit(time.monotonic(), lane, specs, ((call, i) for i in range(len(specs))))
+            call.ops = core.submit(time.monotonic(), lane, specs, itertools.repeat(call))
             if self.driver is not None and any(isinstance(a, SendRequest | AskMaster) for a in core.outbox):
                 self.poke_in.send(b"")  # the driving thread is polling: it sends these for us
         self._wait_until(call, lambda: not call.remaining, None)
-        return call.results
+        return [cast("OpResult", op.result) for op in call.ops]
 
     def _wait_until(self, call: _Call, done: Callable[[], bool], until: float | None) -> None:
         """Wait until ``done()`` or ``until``, driving the core whenever no other thread does."""
@@ -355,12 +356,12 @@ class Connection:
 
     def _carry_out(self, actions: list[ClientAction]) -> None:
         for action in actions:
-            if isinstance(action, Complete):  # the commonest, so asked first
-                call, index = cast("tuple[_Call, int]", action.op.tag)
-                call.results[index] = action.result
-                call.remaining -= 1
-                if not call.remaining and call.wake is not None:
-                    call.wake.set()
+            if isinstance(action, Complete):
+                for op in action.ops:
+                    call = cast("_Call", op.tag)
+                    call.remaining -= 1
+                    if not call.remaining and call.wake is not None:
+                        call.wake.set()
             elif isinstance(action, SendRequest):
                 # A full queue means the node is not reading: the flight then times out like any unanswered one.
                 try:  # noqa: SIM105 - contextlib.suppress costs a microsecond on every send

@@ -18,7 +18,17 @@ from kvcluster.core.client import (
     ClientCore,
 )
 from kvcluster.core.client_masters import ELECTION_PAUSE, TRY_TIMEOUT, AskMaster, LeaderSeeker
-from kvcluster.core.client_ops import ClientAction, ClientConfig, Complete, Completion, Lane, SendRequest, WakeAt
+from kvcluster.core.client_ops import (
+    ClientAction,
+    ClientConfig,
+    Complete,
+    Completion,
+    Lane,
+    OpResult,
+    PendingOp,
+    SendRequest,
+    WakeAt,
+)
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table, with_dead
 from kvcluster.core.protocol import (
@@ -60,8 +70,9 @@ def asks(actions: list[ClientAction]) -> list[AskMaster]:
     return [a for a in actions if isinstance(a, AskMaster)]
 
 
-def completions(actions: list[ClientAction]) -> list[Complete]:
-    return [a for a in actions if isinstance(a, Complete)]
+def completions(actions: list[ClientAction]) -> list[tuple[PendingOp, OpResult]]:
+    done = [op for a in actions if isinstance(a, Complete) for op in a.ops]
+    return [(op, op.result) for op in done if op.result is not None]
 
 
 def wake(actions: list[ClientAction]) -> float:
@@ -209,8 +220,8 @@ def test_at_the_deadline_a_put_is_unknown_and_a_get_failed() -> None:
     assert not completions(core.take())
     core.on_timer(DEADLINE)
     done = completions(core.take())
-    assert [c.result.completion for c in done] == [Completion.TIMED_OUT, Completion.TIMED_OUT]
-    outcomes = [history_operation(1, c.op.kind, c.op.key, c.op.value, 0.0, DEADLINE, c.result) for c in done]
+    assert [c[1].completion for c in done] == [Completion.TIMED_OUT, Completion.TIMED_OUT]
+    outcomes = [history_operation(1, c[0].kind, c[0].key, c[0].value, 0.0, DEADLINE, c[1]) for c in done]
     assert [o.outcome for o in outcomes] == [Outcome.UNKNOWN, Outcome.FAILED]
     assert outcomes[0].value == "v"
 
@@ -220,7 +231,7 @@ def test_without_any_table_the_deadline_says_unavailable() -> None:
     core.submit(0.0, Lane(), [(OpKind.GET, "k", None)])
     core.on_timer(DEADLINE)
     (done,) = completions(core.take())
-    assert done.result.completion == Completion.UNAVAILABLE
+    assert done[1].completion == Completion.UNAVAILABLE
 
 
 def test_a_lost_connection_fetches_a_table_at_once_and_resends() -> None:
@@ -255,7 +266,7 @@ def test_operations_queued_behind_a_flight_to_the_same_node_travel_together() ->
     actions = core.take()
     (together,) = sends(actions)
     assert [op.key for op in together.request.ops] == same_node
-    assert [c.result.completion for c in completions(actions)] == [Completion.OK]
+    assert [c[1].completion for c in completions(actions)] == [Completion.OK]
 
 
 def test_a_lane_caps_its_batch_and_window() -> None:

@@ -75,6 +75,7 @@ class ClientCore:
         self.table = table
         self.seeker = LeaderSeeker(masters)
         self.outbox: list[ClientAction] = []
+        self.completed: list[PendingOp] = []  # ends one ``Complete`` action, at the end of the event
         self.next_op_id = 0
         self.next_request_id = 0
         self.queues: dict[int, deque[PendingOp]] = {}
@@ -100,14 +101,14 @@ class ClientCore:
     # --- events ---
 
     def submit(self, now: float, lane: Lane, specs: Iterable[Spec], tags: Iterable[object] = ()) -> list[PendingOp]:
-        """Start ``specs`` in ``lane``, each with the configured deadline; one ``Complete`` each will follow."""
+        """Start ``specs`` in ``lane``, each with the configured deadline; a ``Complete`` will name each."""
         deadline = now + self.config.deadline
         tag_of = iter(tags)
         ops: list[PendingOp] = []
         submission = Submission(deadline, ops, 0)
         op_id = self.next_op_id
         for kind, key, value in specs:
-            ops.append(PendingOp(kind, key, value, op_id, lane, deadline, next(tag_of, None), submission))
+            ops.append(PendingOp(kind, key, value, op_id, lane, deadline, submission, next(tag_of, None)))
             op_id += 1
         self.next_op_id = op_id
         submission.remaining = len(ops)
@@ -269,17 +270,17 @@ class ClientCore:
             still = []
             for node_id in sending:
                 queue = self.queues[node_id]
-                ops = self._take_batch(node_id, queue)
+                ops, lanes = self._take_batch(node_id, queue)
                 if ops:
-                    self._send(node_id, ops, now)
+                    self._send(node_id, ops, lanes, now)
                 if not queue:
                     del self.queues[node_id]
                 elif ops:
                     still.append(node_id)
             sending = still
 
-    def _take_batch(self, node_id: int, queue: deque[PendingOp]) -> list[PendingOp]:
-        """The operations at the head of ``queue`` that may go to ``node_id`` now, in one request."""
+    def _take_batch(self, node_id: int, queue: deque[PendingOp]) -> tuple[list[PendingOp], list[Lane]]:
+        """The operations at the head of ``queue`` that may go to ``node_id`` now, in one request, and their lanes."""
         ops: list[PendingOp] = []
         limit = math.inf
         lanes: list[Lane] = []
@@ -300,9 +301,9 @@ class ClientCore:
             if len(ops) >= limit:
                 break
             ops.append(queue.popleft())
-        return ops
+        return ops, lanes
 
-    def _send(self, node_id: int, ops: list[PendingOp], now: float) -> None:
+    def _send(self, node_id: int, ops: list[PendingOp], lanes: list[Lane], now: float) -> None:
         table = self.table
         assert table is not None
         timeout = 0.0
@@ -323,7 +324,6 @@ class ClientCore:
         self.outbox.append(
             SendRequest(node_id, table.endpoint(node_id), Request(self.client_id, request_id, wire, deadline))
         )
-        lanes = list({id(op.lane): op.lane for op in ops}.values())
         for lane in lanes:
             lane.count(node_id, 1)
         self.flights[request_id] = Flight(node_id, ops, lanes, now, now + timeout)
@@ -339,9 +339,9 @@ class ClientCore:
     def _complete(self, op: PendingOp, result: OpResult) -> None:
         op.done = True
         self.open -= 1
-        assert op.submission is not None
         op.submission.remaining -= 1
-        self.outbox.append(Complete(op, result))
+        op.result = result
+        self.completed.append(op)
 
     def _note(self, text: str) -> None:
         if self.config.notes:
@@ -367,6 +367,9 @@ class ClientCore:
         while self.delayed and self.delayed[0][0] <= now:
             self._route(heapq.heappop(self.delayed)[2], now)
         self._send_queued(now)
+        if self.completed:
+            self.outbox.append(Complete(self.completed))
+            self.completed = []
         self._schedule()
 
     def _expire_deadlines(self, now: float) -> None:

@@ -70,12 +70,13 @@ class PendingOp:
     op_id: int
     lane: Lane
     deadline: float
+    submission: Submission
     tag: object = None
-    submission: Submission | None = None
     slot: int = -1
     attempts: int = 0
     first_sent: float = 0.0
     done: bool = False
+    result: OpResult | None = None  # once done
 
 
 @dataclass(slots=True, eq=False)
@@ -111,10 +112,9 @@ class WakeAt(NamedTuple):
 
 
 class Complete(NamedTuple):
-    """``op`` has ended with ``result``."""
+    """``ops`` have ended; each one's ``result`` says how."""
 
-    op: PendingOp
-    result: OpResult
+    ops: list[PendingOp]
 
 
 class NewTable(NamedTuple):

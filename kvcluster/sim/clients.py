@@ -152,8 +152,10 @@ class SimClient:
                 self.timer_token += 1
                 if at < float("inf"):
                     self.clock.at(max(at, now), self._on_timer, self.timer_token)
-            case Complete(op, result):
-                self._finish(op, result)
+            case Complete(ops):
+                for op in ops:
+                    assert op.result is not None
+                    self._finish(op, op.result)
             case NewTable(message):
                 dead = message.data.dead
                 for node_id in [n for n in self.conns if n in dead]:
