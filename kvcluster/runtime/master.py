@@ -16,6 +16,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import zmq
 
@@ -30,7 +31,7 @@ from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 
 log = logging.getLogger(__name__)
 
-GROUP_POLL = 0.02  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
+GROUP_POLL = 0.02  # seconds a group member waits at most, for Raft's timers; a message on either side ends it
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,6 +79,8 @@ class MasterProcess:
         self.group = (
             MasterGroup(member_id, membership.addresses, membership.secret, membership.journal) if membership else None
         )
+        if self.group is not None:
+            self.group.wake_on(cast(int, self.router.getsockopt(zmq.FD)))
         self.rejections = RejectionLog(log, f"master{member_id}")
         self.role = Role(leading=False, term=0, leader=0)
         self.electing = False  # this member won; its barrier is not applied yet
@@ -90,8 +93,10 @@ class MasterProcess:
         log.info("master for %d nodes x %d replicas on %s", self.core.expected, self.core.rep, self.endpoint)
         try:
             while not self.stopping:
-                self.router.poll(int((TICK if self.group is None else GROUP_POLL) * 1000))
-                if self.group is not None:
+                if self.group is None:
+                    self.router.poll(int(TICK * 1000))
+                else:
+                    self._wait_for_either(self.group)
                     # Before any heartbeat is read: a member that lost its majority must not grant a lease.
                     self._follow_group(self.group)
                 self._drain()
@@ -111,6 +116,15 @@ class MasterProcess:
 
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
+
+    def _wait_for_either(self, group: MasterGroup) -> None:
+        """One wait for the group's sockets and this master's, so neither side's message waits for the other's poll.
+
+        The ZeroMQ socket's FD only signals that its events may have changed (edge-triggered): it is
+        armed again by reading ``EVENTS``, and a message left unread by the last pass is not waited for.
+        """
+        if not cast(int, self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            group.wait(GROUP_POLL)
 
     def _follow_group(self, group: MasterGroup) -> None:
         group.tick()

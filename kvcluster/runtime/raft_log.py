@@ -30,6 +30,7 @@ from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
+from pysyncobj.poller import POLL_EVENT_TYPE
 
 from kvcluster.core.group_state import ELECTION_TIMEOUT, FALLBACK
 
@@ -60,6 +61,10 @@ class _Log(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
         """Nothing: once applied, every entry before it is applied too."""
 
 
+def _nothing(_fd: int, _event: int) -> None:
+    """A ``wake_on`` fd only ends the wait; its owner reads it."""
+
+
 @dataclass(frozen=True, slots=True)
 class Role:
     """What this member is in the group: the leader's id is 1-based, 0 when none is known."""
@@ -87,6 +92,9 @@ class MasterGroup:
             recvBufferSize=SOCKET_BUFFER,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,
+            # The group's log takes a few entries a minute, each a table that a failover waits for: send each at
+            # once instead of with the next periodic append (up to RAFT_PERIOD later).
+            appendEntriesUseBatch=False,
             maxBindRetries=BIND_TRIES,
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
@@ -109,6 +117,14 @@ class MasterGroup:
     def tick(self) -> None:
         """Exchange messages with the other members and apply what is committed; never blocks."""
         self.log.doTick(0.0)
+
+    def wake_on(self, fd: int) -> None:
+        """Let ``wait`` end as soon as ``fd`` is readable too (the master's ZeroMQ socket: one wait for both)."""
+        self.log._poller.subscribe(fd, _nothing, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+
+    def wait(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for a message of the group (handled as it is read) or a ``wake_on`` fd."""
+        self.log._poller.poll(timeout)
 
     def role(self) -> Role:
         leader = self.log._getLeader()
