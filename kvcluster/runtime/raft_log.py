@@ -34,7 +34,7 @@ from pysyncobj.poller import POLL_EVENT_TYPE
 
 from kvcluster.core.group_state import ELECTION_TIMEOUT, FALLBACK
 
-RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
+RAFT_PERIOD = 0.05  # seconds between a leader's appends when it has nothing new (heartbeats of the group)
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
 BIND_TRIES = 5  # a second apart; the library spins in its constructor until bound, so fail instead of hanging
 SOCKET_BUFFER = 1 << 20  # bytes: an entry carries a whole table (tens of KB); it should leave in one write
