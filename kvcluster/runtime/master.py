@@ -32,6 +32,7 @@ from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 log = logging.getLogger(__name__)
 
 GROUP_POLL = 0.02  # seconds a group member waits at most, for Raft's timers; a message on either side ends it
+HAND_OVER_RETRY = 1.0  # seconds between asks to hand the lead over: an election takes a fraction of that
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +86,7 @@ class MasterProcess:
         self.role = Role(leading=False, term=0, leader=0)
         self.electing = False  # this member won; its barrier is not applied yet
         self.won_at = 0.0
+        self.next_hand_over = 0.0
         self.stopping = False
 
     def run(self) -> None:
@@ -102,6 +104,8 @@ class MasterProcess:
                 self._drain()
                 self.rejections.flush(time.monotonic())
                 self.core.tick(time.monotonic())
+                if self.group is not None:
+                    self._hand_over_if_out_of_touch(self.group, time.monotonic())
                 self._act()
         finally:
             if self.group is not None:
@@ -140,6 +144,15 @@ class MasterProcess:
             log.info("master group: term %d, %s", role.term, leader)
         self.role = role
         self._act()
+
+    def _hand_over_if_out_of_touch(self, group: MasterGroup, now: float) -> None:
+        """Leading but hearing no storage node: let a member that may still reach them lead instead."""
+        if now < self.next_hand_over or not self.core.out_of_touch(now):
+            return
+        self.next_hand_over = now + HAND_OVER_RETRY
+        silence = self.core.timing.dead_after
+        log.warning("leading, but no storage node has been heard for %.1f s: handing the lead over", silence)
+        group.hand_over()
 
     def _on_barrier(self, group: MasterGroup, term: int, ok: bool) -> None:
         self.electing = False

@@ -17,6 +17,11 @@ term. What this module adds to it:
   receives. Members bind to loopback, and every frame is encrypted and
   authenticated with the cluster's secret (Fernet, the library's ``password``
   option) before it is unpickled, so a stranger's bytes are dropped unread.
+- **Handing the lead over.** A leader that hears no storage node, while the
+  nodes exist, asks a member chosen at random to stand at once (the library's
+  leadership transfer, Raft's ``TimeoutNow``): that member most likely still
+  reaches them, and a random choice cannot bounce the lead between two
+  members that both lost the nodes.
 - **A barrier on election.** A new leader may not have applied every entry
   committed before it won; it appends a no-op and reads the state only once
   that is applied, which implies all earlier ones are.
@@ -24,6 +29,7 @@ term. What this module adds to it:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -98,9 +104,9 @@ class MasterGroup:
             maxBindRetries=BIND_TRIES,
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
-        me = addresses[member_id - 1]
+        self.me = addresses[member_id - 1]
         rejoining = journal.exists()
-        self.log = _Log(me, [a for a in addresses if a != me], conf)
+        self.log = _Log(self.me, [a for a in addresses if a != self.me], conf)
         if rejoining:
             self._hold_back_election()
 
@@ -139,6 +145,11 @@ class MasterGroup:
     def append(self, blob: bytes, term: int, done: Callable[[bool], None]) -> None:
         """Append ``blob``; ``done(True)`` once committed and applied here, ``done(False)`` if it never will be."""
         self.log.append(blob, term, callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
+
+    def hand_over(self) -> None:
+        """Ask another member, drawn at random, to take the lead now; the library refuses one not caught up."""
+        others = [a for a in self.addresses if a != self.me]
+        self.log.transferLeadership(random.choice(others))
 
     def barrier(self, done: Callable[[bool], None]) -> None:
         self.log.barrier(callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))

@@ -1,0 +1,148 @@
+"""Cut links in the sans-I/O cores, with explicit times: overdue acknowledgements, condemned nodes, lost leaders.
+
+A primary that cannot reach a backup names it in its heartbeats; the master condemns one end of such a
+link (the most implicated node) by no longer counting its heartbeats, and declares it dead only once the
+lease it last granted it has run out. A group leader that hears no node declares none dead.
+"""
+
+from __future__ import annotations
+
+from kvcluster.core.acks import AckClock, overdue_after
+from kvcluster.core.actions import Answer, ToMaster, ToPeer
+from kvcluster.core.complaints import most_implicated
+from kvcluster.core.master import TICK, MasterCore
+from kvcluster.core.node import NodeCore
+from kvcluster.core.placement import initial_table
+from kvcluster.core.protocol import CopySlot, Heartbeat, HeartbeatAck, Hello, Table, TableData, Timing
+
+TIMING = Timing()
+NODES = 4
+
+
+def test_the_ack_clock_names_the_peers_of_messages_waiting_past_the_bound() -> None:
+    clock = AckClock()
+    clock.stamp(1, 0.0)
+    clock.stamp(2, 0.5)
+    clock.stamp(3, 1.0)
+    waiting = {1: (7, None), 3: (9, None)}  # 2 was acknowledged
+    assert clock.overdue(1.0, 0.8, waiting) == [7]
+    assert clock.overdue(2.0, 0.8, waiting) == [7, 9]
+    assert list(clock.sent) == [1, 3], "a settled message's stamp is forgotten"
+    assert clock.overdue(2.0, 0.8, {}) == []
+    assert clock.sent == {}
+
+
+def test_a_node_names_in_its_heartbeat_a_peer_that_never_acknowledges() -> None:
+    endpoints = {i: f"sim://server{i}" for i in range(1, 4)}
+    table = initial_table(endpoints, 2, 16)
+    slot = 0
+    source = table.replicas[slot][0]
+    target = next(n for n in endpoints if n not in table.replicas[slot])
+    core = NodeCore(source, endpoints[source], 1, TIMING)
+    core.on_master(0.0, Table(table))
+    core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
+    core.take()
+    core.on_master(0.1, CopySlot(slot, table.epochs[slot], target))
+    assert any(isinstance(a, ToPeer) for a in core.take()), "the copy was not sent"
+
+    def overdue_in_beat(now: float) -> list[int]:
+        core.tick(now)
+        (beat,) = [a.message for a in core.take() if isinstance(a, ToMaster) and isinstance(a.message, Heartbeat)]
+        return beat.overdue
+
+    assert overdue_in_beat(0.2) == []
+    assert overdue_in_beat(0.1 + overdue_after(TIMING) / 2) == []
+    assert overdue_in_beat(0.2 + overdue_after(TIMING)) == [target]
+
+
+def test_the_most_implicated_node_is_condemned_first() -> None:
+    # A primary cut off from both its backups: the common end.
+    assert most_implicated([(1, 2), (1, 3)])[0] == 1
+    # A node every primary complains about: the accused.
+    assert most_implicated([(1, 4), (2, 4), (3, 4)])[0] == 4
+    # One link, one complaint: the accused backup, not the primary.
+    assert most_implicated([(1, 2)])[0] == 2
+    # One link, both complain: the lower id.
+    assert most_implicated([(3, 2), (2, 3)])[0] == 2
+
+
+class Master:
+    """A single master with ``NODES`` registered nodes and its first table, driven by hand."""
+
+    def __init__(self, replicated: bool = False) -> None:
+        self.core = MasterCore(NODES, 3, TIMING, 900, 8, replicated=replicated)
+        if replicated:
+            self.core.lead(0.0, term=1, state=None, grace=0.0)
+        for n in range(1, NODES + 1):
+            self.core.on_message(0.0, f"r{n}", Hello(n, f"tcp://n{n}", 100 + n))
+        if replicated:
+            (proposal,) = [a for a in self.core.take() if not isinstance(a, Answer)]
+            self.core.on_committed(proposal.state)  # type: ignore[union-attr]
+        self.core.take()
+        self.now = 0.0
+
+    @property
+    def table(self) -> TableData:
+        assert self.core.committed is not None
+        return self.core.committed
+
+    def run_until(self, until: float, overdue: dict[int, list[int]], silent: frozenset[int] = frozenset()) -> None:
+        """Every node not ``silent`` heartbeats every ``heartbeat``, naming ``overdue[node]``; the master ticks."""
+        next_beat = self.now
+        while self.now < until:
+            self.now = round(self.now + TICK, 6)
+            if self.now >= next_beat:
+                next_beat = self.now + TIMING.heartbeat
+                for n in range(1, NODES + 1):
+                    if n not in silent:
+                        beat = Heartbeat(n, 100 + n, self.now, self.table.version, 0, None, overdue.get(n, []))
+                        self.core.on_message(self.now, f"r{n}", beat)
+            self.core.tick(self.now)
+            if self.core.replicated:
+                for action in self.core.take():
+                    if not isinstance(action, Answer):
+                        self.core.on_committed(action.state)
+            self.core.take()
+
+    def acked(self, node_id: int, at: float) -> bool:
+        """Whether the master acknowledges a heartbeat of ``node_id`` sent at ``at`` (a lease grant)."""
+        self.core.on_message(at, f"r{node_id}", Heartbeat(node_id, 100 + node_id, at, self.table.version, 0))
+        return any(isinstance(a, Answer) and isinstance(a.message, HeartbeatAck) for a in self.core.take())
+
+
+def test_a_primary_cut_off_from_its_backups_is_condemned_then_declared_dead_after_its_lease() -> None:
+    master = Master()
+    primary = master.table.replicas[0][0]
+    backups = master.table.replicas[0][1:]
+    master.run_until(1.0, {})
+    assert master.table.dead == []
+    while master.core.complaints.condemned is None:
+        master.run_until(master.now + TICK, {primary: backups})
+    assert master.core.complaints.condemned == primary
+    condemned_at = master.now
+    assert master.table.dead == [], "declared dead while its lease may still run"
+    assert not master.acked(primary, master.now), "a condemned node's lease was renewed"
+    master.run_until(condemned_at + TIMING.dead_after + 2 * TICK, {primary: backups})
+    assert master.table.dead == [primary]
+    assert master.core.complaints.condemned is None
+
+
+def test_complaints_against_a_silent_node_are_left_to_failure_detection() -> None:
+    master = Master()
+    primary = master.table.replicas[0][0]
+    backup = master.table.replicas[0][1]
+    master.run_until(0.3, {}, silent=frozenset({backup}))
+    master.run_until(1.0, {primary: [backup]}, silent=frozenset({backup}))
+    assert master.core.complaints.condemned is None, "a node that is merely silent was condemned"
+    assert master.table.dead == [backup]
+
+
+def test_a_group_leader_that_hears_no_node_declares_none_dead_and_says_it_is_out_of_touch() -> None:
+    master = Master(replicated=True)
+    master.run_until(0.5, {})
+    assert not master.core.out_of_touch(master.now)
+    everyone = frozenset(range(1, NODES + 1))
+    master.run_until(0.5 + TIMING.dead_after + 2 * TICK, {}, silent=everyone)
+    assert master.core.out_of_touch(master.now)
+    master.run_until(10.0, {}, silent=everyone)
+    assert master.table.dead == [], "a leader that hears nobody declared the nodes dead"
