@@ -138,6 +138,9 @@ def test_complaints_against_a_silent_node_are_left_to_failure_detection() -> Non
 
 
 def test_a_group_leader_that_hears_no_node_declares_none_dead_and_says_it_is_out_of_touch() -> None:
+    waiting = MasterCore(NODES, 3, TIMING, 900, 8, replicated=True)
+    waiting.lead(0.0, term=1, state=None, grace=0.0)
+    assert not waiting.out_of_touch(5.0), "a leader waiting for the first hellos is out of touch"
     master = Master(replicated=True)
     master.run_until(0.5, {})
     assert not master.core.out_of_touch(master.now)

@@ -105,7 +105,8 @@ class FailureDetection:
         return self.acting and self.replicated and self._hears_no_node(now, self.timing.dead_after)
 
     def _hears_no_node(self, now: float, longer_than: float) -> bool:
-        assert self.table is not None
+        if self.table is None:
+            return False  # before the first table nodes are still saying hello: nobody is judged yet
         live = [n for n in self.nodes if n not in self.table.dead]
         return bool(live) and len(self._silent_nodes(now, longer_than)) == len(live)
 
