@@ -10,6 +10,7 @@ from __future__ import annotations
 from kvcluster.core.acks import AckClock, overdue_after
 from kvcluster.core.actions import Answer, ToMaster, ToPeer
 from kvcluster.core.complaints import most_implicated
+from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import initial_table
@@ -146,6 +147,8 @@ def test_a_group_leader_that_hears_no_node_declares_none_dead_and_says_it_is_out
     assert not master.core.out_of_touch(master.now)
     everyone = frozenset(range(1, NODES + 1))
     master.run_until(0.5 + TIMING.dead_after + 2 * TICK, {}, silent=everyone)
+    assert not master.core.out_of_touch(master.now), "a silence all nodes may share in a stall is not a cut"
+    master.run_until(0.5 + OUT_OF_TOUCH_FACTOR * TIMING.dead_after + 2 * TICK, {}, silent=everyone)
     assert master.core.out_of_touch(master.now)
     master.run_until(10.0, {}, silent=everyone)
     assert master.table.dead == [], "a leader that hears nobody declared the nodes dead"

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
+OUT_OF_TOUCH_FACTOR = 2  # how many times dead_after a group leader that hears no node waits before handing over
 
 
 @dataclass
@@ -101,8 +102,13 @@ class FailureDetection:
         self._declare_dead([node_id])
 
     def out_of_touch(self, now: float) -> bool:
-        """Whether this acting group member has heard no live node for ``dead_after``: it should hand the lead over."""
-        return self.acting and self.replicated and self._hears_no_node(now, self.timing.dead_after)
+        """Whether this acting group member has heard no live node for ``OUT_OF_TOUCH_FACTOR * dead_after``.
+
+        It should hand the lead over. Longer than ``dead_after``: every node's loop can block for most of a
+        second at once (a shared disk's flush), and a leader that hands over then costs an election for nothing.
+        """
+        limit = OUT_OF_TOUCH_FACTOR * self.timing.dead_after
+        return self.acting and self.replicated and self._hears_no_node(now, limit)
 
     def _hears_no_node(self, now: float, longer_than: float) -> bool:
         if self.table is None:

@@ -22,6 +22,7 @@ import zmq
 
 from kvcluster.core.actions import Answer, Propose
 from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
+from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.curve import Curve, start_authenticator
@@ -150,7 +151,7 @@ class MasterProcess:
         if now < self.next_hand_over or not self.core.out_of_touch(now):
             return
         self.next_hand_over = now + HAND_OVER_RETRY
-        silence = self.core.timing.dead_after
+        silence = OUT_OF_TOUCH_FACTOR * self.core.timing.dead_after
         log.warning("leading, but no storage node has been heard for %.1f s: handing the lead over", silence)
         group.hand_over()
 
