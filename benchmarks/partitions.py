@@ -128,9 +128,12 @@ def one_try(cut_args: Callable[[Path, str], list[str]], home: Path, cut_s: float
         last_before = max((t for t in times if t < started), default=started)
         # The longest stretch without an acknowledged put, from the last one before the cut on.
         gap = max((b - a for a, b in zip([last_before, *during], during, strict=False)), default=float("nan"))
-        final = cli(home, "get", KEY).stdout.strip().split(", ")[1]
+        read = cli(home, "get", KEY)
+        final = read.stdout.strip().split(", ")[1] if read.returncode == 0 else None
+        if final is None:
+            print(f"  the key did not read back after the heal: {read.stderr.strip()}", flush=True)
         last = acknowledged[-1][1]
-        lost = int(int(final.removeprefix("v")) < int(last.removeprefix("v")))
+        lost = int(final is None or int(final.removeprefix("v")) < int(last.removeprefix("v")))
     finally:
         cli(home, "down", "--purge")
     return {"unavailable_s": round(gap, 3), "lost": lost}
