@@ -13,8 +13,21 @@ from kvcluster.core.complaints import most_implicated
 from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
-from kvcluster.core.placement import initial_table
-from kvcluster.core.protocol import CopySlot, Heartbeat, HeartbeatAck, Hello, Table, TableData, Timing
+from kvcluster.core.placement import initial_table, with_dead
+from kvcluster.core.protocol import (
+    CopySlot,
+    Fenced,
+    Heartbeat,
+    HeartbeatAck,
+    Hello,
+    Replicate,
+    ReplicateAck,
+    Table,
+    TableData,
+    Timing,
+    Write,
+)
+from kvcluster.core.replica import make_version
 
 TIMING = Timing()
 NODES = 4
@@ -152,3 +165,28 @@ def test_a_group_leader_that_hears_no_node_declares_none_dead_and_says_it_is_out
     assert master.core.out_of_touch(master.now)
     master.run_until(10.0, {}, silent=everyone)
     assert master.table.dead == [], "a leader that hears nobody declared the nodes dead"
+
+
+def test_late_messages_from_before_a_failover_are_refused() -> None:
+    """What a cut held back arrives after the world moved on: a ``REPLICATE`` of the old epoch from the old
+    primary, a lease grant and a fence from an older master term. The node refuses all three."""
+    endpoints = {i: f"sim://server{i}" for i in range(1, 4)}
+    table = initial_table(endpoints, 3, 4)
+    slot = 0
+    old_primary, backup, _ = table.replicas[slot]
+    core = NodeCore(backup, endpoints[backup], 1, TIMING)
+    core.on_master(0.0, Table(table))
+    core.on_master(0.0, HeartbeatAck(0.0, 1, 2))
+    core.on_master(1.0, Table(with_dead(table, [old_primary])))  # the old primary's backups are promoted
+    core.take()
+    late = Write(slot, table.epochs[slot], "k", "stale", make_version(table.epochs[slot], 1), 7, 1)
+    core.on_router(1.1, "old-primary", Replicate(5, old_primary, 0, [late]))
+    (ack,) = [a.message for a in core.take() if isinstance(a, Answer)]
+    assert isinstance(ack, ReplicateAck)
+    assert ack.rejected_slots == [slot]
+    assert "k" not in core.replica.data[slot], "a write of an old epoch was applied"
+    lease = core.lease_until
+    core.on_master(1.2, HeartbeatAck(1.2, 1, 1))  # a grant from a deposed leader of term 1
+    assert core.lease_until == lease
+    core.on_master(1.3, Fenced(backup, 1))
+    assert not core.stopped, "a fence from an older term was obeyed"
