@@ -13,21 +13,25 @@ from kvcluster.core.complaints import most_implicated
 from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.node import NodeCore
-from kvcluster.core.placement import initial_table, with_dead
+from kvcluster.core.placement import initial_table, slot_of, with_dead
 from kvcluster.core.protocol import (
     CopySlot,
     Fenced,
     Heartbeat,
     HeartbeatAck,
     Hello,
+    Op,
+    OpKind,
     Replicate,
     ReplicateAck,
+    Request,
     Table,
     TableData,
     Timing,
     Write,
 )
 from kvcluster.core.replica import make_version
+from kvcluster.core.waiters import Waiter
 
 TIMING = Timing()
 NODES = 4
@@ -38,7 +42,7 @@ def test_the_ack_clock_names_the_peers_of_messages_waiting_past_the_bound() -> N
     clock.stamp(1, 0.0)
     clock.stamp(2, 0.5)
     clock.stamp(3, 1.0)
-    waiting = {1: (7, None), 3: (9, None)}  # 2 was acknowledged
+    waiting: dict[int, tuple[int, list[Waiter]]] = {1: (7, []), 3: (9, [])}  # 2 was acknowledged
     assert clock.overdue(1.0, 0.8, waiting) == [7]
     assert clock.overdue(2.0, 0.8, waiting) == [7, 9]
     assert list(clock.sent) == [1, 3], "a settled message's stamp is forgotten"
@@ -46,27 +50,34 @@ def test_the_ack_clock_names_the_peers_of_messages_waiting_past_the_bound() -> N
     assert clock.sent == {}
 
 
-def test_a_node_names_in_its_heartbeat_a_peer_that_never_acknowledges() -> None:
+def test_a_node_names_in_its_heartbeat_a_backup_that_never_acknowledges_a_write() -> None:
+    """A write waits for its backup past ``overdue_after``: the backup is named. A slot copy alone is not."""
     endpoints = {i: f"sim://server{i}" for i in range(1, 4)}
     table = initial_table(endpoints, 2, 16)
     slot = 0
-    source = table.replicas[slot][0]
-    target = next(n for n in endpoints if n not in table.replicas[slot])
+    source, backup = table.replicas[slot]
+    learner = next(n for n in endpoints if n not in table.replicas[slot])
+    key = next(k for k in (f"k{i}" for i in range(1000)) if slot_of(k, table.slots) == slot)
     core = NodeCore(source, endpoints[source], 1, TIMING)
     core.on_master(0.0, Table(table))
     core.on_master(0.0, HeartbeatAck(0.0, 1, 1))
     core.take()
-    core.on_master(0.1, CopySlot(slot, table.epochs[slot], target))
-    assert any(isinstance(a, ToPeer) for a in core.take()), "the copy was not sent"
 
     def overdue_in_beat(now: float) -> list[int]:
         core.tick(now)
         (beat,) = [a.message for a in core.take() if isinstance(a, ToMaster) and isinstance(a.message, Heartbeat)]
         return beat.overdue
 
-    assert overdue_in_beat(0.2) == []
-    assert overdue_in_beat(0.1 + overdue_after(TIMING) / 2) == []
-    assert overdue_in_beat(0.2 + overdue_after(TIMING)) == [target]
+    core.on_master(0.1, CopySlot(slot, table.epochs[slot], learner))
+    assert any(isinstance(a, ToPeer) for a in core.take()), "the copy was not sent"
+    assert overdue_in_beat(0.2 + overdue_after(TIMING)) == [], "a slow slot copy was reported"
+    sent_at = 0.3 + overdue_after(TIMING)
+    core.on_master(sent_at, HeartbeatAck(sent_at, 1, 1))  # a fresh lease: the primary serves
+    core.on_router(sent_at, "client", Request(9, 1, [Op(OpKind.PUT, key, "v", slot, table.epochs[slot], 1)]))
+    core.flush(sent_at)
+    assert {a.node_id for a in core.take() if isinstance(a, ToPeer)} >= {backup}, "the write was not replicated"
+    assert overdue_in_beat(sent_at + overdue_after(TIMING) / 2) == []
+    assert backup in overdue_in_beat(sent_at + overdue_after(TIMING) + 0.1)
 
 
 def test_the_most_implicated_node_is_condemned_first() -> None:

@@ -3,9 +3,12 @@
 A primary cut off from a backup, while both still reach the master, cannot
 finish a write: it waits for every live replica, and nobody is silent, so
 failure detection sees nothing wrong. The node therefore names in each
-heartbeat the peers that left a ``REPLICATE``, ``RECONCILE`` or ``SLOT_COPY``
-unacknowledged for longer than ``overdue_after(timing)``, and the master
-settles it (``core/complaints.py``).
+heartbeat the peers that left a ``REPLICATE`` or ``RECONCILE`` unacknowledged
+for longer than ``overdue_after(timing)``, and the master settles it
+(``core/complaints.py``). A ``SLOT_COPY`` does not count: a whole slot may
+legitimately take long to install, and a copy that never finishes is planned
+again after ``COPY_TIMEOUT`` anyway; the writes that reach a new replica while
+it is copied are ``REPLICATE``s, so a cut to it is still reported.
 
 Repl ids only grow, so the send times are kept in the order of their ids and
 every check stops at the first message young enough: a check costs the
@@ -15,10 +18,11 @@ passes ``now``.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from kvcluster.core.liveness import MASS_SILENCE_FACTOR
 from kvcluster.core.protocol import Timing
+from kvcluster.core.waiters import PendingCopy, Waiter
 
 
 def overdue_after(timing: Timing) -> float:
@@ -40,10 +44,10 @@ class AckClock:
     def stamp(self, repl_id: int, now: float) -> None:
         self.sent[repl_id] = now
 
-    def overdue(self, now: float, bound: float, waiting: Mapping[int, tuple[int, object]]) -> list[int]:
-        """The peers of messages in ``waiting`` (repl id -> (peer, ...)) sent more than ``bound`` ago.
+    def overdue(self, now: float, bound: float, waiting: Mapping[int, tuple[int, Sequence[Waiter]]]) -> list[int]:
+        """The peers of messages in ``waiting`` (repl id -> (peer, waiters)) sent more than ``bound`` ago.
 
-        Stamps of messages no longer waiting are forgotten on the way.
+        Slot copies do not count (see the module doc). Stamps of messages no longer waiting are forgotten.
         """
         late: set[int] = set()
         settled: list[int] = []
@@ -53,7 +57,7 @@ class AckClock:
             entry = waiting.get(repl_id)
             if entry is None:
                 settled.append(repl_id)
-            else:
+            elif not any(isinstance(waiter, PendingCopy) for waiter in entry[1]):
                 late.add(entry[0])
         for repl_id in settled:
             del self.sent[repl_id]

@@ -299,8 +299,8 @@ class Hello(_Message, frozen=True, tag=_tag(MsgType.HELLO)):
 class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
     """Sent to every master; ``pid`` names the incarnation, so a new leader can tell an old one apart.
 
-    ``overdue`` names the peers that have left a replication message of this node unacknowledged for too long
-    (``core/acks.py``): both may be alive, with the link between them cut.
+    ``overdue`` names the peers that have left a ``REPLICATE`` or ``RECONCILE`` of this node unacknowledged for
+    too long (``core/acks.py``): both may be alive, with the link between them cut.
     """
 
     node_id: NodeId
