@@ -109,9 +109,17 @@ def test_a_minority_stops_and_the_majority_serves(cluster: ClusterLauncher) -> N
 
 
 def backup_of(c: Cluster, key: str) -> str:
-    with Connection(c.master_address(), deadline=5.0) as client:
-        table = RoutingTable(client.status().table)  # type: ignore[arg-type]
-    return f"server{table.live(slot_of(key, table.slots))[1]}"
+    """A live backup of the key's slot, once it has one: right after a death, healing may not have made it yet."""
+
+    def live_backup() -> str | None:
+        with Connection(c.master_address(), deadline=5.0) as client:
+            table = RoutingTable(client.status().table)  # type: ignore[arg-type]
+        live = table.live(slot_of(key, table.slots))
+        return f"server{live[1]}" if len(live) > 1 else None
+
+    backup = wait_until(live_backup, timeout=60, message=f"a live backup of {key!r}")
+    assert backup is not None
+    return backup
 
 
 def test_cuts_of_every_kind_lose_nothing_and_fenced_nodes_come_back(cluster: ClusterLauncher) -> None:
