@@ -17,7 +17,18 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
-from kvcluster.bench import balance, bulk, common, failover, failover_analysis, failover_sweep
+from kvcluster.bench import (
+    balance,
+    bulk,
+    common,
+    failover,
+    failover_analysis,
+    failover_views,
+    master_failover,
+    output,
+    report,
+    throughput,
+)
 from kvcluster.core.placement import replicas_for, slot_of
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,7 +134,7 @@ def test_failover_right_after_a_bulk_load_idle_over_two_kills(tmp_path: Path) ->
         assert run["load_s"] > 0
         # Right after the load, as planned; how soon after is a timing figure for the benchmark to report, not for
         # a test on a shared machine to judge. The upper bound only catches a hang.
-        assert failover.KILL_AFTER_LOAD <= run["kill_t"] < 60
+        assert failover_analysis.KILL_AFTER_LOAD <= run["kill_t"] < 60
         assert set(run["keys"]) == {"primary", "backup"}  # probes only: no unrelated key group
         assert run["loaded_keys_lost"] == run["loaded_keys_unreadable"] == 0
         assert run["lost_acked_writes"] == 0
@@ -173,6 +184,8 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         "1",
         "--restart-keys",
         "",  # tests/test_bench_durability.py runs bench restart on its own
+        "--master-faults",
+        "0",  # tests/test_master_failover.py kills and pauses the leader; the section's lines are checked below
     )
     docs = tmp_path / "tmp"
     report = (docs / "REPORT.md").read_text()
@@ -365,6 +378,58 @@ def test_bulk_values_are_100_bytes_and_differ() -> None:
 
 
 def test_key_counts_read_as_k_and_m() -> None:
-    assert [failover_sweep.keys_label(n) for n in (500, 10_000, 1_500, 1_000_000, 2_000_000)] == [
+    assert [failover_views.keys_label(n) for n in (500, 10_000, 1_500, 1_000_000, 2_000_000)] == [
         "500", "10k", "1.5k", "1M", "2M",
     ]  # fmt: skip
+
+
+def test_master_failover_section_gives_each_kind_of_fault_and_the_writes_checked() -> None:
+    run = master_failover.MasterFailoverRun(3, 5, 3, acked_writes=1200, lost_acked_writes=0)
+    run.faults = [
+        master_failover.MasterFault("kill", "master1", 1, 2.0, 1400.0, "master2", 2, 1600.0),
+        master_failover.MasterFault("pause", "master2", 2, 10.0, 700.0, "master3", 3, 300.0),
+        master_failover.MasterFault("kill", "master3", 3, 18.0, 1000.0, "master1", 4, 1200.0),
+    ]
+    lines = master_failover.master_failover_markdown(run)
+    assert lines[0] == "## Master failover"
+    assert "kvcluster bench master-failover --nodes 5 --rep 3 --masters 3 --faults 3" in lines[2]
+    assert "| kill -9 of the leader | 2 | 1,200 / 1,400 ms | 1,400 / 1,600 ms |" in lines
+    assert "| SIGSTOP of the leader | 1 | 700 / 700 ms | 300 / 300 ms |" in lines
+    assert "| all | 3 | 1,000 / 1,400 ms | 1,200 / 1,600 ms |" in lines
+    assert any("**0** of 1,200" in line for line in lines)
+
+
+def test_memory_section_divides_node_memory_by_key_replicas() -> None:
+    runs = [
+        throughput.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, rss_bytes_per_key_replica=420)
+    ]
+    loaded = failover_run("server1", 700.0, 720.0, rss_bytes_per_key_replica=333.3)
+    results = report.Results(runs, None, loaded, [failover_analysis.summarise([loaded])])  # type: ignore[arg-type]
+    lines = report._memory_lines(results)
+    assert lines[0] == "## Memory"
+    assert "| 1,000 | 7, 3 | failover bulk load | 333 B |" in lines
+    assert "| 1,000 | 7, 3 | throughput preload | 420 B |" in lines
+
+
+def test_png_charts_without_matplotlib_name_the_extra(tmp_path: Path) -> None:
+    block = (
+        "import sys, runpy; sys.modules['matplotlib'] = None; sys.argv = ['kvcluster', 'bench', 'report', '--quick']"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{block}; runpy.run_module('kvcluster', run_name='__main__')"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: PNG charts need matplotlib: pip install 'kvcluster[report]'\n"
+    assert not (tmp_path / "docs").exists()
+
+
+def test_every_block_of_the_report_template_is_filled_by_some_generator() -> None:
+    used = set(
+        re.findall(r'template\(\s*"(\w+)"', "".join(p.read_text() for p in Path(report.__file__).parent.glob("*.py")))
+    )
+    assert used == set(output._template_blocks())

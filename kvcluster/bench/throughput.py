@@ -12,7 +12,6 @@ own figures under the matching persistence (``redis_compare``).
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,9 +19,8 @@ from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
+from kvcluster.bench.bulk import bulk_load
 from kvcluster.bench.common import (
-    CLIENT_DEADLINE,
-    CLIENT_TRY_TIMEOUT,
     Advance,
     JsonOut,
     Nodes,
@@ -31,25 +29,21 @@ from kvcluster.bench.common import (
     cluster,
     cpu_seconds,
     dead_nodes,
-    execute_chunked,
     fsync_list,
     int_list,
-    key_name,
     percentile,
-    preload,
+    rss_bytes,
 )
 from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
 from kvcluster.bench.redis_compare import CONFIG_LABEL, RedisRun, redis_available, run_redis
-from kvcluster.client_pool import ClientPool, Worker
+from kvcluster.bench.workload import Workload, merged, tally_worker
+from kvcluster.client_pool import ClientPool
 from kvcluster.errors import UsageError
 from kvcluster.master_group import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.progress import Progress
-
-    from kvcluster.client import OpResult
-    from kvcluster.core.protocol import OpKind
 
 
 @dataclass
@@ -75,84 +69,14 @@ class ThroughputRun:
     cluster_cpu_us_per_op: float = 0.0
     # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
     dead_nodes: list[str] = field(default_factory=list)
+    keys: int = 0  # keys preloaded, and drawn from
     fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
+    # The storage nodes' resident memory right after the preload, over keys x replicas.
+    rss_bytes_per_key_replica: float = 0.0
 
     @property
     def mode(self) -> Mode:
         return Mode(self.batch, self.window)
-
-
-@dataclass(frozen=True)
-class LoadJob:
-    """One throughput client's share of the operations (pickled to a spawned process)."""
-
-    master: str
-    index: int
-    ops: int
-    keys: int
-    read_ratio: float
-    batch: int
-    window: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class LoadOutcome:
-    """What one throughput client measured; latencies are ``array('d')`` bytes in seconds."""
-
-    index: int
-    started: float
-    ended: float
-    completed: int
-    failures: dict[str, int]
-    latencies: bytes
-    cpu_s: float  # this process, every thread (ZeroMQ's I/O thread too), during the measured phase
-
-
-def _load_ops(job: LoadJob) -> list[tuple[OpKind, str, str | None]]:
-    import random  # noqa: PLC0415
-
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
-
-    rng = random.Random(job.seed)
-    ops: list[tuple[OpKind, str, str | None]] = []
-    for seq in range(job.ops):
-        key = key_name(rng.randrange(job.keys))
-        if rng.random() < job.read_ratio:
-            ops.append((OpKind.GET, key, None))
-        else:
-            ops.append((OpKind.PUT, key, f"c{job.index}.{seq}"))
-    return ops
-
-
-def _load_worker(job: LoadJob, worker: Worker) -> LoadOutcome:
-    """Entry point of a throughput client process: wait for the release, run the share, report."""
-    from array import array  # noqa: PLC0415
-
-    from kvcluster.client import Completion, Connection  # noqa: PLC0415
-
-    ops = _load_ops(job)
-    latencies = array("d")
-    failures: dict[str, int] = {}
-    completed = 0
-    with Connection(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
-        client.refresh_table()
-
-        def tally(part: list[OpResult]) -> None:
-            nonlocal completed
-            for result in part:
-                if result.completion in (Completion.OK, Completion.NOT_FOUND):
-                    completed += 1
-                    latencies.append(result.latency)
-                else:
-                    failures[result.completion.value] = failures.get(result.completion.value, 0) + 1
-            worker.progress(len(part))
-
-        worker.wait_for_release()
-        started, cpu_started = time.monotonic(), time.process_time()
-        execute_chunked(client, ops, job.batch, job.window, tally)
-        ended, cpu = time.monotonic(), time.process_time() - cpu_started
-    return LoadOutcome(job.index, started, ended, completed, failures, latencies.tobytes(), cpu)
 
 
 def run_throughput(
@@ -177,7 +101,8 @@ def run_throughput(
             advance = functools.partial(progress.advance, task)
             with cluster(nodes, rep, masters, fsync) as (_, state):
                 progress.update(task, description=f"{name}: preload")
-                preload(state.master_endpoint, keys, advance)
+                bulk_load(state.master_endpoint, keys, advance)
+                rss = rss_bytes([s.pid for s in state.servers])
                 for mode in modes:
                     progress.update(task, description=f"{name}: {mode.label}")
                     run = measure_load(
@@ -194,6 +119,7 @@ def run_throughput(
                         cluster_pids=[*(m.pid for m in state.masters), *(s.pid for s in state.servers)],
                     )
                     run.fsync = fsync
+                    run.rss_bytes_per_key_replica = round(rss / (keys * rep), 1)
                     runs.append(run)
             progress.update(task, description=f"{name}: done")
     return runs
@@ -217,44 +143,46 @@ def measure_load(
 
     ``cluster_pids`` (master and nodes) are only watched, to split the CPU spent between clients and cluster.
     """
-    from array import array  # noqa: PLC0415
-
     shares = [ops // clients + (1 if i < ops % clients else 0) for i in range(clients)]
     jobs = [
-        LoadJob(master, i, share, keys, read_ratio, batch, window, seed=rep * 1000 + batch * 10 + i)
+        Workload(
+            master,
+            i,
+            seed=rep * 1000 + batch * 10 + i,
+            keys=keys,
+            ops=share,
+            read_ratio=read_ratio,
+            batch=batch,
+            window=window,
+        )
         for i, share in enumerate(shares)
         if share
     ]
-    with ClientPool(_load_worker, jobs) as pool:
+    with ClientPool(tally_worker, jobs) as pool:
         cluster_cpu = -cpu_seconds(cluster_pids)
         pool.release()
-        outcomes = pool.collect(advance)
+        tally = merged(pool.collect(advance))
         cluster_cpu += cpu_seconds(cluster_pids)
-    latencies = array("d")
-    failures: dict[str, int] = {}
-    for outcome in outcomes:
-        latencies.frombytes(outcome.latencies)
-        for name, count in outcome.failures.items():
-            failures[name] = failures.get(name, 0) + count
-    ordered = sorted(latencies)
-    wall = max(o.ended for o in outcomes) - min(o.started for o in outcomes)
-    completed = sum(o.completed for o in outcomes)
+    ordered = tally.ordered()
+    wall = tally.ended - tally.started
+    completed = tally.completed
     return ThroughputRun(
         rep=rep,
         batch=batch,
         ops=ops,
         completed=completed,
-        failed=sum(failures.values()),
+        failed=sum(tally.failures.values()),
         ops_per_s=round(completed / wall, 1) if wall > 0 else 0.0,
-        p50_ms=round(percentile(ordered, 0.50) * 1000, 3),
-        p95_ms=round(percentile(ordered, 0.95) * 1000, 3),
-        p99_ms=round(percentile(ordered, 0.99) * 1000, 3),
+        p50_ms=round(percentile(ordered, 0.50), 3),
+        p95_ms=round(percentile(ordered, 0.95), 3),
+        p99_ms=round(percentile(ordered, 0.99), 3),
         wall_s=round(wall, 3),
         nodes=nodes,
+        keys=keys,
         clients=len(jobs),
         window=window,
-        failures=failures,
-        client_cpu_us_per_op=round(sum(o.cpu_s for o in outcomes) / max(1, completed) * 1e6, 1),
+        failures=tally.failures,
+        client_cpu_us_per_op=round(tally.cpu_s / max(1, completed) * 1e6, 1),
         cluster_cpu_us_per_op=round(cluster_cpu / max(1, completed) * 1e6, 1),
         dead_nodes=dead_nodes(master),
     )
