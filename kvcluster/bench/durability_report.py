@@ -16,16 +16,18 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.common import load_average, percentile
-from kvcluster.bench.output import stdout_console, template, to_json, write_section
-from kvcluster.bench.redis_compare import RedisRun, redis_available, run_redis
+from kvcluster.bench.output import markdown_table, stdout_console, template, to_json, write_section
+from kvcluster.bench.redis_compare import RedisRun, redis_available, redis_rows, run_redis
 from kvcluster.bench.restart import RestartResult, RestartShape, run_restart
 from kvcluster.bench.restart_views import chart_restart, restart_lines, restart_table
 from kvcluster.bench.throughput import (
+    THROUGHPUT_HEADER,
     Mode,
     ThroughputRun,
     chart_throughput,
     fsync_costs,
     run_throughput,
+    throughput_rows,
     throughput_table,
 )
 
@@ -57,8 +59,6 @@ FULL_DURABILITY = DurabilitySizes(
 QUICK_DURABILITY = DurabilitySizes(
     2_000, 500, 3, (2,), (Mode(1, 32), Mode(16, 8)), 2, ("always", "everysec", "no"), 3, 2, 1.0
 )
-FULL_RESTART_KEYS = (100_000,)
-QUICK_RESTART_KEYS = (2_000,)
 
 
 @dataclass
@@ -147,15 +147,7 @@ def _throughput_lines(results: DurabilityResults, chart: str) -> list[str]:
     runs = results.runs
     first = runs[0]
     lines = template("fsync", ops=first.ops, nodes=first.nodes, clients=first.clients, chart=chart)
-    lines += [
-        "| fsync | replicas | mode | ops/s | p50 ms | p99 ms | failed ops | CPU µs/op: cluster |",
-        "| --- | ---: | --- | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r.fsync} | {r.rep} | {r.mode.label} | {r.ops_per_s:,.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} "
-        f"| {r.failed} | {r.cluster_cpu_us_per_op:.0f} |"
-        for r in runs
-    ]
+    lines += markdown_table(THROUGHPUT_HEADER, throughput_rows(runs), left=2)
     costs = fsync_costs(runs)
     if costs:
         lines += ["", "Against *no* at the same replica count and mode:", ""]
@@ -177,27 +169,8 @@ def _throughput_lines(results: DurabilityResults, chart: str) -> list[str]:
 
 def _redis_lines(results: DurabilityResults) -> list[str]:
     first = results.redis[0]
-    modes = sorted({r.mode for r in results.runs})
-    lines = [
-        "",
-        *template("redis", clients=first.clients, requests=first.requests),
-        "| fsync | Redis | Redis SET / GET ops/s | Redis 50/50 ops/s | kvcluster replicas | "
-        + " | ".join(f"kvcluster {m.label} ops/s (/ Redis)" for m in modes)
-        + " |",
-        "| --- | --- | ---: | ---: | ---: | " + " | ".join("---:" for _ in modes) + " |",
-    ]
-    for redis in results.redis:
-        for rep in sorted({r.rep for r in results.runs if r.fsync == redis.fsync}):
-            cells = []
-            for mode in modes:
-                run = next((r for r in results.runs if (r.fsync, r.rep, r.mode) == (redis.fsync, rep, mode)), None)
-                ratio = run.ops_per_s / redis.mixed_ops_per_s if run is not None and redis.mixed_ops_per_s else None
-                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
-            lines.append(
-                f"| {redis.fsync} | {redis.config} | {redis.set_ops_per_s:,.0f} / {redis.get_ops_per_s:,.0f} "
-                f"| {redis.mixed_ops_per_s:,.0f} | {rep} | " + " | ".join(cells) + " |"
-            )
-    return lines
+    header, rows = redis_rows(results.runs, results.redis)
+    return ["", *template("redis", clients=first.clients, requests=first.requests), *markdown_table(header, rows, 2)]
 
 
 def durability_markdown(results: DurabilityResults, charts: dict[str, str]) -> list[str]:

@@ -18,7 +18,7 @@ from kvcluster.bench.failover_analysis import (
     FailoverSeries,
     summarise,
 )
-from kvcluster.bench.output import measure_table, ms_pair, png_chart, template, terminal_chart
+from kvcluster.bench.output import markdown_table, ms_pair, png_chart, rich_table, template, terminal_chart
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -32,39 +32,45 @@ def _red_if(value: int | str, bad: bool) -> str:
     return f"[bold red]{value}[/]" if bad else str(value)
 
 
+def _measures(result: Failover) -> list[list[str]]:
+    """Every figure of one run, as (measure, value) rows."""
+    rows = []
+    if result.keys_loaded:
+        rate = result.keys_loaded / result.load_s if result.load_s else 0.0
+        rows.append(
+            ["keys loaded (100-byte values)", f"{result.keys_loaded:,} in {result.load_s:.1f} s ({rate:,.0f}/s)"]
+        )
+    groups = " / ".join(str(result.keys.get(g, 0)) for g in ("primary", "backup", "unrelated"))
+    lost = result.lost_acked_writes
+    rows += [
+        ["keys (victim primary / backup / unrelated)", groups],
+        ["unavailable, median / max (victim primary keys)", ms_pair(result.unavailable_ms)],
+        ["keys never available again", _red_if(result.unrecovered_keys, result.unrecovered_keys > 0)],
+        ["writes unavailable, median / max (victim backup keys)", ms_pair(result.backup_write_unavailable_ms)],
+        ["nodes falsely declared dead", _red_if(", ".join(result.false_dead) or "none", bool(result.false_dead))],
+        ["acknowledged writes", f"{result.acked_writes:,}"],
+        ["acknowledged writes lost", _red_if(lost, lost > 0)],
+    ]
+    if result.keys_loaded:
+        rows.append(["  of which bulk-loaded keys", _red_if(result.loaded_keys_lost, result.loaded_keys_lost > 0)])
+    rows += [
+        ["keys not readable at the end", str(result.unverified_keys)],
+        ["ops that did not complete", str(result.failed_ops)],
+    ]
+    if result.error:
+        rows.append(["[bold red]run not completed[/]", f"[bold red]{result.error}[/]"])
+    return rows
+
+
 def failover_table(result: Failover) -> RenderableType:
     """Every figure of one run."""
     after = " after the load" if result.keys_loaded else ""
     mode = ", idle" if result.idle else ""
-    table = measure_table(
+    title = (
         f"Failover: SIGKILL {result.killed} at {result.kill_t:.2f} s{after} "
         f"({result.nodes} nodes, rep {result.rep}{mode})"
     )
-    if result.keys_loaded:
-        rate = result.keys_loaded / result.load_s if result.load_s else 0.0
-        table.add_row(
-            "keys loaded (100-byte values)", f"{result.keys_loaded:,} in {result.load_s:.1f} s ({rate:,.0f}/s)"
-        )
-    table.add_row(
-        "keys (victim primary / backup / unrelated)",
-        " / ".join(str(result.keys.get(g, 0)) for g in ("primary", "backup", "unrelated")),
-    )
-    table.add_row("unavailable, median / max (victim primary keys)", ms_pair(result.unavailable_ms))
-    table.add_row("keys never available again", _red_if(result.unrecovered_keys, result.unrecovered_keys > 0))
-    table.add_row("writes unavailable, median / max (victim backup keys)", ms_pair(result.backup_write_unavailable_ms))
-    table.add_row(
-        "nodes falsely declared dead", _red_if(", ".join(result.false_dead) or "none", bool(result.false_dead))
-    )
-    table.add_row("acknowledged writes", f"{result.acked_writes:,}")
-    lost = result.lost_acked_writes
-    table.add_row("acknowledged writes lost", _red_if(lost, lost > 0))
-    if result.keys_loaded:
-        table.add_row("  of which bulk-loaded keys", _red_if(result.loaded_keys_lost, result.loaded_keys_lost > 0))
-    table.add_row("keys not readable at the end", str(result.unverified_keys))
-    table.add_row("ops that did not complete", str(result.failed_ops))
-    if result.error:
-        table.add_row("[bold red]run not completed[/]", f"[bold red]{result.error}[/]")
-    return table
+    return rich_table(title, ["measure", "value"], _measures(result))
 
 
 def series_table(series: FailoverSeries) -> RenderableType:
@@ -283,18 +289,7 @@ def failover_markdown(failover: Failover, chart: str) -> list[str]:
         **{group: failover.keys.get(group, 0) for group in ("primary", "backup", "unrelated")},
         chart=chart,
     )
-    lines += [
-        "| measure | value |",
-        "| --- | ---: |",
-        f"| unavailability of the killed primary's keys, median / max | {ms_pair(failover.unavailable_ms)} |",
-        f"| keys never available again | {failover.unrecovered_keys} |",
-        "| write unavailability of the keys it backed up, median / max "
-        f"| {ms_pair(failover.backup_write_unavailable_ms)} |",
-        f"| acknowledged writes | {failover.acked_writes:,} |",
-        f"| acknowledged writes lost | **{failover.lost_acked_writes}** |",
-        f"| keys not readable at the end | {failover.unverified_keys} |",
-        "",
-    ]
+    lines += markdown_table(["measure", "value"], _measures(failover))
     return lines + template("failover_after")
 
 

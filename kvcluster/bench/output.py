@@ -133,6 +133,30 @@ def measure_table(title: str) -> Table:
     return table
 
 
+def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> Table:
+    """``rows`` under ``header`` as a rich table: the first ``left`` columns aligned left and kept on one line (the
+    headers of the figures wrap instead on a narrow terminal), the others aligned right."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """The same rows as a Markdown table (rich's red markup becomes bold), and a blank line after it."""
+    import re  # noqa: PLC0415
+
+    def cells(row: Sequence[str]) -> str:
+        return "| " + " | ".join(re.sub(r"\[bold red\](.*?)\[/\]", r"**\1**", c).replace("\n", " ") for c in row) + " |"
+
+    rule = "| " + " | ".join("---" if i < left else "---:" for i in range(len(header))) + " |"
+    return [cells(header), rule, *(cells(row) for row in rows), ""]
+
+
 def ms_pair(pair: dict[str, float | None]) -> str:
     if pair["median"] is None or pair["max"] is None:
         return "n/a"

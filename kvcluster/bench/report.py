@@ -59,13 +59,16 @@ from kvcluster.bench.master_failover import (
     master_failover_table,
     run_master_failover,
 )
-from kvcluster.bench.output import progress_bar, require_png, stdout_console, template, to_json
+from kvcluster.bench.output import markdown_table, progress_bar, require_png, stdout_console, template, to_json
 from kvcluster.bench.throughput import (
+    THROUGHPUT_HEADER,
     Mode,
     ThroughputRun,
     chart_throughput,
     run_throughput,
     throughput_json,
+    throughput_problems,
+    throughput_rows,
     throughput_table,
 )
 from kvcluster.client_pool import interrupt_on_sigterm
@@ -206,25 +209,11 @@ def _throughput_lines(runs: Sequence[ThroughputRun], info: dict[str, Any], chart
     lines = template(
         "throughput", ops=first.ops, keys=first.keys, nodes=first.nodes, clients=first.clients, chart=chart
     )
-    lines += [
-        "| replicas | mode | ops/s | p50 ms | p95 ms | p99 ms | failed ops | CPU µs/op: clients | CPU µs/op: cluster |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r.rep} | {r.mode.label} | {r.ops_per_s:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
-        f"| {r.p99_ms:.2f} | {r.failed} | {r.client_cpu_us_per_op:.0f} | {r.cluster_cpu_us_per_op:.0f} |"
-        for r in sorted(runs, key=lambda r: (r.batch, r.window, r.rep))
-    ]
-    problems = [
-        f"- **rep {r.rep}, {r.mode.label}**: {r.failed:,} operations did not complete "
-        f"({', '.join(f'{n} {k}' for k, n in sorted(r.failures.items())) or 'none'}); "
-        f"nodes the master declared dead under load, though none was killed: {', '.join(r.dead_nodes) or 'none'}."
-        for r in runs
-        if r.failed or r.dead_nodes
-    ]
+    lines += markdown_table(THROUGHPUT_HEADER, throughput_rows(runs), left=2)
+    problems = throughput_problems(runs)
     if problems:
-        lines += ["", "Problems during these runs:", "", *problems]
-    return [*lines, "", *template("throughput_after", cores=info["cores"])]
+        lines += ["Problems during these runs:", "", *(f"- **{problem}**." for problem in problems), ""]
+    return [*lines, *template("throughput_after", cores=info["cores"])]
 
 
 def _balance_lines(balance: Balance, chart: str) -> list[str]:

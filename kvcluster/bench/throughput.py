@@ -12,7 +12,7 @@ own figures under the matching persistence (``redis_compare``).
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
@@ -34,8 +34,8 @@ from kvcluster.bench.common import (
     percentile,
     rss_bytes,
 )
-from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
-from kvcluster.bench.redis_compare import CONFIG_LABEL, RedisRun, redis_available, run_redis
+from kvcluster.bench.output import png_chart, rich_table, run_benchmark, terminal_chart, to_json
+from kvcluster.bench.redis_compare import RedisRun, redis_available, redis_rows, run_redis_for, versus_redis
 from kvcluster.bench.workload import Workload, merged, tally_worker
 from kvcluster.client_pool import ClientPool
 from kvcluster.errors import UsageError
@@ -188,7 +188,54 @@ def measure_load(
     )
 
 
-def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
+THROUGHPUT_HEADER = (
+    "fsync",
+    "mode",
+    "replicas",
+    "ops/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "failed ops",
+    "CPU µs/op: clients",
+    "CPU µs/op: cluster",
+)
+
+
+def throughput_rows(runs: Sequence[ThroughputRun]) -> list[list[str]]:
+    """One row per run: policies in the order run, then modes, then replica counts."""
+    policies = list(dict.fromkeys(r.fsync for r in runs))
+    return [
+        [
+            r.fsync,
+            r.mode.label,
+            str(r.rep),
+            f"{r.ops_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p95_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"[bold red]{r.failed}[/]" if r.failed else "0",
+            f"{r.client_cpu_us_per_op:.0f}",
+            f"{r.cluster_cpu_us_per_op:.0f}",
+        ]
+        for r in sorted(runs, key=lambda r: (policies.index(r.fsync), r.mode, r.rep))
+    ]
+
+
+def throughput_problems(runs: Sequence[ThroughputRun]) -> list[str]:
+    """A sentence for each run where operations failed or nodes were declared dead, though none was killed."""
+    problems = []
+    for run in runs:
+        where = f"fsync {run.fsync}, rep {run.rep}, {run.mode.label}"
+        if run.failed:
+            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
+            problems.append(f"{where}: {run.failed:,} operations did not complete ({kinds})")
+        if run.dead_nodes:
+            problems.append(f"{where}: the master declared {', '.join(run.dead_nodes)} dead under load")
+    return problems
+
+
+def _runs_table(runs: Sequence[ThroughputRun]) -> RenderableType:
     """Fsync policies and replica counts down, batch sizes across, so both modes sit side by side."""
     from rich.table import Table  # noqa: PLC0415
 
@@ -218,20 +265,15 @@ def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
     return table
 
 
-def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
-    """The throughput table, each fsync policy's cost against ``no``, and a line for each run where operations
-    failed or nodes were declared dead."""
+def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
+    """The runs, each fsync policy's cost against ``no``, and a line for each run where something failed."""
     from rich.console import Group  # noqa: PLC0415
 
-    problems: list[str] = [cost.sentence for cost in fsync_costs(runs)]
-    for run in runs:
-        where = f"fsync {run.fsync}, rep {run.rep}, {run.mode.label}"
-        if run.failed:
-            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
-            problems.append(f"[bold red]{where}: {run.failed} ops did not complete ({kinds})[/]")
-        if run.dead_nodes:
-            problems.append(f"[bold red]{where}: the master declared {', '.join(run.dead_nodes)} dead under load[/]")
-    return Group(throughput_table(runs), *problems)
+    return Group(
+        _runs_table(runs),
+        *(cost.sentence for cost in fsync_costs(runs)),
+        *(f"[bold red]{problem}[/]" for problem in throughput_problems(runs)),
+    )
 
 
 def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
@@ -346,7 +388,7 @@ def throughput_json(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun] = (
     data = {"runs": to_json(list(runs)), "fsync_costs": to_json(fsync_costs(runs))}
     if redis:
         data["redis"] = [
-            {**to_json(r), "kvcluster": [_versus_redis(run, r) for run in runs if run.fsync == r.fsync]} for r in redis
+            {**to_json(r), "kvcluster": [versus_redis(run, r) for run in runs if run.fsync == r.fsync]} for r in redis
         ]
     return data
 
@@ -360,69 +402,20 @@ class ThroughputResults:
     redis_note: str = ""
 
 
-def _versus_redis(run: ThroughputRun, redis: RedisRun) -> dict[str, Any]:
-    ratio = round(run.ops_per_s / redis.mixed_ops_per_s, 3) if redis.mixed_ops_per_s else None
-    return {"rep": run.rep, "batch": run.batch, "window": run.window, "ops_per_s": run.ops_per_s, "ratio": ratio}
-
-
-def redis_table(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun]) -> RenderableType:
-    """Redis under each policy's persistence, beside kvcluster's runs of that policy: ops/s and kvcluster / Redis."""
-    from rich.table import Table  # noqa: PLC0415
-
-    first = redis[0]
-    modes = _modes(runs)
-    table = Table(
-        title=f"kvcluster against Redis (redis-benchmark -c {first.clients} -n {first.requests} -t set,get; "
-        "Redis 50/50 = harmonic mean of SET and GET)"
-    )
-    table.add_column("fsync")
-    table.add_column("Redis")
-    table.add_column("Redis\nSET / GET\nops/s", justify="right")
-    table.add_column("Redis\n50/50\nops/s", justify="right")
-    table.add_column("kvcluster\nreplicas", justify="right")
-    for mode in modes:
-        table.add_column(f"kvcluster\n{mode.label.replace(', ', chr(10))}\nops/s (/ Redis)", justify="right")
-    for r in redis:
-        for rep in sorted({run.rep for run in runs if run.fsync == r.fsync}):
-            cells = []
-            for mode in modes:
-                run = _run_of(runs, rep, mode, r.fsync)
-                ratio = None if run is None else _versus_redis(run, r)["ratio"]
-                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
-            table.add_row(
-                r.fsync,
-                r.config.replace(", ", "\n"),
-                f"{r.set_ops_per_s:,.0f} / {r.get_ops_per_s:,.0f}",
-                f"{r.mixed_ops_per_s:,.0f}",
-                str(rep),
-                *cells,
-            )
-    return table
-
-
 def _results_summary(results: ThroughputResults) -> RenderableType:
     from rich.console import Group  # noqa: PLC0415
 
-    parts = [_throughput_summary(results.runs)]
+    parts = [throughput_table(results.runs)]
     if results.redis:
-        parts.append(redis_table(results.runs, results.redis))
+        first = results.redis[0]
+        title = (
+            f"kvcluster against Redis (redis-benchmark -c {first.clients} -n {first.requests} -t set,get; "
+            "Redis 50/50 = harmonic mean of SET and GET)"
+        )
+        parts.append(rich_table(title, *redis_rows(results.runs, results.redis), left=2))
     if results.redis_note:
         parts.append(results.redis_note)
     return Group(*parts)
-
-
-def run_with_redis(
-    progress: Progress, run: Callable[[Progress], list[ThroughputRun]], fsyncs: Sequence[str], requests: int
-) -> ThroughputResults:
-    """kvcluster's runs, then redis-benchmark under each policy's persistence."""
-    runs = run(progress)
-    task = progress.add_task("redis-benchmark", total=len(fsyncs))
-    redis = []
-    for fsync in fsyncs:
-        progress.update(task, description=f"redis-benchmark: {CONFIG_LABEL[fsync]}")
-        redis.append(run_redis(fsync, requests))
-        progress.advance(task)
-    return ThroughputResults(runs, redis)
 
 
 def throughput_command(
@@ -490,7 +483,7 @@ def throughput_command(
     with_redis = redis and not note
     run_benchmark(
         lambda progress: (
-            run_with_redis(progress, run, fsyncs, ops)
+            ThroughputResults(run(progress), run_redis_for(progress, fsyncs, ops))
             if with_redis
             else ThroughputResults(run(progress), redis_note=note)
         ),
