@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import re
 import statistics
 import subprocess
@@ -28,8 +29,11 @@ from kvcluster.bench import (
     output,
     report,
     throughput,
+    workload,
 )
+from kvcluster.client import Completion, OpResult
 from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import OpKind
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -433,3 +437,37 @@ def test_every_block_of_the_report_template_is_filled_by_some_generator() -> Non
         re.findall(r'template\(\s*"(\w+)"', "".join(p.read_text() for p in Path(report.__file__).parent.glob("*.py")))
     )
     assert used == set(output._template_blocks())
+
+
+def test_a_workload_sends_its_mix_its_range_or_its_owned_keys() -> None:
+    rng = random.Random(1)
+    mix = list(workload.Workload("m", index=2, keys=10, ops=5000, read_ratio=0.25, round_size=2048).rounds(rng))
+    assert [len(ops) for ops, _ in mix] == [2048, 2048, 904]
+    ops = [op for round_ops, _ in mix for op in round_ops]
+    assert {key for _, key, _ in ops} <= {f"key{i}" for i in range(10)}
+    gets = sum(kind == OpKind.GET for kind, _, _ in ops)
+    assert 0.2 < gets / len(ops) < 0.3
+    assert len({value for kind, _, value in ops if kind == OpKind.PUT}) == len(ops) - gets  # every put value unique
+    (verify,) = workload.Workload("m", span=range(5, 8), verify=True).rounds(rng)
+    assert verify == ([(OpKind.GET, f"key{i}", None) for i in (5, 6, 7)], [bulk.bulk_value(i) for i in (5, 6, 7)])
+    owned = workload.Workload("m", owned=("a", "b")).rounds(rng)
+    first, second = next(owned)[0], next(owned)[0]
+    assert [key for _, key, _ in first] == [key for _, key, _ in second] == ["a", "b"]
+
+
+def test_a_tally_dates_answers_by_their_bucket_and_counts_what_failed() -> None:
+    ok, miss, late = Completion.OK, Completion.NOT_FOUND, Completion.TIMED_OUT
+    ops = [(OpKind.GET, "key1", None)] * 4
+    results = [OpResult(ok, "v", 1, 0.2), OpResult(miss, None, 1, 0.7), OpResult(ok, "x", 1, 0.1), OpResult(late)]
+    tally = workload.Tally(0.5)
+    tally.record(ops, results, 10.0, 11.0, ["v", None, "v", "v"])
+    assert {i: list(v) for i, v in tally.latencies.items()} == {20: [pytest.approx(200), pytest.approx(100)], 21: [700]}
+    assert (tally.completed, tally.not_found, tally.wrong, tally.failures, tally.failed) == (
+        3,
+        1,
+        1,
+        {"timed_out": 1},
+        {22: 1},
+    )
+    both = workload.merged([tally, tally])
+    assert (both.completed, both.failures) == (6, {"timed_out": 2})

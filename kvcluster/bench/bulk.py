@@ -13,12 +13,26 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from kvcluster.bench.common import Advance, BenchmarkError, dead_nodes
 from kvcluster.bench.workload import Tally, Workload, bulk_value, merged, tally_worker
 from kvcluster.client_pool import START_TIMEOUT, ClientPool
 
-__all__ = ["BULK_BATCH", "BULK_CLIENTS", "BULK_WINDOW", "BulkCheck", "bulk_load", "bulk_value", "bulk_verify"]
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+__all__ = [
+    "BULK_BATCH",
+    "BULK_CLIENTS",
+    "BULK_WINDOW",
+    "BulkCheck",
+    "bulk_load",
+    "bulk_value",
+    "bulk_verify",
+    "load_shown",
+    "verify_shown",
+]
 
 BULK_BATCH = 64  # operations per message
 BULK_WINDOW = 16  # messages in flight per client process
@@ -45,7 +59,9 @@ def _run_bulk(master: str, keys: int, advance: Advance, *, verify: bool, clients
     clients = max(1, min(clients, keys))
     bounds = [keys * i // clients for i in range(clients + 1)]
     jobs = [
-        Workload(master, i, span=range(bounds[i], bounds[i + 1]), verify=verify, batch=BULK_BATCH, window=BULK_WINDOW)
+        Workload(
+            master, index=i, span=range(bounds[i], bounds[i + 1]), verify=verify, batch=BULK_BATCH, window=BULK_WINDOW
+        )
         for i in range(clients)
     ]
     with ClientPool(tally_worker, jobs) as pool:
@@ -73,3 +89,15 @@ def bulk_verify(master: str, keys: int, advance: Advance, clients: int = BULK_CL
     tally, _ = _run_bulk(master, keys, advance, verify=True, clients=clients)
     lost = tally.wrong + tally.not_found + tally.failures.get("no_replica", 0)
     return BulkCheck(keys, lost, tally.failures.get("timed_out", 0) + tally.failures.get("invalid", 0))
+
+
+def load_shown(master: str, keys: int, progress: Progress) -> float:
+    """``bulk_load`` under a progress bar of its own."""
+    task = progress.add_task(f"loading {keys:,} keys", total=keys)
+    return bulk_load(master, keys, lambda done: progress.advance(task, done))
+
+
+def verify_shown(master: str, keys: int, progress: Progress) -> BulkCheck:
+    """``bulk_verify`` under a progress bar of its own."""
+    task = progress.add_task(f"reading {keys:,} keys back", total=keys)
+    return bulk_verify(master, keys, lambda done: progress.advance(task, done))

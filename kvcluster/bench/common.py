@@ -153,6 +153,13 @@ def poll_master(master: str, observe: Callable[[StatusReport, float], bool], tim
             time.sleep(POLL)
 
 
+def slots_whole(report: StatusReport) -> bool:
+    """Every slot at its replica count, and no copy under way."""
+    from kvcluster.core.placement import under_replicated  # noqa: PLC0415
+
+    return report.table is not None and not under_replicated(report.table) and not report.moving
+
+
 def rss_bytes(pids: Sequence[int]) -> int:
     """Resident memory of the given processes, together (one gone no longer counts)."""
     import psutil  # noqa: PLC0415

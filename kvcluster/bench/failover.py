@@ -1,7 +1,8 @@
-"""``kvcluster bench failover``: SIGKILL a node, measure its keys' unavailability, lost writes and nodes lost.
+"""``kvcluster bench failover`` and ``failover-sweep``: SIGKILL a node, measure unavailability and lost writes.
 
 One client process per key group (keys the victim is the primary of, keys it
-backs up, other keys) runs rounds of one operation per key; the victim is
+backs up, other keys) runs rounds of one operation per key (``workload``'s
+owned keys, every operation kept); the victim is
 killed after a while; every key is read back at the end, and the master is
 asked which nodes it declared dead. With ``--keys N`` the cluster is first
 filled with N keys (``bulk``) and the kill comes right after that load ends;
@@ -9,8 +10,9 @@ the key-group clients are started before the load, so they are running the
 moment it ends. With ``--idle`` only the victim's primary and backup groups
 run, as light probes (a pause between rounds), so the kill lands on an
 otherwise idle cluster. ``--runs R`` repeats the whole run on fresh clusters,
-killing a different node each time. The figures are computed in
-``failover_analysis``; ``failover_sweep`` runs this over several data sizes.
+killing a different node each time. ``failover-sweep`` runs this over several
+data sizes, idle and under load (``run_sweep``). The figures are computed in
+``failover_analysis`` and shown by ``failover_views``.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kvcluster.bench.bulk import BULK_BATCH, BulkCheck, bulk_load, bulk_verify, release_timeout
+from kvcluster.bench.bulk import BULK_BATCH, BulkCheck, load_shown, release_timeout, verify_shown
 from kvcluster.bench.common import (
     CLIENT_DEADLINE,
     BenchmarkError,
@@ -131,7 +133,7 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         # Started before the load, so they are running the moment it ends.
         with ClientPool(history_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
             try:
-                load_s = _load(master, shape.keys, progress) if shape.keys else 0.0
+                load_s = load_shown(master, shape.keys, progress) if shape.keys else 0.0
             except BenchmarkError as exc:
                 # Healthy nodes lost during the load: a finding, not a reason to drop the other runs.
                 return _failed_load(name, shape, f"the load failed: {exc}", dead_nodes(master))
@@ -151,7 +153,7 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         supervisor.reap()
         progress.update(task, description=f"failover {name}: reading every key back", completed=duration)
         final = get_all(master, all_keys)
-        check = _verify(master, shape.keys, progress) if shape.keys else BulkCheck(0, 0, 0)
+        check = verify_shown(master, shape.keys, progress) if shape.keys else BulkCheck(0, 0, 0)
         dead = dead_nodes(master)
     by_group = {group: history.records for group, history in zip(groups, histories, strict=True)}
     result = _failover_result(name, victim, shape, released, kill_t, by_group, initial, final)
@@ -172,8 +174,8 @@ def owned_clients(master: str, groups: Sequence[list[str]], duration: float, pau
     return [
         Workload(
             master,
-            i,
-            i,
+            index=i,
+            seed=i,
             owned=tuple(keys),
             window=len(keys),
             duration=duration,
@@ -197,16 +199,6 @@ def _failed_load(name: str, shape: FailoverShape, error: str, dead: list[str]) -
         false_dead=dead,
         error=error,
     )
-
-
-def _load(master: str, keys: int, progress: Progress) -> float:
-    task = progress.add_task(f"bulk load: {keys:,} keys", total=keys)
-    return bulk_load(master, keys, lambda done: progress.advance(task, done))
-
-
-def _verify(master: str, keys: int, progress: Progress) -> BulkCheck:
-    task = progress.add_task(f"reading {keys:,} loaded keys back", total=keys)
-    return bulk_verify(master, keys, lambda done: progress.advance(task, done))
 
 
 def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: float) -> None:
@@ -266,9 +258,9 @@ def _failover_result(
         duration_s=shape.duration,
         kill_t=round(kill_t - released, 3),
         keys={group: len({r[0] for r in records}) for group, records in by_group.items()},
-        unavailable_ms=median_max(windows, unrecovered),
+        unavailable_ms=median_max([*windows, *[None] * unrecovered]),
         unrecovered_keys=unrecovered,
-        backup_write_unavailable_ms=median_max(stalls, unwritten),
+        backup_write_unavailable_ms=median_max([*stalls, *[None] * unwritten]),
         acked_writes=acked,
         lost_acked_writes=lost,
         unverified_keys=unverified,

@@ -31,9 +31,9 @@ class Failover:
     kill_t: float = 0.0
     """Seconds from the start of the measured phase (the end of the bulk load, if any) to the kill."""
     keys: dict[str, int] = field(default_factory=dict)
-    unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([], 0))
+    unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([]))
     unrecovered_keys: int = 0
-    backup_write_unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([], 0))
+    backup_write_unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([]))
     acked_writes: int = 0
     lost_acked_writes: int = 0
     """Acknowledged writes not read back at the end: the clients' puts and the bulk-loaded keys."""
@@ -161,10 +161,12 @@ def write_unavailability(records: list[OpRecord], kill_t: float) -> tuple[list[f
     return [(end - kill_t) * 1000 for end in first_ack.values()], len(keys - set(first_ack))
 
 
-def median_max(values: list[float], missing: int) -> dict[str, float | None]:
-    if not values or missing:
+def median_max(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Median and max, rounded; both None when there is no value or one is missing (a key never came back)."""
+    known = [v for v in values if v is not None]
+    if not known or len(known) < len(values):
         return {"median": None, "max": None}
-    return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
+    return {"median": round(statistics.median(known), 1), "max": round(max(known), 1)}
 
 
 def timeline(by_group: dict[str, list[OpRecord]], released: float, duration: float) -> list[dict[str, float]]:

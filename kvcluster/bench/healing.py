@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kvcluster.bench.bulk import bulk_load, bulk_verify
+from kvcluster.bench.bulk import load_shown, verify_shown
 from kvcluster.bench.common import (
     CLIENT_DEADLINE,
     BenchmarkError,
@@ -43,6 +43,7 @@ from kvcluster.bench.common import (
     load_average,
     percentile,
     poll_master,
+    slots_whole,
 )
 from kvcluster.bench.workload import Tally, Workload, merged, tally_worker
 from kvcluster.client_pool import ClientPool
@@ -74,8 +75,8 @@ class Traffic:
         jobs = [
             Workload(
                 master,
-                seed,
-                seed,
+                index=seed,
+                seed=seed,
                 keys=keys,
                 bulk_puts=True,
                 round_size=TRAFFIC_ROUND,
@@ -268,14 +269,12 @@ class _RecoveryWatch:
         self.last: StatusReport | None = None
 
     def observe(self, report: StatusReport, now: float) -> bool:
-        from kvcluster.core.placement import under_replicated  # noqa: PLC0415
-
         if report.table is None:
             return False
         self.last = report
         if self.dead_at is None and VICTIM in report.table.dead:
             self.dead_at = now
-        return self.dead_at is not None and not under_replicated(report.table) and not report.moving
+        return self.dead_at is not None and slots_whole(report)
 
 
 class _BalanceWatch:
@@ -290,10 +289,14 @@ class _BalanceWatch:
         self.load: dict[int, list[int]] = {}
 
     def observe(self, report: StatusReport, now: float) -> bool:
-        from kvcluster.core.placement import rank_load  # noqa: PLC0415
+        from kvcluster.core.placement import node_name, rank_load  # noqa: PLC0415
 
         if report.table is None:
             return False
+        if report.table.dead:
+            # No node was killed: one starved of CPU was declared dead, and the cluster will never balance.
+            dead = ", ".join(node_name(n) for n in report.table.dead)
+            raise BenchmarkError(f"{dead} declared dead during the rebalance, though no node was killed")
         load = rank_load(report.table)
         if len(load) < self.nodes:
             return False
@@ -364,8 +367,7 @@ def run_healing_event(shape: HealingShape, progress: Progress) -> Recovery | Reb
     with cluster(shape.nodes, shape.rep) as (supervisor, state):
         master = state.master_endpoint
         try:
-            fill_task = progress.add_task(f"loading {shape.keys:,} keys", total=shape.keys)
-            fill_s = bulk_load(master, shape.keys, lambda done: progress.advance(fill_task, done))
+            fill_s = load_shown(master, shape.keys, progress)
             progress.update(task, description=f"{shape.name}: starting the load clients")
             with Traffic(master, shape.keys, shape.clients) as traffic:
                 released = traffic.pool.release()
@@ -377,8 +379,7 @@ def run_healing_event(shape: HealingShape, progress: Progress) -> Recovery | Reb
                 progress.update(task, description=f"{shape.name}: load after the healing")
                 _sleep(shape.duration)
                 log, stopped = traffic.stop()
-            read_task = progress.add_task(f"reading {shape.keys:,} keys back", total=shape.keys)
-            check = bulk_verify(master, shape.keys, lambda done: progress.advance(read_task, done))
+            check = verify_shown(master, shape.keys, progress)
         finally:
             for info in state.servers[shape.nodes :]:  # started by add_nodes, outside the supervisor
                 stop_process(info)

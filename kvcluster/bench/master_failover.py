@@ -17,7 +17,6 @@ import itertools
 import math
 import os
 import signal
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -26,7 +25,7 @@ import typer
 
 from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster
 from kvcluster.bench.failover import get_all, owned_clients, put_all
-from kvcluster.bench.failover_analysis import lost_writes
+from kvcluster.bench.failover_analysis import lost_writes, median_max
 from kvcluster.bench.output import run_benchmark, template, terminal_chart, to_json
 from kvcluster.bench.workload import OpRecord, history_worker
 from kvcluster.client_pool import ClientPool
@@ -133,13 +132,6 @@ def _longest_gap_ms(successes: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(points)) * 1000
 
 
-def _median_max(values: list[float | None]) -> dict[str, float | None]:
-    known = [v for v in values if v is not None]
-    if not known or len(known) < len(values):
-        return {"median": None, "max": None}
-    return {"median": round(statistics.median(known), 1), "max": round(max(known), 1)}
-
-
 def run_master_failover(nodes: int, rep: int, masters: int, faults: int, progress: Progress) -> MasterFailoverRun:
     """Start the cluster and the load, hit the leader ``faults`` times (kill and pause in turn), check every write."""
     from kvcluster.supervisor import stop_process  # noqa: PLC0415
@@ -188,8 +180,8 @@ def _summarise(
         fault.unavailable_ms = round(_longest_gap_ms(successes, at + WINDOW[0], min(at + WINDOW[1], following)), 1)
     run.ops = len(successes)
     run.lost_acked_writes, run.unverified_keys, run.acked_writes = lost_writes(records, initial, final)
-    run.election_ms = _median_max([f.election_ms for f in run.faults])
-    run.unavailable_ms = _median_max([f.unavailable_ms for f in run.faults])
+    run.election_ms = median_max([f.election_ms for f in run.faults])
+    run.unavailable_ms = median_max([f.unavailable_ms for f in run.faults])
 
 
 def master_failover_table(run: MasterFailoverRun) -> Table:
@@ -278,8 +270,8 @@ def master_failover_markdown(run: MasterFailoverRun) -> list[str]:
     ):
         faults = [f for f in run.faults if f.kind in kinds]
         if faults:
-            elections = _median_max([f.election_ms for f in faults])
-            gaps = _median_max([f.unavailable_ms for f in faults])
+            elections = median_max([f.election_ms for f in faults])
+            gaps = median_max([f.unavailable_ms for f in faults])
             lines.append(f"| {name} | {len(faults)} | {_figures(elections)} | {_figures(gaps)} |")
     return [
         *lines,

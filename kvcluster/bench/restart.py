@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kvcluster.bench.bulk import bulk_load, bulk_value, bulk_verify
+from kvcluster.bench.bulk import bulk_value, bulk_verify, load_shown
 from kvcluster.bench.common import (
     BenchmarkError,
     JsonOut,
@@ -47,6 +47,7 @@ from kvcluster.bench.common import (
     load_average,
     poll_master,
     rss_bytes,
+    slots_whole,
 )
 from kvcluster.bench.output import run_benchmark, to_json
 from kvcluster.bench.restart_views import plot_restart, restart_table
@@ -176,13 +177,6 @@ def du_bytes(root: Path) -> int:
     return total
 
 
-def _whole(report: StatusReport) -> bool:
-    """Every slot at its replica count and no copy under way."""
-    from kvcluster.core.placement import under_replicated  # noqa: PLC0415
-
-    return report.table is not None and not under_replicated(report.table) and not report.moving
-
-
 def _first_get(master: str, keys: int, timeout: float) -> float:
     """Ask for a loaded key until it is answered with its value; the time it was."""
     from kvcluster.client import Connection  # noqa: PLC0415
@@ -232,7 +226,7 @@ def _restart_whole(
 
     def observe(report: StatusReport, _now: float) -> bool:
         last[:] = [report]
-        return _whole(report)
+        return slots_whole(report)
 
     whole_at = poll_master(master, observe, shape.timeout, f"every slot at {shape.rep} replicas after the restart")
     report = last[0]
@@ -299,7 +293,7 @@ class _NodeWatch:
             self.serving_at = now
         totals = {n: sum(ranks) for n, ranks in rank_load(table).items()}
         share = sum(totals.values()) // len(totals) - 1
-        return self.serving_at is not None and _whole(report) and totals.get(self.node_id, 0) >= share
+        return self.serving_at is not None and slots_whole(report) and totals.get(self.node_id, 0) >= share
 
 
 def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, task: Any) -> NodeRestart:
@@ -322,7 +316,7 @@ def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, 
     )
     time.sleep(max(0.0, killed + shape.absence - time.monotonic()))
     before = _status(master)
-    healed_before = _whole(before)
+    healed_before = slots_whole(before)
     progress.update(task, description=f"one node: {name} restarted, waiting for its share")
     restarted = time.monotonic()
     info = start_node(state, VICTIM)
@@ -371,8 +365,7 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
     with cluster(shape.nodes, shape.rep, fsync=shape.fsync) as (supervisor, state):
         empty_start_s = time.monotonic() - starting
         rss_empty = rss_bytes([s.pid for s in state.servers])
-        load_task = progress.add_task(f"loading {shape.keys:,} keys", total=shape.keys)
-        load_s = bulk_load(state.master_endpoint, shape.keys, lambda done: progress.advance(load_task, done))
+        load_s = load_shown(state.master_endpoint, shape.keys, progress)
         rss = rss_bytes([s.pid for s in state.servers])
         progress.update(task, description="whole cluster: stopping every process")
         stopping = time.monotonic()

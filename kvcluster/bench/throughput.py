@@ -1,9 +1,10 @@
 """``kvcluster bench throughput``: ops/s, latency percentiles and CPU per op for each replica count and fsync policy.
 
-Load comes from separate client processes (a ``workers.ClientPool``),
-released together by a barrier so the measured wall time covers the
-concurrent phase only. Each fsync policy and replica count gets a fresh,
-preloaded cluster; each mode (operations per message, messages in flight) is
+Load comes from separate client processes (``workload`` mixes in a
+``ClientPool``), released together by a barrier so the measured wall time
+covers the concurrent phase only. Each fsync policy and replica count gets a
+fresh cluster, filled first (``bulk``), whose nodes' memory is measured then;
+each mode (operations per message, messages in flight) is
 one measured phase. With several policies, each one's cost is given against
 ``no`` (the log written, never synced by the nodes); ``--redis`` adds Redis's
 own figures under the matching persistence (``redis_compare``).
@@ -147,7 +148,7 @@ def measure_load(
     jobs = [
         Workload(
             master,
-            i,
+            index=i,
             seed=rep * 1000 + batch * 10 + i,
             keys=keys,
             ops=share,
