@@ -193,7 +193,7 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
     )
     docs = tmp_path / "tmp"
     report = (docs / "REPORT.md").read_text()
-    for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover"):
+    for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover", "## Memory"):
         assert heading in report
     assert "## Failover after a bulk load" in report
     assert "design.md" in report
@@ -201,6 +201,9 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         assert f"]({chart})" in report
         assert (docs / chart).read_bytes().startswith(PNG_MAGIC)
     assert "kvcluster bench failover-sweep --keys 1000 " in report
+    assert "| msgspec |" in report
+    assert "msgpack" not in report
+    assert "| 1,000 | 3, 2 | failover bulk load |" in report
     assert report.index("## Durability") < report.index("## Reproduce")
     data = json.loads((docs / "REPORT.json").read_text())
     assert data["failover"]["lost_acked_writes"] == 0
@@ -404,15 +407,16 @@ def test_master_failover_section_gives_each_kind_of_fault_and_the_writes_checked
 
 
 def test_memory_section_divides_node_memory_by_key_replicas() -> None:
-    runs = [
-        throughput.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, rss_bytes_per_key_replica=420)
-    ]
-    loaded = failover_run("server1", 700.0, 720.0, rss_bytes_per_key_replica=333.3)
+    mib = 1 << 20
+    memory = common.Memory.after_fill(1000, 3, empty=100 * mib, filled=101 * mib)
+    assert (memory.per_key_replica, memory.added_per_key_replica) == (round(101 * mib / 3000, 1), round(mib / 3000, 1))
+    runs = [throughput.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, memory=memory)]
+    loaded = failover_run("server1", 700.0, 720.0, memory=common.Memory.after_fill(1000, 3, 0, 3000 * 333))
     results = report.Results(runs, None, loaded, [failover_analysis.summarise([loaded])])  # type: ignore[arg-type]
     lines = report._memory_lines(results)
     assert lines[0] == "## Memory"
-    assert "| 1,000 | 7, 3 | failover bulk load | 333 B |" in lines
-    assert "| 1,000 | 7, 3 | throughput preload | 420 B |" in lines
+    assert "| 1,000 | 7, 3 | failover bulk load | 1.0 MiB | 333 B | 333 B |" in lines
+    assert "| 1,000 | 7, 3 | throughput preload | 101.0 MiB | 35,302 B | 350 B |" in lines
 
 
 def test_png_charts_without_matplotlib_name_the_extra(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -158,6 +159,23 @@ def slots_whole(report: StatusReport) -> bool:
     from kvcluster.core.placement import under_replicated  # noqa: PLC0415
 
     return report.table is not None and not under_replicated(report.table) and not report.moving
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The storage nodes' resident memory after a fill, over keys x replicas: in all, and what the fill added."""
+
+    keys: int
+    rep: int
+    rss_bytes: int
+    per_key_replica: float
+    added_per_key_replica: float
+    """Without what the nodes took before the fill (the Python processes themselves)."""
+
+    @classmethod
+    def after_fill(cls, keys: int, rep: int, empty: int, filled: int) -> Memory:
+        replicas = keys * rep
+        return cls(keys, rep, filled, round(filled / replicas, 1), round((filled - empty) / replicas, 1))
 
 
 def rss_bytes(pids: Sequence[int]) -> int:

@@ -150,27 +150,26 @@ def _throughput_lines(results: DurabilityResults, chart: str) -> list[str]:
     lines += markdown_table(THROUGHPUT_HEADER, throughput_rows(runs), left=2)
     costs = fsync_costs(runs)
     if costs:
-        lines += ["", "Against *no* at the same replica count and mode:", ""]
-        lines += [f"- {cost.sentence}." for cost in costs]
-        lines += ["", *template("fsync_noise")]
+        lines += ["Against *no* at the same replica count and mode:", ""]
+        lines += [*(f"- {cost.sentence}." for cost in costs), "", *template("fsync_noise")]
     if results.fdatasync_us:
-        lines += ["", *template("fdatasync", **results.fdatasync_us)]
+        lines += template("fdatasync", **results.fdatasync_us)
     if results.redis:
         lines += _redis_lines(results)
     if results.load_average:
         start, end = results.load_average["start"], results.load_average["end"]
+        cores = os.cpu_count()
         lines += [
+            f"Load average {start[0]:g} before these runs and {end[0]:g} at their end (1 min, {cores} cores).",
             "",
-            f"Load average {start[0]:g} before these runs and {end[0]:g} at their end (1 min, {os.cpu_count()} cores).",
         ]
-    lines.append("")
     return lines
 
 
 def _redis_lines(results: DurabilityResults) -> list[str]:
     first = results.redis[0]
     header, rows = redis_rows(results.runs, results.redis)
-    return ["", *template("redis", clients=first.clients, requests=first.requests), *markdown_table(header, rows, 2)]
+    return [*template("redis", clients=first.clients, requests=first.requests), *markdown_table(header, rows, 2)]
 
 
 def durability_markdown(results: DurabilityResults, charts: dict[str, str]) -> list[str]:

@@ -30,6 +30,7 @@ from kvcluster.bench.common import (
     CLIENT_DEADLINE,
     BenchmarkError,
     JsonOut,
+    Memory,
     Nodes,
     Plot,
     check_shape,
@@ -132,12 +133,14 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         jobs = owned_clients(master, list(groups.values()), duration, PROBE_PAUSE if shape.idle else 0.0)
         # Started before the load, so they are running the moment it ends.
         with ClientPool(history_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
+            empty = rss_bytes([s.pid for s in state.servers])
             try:
                 load_s = load_shown(master, shape.keys, progress) if shape.keys else 0.0
             except BenchmarkError as exc:
                 # Healthy nodes lost during the load: a finding, not a reason to drop the other runs.
                 return _failed_load(name, shape, f"the load failed: {exc}", dead_nodes(master))
-            rss = rss_bytes([s.pid for s in state.servers])
+            filled = rss_bytes([s.pid for s in state.servers])
+            memory = Memory.after_fill(shape.keys, shape.rep, empty, filled) if shape.keys else None
             released = pool.release()
             progress.update(task, description=f"failover {name}: {what}, killing it at {kill_after:g} s")
             _sleep_with_progress(progress, task, released, released + kill_after)
@@ -158,8 +161,7 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
     by_group = {group: history.records for group, history in zip(groups, histories, strict=True)}
     result = _failover_result(name, victim, shape, released, kill_t, by_group, initial, final)
     result.load_s = round(load_s, 2)
-    if shape.keys:
-        result.rss_bytes_per_key_replica = round(rss / (shape.keys * shape.rep), 1)
+    result.memory = memory
     result.false_dead = [n for n in dead if n != name]
     result.loaded_keys_lost, result.loaded_keys_unreadable = check.lost, check.unreadable
     result.lost_acked_writes += check.lost

@@ -13,6 +13,7 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kvcluster.bench.common import Memory
 from kvcluster.bench.workload import OpRecord
 
 TIMELINE_BIN = 0.1  # seconds per bar of the failover timeline
@@ -48,8 +49,8 @@ class Failover:
     """Nodes the master declared dead besides the victim: each is fenced and exits, so this should stay empty."""
     loaded_keys_lost: int = 0
     loaded_keys_unreadable: int = 0
-    rss_bytes_per_key_replica: float | None = None
-    """The storage nodes' resident memory after the bulk load, over keys x replicas (None without a load)."""
+    memory: Memory | None = None
+    """The storage nodes' resident memory after the bulk load (None without a load)."""
     error: str | None = None
     """Why the run's figures mean nothing (a failed load, a victim already gone); None for a run that went through."""
 

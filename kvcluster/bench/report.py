@@ -226,21 +226,24 @@ def _balance_lines(balance: Balance, chart: str) -> list[str]:
 
 def _memory_lines(results: Results) -> list[str]:
     """RSS per key replica of every cluster the throughput and failover runs filled."""
-    rows = {
-        (r.keys, r.nodes, r.rep, "throughput preload"): r.rss_bytes_per_key_replica
-        for r in results.runs
-        if r.rss_bytes_per_key_replica
-    }
+    filled = {(m.keys, run.nodes, m.rep, "throughput preload"): m for run in results.runs if (m := run.memory)}
     for point in results.sweep:
         for run in point.runs:
-            if run.rss_bytes_per_key_replica is not None:
-                rows.setdefault(
-                    (run.keys_loaded, run.nodes, run.rep, "failover bulk load"), run.rss_bytes_per_key_replica
-                )
-    lines = template("memory")
-    lines += ["| keys | nodes, rep | filled by | RSS per key replica |", "| ---: | --- | --- | ---: |"]
-    lines += [f"| {k:,} | {n}, {rep} | {what} | {rss:,.0f} B |" for (k, n, rep, what), rss in sorted(rows.items())]
-    return [*lines, ""]
+            if run.memory is not None:
+                filled.setdefault((run.keys_loaded, run.nodes, run.rep, "failover bulk load"), run.memory)
+    header = ["keys", "nodes, rep", "filled by", "RSS of the nodes", "per key replica", "added per key replica"]
+    rows = [
+        [
+            f"{k:,}",
+            f"{n}, {r}",
+            what,
+            f"{m.rss_bytes / (1 << 20):,.1f} MiB",
+            f"{m.per_key_replica:,.0f} B",
+            f"{m.added_per_key_replica:,.0f} B",
+        ]
+        for (k, n, r, what), m in sorted(filled.items(), key=lambda item: item[0])
+    ]
+    return [*template("memory"), *markdown_table(header, rows, left=3)]
 
 
 def _report_markdown(sizes: ReportSizes, info: dict[str, Any], results: Results, charts: dict[str, str]) -> list[str]:

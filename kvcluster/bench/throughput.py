@@ -24,6 +24,7 @@ from kvcluster.bench.bulk import bulk_load
 from kvcluster.bench.common import (
     Advance,
     JsonOut,
+    Memory,
     Nodes,
     Plot,
     check_shape,
@@ -72,8 +73,7 @@ class ThroughputRun:
     dead_nodes: list[str] = field(default_factory=list)
     keys: int = 0  # keys preloaded, and drawn from
     fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
-    # The storage nodes' resident memory right after the preload, over keys x replicas.
-    rss_bytes_per_key_replica: float = 0.0
+    memory: Memory | None = None  # the storage nodes' resident memory right after the preload
 
     @property
     def mode(self) -> Mode:
@@ -102,8 +102,9 @@ def run_throughput(
             advance = functools.partial(progress.advance, task)
             with cluster(nodes, rep, masters, fsync) as (_, state):
                 progress.update(task, description=f"{name}: preload")
+                empty = rss_bytes([s.pid for s in state.servers])
                 bulk_load(state.master_endpoint, keys, advance)
-                rss = rss_bytes([s.pid for s in state.servers])
+                memory = Memory.after_fill(keys, rep, empty, rss_bytes([s.pid for s in state.servers]))
                 for mode in modes:
                     progress.update(task, description=f"{name}: {mode.label}")
                     run = measure_load(
@@ -120,7 +121,7 @@ def run_throughput(
                         cluster_pids=[*(m.pid for m in state.masters), *(s.pid for s in state.servers)],
                     )
                     run.fsync = fsync
-                    run.rss_bytes_per_key_replica = round(rss / (keys * rep), 1)
+                    run.memory = memory
                     runs.append(run)
             progress.update(task, description=f"{name}: done")
     return runs
