@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from conftest import run_bench
 
-from kvcluster.bench.healing import phase, timeline
 from kvcluster.bench.output import section_markers, splice
-from kvcluster.bench.workload import Tally
+from kvcluster.bench.workload import Tally, phase, timeline
 
 BEGIN, END = section_markers("healing")
 

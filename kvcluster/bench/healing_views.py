@@ -14,8 +14,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.bench.healing import HealingRun, HealingShape, Phase, Rebalance, Recovery, run_healing_event
+from kvcluster.bench.healing import HealingRun, HealingShape, Rebalance, Recovery, run_healing_event
 from kvcluster.bench.output import measure_table, png_chart, template, terminal_chart, to_json, write_section
+from kvcluster.bench.workload import Phase
 
 if TYPE_CHECKING:
     from pathlib import Path

@@ -17,7 +17,7 @@ parent sets ``stop``. It records a ``Tally`` (latencies per time bucket,
 failures by kind, values read back wrong) or (``history_worker``) every
 operation as an ``OpRecord`` for the failover analyses. Buckets are numbered
 on the monotonic clock, which every process shares, so the parent can cut a
-run into phases after the fact.
+tally into a timeline and phases after the fact (``timeline``, ``phase``).
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from kvcluster.bench.common import CLIENT_DEADLINE, CLIENT_TRY_TIMEOUT, key_name
+from kvcluster.bench.common import CLIENT_DEADLINE, CLIENT_TRY_TIMEOUT, key_name, percentile
 
 if TYPE_CHECKING:
     import random
@@ -206,6 +206,69 @@ def merged(tallies: Sequence[Tally]) -> Tally:
     for tally in tallies:
         total.merge(tally)
     return total
+
+
+@dataclass
+class Bucket:
+    """One point of the timeline: seconds from the release to the bucket's start, and what completed in it."""
+
+    t: float
+    ops_per_s: float
+    p99_ms: float | None
+    failed: int
+
+
+@dataclass
+class Phase:
+    """The load over one part of a run (seconds from the release): throughput, latency, failures."""
+
+    name: str
+    start_s: float
+    end_s: float
+    ops_per_s: float
+    p50_ms: float | None
+    p99_ms: float | None
+    failed: int
+
+
+def _full_buckets(bucket: float, start: float, end: float) -> range:
+    """Indices of the buckets that lie wholly in [start, end] (monotonic seconds)."""
+    first = int(-(-start // bucket))  # ceil
+    return range(first, max(first, int(end // bucket)))
+
+
+def timeline(log: Tally, released: float, stopped: float) -> list[Bucket]:
+    """Throughput and p99 per bucket, from the first whole bucket after the release to the last before the stop."""
+    points = []
+    for index in _full_buckets(log.bucket, released, stopped):
+        values = sorted(log.latencies.get(index, ()))
+        points.append(
+            Bucket(
+                t=round(index * log.bucket - released, 3),
+                ops_per_s=round(len(values) / log.bucket, 1),
+                p99_ms=round(percentile(values, 0.99), 2) if values else None,
+                failed=log.failed.get(index, 0),
+            )
+        )
+    return points
+
+
+def phase(log: Tally, released: float, name: str, start: float, end: float) -> Phase:
+    """The figures over [start, end] (monotonic seconds): whole buckets only, or every bucket it touches if none."""
+    indices = _full_buckets(log.bucket, start, end)
+    if not indices:
+        indices = range(int(start // log.bucket), int(end // log.bucket) + 1)
+    values = sorted(v for i in indices for v in log.latencies.get(i, ()))
+    span = len(indices) * log.bucket
+    return Phase(
+        name=name,
+        start_s=round(start - released, 3),
+        end_s=round(end - released, 3),
+        ops_per_s=round(len(values) / span, 1) if span else 0.0,
+        p50_ms=round(percentile(values, 0.5), 2) if values else None,
+        p99_ms=round(percentile(values, 0.99), 2) if values else None,
+        failed=sum(log.failed.get(i, 0) for i in indices),
+    )
 
 
 @dataclass
