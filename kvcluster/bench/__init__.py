@@ -8,7 +8,7 @@ then owns its run, the event it injects and its figures: ``throughput`` (with
 and the sweep over data sizes; figures in ``failover_analysis``, tables,
 charts and report sections in ``failover_views``), ``master_failover``
 (faults of the leading master), ``healing`` (``recovery`` and ``rebalance``:
-a kill or an add under load; views in ``healing_views``), ``restart`` (a
+a kill or an add under load; commands and views in ``healing_views``), ``restart`` (a
 whole cluster, and one node, started again from their data), ``chaos``
 (faults and linearizability, with ``chaos_faults`` and ``chaos_report``), and
 ``report`` (with ``durability_report``; prose in ``report_template.md``).
@@ -31,7 +31,7 @@ def register(app: typer.Typer) -> None:
         balance,
         chaos,
         failover,
-        healing,
+        healing_views,
         master_failover,
         report,
         restart,
@@ -43,8 +43,8 @@ def register(app: typer.Typer) -> None:
     app.command("failover")(failover.failover_command)
     app.command("failover-sweep")(failover.sweep_command)
     app.command("master-failover")(master_failover.master_failover_command)
-    app.command("recovery")(healing.recovery_command)
-    app.command("rebalance")(healing.rebalance_command)
+    app.command("recovery")(healing_views.recovery_command)
+    app.command("rebalance")(healing_views.rebalance_command)
     app.command("restart")(restart.restart_command)
     app.command("report")(report.report_command)
     chaos.register(app)

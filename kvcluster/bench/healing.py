@@ -1,4 +1,4 @@
-"""``kvcluster bench recovery`` and ``bench rebalance``: one benchmark of healing under load, with two events.
+"""Healing under load (``bench recovery`` and ``bench rebalance``): one benchmark, with two events.
 
 The cluster is filled with ``--keys`` keys (``bulk``), client processes run a
 50/50 get/put load on them (``workload``: a put writes the key's own value
@@ -18,26 +18,20 @@ comes the event:
 The load runs ``--duration`` seconds more and every filled key is read back.
 The clients keep each operation's latency in the time bucket its answer
 arrived in, so the run is cut into phases (before, during and after the
-healing) afterwards. Tables, charts and the report's section are in
-``healing_views``.
+healing) afterwards. The commands, tables, charts and the report's section
+are in ``healing_views``.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Annotated
-
-import typer
+from typing import TYPE_CHECKING
 
 from kvcluster.bench.bulk import load_shown, verify_shown
 from kvcluster.bench.common import (
     CLIENT_DEADLINE,
     BenchmarkError,
-    JsonOut,
-    Nodes,
-    Plot,
-    check_shape,
     cluster,
     dead_nodes,
     load_average,
@@ -46,7 +40,7 @@ from kvcluster.bench.common import (
 )
 from kvcluster.bench.workload import Bucket, Phase, Tally, Workload, merged, phase, tally_worker, timeline
 from kvcluster.client_pool import ClientPool
-from kvcluster.errors import NodeNotRunning, UsageError
+from kvcluster.errors import NodeNotRunning
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -399,64 +393,3 @@ def check_keys(result: HealingRun) -> None:
         raise BenchmarkError(
             f"{result.keys_lost} keys lost and {result.keys_unreadable} unreadable of {result.keys} after the healing"
         )
-
-
-def _run_command(shape: HealingShape, plot: bool, json_out: JsonOut) -> None:
-    from kvcluster.bench.healing_views import healing_table, plot_healing  # noqa: PLC0415
-    from kvcluster.bench.output import run_benchmark, to_json  # noqa: PLC0415
-
-    check_shape(shape.nodes, [shape.rep])
-    result = run_benchmark(
-        lambda progress: run_healing_event(shape, progress),
-        healing_table,
-        plot_healing,
-        to_json,
-        plot=plot,
-        json_out=json_out,
-    )
-    check_keys(result)
-
-
-FilledKeys = Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")]
-LoadClients = Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")]
-
-
-def recovery_command(
-    nodes: Nodes = 7,
-    rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key (at least 2).")] = 3,
-    keys: FilledKeys = 100_000,
-    duration: Annotated[
-        float,
-        typer.Option("--duration", min=1.0, help="Seconds of load before the kill, and again after the healing."),
-    ] = 5.0,
-    clients: LoadClients = 2,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1.0, help="Give up when the slots are not whole this long after the kill.")
-    ] = 600.0,
-    plot: Plot = False,
-    json_out: JsonOut = None,
-) -> None:
-    """SIGKILL a node under load: time until every slot has rep replicas again, throughput and p99 meanwhile."""
-    if nodes - 1 < rep:
-        raise UsageError(f"after a kill {nodes - 1} nodes cannot hold {rep} replicas; use more --nodes or less --rep")
-    _run_command(HealingShape(nodes, rep, keys, duration, clients, timeout), plot, json_out)
-
-
-def rebalance_command(
-    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes before the add.")] = 5,
-    rep: Annotated[int, typer.Option("--rep", min=1, help="Replicas per key.")] = 3,
-    add: Annotated[int, typer.Option("--add", min=1, max=64, help="Nodes to add, as add-node --count does.")] = 2,
-    keys: FilledKeys = 100_000,
-    duration: Annotated[
-        float,
-        typer.Option("--duration", min=1.0, help="Seconds of load before the add, and again after the moves."),
-    ] = 5.0,
-    clients: LoadClients = 2,
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1.0, help="Give up when the moves are not over this long after the add.")
-    ] = 600.0,
-    plot: Plot = False,
-    json_out: JsonOut = None,
-) -> None:
-    """Add nodes under load: time until the slots are spread over them, throughput and p99 meanwhile."""
-    _run_command(HealingShape(nodes, rep, keys, duration, clients, timeout, add), plot, json_out)

@@ -1,4 +1,4 @@
-"""How healing runs (``recovery``, ``rebalance``) are shown: tables, timelines, and their section of the report.
+"""``kvcluster bench recovery`` and ``rebalance``: their commands, tables, timelines, and section of the report.
 
 A timeline has two panels over the same time axis, throughput and p99
 latency per bucket, with the event (kill or add) marked and the healing
@@ -12,11 +12,23 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-from kvcluster.bench.healing import HealingRun, HealingShape, Rebalance, Recovery, run_healing_event
-from kvcluster.bench.output import measure_table, png_chart, template, terminal_chart, to_json, write_section
+import typer
+
+from kvcluster.bench.common import JsonOut, Nodes, Plot, check_shape
+from kvcluster.bench.healing import HealingRun, HealingShape, Rebalance, Recovery, check_keys, run_healing_event
+from kvcluster.bench.output import (
+    measure_table,
+    png_chart,
+    run_benchmark,
+    template,
+    terminal_chart,
+    to_json,
+    write_section,
+)
 from kvcluster.bench.workload import Phase
+from kvcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -292,3 +304,64 @@ def write_healing(out: Path, results: HealingResults) -> None:
         "healing_command": results.command,
     }
     write_section(out, "healing", healing_markdown(results), data)
+
+
+# --- the commands ---
+
+
+def _run_command(shape: HealingShape, plot: bool, json_out: JsonOut) -> None:
+    check_shape(shape.nodes, [shape.rep])
+    result = run_benchmark(
+        lambda progress: run_healing_event(shape, progress),
+        healing_table,
+        plot_healing,
+        to_json,
+        plot=plot,
+        json_out=json_out,
+    )
+    check_keys(result)
+
+
+FilledKeys = Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")]
+LoadClients = Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")]
+
+
+def recovery_command(
+    nodes: Nodes = 7,
+    rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key (at least 2).")] = 3,
+    keys: FilledKeys = 100_000,
+    duration: Annotated[
+        float,
+        typer.Option("--duration", min=1.0, help="Seconds of load before the kill, and again after the healing."),
+    ] = 5.0,
+    clients: LoadClients = 2,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Give up when the slots are not whole this long after the kill.")
+    ] = 600.0,
+    plot: Plot = False,
+    json_out: JsonOut = None,
+) -> None:
+    """SIGKILL a node under load: time until every slot has rep replicas again, throughput and p99 meanwhile."""
+    if nodes - 1 < rep:
+        raise UsageError(f"after a kill {nodes - 1} nodes cannot hold {rep} replicas; use more --nodes or less --rep")
+    _run_command(HealingShape(nodes, rep, keys, duration, clients, timeout), plot, json_out)
+
+
+def rebalance_command(
+    nodes: Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes before the add.")] = 5,
+    rep: Annotated[int, typer.Option("--rep", min=1, help="Replicas per key.")] = 3,
+    add: Annotated[int, typer.Option("--add", min=1, max=64, help="Nodes to add, as add-node --count does.")] = 2,
+    keys: FilledKeys = 100_000,
+    duration: Annotated[
+        float,
+        typer.Option("--duration", min=1.0, help="Seconds of load before the add, and again after the moves."),
+    ] = 5.0,
+    clients: LoadClients = 2,
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Give up when the moves are not over this long after the add.")
+    ] = 600.0,
+    plot: Plot = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Add nodes under load: time until the slots are spread over them, throughput and p99 meanwhile."""
+    _run_command(HealingShape(nodes, rep, keys, duration, clients, timeout, add), plot, json_out)
