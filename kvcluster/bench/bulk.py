@@ -38,6 +38,7 @@ BULK_BATCH = 64  # operations per message
 BULK_WINDOW = 16  # messages in flight per client process
 BULK_CLIENTS = 4  # client processes: four load a 7-node cluster on 2 cores about twice as fast as one
 MIN_KEYS_PER_S = 2000  # the slowest load rate a release timeout allows for
+KEYS_PER_CLIENT = 10_000  # fewer keys per process than this, and starting the process costs more than it saves
 
 
 def release_timeout(keys: int) -> float:
@@ -56,7 +57,7 @@ class BulkCheck:
 
 def _run_bulk(master: str, keys: int, advance: Advance, *, verify: bool, clients: int) -> tuple[Tally, float]:
     """Run the ranges of ``keys`` keys on ``clients`` processes; the merged tally and the seconds it took."""
-    clients = max(1, min(clients, keys))
+    clients = max(1, min(clients, keys // KEYS_PER_CLIENT))
     bounds = [keys * i // clients for i in range(clients + 1)]
     jobs = [
         Workload(
