@@ -65,6 +65,19 @@ class Worker:
         self.queue.put(("progress", self.index, done))
 
 
+@dataclass(frozen=True)
+class InlineWorker:
+    """A job run in the parent itself (too small to be worth a process): released at once, progress handed on."""
+
+    on_progress: Callable[[Any], None]
+
+    def wait_for_release(self) -> None:
+        """Nothing to wait for: nobody else takes part."""
+
+    def progress(self, done: Any) -> None:
+        self.on_progress(done)
+
+
 def _serve(target: Callable[[J, Worker], object], job: J, worker: Worker) -> None:
     """Entry point of every client process: run ``target`` and hand its result, or its error, to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us

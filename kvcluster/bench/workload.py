@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import random
 
     from kvcluster.client import OpResult
-    from kvcluster.client_pool import Worker
+    from kvcluster.client_pool import InlineWorker, Worker
     from kvcluster.core.protocol import OpKind
 
     Op = tuple[OpKind, str, str | None]
@@ -297,17 +297,17 @@ class History:
             )
 
 
-def tally_worker(job: Workload, worker: Worker) -> Tally:
+def tally_worker(job: Workload, worker: Worker | InlineWorker) -> Tally:
     """Entry point of a client process that tallies its operations."""
     return _run(job, worker, Tally(job.bucket))
 
 
-def history_worker(job: Workload, worker: Worker) -> History:
+def history_worker(job: Workload, worker: Worker | InlineWorker) -> History:
     """Entry point of a client process that keeps every operation."""
     return _run(job, worker, History())
 
 
-def _run(job: Workload, worker: Worker, log: L) -> L:
+def _run(job: Workload, worker: Worker | InlineWorker, log: L) -> L:
     """Get ready, wait for the release, run the rounds into ``log`` until the job stops, and return it."""
     import random  # noqa: PLC0415
 
