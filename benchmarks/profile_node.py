@@ -30,7 +30,7 @@ from pathlib import Path
 
 import psutil
 
-from kvcluster.bench.common import preload
+from kvcluster.bench.bulk import bulk_load
 from kvcluster.bench.throughput import measure_load
 from kvcluster.client import Connection
 from kvcluster.core.actions import Action, ToMaster
@@ -187,7 +187,7 @@ def main() -> None:
         procs: list[subprocess.Popen[bytes]] = []
         try:
             endpoint, procs = start(args.nodes, args.rep, home, profile)
-            preload(endpoint, args.keys, lambda _n: None)
+            bulk_load(endpoint, args.keys, lambda _n: None)
             before = thread_cpu(procs[1].pid)
             roles_before = cpu_by_role(procs)
             run = measure_load(

@@ -1,4 +1,4 @@
-"""The client processes of ``kvcluster load``: each stores its share of every chunk, in order.
+"""The client processes of ``kvcluster load`` (a ``ClientPool``): each stores its share of every chunk, in order.
 
 A single client process tops out well below what the cluster can take, so
 ``load`` hands the puts to several ``Connection`` processes. The parent reads and
@@ -15,26 +15,21 @@ ZeroMQ context: each builds its own, and none pays for importing kvcluster
 again. (Spawned processes would also bring multiprocessing's resource
 tracker, which can warn on stderr about the queues' semaphores at exit.)
 
-Results come back on one queue, per process in the order of its shares, and
-are turned back into line numbers here. Client processes ignore SIGINT (the
-parent stops them), and a thread in each one ends it when its parent is gone,
-wherever its main thread is blocked (a share half written into its queue by a
+Outcomes come back as the pool's progress reports, per process in the order
+of its shares, and are turned back into line numbers here. The pool handles
+signals and a parent that is gone (a share half written into its queue by a
 parent killed with SIGKILL is never finished).
 """
 
 from __future__ import annotations
 
-import os
 import queue
-import signal
-import threading
-import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.errors import KvclusterError, LoadIncomplete
+from kvcluster.client_pool import ClientPool, Worker
 
 if TYPE_CHECKING:
     from kvcluster.curve import Curve
@@ -58,7 +53,7 @@ class Stored:
 
 
 class Loaders:
-    """Client processes that store shares of chunks; use as a context manager, which stops them all."""
+    """Client processes (a forked ``ClientPool``) that store shares of chunks; use as a context manager."""
 
     def __init__(
         self, master: str, count: int, *, deadline: float, batch: int, window: int, curve: Curve | None = None
@@ -66,35 +61,20 @@ class Loaders:
         import multiprocessing  # noqa: PLC0415
 
         ctx = multiprocessing.get_context("fork")  # see the module docstring
-        self.results: Any = ctx.Queue()
         self.inboxes: list[Any] = [ctx.Queue(maxsize=QUEUED_SHARES) for _ in range(count)]
-        self.procs = [
-            ctx.Process(
-                target=_store_shares,
-                args=(_Job(master, deadline, batch, window, index, os.getpid(), curve), inbox, self.results),
-                daemon=True,
-            )
-            for index, inbox in enumerate(self.inboxes)
-        ]
+        jobs = [_Job(master, deadline, batch, window, inbox, curve) for inbox in self.inboxes]
+        self.pool: ClientPool[_Job, None] = ClientPool(_store_shares, jobs, start_method="fork")
         self.lines: list[deque[list[int]]] = [deque() for _ in range(count)]  # per process: each share's lines
 
     def __enter__(self) -> Loaders:
-        for proc in self.procs:
-            proc.start()
+        self.pool.__enter__()
         return self
 
-    def __exit__(self, *_exc: object) -> None:
-        for proc in self.procs:
-            if proc.is_alive():
-                proc.terminate()
-        for proc in self.procs:
-            proc.join(5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-        for channel in (*self.inboxes, self.results):
-            channel.cancel_join_thread()  # unread shares must not keep this process from exiting
-            channel.close()
+    def __exit__(self, *exc: object) -> None:
+        self.pool.__exit__(*exc)
+        for inbox in self.inboxes:
+            inbox.cancel_join_thread()  # unread shares must not keep this process from exiting
+            inbox.close()
 
     @property
     def pending(self) -> int:
@@ -103,7 +83,7 @@ class Loaders:
 
     def send(self, entries: dict[str, tuple[str, int]], on_stored: Callable[[Stored], None]) -> None:
         """Split a chunk's puts (key -> value, line) by key and queue each share, handling outcomes meanwhile."""
-        count = len(self.procs)
+        count = len(self.inboxes)
         shares: list[tuple[list[tuple[str, str]], list[int]]] = [([], []) for _ in range(count)]
         for key, (value, line) in entries.items():
             puts, lines = shares[hash(key) % count]
@@ -119,25 +99,19 @@ class Loaders:
         """Wait for the outcome of every share sent, then let the processes exit."""
         while self.pending:
             self.collect(on_stored, POLL)
-        for index in range(len(self.procs)):
+        for index in range(len(self.inboxes)):
             while not self._offer(index, None):
                 self.collect(on_stored, POLL)
 
     def collect(self, on_stored: Callable[[Stored], None], wait: float) -> None:
         """Hand every outcome that has come back to ``on_stored``, waiting up to ``wait`` s for the first one."""
-        until = time.monotonic() + wait
-        while True:
-            try:
-                kind, index, payload = self.results.get(timeout=max(0.0, until - time.monotonic()))
-            except queue.Empty:
-                self._check_alive()
-                return
-            if kind == "error":
-                raise LoadIncomplete(payload)
-            stored, failed = payload
+
+        def outcome(report: tuple[int, int, list[tuple[int, str]]]) -> None:
+            index, stored, failed = report
             lines = self.lines[index].popleft()
             on_stored(Stored(stored, [(lines[i], FAILURES.get(reason, reason)) for i, reason in failed]))
-            until = time.monotonic()  # take whatever else is there, without waiting again
+
+        self.pool.poll(outcome, wait)
 
     def _offer(self, index: int, share: list[tuple[str, str]] | None) -> bool:
         try:
@@ -145,11 +119,6 @@ class Loaders:
         except queue.Full:
             return False
         return True
-
-    def _check_alive(self) -> None:
-        for index, proc in enumerate(self.procs):
-            if not proc.is_alive() and proc.exitcode != 0:
-                raise LoadIncomplete(f"client process {index} exited with code {proc.exitcode}")
 
 
 @dataclass(frozen=True, slots=True)
@@ -160,38 +129,18 @@ class _Job:
     deadline: float
     batch: int
     window: int
-    index: int
-    parent: int
+    inbox: Any
     curve: Curve | None = None  # the client's CurveZMQ keys, for a cluster file with CURVE on
 
 
-def _store_shares(job: _Job, inbox: Any, results: Any) -> None:
-    """Entry point of a client process: store each share from ``inbox`` and report its outcome on ``results``."""
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)  # the parent's handler raises KeyboardInterrupt: not wanted here
-    threading.Thread(target=_exit_without, args=(job.parent,), daemon=True).start()
-    try:
-        _serve(job, inbox, results)
-    except KvclusterError as exc:
-        results.put(("error", job.index, str(exc)))
-    except Exception as exc:  # noqa: BLE001 - reported in one line by the parent, never as a traceback
-        results.put(("error", job.index, f"client process {job.index} failed: {type(exc).__name__}: {exc}"))
-
-
-def _serve(job: _Job, inbox: Any, results: Any) -> None:
+def _store_shares(job: _Job, worker: Worker) -> None:
+    """Entry point of a client process: store each share from its inbox and report its outcome."""
     from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     put, ok = OpKind.PUT, Completion.OK  # enum members cost a lookup each time: once per put adds up
     with Connection(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT, curve=job.curve) as client:
-        while (share := inbox.get()) is not None:
+        while (share := job.inbox.get()) is not None:
             outcome = client.execute([(put, key, value) for key, value in share], batch=job.batch, window=job.window)
             failed = [(i, result.completion.value) for i, result in enumerate(outcome) if result.completion is not ok]
-            results.put(("done", job.index, (len(share) - len(failed), failed)))
-
-
-def _exit_without(parent: int) -> None:
-    """End this process once ``parent`` is gone: nobody would read what it stores."""
-    while os.getppid() == parent:
-        time.sleep(1.0)
-    os._exit(1)
+            worker.progress((worker.index, len(share) - len(failed), failed))

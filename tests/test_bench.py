@@ -8,6 +8,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import random
 import re
 import statistics
 import subprocess
@@ -17,8 +18,22 @@ from pathlib import Path
 import pytest
 from conftest import run_bench
 
-from kvcluster.bench import balance, bulk, common, failover, failover_analysis, failover_sweep
+from kvcluster.bench import (
+    balance,
+    bulk,
+    common,
+    failover,
+    failover_analysis,
+    failover_views,
+    master_failover,
+    output,
+    report,
+    throughput,
+    workload,
+)
+from kvcluster.client import Completion, OpResult
 from kvcluster.core.placement import replicas_for, slot_of
+from kvcluster.core.protocol import OpKind
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -123,7 +138,7 @@ def test_failover_right_after_a_bulk_load_idle_over_two_kills(tmp_path: Path) ->
         assert run["load_s"] > 0
         # Right after the load, as planned; how soon after is a timing figure for the benchmark to report, not for
         # a test on a shared machine to judge. The upper bound only catches a hang.
-        assert failover.KILL_AFTER_LOAD <= run["kill_t"] < 60
+        assert failover_analysis.KILL_AFTER_LOAD <= run["kill_t"] < 60
         assert set(run["keys"]) == {"primary", "backup"}  # probes only: no unrelated key group
         assert run["loaded_keys_lost"] == run["loaded_keys_unreadable"] == 0
         assert run["lost_acked_writes"] == 0
@@ -173,10 +188,12 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         "1",
         "--restart-keys",
         "",  # tests/test_bench_durability.py runs bench restart on its own
+        "--master-faults",
+        "0",  # tests/test_master_failover.py kills and pauses the leader; the section's lines are checked below
     )
     docs = tmp_path / "tmp"
     report = (docs / "REPORT.md").read_text()
-    for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover"):
+    for heading in ("## Machine", "## Design in brief", "## Throughput", "## Load balance", "## Failover", "## Memory"):
         assert heading in report
     assert "## Failover after a bulk load" in report
     assert "design.md" in report
@@ -184,6 +201,9 @@ def test_quick_report_writes_markdown_and_charts(tmp_path: Path) -> None:
         assert f"]({chart})" in report
         assert (docs / chart).read_bytes().startswith(PNG_MAGIC)
     assert "kvcluster bench failover-sweep --keys 1000 " in report
+    assert "| msgspec |" in report
+    assert "msgpack" not in report
+    assert "| 1,000 | 3, 2 | failover bulk load |" in report
     assert report.index("## Durability") < report.index("## Reproduce")
     data = json.loads((docs / "REPORT.json").read_text())
     assert data["failover"]["lost_acked_writes"] == 0
@@ -365,6 +385,93 @@ def test_bulk_values_are_100_bytes_and_differ() -> None:
 
 
 def test_key_counts_read_as_k_and_m() -> None:
-    assert [failover_sweep.keys_label(n) for n in (500, 10_000, 1_500, 1_000_000, 2_000_000)] == [
+    assert [failover_views.keys_label(n) for n in (500, 10_000, 1_500, 1_000_000, 2_000_000)] == [
         "500", "10k", "1.5k", "1M", "2M",
     ]  # fmt: skip
+
+
+def test_master_failover_section_gives_each_kind_of_fault_and_the_writes_checked() -> None:
+    run = master_failover.MasterFailoverRun(3, 5, 3, acked_writes=1200, lost_acked_writes=0)
+    run.faults = [
+        master_failover.MasterFault("kill", "master1", 1, 2.0, 1400.0, "master2", 2, 1600.0),
+        master_failover.MasterFault("pause", "master2", 2, 10.0, 700.0, "master3", 3, 300.0),
+        master_failover.MasterFault("kill", "master3", 3, 18.0, 1000.0, "master1", 4, 1200.0),
+    ]
+    lines = master_failover.master_failover_markdown(run)
+    assert lines[0] == "## Master failover"
+    assert "kvcluster bench master-failover --nodes 5 --rep 3 --masters 3 --faults 3" in lines[2]
+    assert "| kill -9 of the leader | 2 | 1,200 / 1,400 ms | 1,400 / 1,600 ms |" in lines
+    assert "| SIGSTOP of the leader | 1 | 700 / 700 ms | 300 / 300 ms |" in lines
+    assert "| all | 3 | 1,000 / 1,400 ms | 1,200 / 1,600 ms |" in lines
+    assert any("**0** of 1,200" in line for line in lines)
+
+
+def test_memory_section_divides_node_memory_by_key_replicas() -> None:
+    mib = 1 << 20
+    memory = common.Memory.after_fill(1000, 3, empty=100 * mib, filled=101 * mib)
+    assert (memory.per_key_replica, memory.added_per_key_replica) == (round(101 * mib / 3000, 1), round(mib / 3000, 1))
+    runs = [throughput.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, memory=memory)]
+    loaded = failover_run("server1", 700.0, 720.0, memory=common.Memory.after_fill(1000, 3, 0, 3000 * 333))
+    results = report.Results(runs, None, loaded, [failover_analysis.summarise([loaded])])  # type: ignore[arg-type]
+    lines = report._memory_lines(results)
+    assert lines[0] == "## Memory"
+    assert "| 1,000 | 7, 3 | failover bulk load | 1.0 MiB | 333 B | 333 B |" in lines
+    assert "| 1,000 | 7, 3 | throughput preload | 101.0 MiB | 35,302 B | 350 B |" in lines
+
+
+def test_png_charts_without_matplotlib_name_the_extra(tmp_path: Path) -> None:
+    block = (
+        "import sys, runpy; sys.modules['matplotlib'] = None; sys.argv = ['kvcluster', 'bench', 'report', '--quick']"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", f"{block}; runpy.run_module('kvcluster', run_name='__main__')"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr == "error: PNG charts need matplotlib: pip install 'kvcluster[report]'\n"
+    assert not (tmp_path / "docs").exists()
+
+
+def test_every_block_of_the_report_template_is_filled_by_some_generator() -> None:
+    used = set(
+        re.findall(r'template\(\s*"(\w+)"', "".join(p.read_text() for p in Path(report.__file__).parent.glob("*.py")))
+    )
+    assert used == set(output._template_blocks())
+
+
+def test_a_workload_sends_its_mix_its_range_or_its_owned_keys() -> None:
+    rng = random.Random(1)
+    mix = list(workload.Workload("m", index=2, keys=10, ops=5000, read_ratio=0.25, round_size=2048).rounds(rng))
+    assert [len(ops) for ops, _ in mix] == [2048, 2048, 904]
+    ops = [op for round_ops, _ in mix for op in round_ops]
+    assert {key for _, key, _ in ops} <= {f"key{i}" for i in range(10)}
+    gets = sum(kind == OpKind.GET for kind, _, _ in ops)
+    assert 0.2 < gets / len(ops) < 0.3
+    assert len({value for kind, _, value in ops if kind == OpKind.PUT}) == len(ops) - gets  # every put value unique
+    (verify,) = workload.Workload("m", span=range(5, 8), verify=True).rounds(rng)
+    assert verify == ([(OpKind.GET, f"key{i}", None) for i in (5, 6, 7)], [bulk.bulk_value(i) for i in (5, 6, 7)])
+    owned = workload.Workload("m", owned=("a", "b")).rounds(rng)
+    first, second = next(owned)[0], next(owned)[0]
+    assert [key for _, key, _ in first] == [key for _, key, _ in second] == ["a", "b"]
+
+
+def test_a_tally_dates_answers_by_their_bucket_and_counts_what_failed() -> None:
+    ok, miss, late = Completion.OK, Completion.NOT_FOUND, Completion.TIMED_OUT
+    ops = [(OpKind.GET, "key1", None)] * 4
+    results = [OpResult(ok, "v", 1, 0.2), OpResult(miss, None, 1, 0.7), OpResult(ok, "x", 1, 0.1), OpResult(late)]
+    tally = workload.Tally(0.5)
+    tally.record(ops, results, 10.0, 11.0, ["v", None, "v", "v"])
+    assert {i: list(v) for i, v in tally.latencies.items()} == {20: [pytest.approx(200), pytest.approx(100)], 21: [700]}
+    assert (tally.completed, tally.not_found, tally.wrong, tally.failures, tally.failed) == (
+        3,
+        1,
+        1,
+        {"timed_out": 1},
+        {22: 1},
+    )
+    both = workload.merged([tally, tally])
+    assert (both.completed, both.failures) == (6, {"timed_out": 2})

@@ -17,8 +17,10 @@ from typing import Any
 import pytest
 from conftest import run_bench
 
-from kvcluster.bench.healing_load import TrafficLog, phase, timeline
-from kvcluster.bench.healing_report import BEGIN, END, splice_section
+from kvcluster.bench.output import section_markers, splice
+from kvcluster.bench.workload import Tally, phase, timeline
+
+BEGIN, END = section_markers("healing")
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 SLOTS = 4096
@@ -158,9 +160,9 @@ def test_impossible_healing_shapes_are_usage_errors(tmp_path: Path, args: list[s
 
 def test_timeline_counts_whole_buckets_only() -> None:
     # Buckets of 0.5 s on the shared clock: bucket 20 is [10.0, 10.5).
-    log = TrafficLog(latencies={20: array("f", [1.0] * 100), 21: array("f", [2.0] * 99 + [50.0]), 22: array("f")})
+    log = Tally(0.5, latencies={20: array("f", [1.0] * 100), 21: array("f", [2.0] * 99 + [50.0]), 22: array("f")})
     log.failed = {22: 3}
-    points = timeline(log, 0.5, released=9.9, stopped=11.6)
+    points = timeline(log, released=9.9, stopped=11.6)
     assert [p.t for p in points] == [pytest.approx(0.1), pytest.approx(0.6), pytest.approx(1.1)]
     assert [p.ops_per_s for p in points] == [200.0, 200.0, 0.0]
     assert points[0].p99_ms == 1.0
@@ -170,23 +172,23 @@ def test_timeline_counts_whole_buckets_only() -> None:
 
 
 def test_phase_takes_its_whole_buckets_or_every_bucket_it_touches() -> None:
-    log = TrafficLog(latencies={i: array("f", [float(i)] * 10) for i in range(20, 30)})
-    whole = phase(log, 0.5, 10.0, "during", 11.0, 12.0)  # buckets 22 and 23
+    log = Tally(0.5, latencies={i: array("f", [float(i)] * 10) for i in range(20, 30)})
+    whole = phase(log, 10.0, "during", 11.0, 12.0)  # buckets 22 and 23
     assert whole.ops_per_s == 20.0
     assert (whole.start_s, whole.end_s) == (1.0, 2.0)
     assert whole.p50_ms == 22.0
     assert whole.p99_ms == 23.0
-    short = phase(log, 0.5, 10.0, "during", 11.1, 11.3)  # shorter than a bucket: bucket 22 only
+    short = phase(log, 10.0, "during", 11.1, 11.3)  # shorter than a bucket: bucket 22 only
     assert short.ops_per_s == 20.0
     assert short.p99_ms == 22.0
 
 
 def test_splice_puts_the_section_before_reproduce_or_in_place() -> None:
     section = f"{BEGIN}\nnew\n{END}\n"
-    fresh = splice_section("# r\n\n## A\n\n## Reproduce\n\nx\n", section)
+    fresh = splice("# r\n\n## A\n\n## Reproduce\n\nx\n", section, BEGIN, END)
     assert fresh.index("## A") < fresh.index("new") < fresh.index("## Reproduce")
-    again = splice_section(fresh, f"{BEGIN}\nnewer\n{END}\n")
+    again = splice(fresh, f"{BEGIN}\nnewer\n{END}\n", BEGIN, END)
     assert "newer" in again
     assert "\nnew\n" not in again
     assert again.count(BEGIN) == 1
-    assert splice_section("# r\n", section).endswith(section)
+    assert splice("# r\n", section, BEGIN, END).endswith(section)

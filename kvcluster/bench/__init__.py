@@ -1,15 +1,17 @@
 """The ``kvcluster bench`` commands: throughput, balance, failover, chaos and the report that gathers them.
 
-One module per benchmark, each owning its run, its results, its tables and
-its charts: ``throughput`` (with ``redis_compare`` for Redis beside it),
-``balance``, ``failover`` (figures in ``failover_analysis``, tables and charts
-in ``failover_views``), ``failover_sweep`` (failover against the data size),
-``master_failover`` (faults of the leading master), ``recovery`` and
-``rebalance`` (healing under load, sharing ``healing_load`` and ``healing_views``),
-``restart`` (a whole cluster, and one node, started again from their data),
-``chaos`` (faults and linearizability, with ``chaos_faults`` and
-``chaos_report``), ``report``.
-``bulk`` loads and reads back a large data set for failover and chaos runs.
+Every benchmark's load comes from one worker (``workload``: client processes
+running rounds of gets and puts, recording a tally or every operation), and
+every cluster is filled the same way (``bulk``). One module per benchmark
+then owns its run, the event it injects and its figures: ``throughput`` (with
+``redis_compare`` for Redis beside it), ``balance``, ``failover`` (one kill,
+and the sweep over data sizes; figures in ``failover_analysis``, tables,
+charts and report sections in ``failover_views``), ``master_failover``
+(faults of the leading master), ``healing`` (``recovery`` and ``rebalance``:
+a kill or an add under load; commands and views in ``healing_views``), ``restart`` (a
+whole cluster, and one node, started again from their data), ``chaos``
+(faults and linearizability, with ``chaos_faults`` and ``chaos_report``), and
+``report`` (with ``durability_report``; prose in ``report_template.md``).
 ``common`` and ``output`` hold what they share; nothing there imports a
 benchmark module. Only ``kvcluster bench ...`` imports this package, and
 ``register`` imports the modules only when it is called.
@@ -29,10 +31,8 @@ def register(app: typer.Typer) -> None:
         balance,
         chaos,
         failover,
-        failover_sweep,
+        healing_views,
         master_failover,
-        rebalance,
-        recovery,
         report,
         restart,
         throughput,
@@ -41,10 +41,10 @@ def register(app: typer.Typer) -> None:
     app.command("throughput")(throughput.throughput_command)
     app.command("balance")(balance.balance_command)
     app.command("failover")(failover.failover_command)
-    app.command("failover-sweep")(failover_sweep.sweep_command)
+    app.command("failover-sweep")(failover.sweep_command)
     app.command("master-failover")(master_failover.master_failover_command)
-    app.command("recovery")(recovery.recovery_command)
-    app.command("rebalance")(rebalance.rebalance_command)
+    app.command("recovery")(healing_views.recovery_command)
+    app.command("rebalance")(healing_views.rebalance_command)
     app.command("restart")(restart.restart_command)
     app.command("report")(report.report_command)
     chaos.register(app)

@@ -12,7 +12,8 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster, preload
+from kvcluster.bench.bulk import bulk_load
+from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster
 from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
 
 if TYPE_CHECKING:
@@ -41,7 +42,7 @@ def run_balance(*, keys: int, nodes: int, rep: int, progress: Progress) -> Balan
     task = progress.add_task(f"balance: starting {nodes} nodes", total=keys)
     with cluster(nodes, rep) as (_, state):
         progress.update(task, description=f"balance: {keys} puts")
-        preload(state.master_endpoint, keys, functools.partial(progress.advance, task))
+        bulk_load(state.master_endpoint, keys, functools.partial(progress.advance, task))
         progress.update(task, description="balance: waiting for node counts")
         counts = _settled_counts(state.master_endpoint, keys * rep)
     return _balance_stats(keys, nodes, rep, counts)

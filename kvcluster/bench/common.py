@@ -1,4 +1,4 @@
-"""What every benchmark shares: a throwaway cluster, the preload, chunked execution, and small figures.
+"""What every benchmark shares: a throwaway cluster, polling its master, and small figures (CPU, memory, load).
 
 Every benchmark starts its own cluster (``cluster``: a ``Supervisor`` in a
 temporary state directory) and always stops it, whatever happens. Clocks are
@@ -13,9 +13,12 @@ protocol are imported inside the functions that need them.
 from __future__ import annotations
 
 import math
+import os
 import signal
-from collections.abc import Callable, Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
@@ -25,15 +28,13 @@ from kvcluster.errors import KvclusterError, UsageError
 from kvcluster.master_group import DEFAULT_MASTERS
 
 if TYPE_CHECKING:
-    from kvcluster.client import Completion, Connection, OpResult
-    from kvcluster.core.protocol import OpKind
+    from kvcluster.core.protocol import StatusReport
     from kvcluster.state import ClusterState
     from kvcluster.supervisor import Supervisor
 
-PRELOAD_BATCH = 64  # ops per message when filling a cluster before measuring
-PRELOAD_WINDOW = 16
 CLIENT_DEADLINE = 30.0  # seconds one ``execute`` call may take under full load
 CLIENT_TRY_TIMEOUT = 2.0  # a loaded node answers late, not never: resending early only adds load
+POLL = 0.1  # seconds between looks at the master's status
 
 
 class BenchmarkError(KvclusterError):
@@ -101,54 +102,7 @@ def int_list(text: str, option: str) -> list[int]:
     return values
 
 
-def execute_chunked(
-    client: Connection,
-    ops: Sequence[tuple[OpKind, str, str | None]],
-    batch: int,
-    window: int,
-    on_chunk: Callable[[list[OpResult]], None] | None = None,
-) -> list[OpResult]:
-    """``Connection.execute`` in chunks, so the client's deadline bounds one chunk rather than the whole run.
-
-    A chunk holds several windows' worth of messages, so the drain at its end
-    (in-flight count falling to zero) costs well under a percent of the run.
-    """
-    chunk = max(4096, batch * window * 4)
-    results: list[OpResult] = []
-    for start in range(0, len(ops), chunk):
-        part = client.execute(ops[start : start + chunk], batch=batch, window=window)
-        results.extend(part)
-        if on_chunk is not None:
-            on_chunk(part)
-    return results
-
-
 Advance = Callable[[int], None]  # told how many more operations are done, for a progress bar
-
-
-def preload(master: str, keys: int, advance: Advance) -> None:
-    """Write every key once (batched), so gets in the measured phase find their key."""
-    from kvcluster.client import Completion, Connection  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
-
-    ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, key_name(i), f"init{i}") for i in range(keys)]
-    with Connection(master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
-        results = execute_chunked(client, ops, PRELOAD_BATCH, PRELOAD_WINDOW, lambda part: advance(len(part)))
-    failures = count_failures(r.completion for r in results if r.completion != Completion.OK)
-    if failures:
-        kinds = ", ".join(f"{count} {name}" for name, count in sorted(failures.items()))
-        dead = ", ".join(dead_nodes(master)) or "none"
-        raise BenchmarkError(
-            f"{sum(failures.values())} of {keys} preload puts did not complete ({kinds}); "
-            f"nodes the master declared dead: {dead}"
-        )
-
-
-def count_failures(completions: Iterable[Completion]) -> dict[str, int]:
-    counts: dict[str, int] = {}
-    for completion in completions:
-        counts[completion.value] = counts.get(completion.value, 0) + 1
-    return counts
 
 
 def key_name(index: int) -> str:
@@ -172,6 +126,71 @@ def dead_nodes(master: str) -> list[str]:
     return [node_name(n) for n in table.dead] if table is not None else []
 
 
+def load_average() -> list[float]:
+    """The 1, 5 and 15 minute load averages, rounded."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def poll_master(master: str, observe: Callable[[StatusReport, float], bool], timeout: float, what: str) -> float:
+    """Hand the master's status to ``observe`` every ``POLL`` s until it returns True; the time it did.
+
+    A status request that times out (a master busy planning) is simply asked
+    again; ``BenchmarkError`` after ``timeout`` seconds.
+    """
+    from kvcluster.client import Connection  # noqa: PLC0415
+
+    deadline = time.monotonic() + timeout
+    with Connection(master, deadline=5.0) as client:
+        while True:
+            try:
+                report = client.status()
+            except KvclusterError:
+                report = None
+            now = time.monotonic()
+            if report is not None and observe(report, now):
+                return now
+            if now > deadline:
+                raise BenchmarkError(f"{what} did not happen within {timeout:g} s")
+            time.sleep(POLL)
+
+
+def slots_whole(report: StatusReport) -> bool:
+    """Every slot at its replica count, and no copy under way."""
+    from kvcluster.core.placement import under_replicated  # noqa: PLC0415
+
+    return report.table is not None and not under_replicated(report.table) and not report.moving
+
+
+@dataclass(frozen=True)
+class Memory:
+    """The storage nodes' resident memory after a fill, over keys x replicas: in all, and what the fill added."""
+
+    keys: int
+    rep: int
+    rss_bytes: int
+    per_key_replica: float
+    added_per_key_replica: float
+    """Without what the nodes took before the fill (the Python processes themselves)."""
+
+    @classmethod
+    def after_fill(cls, keys: int, rep: int, empty: int, filled: int) -> Memory:
+        replicas = keys * rep
+        return cls(keys, rep, filled, round(filled / replicas, 1), round((filled - empty) / replicas, 1))
+
+
+def rss_bytes(pids: Sequence[int]) -> int:
+    """Resident memory of the given processes, together (one gone no longer counts)."""
+    import psutil  # noqa: PLC0415
+
+    total = 0
+    for pid in pids:
+        try:
+            total += psutil.Process(pid).memory_info().rss
+        except psutil.Error:
+            continue
+    return total
+
+
 def cpu_seconds(pids: Sequence[int]) -> float:
     """User + system CPU seconds so far of the given processes (all their threads)."""
     import psutil  # noqa: PLC0415
@@ -189,5 +208,3 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
 Plot = Annotated[bool, typer.Option("--plot", help="Draw a chart in the terminal.")]
 Nodes = Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes in the cluster.")]
-FilledKeys = Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")]
-LoadClients = Annotated[int, typer.Option("--clients", min=1, help="Load client processes.")]

@@ -1,7 +1,8 @@
-"""``kvcluster bench failover``: SIGKILL a node, measure its keys' unavailability, lost writes and nodes lost.
+"""``kvcluster bench failover`` and ``failover-sweep``: SIGKILL a node, measure unavailability and lost writes.
 
 One client process per key group (keys the victim is the primary of, keys it
-backs up, other keys) runs rounds of one operation per key; the victim is
+backs up, other keys) runs rounds of one operation per key (``workload``'s
+owned keys, every operation kept); the victim is
 killed after a while; every key is read back at the end, and the master is
 asked which nodes it declared dead. With ``--keys N`` the cluster is first
 filled with N keys (``bulk``) and the kill comes right after that load ends;
@@ -9,8 +10,9 @@ the key-group clients are started before the load, so they are running the
 moment it ends. With ``--idle`` only the victim's primary and backup groups
 run, as light probes (a pause between rounds), so the kill lands on an
 otherwise idle cluster. ``--runs R`` repeats the whole run on fresh clusters,
-killing a different node each time. The figures are computed in
-``failover_analysis``; ``failover_sweep`` runs this over several data sizes.
+killing a different node each time. ``failover-sweep`` runs this over several
+data sizes, idle and under load (``run_sweep``). The figures are computed in
+``failover_analysis`` and shown by ``failover_views``.
 """
 
 from __future__ import annotations
@@ -18,25 +20,30 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kvcluster.bench.bulk import BulkCheck, bulk_load, bulk_verify, release_timeout
+from kvcluster.bench.bulk import BULK_BATCH, BulkCheck, load_shown, release_timeout, verify_shown
 from kvcluster.bench.common import (
     CLIENT_DEADLINE,
-    PRELOAD_BATCH,
     BenchmarkError,
     JsonOut,
+    Memory,
     Nodes,
     Plot,
     check_shape,
     cluster,
     dead_nodes,
+    int_list,
+    rss_bytes,
 )
 from kvcluster.bench.failover_analysis import (
+    KILL_AFTER_LOAD,
+    PROBE_PAUSE,
     Failover,
-    OpRecord,
+    FailoverSeries,
     lost_writes,
     median_max,
     summarise,
@@ -44,20 +51,21 @@ from kvcluster.bench.failover_analysis import (
     unavailability,
     write_unavailability,
 )
-from kvcluster.bench.failover_views import plot_failover, runs_table
-from kvcluster.bench.output import run_benchmark, to_json
-from kvcluster.client_pool import ClientPool, Worker
+from kvcluster.bench.failover_views import MODES, chart_sweep, plot_failover, plot_sweep, runs_table, sweep_table
+from kvcluster.bench.output import require_png, run_benchmark, to_json
+from kvcluster.bench.workload import OpRecord, Workload, history_worker
+from kvcluster.client_pool import ClientPool
 from kvcluster.errors import NodeNotRunning, UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress, TaskID
 
 FAILOVER_KILL_AFTER = 2.0  # seconds of steady load before the kill
-KILL_AFTER_LOAD = 0.2  # with a bulk load: seconds from its end to the kill (a kill soon after a load is the hard case)
+SWEEP_KEYS = "10000,100000,1000000,2000000"
 FAILOVER_KEYS_PER_GROUP = 40
 FAILOVER_DEADLINE = 10.0
+FAILOVER_TRY_TIMEOUT = 0.3  # the client's default: a key's unavailability includes the first try at the dead node
 PROBE_KEYS_PER_GROUP = 10  # an idle run probes this many keys the victim is the primary of, and as many it backs up
-PROBE_PAUSE = 0.05  # seconds between the rounds of an idle run's probes: a few hundred ops/s in all
 
 
 @dataclass(frozen=True)
@@ -80,73 +88,14 @@ class FailoverShape:
         return KILL_AFTER_LOAD if self.keys else min(FAILOVER_KILL_AFTER, self.duration / 3)
 
 
-@dataclass(frozen=True)
-class FailoverJob:
-    """One failover client: it owns ``keys`` and cycles over them until ``duration`` has passed."""
+def _failover_keys(nodes: int, rep: int, victim: int, *, idle: bool = False) -> dict[str, list[str]]:
+    """Keys grouped by the victim's role in their slot: its primary, one of its backups, or neither.
 
-    master: str
-    index: int
-    group: str
-    keys: list[str]
-    duration: float
-    seed: int
-    pause: float = 0.0
-    """Seconds between rounds: 0 under load, ``PROBE_PAUSE`` for an idle run's probes."""
-
-
-def failover_worker(job: FailoverJob, worker: Worker) -> list[OpRecord]:
-    """Entry point of a failover client process.
-
-    Each round issues one operation per owned key, all in flight at once, and
-    the next round starts when this one has finished (and ``pause`` has
-    passed): a key is therefore written by this process alone, one put at a
-    time, so the last acknowledged value of every key is well defined.
+    An idle run probes a few keys of the first two groups only.
     """
-    import random  # noqa: PLC0415
-
-    from kvcluster.client import Completion, Connection  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
-
-    rng = random.Random(job.seed)
-    records: list[OpRecord] = []
-    seq = 0
-    with Connection(job.master, deadline=FAILOVER_DEADLINE) as client:
-        client.refresh_table()
-        worker.wait_for_release()
-        stop_at = time.monotonic() + job.duration
-        while time.monotonic() < stop_at:
-            ops: list[tuple[OpKind, str, str | None]] = []
-            for key in job.keys:
-                seq += 1
-                put = rng.random() < 0.5
-                ops.append((OpKind.PUT, key, f"c{job.index}-{seq}") if put else (OpKind.GET, key, None))
-            round_start = time.monotonic()
-            results = client.execute(ops, window=len(ops))
-            round_end = time.monotonic()
-            for (kind, key, value), result in zip(ops, results, strict=True):
-                done = result.completion in (Completion.OK, Completion.NOT_FOUND)
-                # Every op of a round is sent at once, so its own latency dates its answer.
-                end = round_start + result.latency if done else round_end
-                put = kind == OpKind.PUT
-                records.append(
-                    (
-                        key,
-                        put,
-                        round_start,
-                        end,
-                        result.completion.value,
-                        value if put else result.value,
-                        result.node_id,
-                    )
-                )
-            if job.pause:
-                time.sleep(job.pause)
-    return records
-
-
-def _failover_keys(nodes: int, rep: int, victim: int, per_group: int = FAILOVER_KEYS_PER_GROUP) -> dict[str, list[str]]:
-    """Keys grouped by the victim's role in their slot: its primary, one of its backups, or neither."""
     from kvcluster.core.placement import replicas_for, slot_of  # noqa: PLC0415
+
+    per_group = PROBE_KEYS_PER_GROUP if idle else FAILOVER_KEYS_PER_GROUP
 
     groups: dict[str, list[str]] = {"primary": [], "backup": [], "unrelated": []}
     index = 0
@@ -158,7 +107,7 @@ def _failover_keys(nodes: int, rep: int, victim: int, per_group: int = FAILOVER_
         group = "primary" if replicas[0] == victim else "backup" if victim in replicas else "unrelated"
         if len(groups[group]) < per_group:
             groups[group].append(key)
-    return {name: keys for name, keys in groups.items() if keys}
+    return {name: keys for name, keys in groups.items() if keys and not (idle and name == "unrelated")}
 
 
 def run_failovers(shape: FailoverShape, runs: int, progress: Progress) -> list[Failover]:
@@ -172,11 +121,7 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
     from kvcluster.supervisor import kill_node  # noqa: PLC0415
 
     name = node_name(victim)
-    if shape.idle:
-        groups = _failover_keys(shape.nodes, shape.rep, victim, PROBE_KEYS_PER_GROUP)
-        groups.pop("unrelated", None)
-    else:
-        groups = _failover_keys(shape.nodes, shape.rep, victim)
+    groups = _failover_keys(shape.nodes, shape.rep, victim, idle=shape.idle)
     kill_after, duration = shape.kill_delay, shape.duration
     what = "probes" if shape.idle else "load"
     task = progress.add_task(f"failover {name}: starting {shape.nodes} nodes", total=duration)
@@ -185,18 +130,17 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
         all_keys = [k for keys in groups.values() for k in keys]
         initial = {key: f"init-{key}" for key in all_keys}
         put_all(master, initial)
-        pause = PROBE_PAUSE if shape.idle else 0.0
-        jobs = [
-            FailoverJob(master, i, group, keys, duration, seed=i, pause=pause)
-            for i, (group, keys) in enumerate(groups.items())
-        ]
+        jobs = owned_clients(master, list(groups.values()), duration, PROBE_PAUSE if shape.idle else 0.0)
         # Started before the load, so they are running the moment it ends.
-        with ClientPool(failover_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
+        with ClientPool(history_worker, jobs, release_timeout=release_timeout(shape.keys)) as pool:
+            empty = rss_bytes([s.pid for s in state.servers])
             try:
-                load_s = _load(master, shape.keys, progress) if shape.keys else 0.0
+                load_s = load_shown(master, shape.keys, progress) if shape.keys else 0.0
             except BenchmarkError as exc:
                 # Healthy nodes lost during the load: a finding, not a reason to drop the other runs.
                 return _failed_load(name, shape, f"the load failed: {exc}", dead_nodes(master))
+            filled = rss_bytes([s.pid for s in state.servers])
+            memory = Memory.after_fill(shape.keys, shape.rep, empty, filled) if shape.keys else None
             released = pool.release()
             progress.update(task, description=f"failover {name}: {what}, killing it at {kill_after:g} s")
             _sleep_with_progress(progress, task, released, released + kill_after)
@@ -208,15 +152,16 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
                 error = f"{name} had already exited when it was to be killed"
             _sleep_with_progress(progress, task, released, released + duration)
             progress.update(task, description=f"failover {name}: finishing the last round")
-            records = pool.collect()
+            histories = pool.collect()
         supervisor.reap()
         progress.update(task, description=f"failover {name}: reading every key back", completed=duration)
         final = get_all(master, all_keys)
-        check = _verify(master, shape.keys, progress) if shape.keys else BulkCheck(0, 0, 0)
+        check = verify_shown(master, shape.keys, progress) if shape.keys else BulkCheck(0, 0, 0)
         dead = dead_nodes(master)
-    by_group = {job.group: job_records for job, job_records in zip(jobs, records, strict=True)}
+    by_group = {group: history.records for group, history in zip(groups, histories, strict=True)}
     result = _failover_result(name, victim, shape, released, kill_t, by_group, initial, final)
     result.load_s = round(load_s, 2)
+    result.memory = memory
     result.false_dead = [n for n in dead if n != name]
     result.loaded_keys_lost, result.loaded_keys_unreadable = check.lost, check.unreadable
     result.lost_acked_writes += check.lost
@@ -226,38 +171,36 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
     return result
 
 
+def owned_clients(master: str, groups: Sequence[list[str]], duration: float, pause: float = 0.0) -> list[Workload]:
+    """One client per key group, running rounds on its own keys (all in flight at once) for ``duration`` s."""
+    return [
+        Workload(
+            master,
+            index=i,
+            seed=i,
+            owned=tuple(keys),
+            window=len(keys),
+            duration=duration,
+            pause=pause,
+            deadline=FAILOVER_DEADLINE,
+            try_timeout=FAILOVER_TRY_TIMEOUT,
+        )
+        for i, keys in enumerate(groups)
+    ]
+
+
 def _failed_load(name: str, shape: FailoverShape, error: str, dead: list[str]) -> Failover:
     """A run that ended before the kill: no figure but the nodes the master declared dead, all of them healthy."""
     return Failover(
-        killed=name,
-        nodes=shape.nodes,
-        rep=shape.rep,
-        duration_s=shape.duration,
-        kill_t=0.0,
-        keys={},
-        unavailable_ms={"median": None, "max": None},
-        unrecovered_keys=0,
-        backup_write_unavailable_ms={"median": None, "max": None},
-        acked_writes=0,
-        lost_acked_writes=0,
-        unverified_keys=0,
-        failed_ops=0,
-        timeline=[],
+        name,
+        shape.nodes,
+        shape.rep,
+        shape.duration,
         keys_loaded=shape.keys,
         idle=shape.idle,
         false_dead=dead,
         error=error,
     )
-
-
-def _load(master: str, keys: int, progress: Progress) -> float:
-    task = progress.add_task(f"bulk load: {keys:,} keys", total=keys)
-    return bulk_load(master, keys, lambda done: progress.advance(task, done))
-
-
-def _verify(master: str, keys: int, progress: Progress) -> BulkCheck:
-    task = progress.add_task(f"reading {keys:,} loaded keys back", total=keys)
-    return bulk_verify(master, keys, lambda done: progress.advance(task, done))
 
 
 def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: float) -> None:
@@ -268,12 +211,13 @@ def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: 
 
 
 def put_all(master: str, values: dict[str, str]) -> None:
+    """Give each owned key its initial value before the clients start."""
     from kvcluster.client import Completion, Connection  # noqa: PLC0415
     from kvcluster.core.protocol import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, k, v) for k, v in values.items()]
     with Connection(master, deadline=CLIENT_DEADLINE) as client:
-        results = client.execute(ops, batch=PRELOAD_BATCH)
+        results = client.execute(ops, batch=BULK_BATCH)
     if any(r.completion != Completion.OK for r in results):
         raise BenchmarkError("the failover key set could not be written before the kill")
 
@@ -316,9 +260,9 @@ def _failover_result(
         duration_s=shape.duration,
         kill_t=round(kill_t - released, 3),
         keys={group: len({r[0] for r in records}) for group, records in by_group.items()},
-        unavailable_ms=median_max(windows, unrecovered),
+        unavailable_ms=median_max([*windows, *[None] * unrecovered]),
         unrecovered_keys=unrecovered,
-        backup_write_unavailable_ms=median_max(stalls, unwritten),
+        backup_write_unavailable_ms=median_max([*stalls, *[None] * unwritten]),
         acked_writes=acked,
         lost_acked_writes=lost,
         unverified_keys=unverified,
@@ -406,3 +350,52 @@ def check_outcome(results: Sequence[Failover]) -> None:
         problems.insert(0, f"{lost} acknowledged writes were lost")
     if problems:
         raise BenchmarkError("; ".join(problems))
+
+
+def run_sweep(
+    sizes: Sequence[int], *, nodes: int, rep: int, runs: int, duration: float, progress: Progress
+) -> list[FailoverSeries]:
+    """For every size, ``runs`` kills idle then ``runs`` under load, each right after loading that many keys."""
+    return [
+        summarise(run_failovers(FailoverShape(nodes, rep, duration, keys, idle), runs, progress))
+        for keys in sizes
+        for idle in MODES
+    ]
+
+
+def sweep_json(points: Sequence[FailoverSeries]) -> dict[str, Any]:
+    return {"points": to_json(list(points))}
+
+
+def sweep_command(
+    keys: Annotated[
+        str, typer.Option("--keys", help="Keys to load before the kill, comma-separated: one point each.")
+    ] = SWEEP_KEYS,
+    nodes: Nodes = 7,
+    rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key.")] = 3,
+    runs: Annotated[int, typer.Option("--runs", min=1, help="Kills per size and mode, each on a fresh cluster.")] = 3,
+    duration: Annotated[
+        float, typer.Option("--duration", min=1.5, help="Seconds of each measured phase (the kill is at its start).")
+    ] = 6.0,
+    plot: Plot = False,
+    json_out: JsonOut = None,
+    png: Annotated[Path | None, typer.Option("--png", help="Also draw the chart as PNG to this file.")] = None,
+) -> None:
+    """Unavailability after kill -9 against keys loaded right before it, idle and under load."""
+    if nodes < 2:
+        raise UsageError("failover needs at least 2 nodes")
+    check_shape(nodes, [rep])
+    sizes = int_list(keys, "--keys")
+    if png is not None:
+        require_png()
+    points = run_benchmark(
+        lambda progress: run_sweep(sizes, nodes=nodes, rep=rep, runs=runs, duration=duration, progress=progress),
+        sweep_table,
+        plot_sweep,
+        sweep_json,
+        plot=plot,
+        json_out=json_out,
+    )
+    if png is not None:
+        chart_sweep(points, png)
+    check_outcome([run for point in points for run in point.runs])

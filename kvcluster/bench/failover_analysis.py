@@ -13,7 +13,12 @@ import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
+from kvcluster.bench.common import Memory
+from kvcluster.bench.workload import OpRecord
+
 TIMELINE_BIN = 0.1  # seconds per bar of the failover timeline
+KILL_AFTER_LOAD = 0.2  # with a bulk load: seconds from its end to the kill (a kill soon after a load is the hard case)
+PROBE_PAUSE = 0.05  # seconds between the rounds of an idle run's probes: a few hundred ops/s in all
 
 
 @dataclass
@@ -24,18 +29,18 @@ class Failover:
     nodes: int
     rep: int
     duration_s: float
-    kill_t: float
+    kill_t: float = 0.0
     """Seconds from the start of the measured phase (the end of the bulk load, if any) to the kill."""
-    keys: dict[str, int]
-    unavailable_ms: dict[str, float | None]
-    unrecovered_keys: int
-    backup_write_unavailable_ms: dict[str, float | None]
-    acked_writes: int
-    lost_acked_writes: int
+    keys: dict[str, int] = field(default_factory=dict)
+    unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([]))
+    unrecovered_keys: int = 0
+    backup_write_unavailable_ms: dict[str, float | None] = field(default_factory=lambda: median_max([]))
+    acked_writes: int = 0
+    lost_acked_writes: int = 0
     """Acknowledged writes not read back at the end: the clients' puts and the bulk-loaded keys."""
-    unverified_keys: int
-    failed_ops: int
-    timeline: list[dict[str, float]]
+    unverified_keys: int = 0
+    failed_ops: int = 0
+    timeline: list[dict[str, float]] = field(default_factory=list)
     keys_loaded: int = 0
     load_s: float = 0.0
     idle: bool = False
@@ -44,6 +49,8 @@ class Failover:
     """Nodes the master declared dead besides the victim: each is fenced and exits, so this should stay empty."""
     loaded_keys_lost: int = 0
     loaded_keys_unreadable: int = 0
+    memory: Memory | None = None
+    """The storage nodes' resident memory after the bulk load (None without a load)."""
     error: str | None = None
     """Why the run's figures mean nothing (a failed load, a victim already gone); None for a run that went through."""
 
@@ -98,10 +105,6 @@ def summarise(runs: Sequence[Failover]) -> FailoverSeries:
         failed_runs=len(runs) - len(measured),
         runs=list(runs),
     )
-
-
-# One operation as a failover client saw it: (key, is_put, start, end, completion, value, node_id).
-OpRecord = tuple[str, bool, float, float, str, str | None, int]
 
 
 def lost_writes(
@@ -159,10 +162,12 @@ def write_unavailability(records: list[OpRecord], kill_t: float) -> tuple[list[f
     return [(end - kill_t) * 1000 for end in first_ack.values()], len(keys - set(first_ack))
 
 
-def median_max(values: list[float], missing: int) -> dict[str, float | None]:
-    if not values or missing:
+def median_max(values: Sequence[float | None]) -> dict[str, float | None]:
+    """Median and max, rounded; both None when there is no value or one is missing (a key never came back)."""
+    known = [v for v in values if v is not None]
+    if not known or len(known) < len(values):
         return {"median": None, "max": None}
-    return {"median": round(statistics.median(values), 1), "max": round(max(values), 1)}
+    return {"median": round(statistics.median(known), 1), "max": round(max(known), 1)}
 
 
 def timeline(by_group: dict[str, list[OpRecord]], released: float, duration: float) -> list[dict[str, float]]:

@@ -17,7 +17,6 @@ import itertools
 import math
 import os
 import signal
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Annotated, Any
@@ -25,9 +24,10 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster
-from kvcluster.bench.failover import FailoverJob, failover_worker, get_all, put_all
-from kvcluster.bench.failover_analysis import OpRecord, lost_writes
-from kvcluster.bench.output import run_benchmark, terminal_chart, to_json
+from kvcluster.bench.failover import get_all, owned_clients, put_all
+from kvcluster.bench.failover_analysis import lost_writes, median_max
+from kvcluster.bench.output import run_benchmark, template, terminal_chart, to_json
+from kvcluster.bench.workload import OpRecord, history_worker
 from kvcluster.client_pool import ClientPool
 from kvcluster.errors import UsageError
 from kvcluster.leader_link import await_leader, roles
@@ -80,6 +80,13 @@ class MasterFailoverRun:
     election_ms: dict[str, float | None] = field(default_factory=dict)
     unavailable_ms: dict[str, float | None] = field(default_factory=dict)
 
+    @property
+    def command(self) -> str:
+        return (
+            f"kvcluster bench master-failover --nodes {self.nodes} --rep {self.rep} --masters {self.masters} "
+            f"--faults {len(self.faults)}"
+        )
+
 
 def _await_follower(state: ClusterState, index: int, deadline: float) -> None:
     while time.monotonic() < deadline:
@@ -125,13 +132,6 @@ def _longest_gap_ms(successes: list[float], start: float, end: float) -> float:
     return max(b - a for a, b in itertools.pairwise(points)) * 1000
 
 
-def _median_max(values: list[float | None]) -> dict[str, float | None]:
-    known = [v for v in values if v is not None]
-    if not known or len(known) < len(values):
-        return {"median": None, "max": None}
-    return {"median": round(statistics.median(known), 1), "max": round(max(known), 1)}
-
-
 def run_master_failover(nodes: int, rep: int, masters: int, faults: int, progress: Progress) -> MasterFailoverRun:
     """Start the cluster and the load, hit the leader ``faults`` times (kill and pause in turn), check every write."""
     from kvcluster.supervisor import stop_process  # noqa: PLC0415
@@ -145,8 +145,7 @@ def run_master_failover(nodes: int, rep: int, masters: int, faults: int, progres
             groups = {f"c{i}": [f"mf{i}-{k}" for k in range(KEYS_PER_CLIENT)] for i in range(CLIENTS)}
             initial = {key: f"init-{key}" for keys in groups.values() for key in keys}
             put_all(endpoint, initial)
-            jobs = [FailoverJob(endpoint, i, g, keys, duration, seed=i) for i, (g, keys) in enumerate(groups.items())]
-            with ClientPool(failover_worker, jobs) as pool:
+            with ClientPool(history_worker, owned_clients(endpoint, list(groups.values()), duration)) as pool:
                 released = pool.release()
                 time.sleep(SETTLE)
                 for n in range(faults):
@@ -158,7 +157,7 @@ def run_master_failover(nodes: int, rep: int, masters: int, faults: int, progres
                     if time.monotonic() - released > duration - ROUND_BUDGET:
                         break
                 progress.update(task, description="master failover: the clients finish their plan")
-                records: list[OpRecord] = [r for job_records in pool.collect() for r in job_records]
+                records: list[OpRecord] = [r for history in pool.collect() for r in history.records]
             final = get_all(endpoint, list(initial))
         finally:
             for info in state.masters:  # restarted members are not the supervisor's children
@@ -181,11 +180,11 @@ def _summarise(
         fault.unavailable_ms = round(_longest_gap_ms(successes, at + WINDOW[0], min(at + WINDOW[1], following)), 1)
     run.ops = len(successes)
     run.lost_acked_writes, run.unverified_keys, run.acked_writes = lost_writes(records, initial, final)
-    run.election_ms = _median_max([f.election_ms for f in run.faults])
-    run.unavailable_ms = _median_max([f.unavailable_ms for f in run.faults])
+    run.election_ms = median_max([f.election_ms for f in run.faults])
+    run.unavailable_ms = median_max([f.unavailable_ms for f in run.faults])
 
 
-def _table(run: MasterFailoverRun) -> Table:
+def master_failover_table(run: MasterFailoverRun) -> Table:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(
@@ -229,7 +228,7 @@ def master_failover_command(
     check_shape(nodes, [rep])
     result = run_benchmark(
         lambda progress: run_master_failover(nodes, rep, masters, faults, progress),
-        _table,
+        master_failover_table,
         _plot,
         master_failover_json,
         plot=plot,
@@ -243,4 +242,41 @@ def master_failover_command(
 
 
 def master_failover_json(run: MasterFailoverRun) -> Any:
-    return to_json(run)
+    return {**to_json(run), "command": run.command}
+
+
+def _figures(pair: dict[str, float | None]) -> str:
+    return "n/a" if pair["median"] is None else f"{pair['median']:,.0f} / {pair['max']:,.0f} ms"
+
+
+def master_failover_markdown(run: MasterFailoverRun) -> list[str]:
+    """The report's section: elections and unavailability per kind of fault, and the writes checked."""
+    lines = template(
+        "master_failover",
+        command=run.command,
+        masters=run.masters,
+        nodes=run.nodes,
+        rep=run.rep,
+        faults=len(run.faults),
+    )
+    lines += [
+        "| fault | count | election, median / max | longest stretch without a successful op, median / max |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for name, kinds in (
+        ("kill -9 of the leader", {"kill"}),
+        ("SIGSTOP of the leader", {"pause"}),
+        ("all", {"kill", "pause"}),
+    ):
+        faults = [f for f in run.faults if f.kind in kinds]
+        if faults:
+            elections = median_max([f.election_ms for f in faults])
+            gaps = median_max([f.unavailable_ms for f in faults])
+            lines.append(f"| {name} | {len(faults)} | {_figures(elections)} | {_figures(gaps)} |")
+    return [
+        *lines,
+        "",
+        f"Acknowledged writes lost: **{run.lost_acked_writes}** of {run.acked_writes:,}; keys not readable at the "
+        f"end: {run.unverified_keys}.",
+        "",
+    ]

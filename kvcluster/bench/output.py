@@ -1,11 +1,16 @@
-"""How benchmark results are shown and kept: progress bars, tables, terminal and PNG charts, JSON.
+"""How benchmark results are shown and kept: progress bars, tables, terminal and PNG charts, JSON, report prose.
 
 rich, plotext and matplotlib are imported inside the functions that use them,
-so importing a benchmark module stays cheap.
+so importing a benchmark module stays cheap. matplotlib comes with the
+``report`` extra (``pip install 'kvcluster[report]'``): without it, a command
+that would draw a PNG says so before it runs anything (``require_png``). The
+report's fixed prose is in ``report_template.md``, one block per section
+(``template``).
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import os
@@ -16,6 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar
 
 from kvcluster.client_pool import interrupt_on_sigterm
+from kvcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.console import Console, RenderableType
@@ -88,12 +94,21 @@ def terminal_chart(title: str, ys: Sequence[float], width: int = 70) -> Iterator
     sys.stdout.flush()
 
 
+def require_png() -> None:
+    """Refuse, before anything runs, to draw PNG charts without matplotlib (the ``report`` extra)."""
+    try:
+        import matplotlib  # noqa: F401, PLC0415
+    except ImportError:
+        raise UsageError("PNG charts need matplotlib: pip install 'kvcluster[report]'") from None
+
+
 @contextmanager
 def png_chart(path: Path, width: float = 7, rows: int = 1) -> Iterator[Any]:
     """The axes of a new matplotlib figure (no display needed), saved to ``path`` as PNG on the way out.
 
     With ``rows`` above 1, a sequence of that many axes stacked over one shared x axis.
     """
+    require_png()
     import matplotlib as mpl  # noqa: PLC0415
 
     mpl.use("Agg")
@@ -116,6 +131,30 @@ def measure_table(title: str) -> Table:
     table.add_column("measure")
     table.add_column("value", justify="right")
     return table
+
+
+def rich_table(title: str, header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> Table:
+    """``rows`` under ``header`` as a rich table: the first ``left`` columns aligned left and kept on one line (the
+    headers of the figures wrap instead on a narrow terminal), the others aligned right."""
+    from rich.table import Table  # noqa: PLC0415
+
+    table = Table(title=title)
+    for i, name in enumerate(header):
+        table.add_column(name, justify="left" if i < left else "right", no_wrap=i < left)
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]], left: int = 1) -> list[str]:
+    """The same rows as a Markdown table (rich's red markup becomes bold), and a blank line after it."""
+    import re  # noqa: PLC0415
+
+    def cells(row: Sequence[str]) -> str:
+        return "| " + " | ".join(re.sub(r"\[bold red\](.*?)\[/\]", r"**\1**", c).replace("\n", " ") for c in row) + " |"
+
+    rule = "| " + " | ".join("---" if i < left else "---:" for i in range(len(header))) + " |"
+    return [cells(header), rule, *(cells(row) for row in rows), ""]
 
 
 def ms_pair(pair: dict[str, float | None]) -> str:
@@ -163,6 +202,23 @@ def run_benchmark(
     return result
 
 
+def section_markers(name: str) -> tuple[str, str]:
+    """The HTML comments around a section that ``--only-NAME`` rewrites in place."""
+    return f"<!-- {name}: written by kvcluster bench report -->", f"<!-- end of {name} -->"
+
+
+def write_section(out: Path, name: str, lines: Sequence[str], data: dict[str, Any]) -> None:
+    """Put section ``name`` (its lines, without markers) into the report ``out``, kept or created, in place of
+    its previous version, and ``data`` into the report's JSON copy."""
+    begin, end = section_markers(name)
+    data_path = out.with_suffix(".json")
+    merged: dict[str, Any] = json.loads(data_path.read_text()) if data_path.exists() else {}
+    merged.update(data)
+    data_path.write_text(json.dumps(merged, indent=2) + "\n")
+    existing = out.read_text() if out.exists() else "# kvcluster performance report\n"
+    out.write_text(splice(existing, "\n".join([begin, *lines, end, ""]), begin, end))
+
+
 def splice(report: str, section: str, begin: str, end: str) -> str:
     """``report`` with the section between ``begin`` and ``end`` replaced by ``section`` (which carries both
     markers), or ``section`` put before ``## Reproduce``, or appended: one section of a report rewritten alone."""
@@ -174,3 +230,20 @@ def splice(report: str, section: str, begin: str, end: str) -> str:
         head, tail = report.split("\n## Reproduce", 1)
         return head + "\n" + section + "\n## Reproduce" + tail
     return report.rstrip("\n") + "\n\n" + section
+
+
+def template(name: str, **values: Any) -> list[str]:
+    """The prose block ``name`` of ``report_template.md`` as lines, its ``{fields}`` filled in from ``values``."""
+    return [*_template_blocks()[name].format(**values).strip("\n").split("\n"), ""]
+
+
+@functools.cache
+def _template_blocks() -> dict[str, str]:
+    from importlib.resources import files  # noqa: PLC0415
+
+    text = files("kvcluster.bench").joinpath("report_template.md").read_text(encoding="utf-8")
+    blocks: dict[str, str] = {}
+    for part in text.split("<!-- block: ")[1:]:
+        name, _, body = part.partition(" -->\n")
+        blocks[name] = body
+    return blocks

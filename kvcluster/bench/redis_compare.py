@@ -1,4 +1,4 @@
-"""Redis's own throughput beside kvcluster's, for ``kvcluster bench throughput --redis``.
+"""Redis's own throughput beside kvcluster's, for ``kvcluster bench throughput --redis`` and the report.
 
 Only when ``redis-server`` and ``redis-benchmark`` are on PATH: kvcluster does
 not depend on Redis. For each fsync policy a redis-server is started in a
@@ -20,10 +20,17 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.common import BenchmarkError
+
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+    from kvcluster.bench.throughput import ThroughputRun
 
 REDIS_CLIENTS = 16
 START_TIMEOUT = 10.0
@@ -114,3 +121,37 @@ def run_redis(fsync: str, requests: int, clients: int = REDIS_CLIENTS) -> RedisR
         raise BenchmarkError(f"redis-benchmark exited {bench.returncode} without both rates: {output}")
     mixed = 2 / (1 / rates["SET"] + 1 / rates["GET"])
     return RedisRun(fsync, CONFIG_LABEL[fsync], requests, clients, rates["SET"], rates["GET"], round(mixed, 1))
+
+
+def run_redis_for(progress: Progress, fsyncs: Sequence[str], requests: int) -> list[RedisRun]:
+    """redis-benchmark under each policy's persistence, one after the other."""
+    task = progress.add_task("redis-benchmark", total=len(fsyncs))
+    runs = []
+    for fsync in fsyncs:
+        progress.update(task, description=f"redis-benchmark: {CONFIG_LABEL[fsync]}")
+        runs.append(run_redis(fsync, requests))
+        progress.advance(task)
+    return runs
+
+
+def versus_redis(run: ThroughputRun, redis: RedisRun) -> dict[str, Any]:
+    ratio = round(run.ops_per_s / redis.mixed_ops_per_s, 3) if redis.mixed_ops_per_s else None
+    return {"rep": run.rep, "batch": run.batch, "window": run.window, "ops_per_s": run.ops_per_s, "ratio": ratio}
+
+
+def redis_rows(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun]) -> tuple[list[str], list[list[str]]]:
+    """Redis under each policy's persistence, beside kvcluster's runs of that policy: ops/s and kvcluster / Redis."""
+    modes = sorted({run.mode for run in runs})
+    header = ["fsync", "Redis", "Redis SET / GET ops/s", "Redis 50/50 ops/s", "kvcluster replicas"]
+    header += [f"kvcluster {mode.label} ops/s (/ Redis)" for mode in modes]
+    rows = []
+    for r in redis:
+        for rep in sorted({run.rep for run in runs if run.fsync == r.fsync}):
+            cells = []
+            for mode in modes:
+                run = next((x for x in runs if (x.fsync, x.rep, x.mode) == (r.fsync, rep, mode)), None)
+                ratio = None if run is None else versus_redis(run, r)["ratio"]
+                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
+            sets_gets = f"{r.set_ops_per_s:,.0f} / {r.get_ops_per_s:,.0f}"
+            rows.append([r.fsync, r.config, sets_gets, f"{r.mixed_ops_per_s:,.0f}", str(rep), *cells])
+    return header, rows

@@ -1,82 +1,105 @@
-"""``kvcluster bench report``: every benchmark at full size, written up as Markdown with PNG charts.
+"""``kvcluster bench report``: every benchmark, in one run, written up as Markdown with PNG charts.
 
-The report (``docs/REPORT.md`` by default) gets a JSON copy of every figure
-beside it, and the machine the figures were measured on. With
-``--failover-keys`` it also measures failover right after bulk loads of those
-sizes (``failover_sweep``), which takes long at a million keys and more. With
-``--recovery-keys`` and ``--rebalance-keys`` it adds a section on healing under
-load (``healing_report``); ``--only-healing`` runs only those and updates that
-section of an existing report, keeping the others. The durability section
-(``durability_report``: throughput per fsync policy, and ``restart`` at the
-``--restart-keys`` sizes) is measured too; ``--only-durability`` runs only it
-and updates that section in the same way.
+One run measures every section: throughput, load balance, one failover,
+failover against the data size (``--failover-keys``), memory (from the
+clusters those runs fill), master failover (``--master-faults``), healing
+under load (``--recovery-keys``, ``--rebalance-keys``; ``healing_views``) and
+durability (throughput per fsync policy and ``--restart-keys`` restarts;
+``durability_report``). The report (``docs/REPORT.md`` by default) gets a JSON
+copy of every figure beside it, and the machine and commit the figures were
+measured on. Its fixed prose is in ``report_template.md``. ``--only-healing``
+and ``--only-durability`` run one of those two sections alone and put it into
+an existing report in place of its previous version, keeping the others.
 """
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
 from kvcluster.bench.balance import Balance, balance_table, chart_balance, run_balance
-from kvcluster.bench.common import int_list
+from kvcluster.bench.common import int_list, load_average
 from kvcluster.bench.durability_report import (
     FULL_DURABILITY,
-    FULL_RESTART_KEYS,
     QUICK_DURABILITY,
-    QUICK_RESTART_KEYS,
-    DurabilityResults,
     durability_command,
+    print_durability,
     run_durability,
     write_durability,
 )
-from kvcluster.bench.failover import FailoverShape, run_failover
+from kvcluster.bench.failover import FailoverShape, run_failover, run_sweep
 from kvcluster.bench.failover_analysis import Failover, FailoverSeries
-from kvcluster.bench.failover_sweep import (
-    SWEEP_KEYS,
+from kvcluster.bench.failover_views import (
+    chart_failover,
     chart_sweep,
-    run_sweep,
+    failover_markdown,
+    failover_table,
     sweep_command_line,
-    sweep_json,
     sweep_markdown,
     sweep_table,
 )
-from kvcluster.bench.failover_views import chart_failover, failover_table
-from kvcluster.bench.healing_report import (
+from kvcluster.bench.healing_views import (
     FULL_HEALING,
     QUICK_HEALING,
     HealingResults,
     healing_command,
+    healing_table,
     run_healing,
     write_healing,
 )
-from kvcluster.bench.output import ms_pair, progress_bar, stdout_console, to_json
-from kvcluster.bench.rebalance import rebalance_table
-from kvcluster.bench.recovery import recovery_table
-from kvcluster.bench.restart import restart_table
+from kvcluster.bench.master_failover import (
+    MasterFailoverRun,
+    master_failover_markdown,
+    master_failover_table,
+    run_master_failover,
+)
+from kvcluster.bench.output import markdown_table, progress_bar, require_png, stdout_console, template, to_json
 from kvcluster.bench.throughput import (
+    THROUGHPUT_HEADER,
     Mode,
     ThroughputRun,
     chart_throughput,
     run_throughput,
     throughput_json,
+    throughput_problems,
+    throughput_rows,
     throughput_table,
 )
 from kvcluster.client_pool import interrupt_on_sigterm
 from kvcluster.errors import UsageError
 
+if TYPE_CHECKING:
+    from rich.progress import Progress
+
+
+def _commit() -> str:
+    """The commit the package was installed from (``unknown`` outside a git checkout)."""
+    import subprocess  # noqa: PLC0415
+
+    try:
+        proc = subprocess.run(  # noqa: S603 - git from PATH, with arguments built here
+            ["git", "-C", str(Path(__file__).parent), "rev-parse", "--short", "HEAD"],  # noqa: S607
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=10,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return proc.stdout.strip() if proc.returncode == 0 else "unknown"
+
 
 def machine() -> dict[str, Any]:
-    """What the numbers were measured on."""
+    """What the numbers were measured on: the machine, and the versions of what carries every message."""
     import datetime  # noqa: PLC0415
+    from importlib.metadata import version  # noqa: PLC0415
 
-    import msgspec  # noqa: PLC0415
     import zmq  # noqa: PLC0415
 
     cpu = platform.processor() or platform.machine()
@@ -89,14 +112,16 @@ def machine() -> dict[str, Any]:
         pass
     return {
         "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": _commit(),
         "cores": os.cpu_count(),
         "cpu": cpu,
-        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "load_average": load_average(),
         "os": platform.platform(),
         "python": platform.python_version(),
         "pyzmq": zmq.pyzmq_version(),
         "libzmq": zmq.zmq_version(),
-        "msgspec": msgspec.__version__,
+        "msgspec": version("msgspec"),
+        "pysyncobj": version("pysyncobj"),
     }
 
 
@@ -113,192 +138,125 @@ class ReportSizes:
     balance_keys: int
     failover_rep: int
     failover_duration: float
+    failover_keys: str
+    """The default of ``--failover-keys``."""
+    healing_keys: str
+    """The default of ``--recovery-keys`` and ``--rebalance-keys``."""
+    restart_keys: str
+    master_faults: int
 
 
 # Batched messages carry 64 ops each, so 16 of them in flight keep 1024 ops in flight per client: more only adds
 # queueing delay (latency = ops in flight / throughput). Unbatched, 128 in flight per client lets each pass of a
 # node's loop take several requests per poll, which is what one-op messages can still share.
-FULL_SIZES = ReportSizes(200_000, 100_000, 7, (1, 3, 5), (Mode(1, 128), Mode(64, 16)), 4, 100_000, 3, 6.0)
-QUICK_SIZES = ReportSizes(2_000, 500, 3, (1, 2, 3), (Mode(1, 32), Mode(16, 8)), 2, 2_000, 2, 3.0)
+FULL_SIZES = ReportSizes(
+    200_000,
+    100_000,
+    7,
+    (1, 3, 5),
+    (Mode(1, 128), Mode(64, 16)),
+    4,
+    100_000,
+    3,
+    6.0,
+    "10000,100000,1000000,2000000",
+    "100000,1000000",
+    "100000",
+    20,
+)
+QUICK_SIZES = ReportSizes(2_000, 500, 3, (1, 2, 3), (Mode(1, 32), Mode(16, 8)), 2, 2_000, 2, 3.0, "", "", "2000", 2)
 
 
-def write_report(
-    out: Path,
-    sizes: ReportSizes,
-    runs: list[ThroughputRun],
-    balance: Balance,
-    failover: Failover,
-    sweep: Sequence[FailoverSeries] = (),
-) -> None:
+@dataclass
+class Results:
+    """Every section's figures but healing and durability, which are written as sections of their own."""
+
+    runs: list[ThroughputRun]
+    balance: Balance
+    failover: Failover
+    sweep: list[FailoverSeries] = field(default_factory=list)
+    master: MasterFailoverRun | None = None
+
+
+def write_report(out: Path, sizes: ReportSizes, results: Results) -> None:
     """Write the Markdown report, its PNG charts and a JSON copy of every figure beside it."""
+    import json  # noqa: PLC0415
+
     out.parent.mkdir(parents=True, exist_ok=True)
-    charts = {
-        "throughput": out.parent / "throughput.png",
-        "balance": out.parent / "balance.png",
-        "failover": out.parent / "failover.png",
-    }
-    chart_throughput(runs, charts["throughput"])
-    chart_balance(balance, charts["balance"])
-    chart_failover(failover, charts["failover"])
+    charts = {"throughput": "throughput.png", "balance": "balance.png", "failover": "failover.png"}
+    chart_throughput(results.runs, out.parent / charts["throughput"])
+    chart_balance(results.balance, out.parent / charts["balance"])
+    chart_failover(results.failover, out.parent / charts["failover"])
     info = machine()
-    data = {
+    data: dict[str, Any] = {
         "machine": info,
-        "throughput": throughput_json(runs),
-        "balance": to_json(balance),
-        "failover": to_json(failover),
+        "throughput": throughput_json(results.runs),
+        "balance": to_json(results.balance),
+        "failover": to_json(results.failover),
     }
-    if sweep:
-        charts["failover_sweep"] = out.parent / "failover_sweep.png"
-        chart_sweep(sweep, charts["failover_sweep"])
-        data["failover_sweep"] = sweep_json(sweep)
+    if results.sweep:
+        charts["failover_sweep"] = "failover_sweep.png"
+        chart_sweep(results.sweep, out.parent / charts["failover_sweep"])
+        data["failover_sweep"] = {"points": to_json(results.sweep)}
+    if results.master is not None:
+        data["master_failover"] = to_json(results.master)
     out.with_suffix(".json").write_text(json.dumps(data, indent=2) + "\n")
-    names = {k: p.name for k, p in charts.items()}
-    out.write_text(_report_markdown(sizes, info, runs, balance, failover, sweep, names))
+    out.write_text("\n".join(_report_markdown(sizes, info, results, charts)))
 
 
-def _report_markdown(
-    sizes: ReportSizes,
-    info: dict[str, Any],
-    runs: list[ThroughputRun],
-    balance: Balance,
-    failover: Failover,
-    sweep: Sequence[FailoverSeries],
-    charts: dict[str, str],
-) -> str:
-    lines = [
-        "# kvcluster performance report",
-        "",
-        f"Generated by `kvcluster bench report` on {info['date']}. Every figure below comes from one run of the",
-        "benchmarks against real clusters of processes on this machine; the raw numbers are in the JSON file beside",
-        "this report.",
-        "",
-        "## Machine",
-        "",
-        "| | |",
-        "| --- | --- |",
-        f"| CPU | {info['cpu']}, {info['cores']} cores |",
-        f"| load average at the end | {' / '.join(str(x) for x in info['load_average'])} (1 / 5 / 15 min) |",
-        f"| OS | {info['os']} |",
-        f"| Python | {info['python']} |",
-        f"| pyzmq / libzmq | {info['pyzmq']} / {info['libzmq']} |",
-        f"| msgspec | {info['msgspec']} |",
-        "",
-        "Master, storage nodes and client processes all share these cores, so the figures measure the whole",
-        "system on one machine, not a node's capacity. Other work running at the same time lowers them.",
-        "",
-        "## Design in brief",
-        "",
-        "(The full design, with the reasons behind it, is in [design.md](design.md).)",
-        "",
-        "- **Processes**: `kvcluster up --nodes N --rep K` starts a master and N storage nodes, each a single-threaded",
-        "  Python process with one ZeroMQ poll loop; they talk msgpack over TCP on loopback.",
-        "- **Placement**: a key hashes (blake2b) to one of 4096 slots; slot `s` has the replica list",
-        "  `[primary, backup1, ...]` computed from `(s, N, K)` alone, so that every node holds the same number of",
-        "  slots within one, as primary and at every backup rank. The master's table is that placement plus the",
-        "  dead nodes.",
-        "- **Writes**: a put goes to the slot's primary, which forwards it to every live backup (all puts that arrived",
-        "  in one pass of its loop travel to a backup in one message), and applies and acknowledges it only once every",
-        "  backup in the master's latest table has acknowledged. An acknowledged write is on every live replica.",
-        "- **Reads** are served by the primary from its committed store, so a get returns the latest acknowledged",
-        "  value.",
-        "- **Failure detection**: nodes send heartbeats every 100 ms; the master declares a node dead 0.7 s after its",
-        "  last heartbeat, promotes the first surviving backup of each of its slots (bumping the slot's epoch) and",
-        "  pushes the new table. A primary serves only while its 0.5 s lease from the master is fresh, and a promoted",
-        "  node first copies each gained slot to its backups, so a paused old primary can never serve stale data.",
-        "- **Client**: caches the table and sends each operation straight to its primary over one DEALER socket per",
-        "  node, with many requests in flight and optionally several operations per message (batching). On a timeout",
-        '  or a "not primary" answer it refreshes the table and resends; every put carries a client id and an',
-        "  operation id, so a resend is applied at most once.",
-        "",
-        "## Throughput",
-        "",
-        f"{sizes.ops:,} operations per run (50 % gets, 50 % puts, keys drawn uniformly from {sizes.keys:,} preloaded",
-        f"keys), {sizes.nodes} storage nodes, a fresh cluster per replica count, {sizes.clients} client processes.",
-        "*Unbatched* sends one operation per message; *batch N* packs up to N operations for the same node into one",
-        "message; *window W* keeps up to W messages in flight per client process. Latency is from sending an",
-        "operation to its answer, so it grows with the operations in flight (it is their number divided by the",
-        "throughput).",
-        "",
-        f"![throughput]({charts['throughput']})",
-        "",
-        "| replicas | mode | ops/s | p50 ms | p95 ms | p99 ms | failed ops | CPU µs/op: clients | CPU µs/op: cluster |",
-        "| ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    lines += [
-        f"| {r.rep} | {r.mode.label} | {r.ops_per_s:,.0f} | {r.p50_ms:.2f} | {r.p95_ms:.2f} "
-        f"| {r.p99_ms:.2f} | {r.failed} | {r.client_cpu_us_per_op:.0f} | {r.cluster_cpu_us_per_op:.0f} |"
-        for r in sorted(runs, key=lambda r: (r.batch, r.window, r.rep))
-    ]
-    problems = [
-        f"- **rep {r.rep}, {r.mode.label}**: {r.failed:,} operations did not complete "
-        f"({', '.join(f'{n} {k}' for k, n in sorted(r.failures.items())) or 'none'}); "
-        f"nodes the master declared dead under load, though none was killed: {', '.join(r.dead_nodes) or 'none'}."
-        for r in runs
-        if r.failed or r.dead_nodes
-    ]
+def _throughput_lines(runs: Sequence[ThroughputRun], info: dict[str, Any], chart: str) -> list[str]:
+    first = runs[0]
+    lines = template(
+        "throughput", ops=first.ops, keys=first.keys, nodes=first.nodes, clients=first.clients, chart=chart
+    )
+    lines += markdown_table(THROUGHPUT_HEADER, throughput_rows(runs), left=2)
+    problems = throughput_problems(runs)
     if problems:
-        lines += ["", "Problems during these runs:", "", *problems]
+        lines += ["Problems during these runs:", "", *(f"- **{problem}**." for problem in problems), ""]
+    return [*lines, *template("throughput_after", cores=info["cores"])]
+
+
+def _balance_lines(balance: Balance, chart: str) -> list[str]:
     mean = sum(balance.counts.values()) / len(balance.counts)
-    lines += [
-        "",
-        "Every message costs tens of microseconds of CPU in a single-threaded Python process, and all processes",
-        "share the cores. A put costs its request and reply plus, with K replicas, a replication message to each of",
-        "the K-1 backups and its acknowledgement (puts arriving together share them), so throughput falls as K grows;",
-        "batching, which divides the per-message cost among many operations, is the largest lever. The last two",
-        "columns are the CPU time (all threads, user + system) that the client processes and the cluster's",
-        f"processes (master and nodes) spent per completed operation: with {info['cores']} cores, their sum bounds",
-        "the throughput at about cores / (clients + cluster) operations per second.",
-        "",
-        "## Load balance",
-        "",
-        f"{balance.keys:,} puts through the client on {balance.nodes} nodes, replicas per key: {balance.rep}. The key",
-        "counts are the ones each node reports to the master.",
-        "",
-        f"![balance]({charts['balance']})",
-        "",
-        "| node | keys | vs mean |",
-        "| --- | ---: | ---: |",
-    ]
+    lines = template("balance", keys=balance.keys, nodes=balance.nodes, rep=balance.rep, chart=chart)
+    lines += ["| node | keys | vs mean |", "| --- | ---: | ---: |"]
     lines += [f"| {name} | {count:,} | {(count / mean - 1) * 100:+.2f} % |" for name, count in balance.counts.items()]
-    lines += [
-        "",
-        f"max/mean **{balance.max_over_mean:.4f}**, min/mean **{balance.min_over_mean:.4f}**, standard deviation",
-        f"**{balance.stddev:.1f}** keys, against **{balance.ideal_stddev:.1f}** for ideal random placement",
-        f"(sqrt(n p (1-p)) with n = {balance.keys:,} and p = {balance.rep}/{balance.nodes}): slots are spread",
-        "evenly, so what remains is the hash's own randomness.",
-        "",
-        "## Failover",
-        "",
-        f"{failover.nodes} nodes, {failover.rep} replicas. One client process per key group runs rounds of one",
-        "operation per key (50/50 get/put, every put value unique) for",
-        f"{failover.duration_s:g} s; at {failover.kill_t:.2f} s {failover.killed} is killed with SIGKILL. Key groups:",
-        f"{failover.keys.get('primary', 0)} keys {failover.killed} was the primary for,",
-        f"{failover.keys.get('backup', 0)} keys it was a backup for, {failover.keys.get('unrelated', 0)} other keys.",
-        "",
-        f"![failover]({charts['failover']})",
-        "",
-        "| measure | value |",
-        "| --- | ---: |",
-        f"| unavailability of the killed primary's keys, median / max | {ms_pair(failover.unavailable_ms)} |",
-        f"| keys never available again | {failover.unrecovered_keys} |",
-        "| write unavailability of the keys it backed up, median / max "
-        f"| {ms_pair(failover.backup_write_unavailable_ms)} |",
-        f"| acknowledged writes | {failover.acked_writes:,} |",
-        f"| acknowledged writes lost | **{failover.lost_acked_writes}** |",
-        f"| keys not readable at the end | {failover.unverified_keys} |",
-        "",
-        "Unavailability runs from the kill to the first successful operation on the key served by another node. It",
-        "is the failure detector's 0.7 s plus a little: after its first try times out (0.3 s), a client asks the",
-        "master for the table every 100 ms and resends to the new primary as soon as the table names the victim",
-        "dead. Keys the victim only backed up stay readable, but their",
-        "primary holds each put until the master's new table drops the dead backup: their write unavailability runs",
-        "from the kill to the acknowledgement of the first put issued after it. Each client process waits for a",
-        "whole round before the next, so a key group stalls as one in the chart. An acknowledged write is lost when",
-        "the final read of its key returns anything but the last acknowledged value (or a later put that timed out).",
-        "",
+    return [*lines, "", *template("balance_after", **vars(balance))]
+
+
+def _memory_lines(results: Results) -> list[str]:
+    """RSS per key replica of every cluster the throughput and failover runs filled."""
+    filled = {(m.keys, run.nodes, m.rep, "throughput preload"): m for run in results.runs if (m := run.memory)}
+    for point in results.sweep:
+        for run in point.runs:
+            if run.memory is not None:
+                filled.setdefault((run.keys_loaded, run.nodes, run.rep, "failover bulk load"), run.memory)
+    header = ["keys", "nodes, rep", "filled by", "RSS of the nodes", "per key replica", "added per key replica"]
+    rows = [
+        [
+            f"{k:,}",
+            f"{n}, {r}",
+            what,
+            f"{m.rss_bytes / (1 << 20):,.1f} MiB",
+            f"{m.per_key_replica:,.0f} B",
+            f"{m.added_per_key_replica:,.0f} B",
+        ]
+        for (k, n, r, what), m in sorted(filled.items(), key=lambda item: item[0])
     ]
-    if sweep:
-        lines += sweep_markdown(sweep, charts["failover_sweep"])
+    return [*template("memory"), *markdown_table(header, rows, left=3)]
+
+
+def _report_markdown(sizes: ReportSizes, info: dict[str, Any], results: Results, charts: dict[str, str]) -> list[str]:
+    values = {**info, "load_average": " / ".join(str(x) for x in info["load_average"])}
+    lines = template("head", **values)
+    lines += _throughput_lines(results.runs, info, charts["throughput"])
+    lines += _balance_lines(results.balance, charts["balance"])
+    lines += failover_markdown(results.failover, charts["failover"])
+    if results.sweep:
+        lines += sweep_markdown(results.sweep, charts["failover_sweep"])
+    lines += _memory_lines(results)
+    if results.master is not None:
+        lines += master_failover_markdown(results.master)
     lines += [
         "## Reproduce",
         "",
@@ -310,13 +268,18 @@ def _report_markdown(
         f"kvcluster bench failover --nodes {sizes.nodes} --rep {sizes.failover_rep} "
         f"--duration {sizes.failover_duration:g} --plot",
     ]
-    report = "kvcluster bench report"
-    if sweep:
-        swept = [p.keys_loaded for p in sweep if p.idle]
-        lines.append(sweep_command_line(swept, sweep[0].nodes, sweep[0].rep, sweep[0].kills))
-        report += f" --failover-keys {','.join(map(str, swept))} --failover-runs {sweep[0].kills}"
-    lines += [report, "```", ""]
-    return "\n".join(lines)
+    if results.sweep:
+        swept = [p.keys_loaded for p in results.sweep if p.idle]
+        lines.append(sweep_command_line(swept, results.sweep[0].nodes, results.sweep[0].rep, results.sweep[0].kills))
+    if results.master is not None:
+        lines.append(results.master.command)
+    return [*lines, "kvcluster bench report", "```", ""]
+
+
+def _sizes(text: str | None, default: str, option: str) -> list[int]:
+    """A ``--...-keys`` option: the sizes given, none for '', or the report's default."""
+    text = default if text is None else text
+    return int_list(text, option) if text.strip() else []
 
 
 def report_command(
@@ -327,40 +290,32 @@ def report_command(
         bool, typer.Option("--quick", help="Tiny sizes, for a smoke test (seconds, not minutes).")
     ] = False,
     failover_keys: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--failover-keys",
-            help="Also measure failover right after loading each of these numbers of keys, idle and under load "
-            f"(e.g. {SWEEP_KEYS}; long: each kill loads a fresh cluster).",
+            help="Measure failover right after loading each of these numbers of keys, idle and under load "
+            f"(default {FULL_SIZES.failover_keys}, none with --quick; '' for none).",
         ),
-    ] = "",
+    ] = None,
     failover_runs: Annotated[
         int, typer.Option("--failover-runs", min=1, help="Kills per size and mode with --failover-keys.")
-    ] = 3,
+    ] = 2,
     recovery_keys: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--recovery-keys",
-            help="Also run bench recovery (kill -9 under load, 7 nodes, rep 3) after loading each of these numbers "
-            "of keys, e.g. 100000,1000000.",
+            help="Run bench recovery (kill -9 under load, 7 nodes, rep 3) after loading each of these numbers "
+            f"of keys (default {FULL_SIZES.healing_keys}, none with --quick; '' for none).",
         ),
-    ] = "",
+    ] = None,
     rebalance_keys: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--rebalance-keys",
-            help="Also run bench rebalance (add 2 nodes to 5 under load, rep 3) after loading each of these "
-            "numbers of keys.",
+            help="Run bench rebalance (add 2 nodes to 5 under load, rep 3) after loading each of these "
+            f"numbers of keys (default {FULL_SIZES.healing_keys}, none with --quick; '' for none).",
         ),
-    ] = "",
-    only_healing: Annotated[
-        bool,
-        typer.Option(
-            "--only-healing",
-            help="Run only the --recovery-keys and --rebalance-keys runs and put their section into the existing "
-            "report in place of its previous one, keeping every other section.",
-        ),
-    ] = False,
+    ] = None,
     restart_keys: Annotated[
         str | None,
         typer.Option(
@@ -369,6 +324,23 @@ def report_command(
             "numbers of keys for the durability section; default 100000 (2000 with --quick), '' for none.",
         ),
     ] = None,
+    master_faults: Annotated[
+        int | None,
+        typer.Option(
+            "--master-faults",
+            min=0,
+            help=f"Faults of the leading master (default {FULL_SIZES.master_faults}, "
+            f"{QUICK_SIZES.master_faults} with --quick; 0 for none).",
+        ),
+    ] = None,
+    only_healing: Annotated[
+        bool,
+        typer.Option(
+            "--only-healing",
+            help="Run only the --recovery-keys and --rebalance-keys runs and put their section into the existing "
+            "report in place of its previous one, keeping every other section.",
+        ),
+    ] = False,
     only_durability: Annotated[
         bool,
         typer.Option(
@@ -378,97 +350,75 @@ def report_command(
         ),
     ] = False,
 ) -> None:
-    """Run every benchmark at full size (100,000 keys on 7 nodes) and write a Markdown report with PNG charts."""
+    """Run every benchmark (100,000 keys on 7 nodes, and more) and write a Markdown report with PNG charts."""
+    require_png()
     sizes = QUICK_SIZES if quick else FULL_SIZES
-    durability_sizes = QUICK_DURABILITY if quick else FULL_DURABILITY
-    restarts = _restart_sizes(restart_keys, quick=quick)
-    if only_durability:
-        if only_healing:
-            raise UsageError("--only-durability and --only-healing each update one section: run them one at a time")
-        _only_durability(out, restarts, quick=quick)
-        return
-    sweep_sizes = int_list(failover_keys, "--failover-keys") if failover_keys else []
-    recoveries = int_list(recovery_keys, "--recovery-keys") if recovery_keys else []
-    rebalances = int_list(rebalance_keys, "--rebalance-keys") if rebalance_keys else []
-    healing_sizes = QUICK_HEALING if quick else FULL_HEALING
-    if only_healing:
-        if not recoveries and not rebalances:
-            raise UsageError("--only-healing needs --recovery-keys or --rebalance-keys")
-        with interrupt_on_sigterm(), progress_bar() as progress:
-            healing = run_healing(healing_sizes, recoveries, rebalances, progress)
-        healing.command = healing_command(recoveries, rebalances, quick=quick, only=True)
-        _print_healing(healing)
-        write_healing(out, healing)
-        stdout_console().print(f"wrote the healing section of {out} and its charts")
-        return
+    restarts = _sizes(restart_keys, sizes.restart_keys, "--restart-keys")
+    recoveries = _sizes(recovery_keys, sizes.healing_keys, "--recovery-keys")
+    rebalances = _sizes(rebalance_keys, sizes.healing_keys, "--rebalance-keys")
+    if only_durability and only_healing:
+        raise UsageError("--only-durability and --only-healing each update one section: run them one at a time")
+    if only_healing and ((recovery_keys is None and rebalance_keys is None) or (not recoveries and not rebalances)):
+        raise UsageError("--only-healing needs --recovery-keys or --rebalance-keys")
+    only = only_healing or only_durability
+    sweep_sizes = _sizes(failover_keys, sizes.failover_keys, "--failover-keys")
+    faults = sizes.master_faults if master_faults is None else master_faults
     with interrupt_on_sigterm(), progress_bar() as progress:
-        runs = run_throughput(
-            ops=sizes.ops,
-            nodes=sizes.nodes,
-            reps=sizes.reps,
-            read_ratio=0.5,
-            keys=sizes.keys,
-            clients=sizes.clients,
-            modes=sizes.modes,
-            progress=progress,
+        results = None if only else _run_main(sizes, sweep_sizes, failover_runs, faults, progress)
+        healing_sizes = QUICK_HEALING if quick else FULL_HEALING
+        healing = HealingResults() if only_durability else run_healing(healing_sizes, recoveries, rebalances, progress)
+        durability = (
+            None if only_healing else run_durability(QUICK_DURABILITY if quick else FULL_DURABILITY, restarts, progress)
         )
-        balance = run_balance(keys=sizes.balance_keys, nodes=sizes.nodes, rep=1, progress=progress)
-        failover = run_failover(FailoverShape(sizes.nodes, sizes.failover_rep, sizes.failover_duration), progress)
-        sweep = run_sweep(
-            sweep_sizes,
-            nodes=sizes.nodes,
-            rep=sizes.failover_rep,
-            runs=failover_runs,
-            duration=sizes.failover_duration,
-            progress=progress,
-        )
-        healing = run_healing(healing_sizes, recoveries, rebalances, progress)
-        durability = run_durability(durability_sizes, restarts, progress)
-    healing.command = healing_command(recoveries, rebalances, quick=quick, only=False)
-    durability.command = durability_command(restarts, quick=quick, only=False)
-    console = stdout_console()
-    console.print(throughput_table(runs))
-    console.print(balance_table(balance))
-    console.print(failover_table(failover))
-    if sweep:
-        console.print(sweep_table(sweep))
-    _print_healing(healing)
-    _print_durability(durability)
-    write_report(out, sizes, runs, balance, failover, sweep)
+    healing.command = healing_command(recoveries, rebalances, quick=quick, only=only_healing)
+    if results is not None:
+        _print_main(results)
+        write_report(out, sizes, results)
+    for run in [*healing.recoveries, *healing.rebalances]:
+        stdout_console().print(healing_table(run))
     if healing:
         write_healing(out, healing)
-    write_durability(out, durability)
-    console.print(f"wrote {out} and its charts")
+    if durability is not None:
+        durability.command = durability_command(restarts, quick=quick, only=only_durability)
+        print_durability(durability)
+        write_durability(out, durability)
+    stdout_console().print(f"wrote {out} and its charts")
 
 
-def _restart_sizes(restart_keys: str | None, *, quick: bool) -> list[int]:
-    """``--restart-keys``: the sizes given, none for '', or the default for the report's sizes."""
-    if restart_keys is None:
-        return list(QUICK_RESTART_KEYS if quick else FULL_RESTART_KEYS)
-    return int_list(restart_keys, "--restart-keys") if restart_keys.strip() else []
+def _run_main(
+    sizes: ReportSizes, sweep_sizes: list[int], failover_runs: int, faults: int, progress: Progress
+) -> Results:
+    """Throughput, balance, failover, failover against the data size and master failover."""
+    runs = run_throughput(
+        ops=sizes.ops,
+        nodes=sizes.nodes,
+        reps=sizes.reps,
+        read_ratio=0.5,
+        keys=sizes.keys,
+        clients=sizes.clients,
+        modes=sizes.modes,
+        progress=progress,
+    )
+    balance = run_balance(keys=sizes.balance_keys, nodes=sizes.nodes, rep=1, progress=progress)
+    failover = run_failover(FailoverShape(sizes.nodes, sizes.failover_rep, sizes.failover_duration), progress)
+    sweep = run_sweep(
+        sweep_sizes,
+        nodes=sizes.nodes,
+        rep=sizes.failover_rep,
+        runs=failover_runs,
+        duration=sizes.failover_duration,
+        progress=progress,
+    )
+    master = run_master_failover(sizes.nodes, sizes.failover_rep, 3, faults, progress) if faults else None
+    return Results(runs, balance, failover, sweep, master)
 
 
-def _only_durability(out: Path, restarts: list[int], *, quick: bool) -> None:
-    """Measure the durability section alone and put it into ``out`` in place of its previous one."""
-    with interrupt_on_sigterm(), progress_bar() as progress:
-        durability = run_durability(QUICK_DURABILITY if quick else FULL_DURABILITY, restarts, progress)
-    durability.command = durability_command(restarts, quick=quick, only=True)
-    _print_durability(durability)
-    write_durability(out, durability)
-    stdout_console().print(f"wrote the durability section of {out} and its charts")
-
-
-def _print_durability(durability: DurabilityResults) -> None:
+def _print_main(results: Results) -> None:
     console = stdout_console()
-    if durability.runs:
-        console.print(throughput_table(durability.runs))
-    for restart in durability.restarts:
-        console.print(restart_table(restart))
-
-
-def _print_healing(healing: HealingResults) -> None:
-    console = stdout_console()
-    for recovery in healing.recoveries:
-        console.print(recovery_table(recovery))
-    for rebalance in healing.rebalances:
-        console.print(rebalance_table(rebalance))
+    console.print(throughput_table(results.runs))
+    console.print(balance_table(results.balance))
+    console.print(failover_table(results.failover))
+    if results.sweep:
+        console.print(sweep_table(results.sweep))
+    if results.master is not None:
+        console.print(master_failover_table(results.master))

@@ -28,21 +28,32 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from kvcluster.bench.bulk import bulk_load, bulk_value, bulk_verify
-from kvcluster.bench.common import BenchmarkError, JsonOut, Nodes, Plot, check_shape, cluster, fsync_list, key_name
-from kvcluster.bench.healing_load import load_average, poll_master
-from kvcluster.bench.output import measure_table, png_chart, run_benchmark, terminal_chart, to_json
+from kvcluster.bench.bulk import bulk_value, bulk_verify, load_shown
+from kvcluster.bench.common import (
+    BenchmarkError,
+    JsonOut,
+    Nodes,
+    Plot,
+    check_shape,
+    cluster,
+    fsync_list,
+    key_name,
+    load_average,
+    poll_master,
+    rss_bytes,
+    slots_whole,
+)
+from kvcluster.bench.output import run_benchmark, to_json
+from kvcluster.bench.restart_views import plot_restart, restart_table
 from kvcluster.errors import UsageError
 
 if TYPE_CHECKING:
-    from rich.console import RenderableType
     from rich.progress import Progress
 
     from kvcluster.core.protocol import StatusReport
@@ -166,25 +177,6 @@ def du_bytes(root: Path) -> int:
     return total
 
 
-def rss_bytes(pids: Sequence[int]) -> int:
-    import psutil  # noqa: PLC0415
-
-    total = 0
-    for pid in pids:
-        try:
-            total += psutil.Process(pid).memory_info().rss
-        except psutil.Error:
-            continue
-    return total
-
-
-def _whole(report: StatusReport) -> bool:
-    """Every slot at its replica count and no copy under way."""
-    from kvcluster.core.placement import under_replicated  # noqa: PLC0415
-
-    return report.table is not None and not under_replicated(report.table) and not report.moving
-
-
 def _first_get(master: str, keys: int, timeout: float) -> float:
     """Ask for a loaded key until it is answered with its value; the time it was."""
     from kvcluster.client import Connection  # noqa: PLC0415
@@ -234,7 +226,7 @@ def _restart_whole(
 
     def observe(report: StatusReport, _now: float) -> bool:
         last[:] = [report]
-        return _whole(report)
+        return slots_whole(report)
 
     whole_at = poll_master(master, observe, shape.timeout, f"every slot at {shape.rep} replicas after the restart")
     report = last[0]
@@ -301,7 +293,7 @@ class _NodeWatch:
             self.serving_at = now
         totals = {n: sum(ranks) for n, ranks in rank_load(table).items()}
         share = sum(totals.values()) // len(totals) - 1
-        return self.serving_at is not None and _whole(report) and totals.get(self.node_id, 0) >= share
+        return self.serving_at is not None and slots_whole(report) and totals.get(self.node_id, 0) >= share
 
 
 def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, task: Any) -> NodeRestart:
@@ -324,7 +316,7 @@ def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, 
     )
     time.sleep(max(0.0, killed + shape.absence - time.monotonic()))
     before = _status(master)
-    healed_before = _whole(before)
+    healed_before = slots_whole(before)
     progress.update(task, description=f"one node: {name} restarted, waiting for its share")
     restarted = time.monotonic()
     info = start_node(state, VICTIM)
@@ -373,8 +365,7 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
     with cluster(shape.nodes, shape.rep, fsync=shape.fsync) as (supervisor, state):
         empty_start_s = time.monotonic() - starting
         rss_empty = rss_bytes([s.pid for s in state.servers])
-        load_task = progress.add_task(f"loading {shape.keys:,} keys", total=shape.keys)
-        load_s = bulk_load(state.master_endpoint, shape.keys, lambda done: progress.advance(load_task, done))
+        load_s = load_shown(state.master_endpoint, shape.keys, progress)
         rss = rss_bytes([s.pid for s in state.servers])
         progress.update(task, description="whole cluster: stopping every process")
         stopping = time.monotonic()
@@ -408,100 +399,6 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
     )
 
 
-def _lost(lost: int, unreadable: int) -> str:
-    text = f"{lost} lost, {unreadable} unreadable"
-    return text if not lost and not unreadable else f"[bold red]{text}[/]"
-
-
-def _fraction(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.0%}"
-
-
-def _mib(value: float) -> str:
-    return f"{value / (1 << 20):,.1f} MiB"
-
-
-def restart_table(result: RestartResult) -> RenderableType:
-    from rich.console import Group  # noqa: PLC0415
-
-    w, n = result.whole, result.node
-    sizes = measure_table(
-        f"Restart: {result.keys:,} keys, {result.nodes} nodes, rep {result.rep}, fsync {result.fsync}"
-    )
-    disk = f"{_mib(result.disk_bytes)} / {result.disk_bytes_per_key_replica:,.0f} B"
-    rss = f"{_mib(result.rss_bytes)} / {result.rss_bytes_per_key_replica:,.0f} B"
-    added = f"{_mib(result.rss_bytes_empty)} / {result.rss_added_per_key_replica:,.0f} B"
-    for measure, value in [
-        ("first start, with no data", f"{result.empty_start_s:.2f} s"),
-        ("bulk load", f"{result.load_s:.1f} s"),
-        ("disk (du of the data root) / per key replica", disk),
-        ("node RSS after the load / per key replica", rss),
-        ("node RSS before the load / added per key replica", added),
-        ("node RSS after the whole restart", _mib(result.rss_bytes_after_restart)),
-    ]:
-        sizes.add_row(measure, value)
-    whole = measure_table("Whole cluster stopped and started again from its data (seconds from the start)")
-    for measure, value in [
-        ("stopping every process", f"{w.stop_s:.2f} s"),
-        ("table published", f"{w.table_s:.2f} s"),
-        ("serving (a get of a loaded key answered)", f"{w.serving_s:.2f} s"),
-        (f"every slot at {result.rep} replicas, no copy under way", f"{w.replicas_s:.2f} s"),
-        ("slots / keys copied", f"{w.slots_copied:,} / {w.keys_copied:,}"),
-        ("'recovered' event", "yes" if w.recovered_event else "[bold red]no[/]"),
-        ("keys read back", _lost(w.keys_lost, w.keys_unreadable)),
-    ]:
-        whole.add_row(measure, value)
-    held = f"{n.keys_before:,} / {n.keys_at_join:,} / {n.keys_after:,}"
-    node = measure_table(f"kill -9 {n.node}, restarted after {n.absence_s:g} s (seconds from the restart)")
-    for measure, value in [
-        ("declared dead after the kill", f"{n.declared_dead_s:.2f} s"),
-        ("slots whole on the others before the restart", "yes" if n.healed_before_restart else "no"),
-        ("new process listed alive", f"{n.joined_s:.2f} s"),
-        ("serving (primary of a slot again)", f"{n.serving_s:.2f} s"),
-        (f"every slot at {result.rep} replicas, {n.node} back to its share", f"{n.replicas_s:.2f} s"),
-        ("slots / keys copied since the restart", f"{n.slots_copied:,} / {n.keys_copied:,}"),
-        ("healing counter restarts / copies cancelled", f"{n.counter_resets} / {n.moves_cancelled}"),
-        ("nodes declared dead after the restart", ", ".join(n.declared_dead) or "none"),
-        (f"keys {n.node} held: before the kill / at its join / at the end", held),
-        ("keys copied / keys held before", _fraction(n.copied_fraction)),
-        ("keys read back", _lost(n.keys_lost, n.keys_unreadable)),
-    ]:
-        node.add_row(measure, value)
-    return Group(sizes, whole, node)
-
-
-def _phases(result: RestartResult) -> tuple[list[str], list[float]]:
-    w, n = result.whole, result.node
-    labels = [
-        "whole: table",
-        "whole: serving",
-        f"whole: {result.rep} replicas",
-        f"{n.node}: alive",
-        f"{n.node}: serving",
-        f"{n.node}: share",
-    ]
-    return labels, [w.table_s, w.serving_s, w.replicas_s, n.joined_s, n.serving_s, n.replicas_s]
-
-
-def _plot_restart(result: RestartResult) -> None:
-    labels, values = _phases(result)
-    with terminal_chart("Seconds from the (re)start", values) as plt:
-        plt.bar(labels, values)
-
-
-def chart_restart(results: Sequence[RestartResult], path: Path) -> None:
-    """Horizontal bars: for each run, the seconds from the (re)start to each milestone."""
-    with png_chart(path, rows=len(results)) as axes:
-        for ax, result in zip(axes if len(results) > 1 else [axes], results, strict=True):
-            labels, values = _phases(result)
-            bars = ax.barh(labels[::-1], values[::-1])
-            ax.bar_label(bars, labels=[f"{v:.1f} s" for v in values[::-1]], fontsize=8)
-            ax.set_title(
-                f"{result.keys:,} keys, {result.nodes} nodes, rep {result.rep}, fsync {result.fsync}", fontsize=9
-            )
-        (axes[-1] if len(results) > 1 else axes).set_xlabel("seconds from the start (whole) or the restart (node)")
-
-
 def restart_json(result: RestartResult) -> dict[str, Any]:
     data: dict[str, Any] = to_json(result)
     return data
@@ -529,10 +426,11 @@ def restart_command(
     if len(policies) != 1:
         raise UsageError(f"--fsync takes one policy here, got {fsync!r}")
     shape = RestartShape(nodes, rep, keys, absence, policies[0], timeout)
+
     run_benchmark(
         lambda progress: run_restart(shape, progress),
         restart_table,
-        _plot_restart,
+        plot_restart,
         restart_json,
         plot=plot,
         json_out=json_out,

@@ -1,9 +1,10 @@
 """``kvcluster bench throughput``: ops/s, latency percentiles and CPU per op for each replica count and fsync policy.
 
-Load comes from separate client processes (a ``workers.ClientPool``),
-released together by a barrier so the measured wall time covers the
-concurrent phase only. Each fsync policy and replica count gets a fresh,
-preloaded cluster; each mode (operations per message, messages in flight) is
+Load comes from separate client processes (``workload`` mixes in a
+``ClientPool``), released together by a barrier so the measured wall time
+covers the concurrent phase only. Each fsync policy and replica count gets a
+fresh cluster, filled first (``bulk``), whose nodes' memory is measured then;
+each mode (operations per message, messages in flight) is
 one measured phase. With several policies, each one's cost is given against
 ``no`` (the log written, never synced by the nodes); ``--redis`` adds Redis's
 own figures under the matching persistence (``redis_compare``).
@@ -12,44 +13,39 @@ own figures under the matching persistence (``redis_compare``).
 from __future__ import annotations
 
 import functools
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
 
 import typer
 
+from kvcluster.bench.bulk import bulk_load
 from kvcluster.bench.common import (
-    CLIENT_DEADLINE,
-    CLIENT_TRY_TIMEOUT,
     Advance,
     JsonOut,
+    Memory,
     Nodes,
     Plot,
     check_shape,
     cluster,
     cpu_seconds,
     dead_nodes,
-    execute_chunked,
     fsync_list,
     int_list,
-    key_name,
     percentile,
-    preload,
+    rss_bytes,
 )
-from kvcluster.bench.output import png_chart, run_benchmark, terminal_chart, to_json
-from kvcluster.bench.redis_compare import CONFIG_LABEL, RedisRun, redis_available, run_redis
-from kvcluster.client_pool import ClientPool, Worker
+from kvcluster.bench.output import png_chart, rich_table, run_benchmark, terminal_chart, to_json
+from kvcluster.bench.redis_compare import RedisRun, redis_available, redis_rows, run_redis_for, versus_redis
+from kvcluster.bench.workload import Workload, merged, tally_worker
+from kvcluster.client_pool import ClientPool
 from kvcluster.errors import UsageError
 from kvcluster.master_group import DEFAULT_MASTERS, check_master_count
 
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.progress import Progress
-
-    from kvcluster.client import OpResult
-    from kvcluster.core.protocol import OpKind
 
 
 @dataclass
@@ -75,84 +71,13 @@ class ThroughputRun:
     cluster_cpu_us_per_op: float = 0.0
     # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
     dead_nodes: list[str] = field(default_factory=list)
+    keys: int = 0  # keys preloaded, and drawn from
     fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
+    memory: Memory | None = None  # the storage nodes' resident memory right after the preload
 
     @property
     def mode(self) -> Mode:
         return Mode(self.batch, self.window)
-
-
-@dataclass(frozen=True)
-class LoadJob:
-    """One throughput client's share of the operations (pickled to a spawned process)."""
-
-    master: str
-    index: int
-    ops: int
-    keys: int
-    read_ratio: float
-    batch: int
-    window: int
-    seed: int
-
-
-@dataclass(frozen=True)
-class LoadOutcome:
-    """What one throughput client measured; latencies are ``array('d')`` bytes in seconds."""
-
-    index: int
-    started: float
-    ended: float
-    completed: int
-    failures: dict[str, int]
-    latencies: bytes
-    cpu_s: float  # this process, every thread (ZeroMQ's I/O thread too), during the measured phase
-
-
-def _load_ops(job: LoadJob) -> list[tuple[OpKind, str, str | None]]:
-    import random  # noqa: PLC0415
-
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
-
-    rng = random.Random(job.seed)
-    ops: list[tuple[OpKind, str, str | None]] = []
-    for seq in range(job.ops):
-        key = key_name(rng.randrange(job.keys))
-        if rng.random() < job.read_ratio:
-            ops.append((OpKind.GET, key, None))
-        else:
-            ops.append((OpKind.PUT, key, f"c{job.index}.{seq}"))
-    return ops
-
-
-def _load_worker(job: LoadJob, worker: Worker) -> LoadOutcome:
-    """Entry point of a throughput client process: wait for the release, run the share, report."""
-    from array import array  # noqa: PLC0415
-
-    from kvcluster.client import Completion, Connection  # noqa: PLC0415
-
-    ops = _load_ops(job)
-    latencies = array("d")
-    failures: dict[str, int] = {}
-    completed = 0
-    with Connection(job.master, deadline=CLIENT_DEADLINE, try_timeout=CLIENT_TRY_TIMEOUT) as client:
-        client.refresh_table()
-
-        def tally(part: list[OpResult]) -> None:
-            nonlocal completed
-            for result in part:
-                if result.completion in (Completion.OK, Completion.NOT_FOUND):
-                    completed += 1
-                    latencies.append(result.latency)
-                else:
-                    failures[result.completion.value] = failures.get(result.completion.value, 0) + 1
-            worker.progress(len(part))
-
-        worker.wait_for_release()
-        started, cpu_started = time.monotonic(), time.process_time()
-        execute_chunked(client, ops, job.batch, job.window, tally)
-        ended, cpu = time.monotonic(), time.process_time() - cpu_started
-    return LoadOutcome(job.index, started, ended, completed, failures, latencies.tobytes(), cpu)
 
 
 def run_throughput(
@@ -177,7 +102,9 @@ def run_throughput(
             advance = functools.partial(progress.advance, task)
             with cluster(nodes, rep, masters, fsync) as (_, state):
                 progress.update(task, description=f"{name}: preload")
-                preload(state.master_endpoint, keys, advance)
+                empty = rss_bytes([s.pid for s in state.servers])
+                bulk_load(state.master_endpoint, keys, advance)
+                memory = Memory.after_fill(keys, rep, empty, rss_bytes([s.pid for s in state.servers]))
                 for mode in modes:
                     progress.update(task, description=f"{name}: {mode.label}")
                     run = measure_load(
@@ -194,6 +121,7 @@ def run_throughput(
                         cluster_pids=[*(m.pid for m in state.masters), *(s.pid for s in state.servers)],
                     )
                     run.fsync = fsync
+                    run.memory = memory
                     runs.append(run)
             progress.update(task, description=f"{name}: done")
     return runs
@@ -217,50 +145,99 @@ def measure_load(
 
     ``cluster_pids`` (master and nodes) are only watched, to split the CPU spent between clients and cluster.
     """
-    from array import array  # noqa: PLC0415
-
     shares = [ops // clients + (1 if i < ops % clients else 0) for i in range(clients)]
     jobs = [
-        LoadJob(master, i, share, keys, read_ratio, batch, window, seed=rep * 1000 + batch * 10 + i)
+        Workload(
+            master,
+            index=i,
+            seed=rep * 1000 + batch * 10 + i,
+            keys=keys,
+            ops=share,
+            read_ratio=read_ratio,
+            batch=batch,
+            window=window,
+        )
         for i, share in enumerate(shares)
         if share
     ]
-    with ClientPool(_load_worker, jobs) as pool:
+    with ClientPool(tally_worker, jobs) as pool:
         cluster_cpu = -cpu_seconds(cluster_pids)
         pool.release()
-        outcomes = pool.collect(advance)
+        tally = merged(pool.collect(advance))
         cluster_cpu += cpu_seconds(cluster_pids)
-    latencies = array("d")
-    failures: dict[str, int] = {}
-    for outcome in outcomes:
-        latencies.frombytes(outcome.latencies)
-        for name, count in outcome.failures.items():
-            failures[name] = failures.get(name, 0) + count
-    ordered = sorted(latencies)
-    wall = max(o.ended for o in outcomes) - min(o.started for o in outcomes)
-    completed = sum(o.completed for o in outcomes)
+    ordered = tally.ordered()
+    wall = tally.ended - tally.started
+    completed = tally.completed
     return ThroughputRun(
         rep=rep,
         batch=batch,
         ops=ops,
         completed=completed,
-        failed=sum(failures.values()),
+        failed=sum(tally.failures.values()),
         ops_per_s=round(completed / wall, 1) if wall > 0 else 0.0,
-        p50_ms=round(percentile(ordered, 0.50) * 1000, 3),
-        p95_ms=round(percentile(ordered, 0.95) * 1000, 3),
-        p99_ms=round(percentile(ordered, 0.99) * 1000, 3),
+        p50_ms=round(percentile(ordered, 0.50), 3),
+        p95_ms=round(percentile(ordered, 0.95), 3),
+        p99_ms=round(percentile(ordered, 0.99), 3),
         wall_s=round(wall, 3),
         nodes=nodes,
+        keys=keys,
         clients=len(jobs),
         window=window,
-        failures=failures,
-        client_cpu_us_per_op=round(sum(o.cpu_s for o in outcomes) / max(1, completed) * 1e6, 1),
+        failures=tally.failures,
+        client_cpu_us_per_op=round(tally.cpu_s / max(1, completed) * 1e6, 1),
         cluster_cpu_us_per_op=round(cluster_cpu / max(1, completed) * 1e6, 1),
         dead_nodes=dead_nodes(master),
     )
 
 
-def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
+THROUGHPUT_HEADER = (
+    "fsync",
+    "mode",
+    "replicas",
+    "ops/s",
+    "p50 ms",
+    "p95 ms",
+    "p99 ms",
+    "failed ops",
+    "CPU µs/op: clients",
+    "CPU µs/op: cluster",
+)
+
+
+def throughput_rows(runs: Sequence[ThroughputRun]) -> list[list[str]]:
+    """One row per run: policies in the order run, then modes, then replica counts."""
+    policies = list(dict.fromkeys(r.fsync for r in runs))
+    return [
+        [
+            r.fsync,
+            r.mode.label,
+            str(r.rep),
+            f"{r.ops_per_s:,.0f}",
+            f"{r.p50_ms:.2f}",
+            f"{r.p95_ms:.2f}",
+            f"{r.p99_ms:.2f}",
+            f"[bold red]{r.failed}[/]" if r.failed else "0",
+            f"{r.client_cpu_us_per_op:.0f}",
+            f"{r.cluster_cpu_us_per_op:.0f}",
+        ]
+        for r in sorted(runs, key=lambda r: (policies.index(r.fsync), r.mode, r.rep))
+    ]
+
+
+def throughput_problems(runs: Sequence[ThroughputRun]) -> list[str]:
+    """A sentence for each run where operations failed or nodes were declared dead, though none was killed."""
+    problems = []
+    for run in runs:
+        where = f"fsync {run.fsync}, rep {run.rep}, {run.mode.label}"
+        if run.failed:
+            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
+            problems.append(f"{where}: {run.failed:,} operations did not complete ({kinds})")
+        if run.dead_nodes:
+            problems.append(f"{where}: the master declared {', '.join(run.dead_nodes)} dead under load")
+    return problems
+
+
+def _runs_table(runs: Sequence[ThroughputRun]) -> RenderableType:
     """Fsync policies and replica counts down, batch sizes across, so both modes sit side by side."""
     from rich.table import Table  # noqa: PLC0415
 
@@ -290,20 +267,15 @@ def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
     return table
 
 
-def _throughput_summary(runs: Sequence[ThroughputRun]) -> RenderableType:
-    """The throughput table, each fsync policy's cost against ``no``, and a line for each run where operations
-    failed or nodes were declared dead."""
+def throughput_table(runs: Sequence[ThroughputRun]) -> RenderableType:
+    """The runs, each fsync policy's cost against ``no``, and a line for each run where something failed."""
     from rich.console import Group  # noqa: PLC0415
 
-    problems: list[str] = [cost.sentence for cost in fsync_costs(runs)]
-    for run in runs:
-        where = f"fsync {run.fsync}, rep {run.rep}, {run.mode.label}"
-        if run.failed:
-            kinds = ", ".join(f"{count} {name}" for name, count in sorted(run.failures.items()))
-            problems.append(f"[bold red]{where}: {run.failed} ops did not complete ({kinds})[/]")
-        if run.dead_nodes:
-            problems.append(f"[bold red]{where}: the master declared {', '.join(run.dead_nodes)} dead under load[/]")
-    return Group(throughput_table(runs), *problems)
+    return Group(
+        _runs_table(runs),
+        *(cost.sentence for cost in fsync_costs(runs)),
+        *(f"[bold red]{problem}[/]" for problem in throughput_problems(runs)),
+    )
 
 
 def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
@@ -418,7 +390,7 @@ def throughput_json(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun] = (
     data = {"runs": to_json(list(runs)), "fsync_costs": to_json(fsync_costs(runs))}
     if redis:
         data["redis"] = [
-            {**to_json(r), "kvcluster": [_versus_redis(run, r) for run in runs if run.fsync == r.fsync]} for r in redis
+            {**to_json(r), "kvcluster": [versus_redis(run, r) for run in runs if run.fsync == r.fsync]} for r in redis
         ]
     return data
 
@@ -432,69 +404,20 @@ class ThroughputResults:
     redis_note: str = ""
 
 
-def _versus_redis(run: ThroughputRun, redis: RedisRun) -> dict[str, Any]:
-    ratio = round(run.ops_per_s / redis.mixed_ops_per_s, 3) if redis.mixed_ops_per_s else None
-    return {"rep": run.rep, "batch": run.batch, "window": run.window, "ops_per_s": run.ops_per_s, "ratio": ratio}
-
-
-def redis_table(runs: Sequence[ThroughputRun], redis: Sequence[RedisRun]) -> RenderableType:
-    """Redis under each policy's persistence, beside kvcluster's runs of that policy: ops/s and kvcluster / Redis."""
-    from rich.table import Table  # noqa: PLC0415
-
-    first = redis[0]
-    modes = _modes(runs)
-    table = Table(
-        title=f"kvcluster against Redis (redis-benchmark -c {first.clients} -n {first.requests} -t set,get; "
-        "Redis 50/50 = harmonic mean of SET and GET)"
-    )
-    table.add_column("fsync")
-    table.add_column("Redis")
-    table.add_column("Redis\nSET / GET\nops/s", justify="right")
-    table.add_column("Redis\n50/50\nops/s", justify="right")
-    table.add_column("kvcluster\nreplicas", justify="right")
-    for mode in modes:
-        table.add_column(f"kvcluster\n{mode.label.replace(', ', chr(10))}\nops/s (/ Redis)", justify="right")
-    for r in redis:
-        for rep in sorted({run.rep for run in runs if run.fsync == r.fsync}):
-            cells = []
-            for mode in modes:
-                run = _run_of(runs, rep, mode, r.fsync)
-                ratio = None if run is None else _versus_redis(run, r)["ratio"]
-                cells.append("-" if run is None or ratio is None else f"{run.ops_per_s:,.0f} ({ratio:.2f})")
-            table.add_row(
-                r.fsync,
-                r.config.replace(", ", "\n"),
-                f"{r.set_ops_per_s:,.0f} / {r.get_ops_per_s:,.0f}",
-                f"{r.mixed_ops_per_s:,.0f}",
-                str(rep),
-                *cells,
-            )
-    return table
-
-
 def _results_summary(results: ThroughputResults) -> RenderableType:
     from rich.console import Group  # noqa: PLC0415
 
-    parts = [_throughput_summary(results.runs)]
+    parts = [throughput_table(results.runs)]
     if results.redis:
-        parts.append(redis_table(results.runs, results.redis))
+        first = results.redis[0]
+        title = (
+            f"kvcluster against Redis (redis-benchmark -c {first.clients} -n {first.requests} -t set,get; "
+            "Redis 50/50 = harmonic mean of SET and GET)"
+        )
+        parts.append(rich_table(title, *redis_rows(results.runs, results.redis), left=2))
     if results.redis_note:
         parts.append(results.redis_note)
     return Group(*parts)
-
-
-def run_with_redis(
-    progress: Progress, run: Callable[[Progress], list[ThroughputRun]], fsyncs: Sequence[str], requests: int
-) -> ThroughputResults:
-    """kvcluster's runs, then redis-benchmark under each policy's persistence."""
-    runs = run(progress)
-    task = progress.add_task("redis-benchmark", total=len(fsyncs))
-    redis = []
-    for fsync in fsyncs:
-        progress.update(task, description=f"redis-benchmark: {CONFIG_LABEL[fsync]}")
-        redis.append(run_redis(fsync, requests))
-        progress.advance(task)
-    return ThroughputResults(runs, redis)
 
 
 def throughput_command(
@@ -562,7 +485,7 @@ def throughput_command(
     with_redis = redis and not note
     run_benchmark(
         lambda progress: (
-            run_with_redis(progress, run, fsyncs, ops)
+            ThroughputResults(run(progress), run_redis_for(progress, fsyncs, ops))
             if with_redis
             else ThroughputResults(run(progress), redis_note=note)
         ),
