@@ -20,10 +20,12 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kvcluster.bench import chaos, chaos_faults, chaos_report
 from kvcluster.bench.bulk import BulkCheck
-from kvcluster.bench.chaos import run_chaos
-from kvcluster.bench.chaos_faults import (
+from kvcluster.chaos import command as chaos_command
+from kvcluster.chaos import injection as chaos_faults
+from kvcluster.chaos import report as chaos_report
+from kvcluster.chaos import run as chaos
+from kvcluster.chaos.injection import (
     FATAL_KINDS,
     MASTER_KINDS,
     MEMBERSHIP_KINDS,
@@ -33,7 +35,8 @@ from kvcluster.bench.chaos_faults import (
     Placement,
     chaos_keys,
 )
-from kvcluster.bench.chaos_membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
+from kvcluster.chaos.membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
+from kvcluster.chaos.run import run_chaos
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
@@ -215,7 +218,7 @@ def app_with_chaos() -> typer.Typer:
     """A Typer app with just the chaos command, as ``bench`` registers it."""
     app = typer.Typer()
     app.callback()(lambda: None)
-    chaos.register(app)
+    chaos_command.register(app)
     return app
 
 

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvcluster.bench.bulk import BulkCheck
-from kvcluster.bench.chaos_faults import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
 from kvcluster.bench.output import measure_table
+from kvcluster.chaos.injection import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
 from kvcluster.check.history import Operation, OpKind, Outcome
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing

@@ -30,7 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvcluster.bench.chaos_faults import (
+from kvcluster.chaos.injection import (
     FATAL_KINDS,
     FaultKind,
     FaultSchedule,

@@ -21,7 +21,7 @@ import random
 import signal
 import time
 
-from kvcluster.bench.chaos_faults import Fault, FaultInjector, FaultKind
+from kvcluster.chaos.injection import Fault, FaultInjector, FaultKind
 from kvcluster.leader_link import await_leader
 
 MASTER_INTERVAL = (4.0, 7.0)  # seconds between two faults of the leader
