@@ -30,13 +30,13 @@ from kvcluster.chaos.injection import (
     MASTER_KINDS,
     MEMBERSHIP_KINDS,
     TAKING_KINDS,
-    FaultKind,
     FaultSchedule,
     Placement,
     chaos_keys,
 )
 from kvcluster.chaos.membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
 from kvcluster.chaos.run import run_chaos
+from kvcluster.check.faults import FaultKind
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
@@ -158,12 +158,12 @@ def test_membership_schedule_never_takes_rep_nodes_nor_leaves_fewer_than_rep(nod
                 assert len(alive - victims) >= rep
             if fault.kind in TAKING_KINDS:
                 alive -= victims
-                (removed if fault.kind == FaultKind.REMOVE else taken).update(victims)
+                (removed if fault.kind == FaultKind.REMOVE_NODE else taken).update(victims)
             elif fault.kind == FaultKind.RESTART:
                 assert victims <= taken, "only a node a fault took is restarted"
                 taken -= victims
                 alive |= victims
-            elif fault.kind == FaultKind.ADD:
+            elif fault.kind == FaultKind.ADD_NODE:
                 ids += 1
                 assert fault.victims == (ids,)
                 alive.add(ids)
@@ -184,7 +184,7 @@ def test_membership_schedule_tries_every_kind_before_repeating_one() -> None:
 
 def test_membership_seed_kills_restarts_adds_and_removes() -> None:
     kinds = [f.kind for f in planned_faults(MEMBERSHIP_SEED, 4, 2, limit=4, membership=True)]
-    assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE]
+    assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE]
 
 
 def test_a_cluster_is_settled_when_every_slot_has_rep_replicas_outside_the_gone() -> None:

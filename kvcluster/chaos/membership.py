@@ -32,10 +32,10 @@ from typing import TYPE_CHECKING
 
 from kvcluster.chaos.injection import (
     FATAL_KINDS,
-    FaultKind,
     FaultSchedule,
     PlannedFault,
 )
+from kvcluster.check.faults import FaultKind
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing
 
@@ -52,8 +52,8 @@ KIND_ORDER = (
     FaultKind.DOUBLE_KILL,
     FaultKind.STALL,
     FaultKind.RESTART,
-    FaultKind.ADD,
-    FaultKind.REMOVE,
+    FaultKind.ADD_NODE,
+    FaultKind.REMOVE_NODE,
 )
 
 
@@ -87,9 +87,9 @@ class MembershipSchedule(FaultSchedule):
             self.dead.update(victims)
         elif kind == FaultKind.RESTART:
             self.dead.difference_update(victims)
-        elif kind == FaultKind.ADD:
+        elif kind == FaultKind.ADD_NODE:
             self.nodes += 1
-        elif kind == FaultKind.REMOVE:
+        elif kind == FaultKind.REMOVE_NODE:
             self.removed.update(victims)
         return fault
 
@@ -98,7 +98,7 @@ class MembershipSchedule(FaultSchedule):
         alive = [n for n in range(1, self.nodes + 1) if n not in self.gone()]
         if kind == FaultKind.RESTART:
             return [(n,) for n in sorted(self.dead - self.removed)]
-        if kind == FaultKind.ADD:
+        if kind == FaultKind.ADD_NODE:
             return [(self.nodes + 1,)] if self.nodes < self.max_nodes else []
         size = 2 if kind == FaultKind.DOUBLE_KILL else 1
         if size >= self.rep or len(alive) - size < self.rep:
@@ -126,7 +126,7 @@ def change_membership(
         while fault.victims[0] not in exited() and time.monotonic() < deadline:
             wait(time.monotonic() + 0.1)
         args = ["restart", node]
-    elif fault.kind == FaultKind.ADD:
+    elif fault.kind == FaultKind.ADD_NODE:
         args = ["add-node"]
     else:
         args = ["remove-node", node, "--timeout", f"{DRAIN_TIMEOUT:g}"]

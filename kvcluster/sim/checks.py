@@ -52,7 +52,7 @@ def problems(result: RunResult) -> list[str]:
         found.append(f"the run did not finish: stuck at t={result.sim_time:.3f} after {result.events} events")
     if not result.healed and result.finished:
         found.append(f"healing did not restore every slot's replicas within {SETTLE_LIMIT:g} s of the workload")
-    allowed = {f.node for f in result.faults if f.may_kill()}
+    allowed = {n for f in result.faults for n in f.victims()}
     for node_id in result.declared_dead:
         if node_id not in allowed:
             found.append(f"server{node_id} was declared dead although no fault could silence it for long")
