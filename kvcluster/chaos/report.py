@@ -18,6 +18,7 @@ from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.output import measure_table
 from kvcluster.chaos.injection import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
 from kvcluster.check.history import Operation, OpKind, Outcome
+from kvcluster.check.verdict import Verdict, judge
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing
 
@@ -35,8 +36,7 @@ class ChaosReport:
     operations: int
     by_outcome: dict[str, int]
     checked: int
-    verdict: str
-    """``linearizable``, ``violation``, or ``inconclusive`` when the check ran out of budget."""
+    verdict: Verdict
     violation: str | None
     faults: list[Fault]
     faults_by_kind: dict[str, int]
@@ -70,7 +70,7 @@ class ChaosReport:
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "linearizable" and self.preloaded_lost == 0 and self.membership_errors == 0
+        return self.verdict == Verdict.LINEARIZABLE and self.preloaded_lost == 0 and self.membership_errors == 0
 
     def to_json(self) -> dict[str, Any]:
         """The report without the history, ready for ``json.dumps``."""
@@ -110,17 +110,9 @@ class RunRecord:
 
 
 def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
-    from kvcluster.check.linearizability import CheckTooExpensive, check  # noqa: PLC0415
-
     _measure_unavailability(run, shape)
     started = time.monotonic()
-    try:
-        result = check(run.history)
-        verdict = "linearizable" if result.ok else "violation"
-        checked = result.operations
-        violation = result.violation.describe() if result.violation is not None else None
-    except CheckTooExpensive as exc:
-        verdict, checked, violation = "inconclusive", 0, str(exc)
+    judgement = judge(run.history)
     check_s = time.monotonic() - started
     across, failovers = _reads_across_faults(run, shape)
     return ChaosReport(
@@ -132,9 +124,9 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         duration_s=shape.duration,
         operations=len(run.history),
         by_outcome=dict(sorted(Counter(f"{op.kind} {op.outcome}" for op in run.history).items())),
-        checked=checked,
-        verdict=verdict,
-        violation=violation,
+        checked=judgement.checked,
+        verdict=judgement.verdict,
+        violation=judgement.detail,
         faults=run.faults,
         faults_by_kind=dict(Counter(f.kind for f in run.faults)),
         unavailability_ms=_unavailability_by_kind(run.faults),
@@ -233,7 +225,7 @@ def summary_table(report: ChaosReport) -> Any:
     table = measure_table(
         f"chaos: {report.nodes} nodes, {report.rep} replicas, {report.clients} clients, {report.duration_s:g} s"
     )
-    verdict = {"linearizable": "[bold green]linearizable[/]", "violation": "[bold red]NOT LINEARIZABLE[/]"}
+    verdict = {Verdict.LINEARIZABLE: "[bold green]linearizable[/]", Verdict.VIOLATION: "[bold red]NOT LINEARIZABLE[/]"}
     table.add_row("verdict", verdict.get(report.verdict, f"[bold yellow]{report.verdict}[/]"))
     table.add_row("seed", str(report.seed))
     table.add_row("operations recorded", f"{report.operations:,}")
