@@ -9,6 +9,7 @@ verdict and that the history was worth checking.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -27,7 +28,6 @@ from kvcluster.chaos import report as chaos_report
 from kvcluster.chaos import run as chaos
 from kvcluster.chaos.injection import (
     FATAL_KINDS,
-    MASTER_KINDS,
     MEMBERSHIP_KINDS,
     TAKING_KINDS,
     FaultSchedule,
@@ -306,7 +306,7 @@ def test_chaos_run_with_leader_faults_is_linearizable(tmp_path: Path) -> None:
         nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home", master_faults=True
     )
     assert_linearizable_and_nontrivial(report)
-    for kind in MASTER_KINDS:
+    for kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_PAUSE):
         assert report.faults_by_kind.get(kind, 0) >= 1, report.faults_by_kind
     assert [f.error for f in report.faults if f.error] == []
 
@@ -414,4 +414,35 @@ def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) ->
     history = HistoryRecorder.load(history_path)
     assert len(history) == report["operations"] >= report["checked"] > 0
     assert "linearizable" in stdout
+    assert_no_child_processes()
+
+
+# --- partitions ---
+
+
+def test_partitions_are_refused_in_one_line_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(app_with_chaos(), ["chaos", "--partitions", "--home", str(tmp_path)])
+    assert isinstance(result.exception, KvclusterError)
+    assert result.exception.exit_code == 2
+    assert str(result.exception).startswith("--partitions needs root")
+    assert not list(tmp_path.iterdir())  # refused before anything started
+
+
+def namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (network namespaces and nftables)")
+def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(tmp_path: Path) -> None:
+    before = namespaces()
+    # The network track's first fault is always an isolation: the node is fenced, and started again after the heal.
+    report = run_chaos(nodes=3, rep=2, clients=2, keys=4, duration=12.0, seed=2, home=tmp_path, partitions=True)
+    assert report.verdict == "linearizable", f"logs in {report.logs}:\n{report.violation}"
+    assert report.checked >= 200
+    assert report.faults_by_kind.get(FaultKind.ISOLATE, 0) == 1, report.faults_by_kind
+    assert report.dead_but_running == []
+    assert namespaces() <= before
     assert_no_child_processes()

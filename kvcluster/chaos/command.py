@@ -7,6 +7,7 @@ runs and runs into output, and exits 1 when a round is not linearizable.
 from __future__ import annotations
 
 import json
+import os
 import secrets
 from pathlib import Path
 from typing import Annotated, Any
@@ -28,6 +29,17 @@ def _check_options(nodes: int, rep: int, clients: int, keys: int, duration: floa
         raise UsageError("--clients and --keys must be at least 1")
     if duration <= 0:
         raise UsageError(f"--duration must be positive, got {duration:g}")
+
+
+def _check_can_partition(nodes: int) -> None:
+    """Refuse ``--partitions`` in one line where network namespaces cannot be made, or with nothing to cut."""
+    from kvcluster.netns import check_can_build  # noqa: PLC0415
+
+    if nodes < 2:
+        raise UsageError(f"--partitions needs at least 2 nodes to cut apart, got {nodes}")
+    if os.geteuid() != 0:
+        raise UsageError("--partitions needs root: it runs every process on a host of its own (run it with sudo)")
+    check_can_build()
 
 
 def chaos_command(
@@ -73,6 +85,14 @@ def chaos_command(
             help="Also kill -9 (then restart) and pause the leading master, every 4 to 7 s, on a track of its own.",
         ),
     ] = False,
+    partitions: Annotated[
+        bool,
+        typer.Option(
+            "--partitions",
+            help="Also cut links (isolate, cut-peers, oneway, leader-cut) and make hosts flaky, every 3 to 6 s, on "
+            "a track of their own; every process runs on a host of its own, as with up --netns (root only).",
+        ),
+    ] = False,
     preload: Annotated[
         int,
         typer.Option(
@@ -83,11 +103,13 @@ def chaos_command(
         ),
     ] = 0,
 ) -> None:
-    """Kill and pause nodes (and with --membership restart, add and remove them) under concurrent load, then check
-    the history for linearizability; exit 1 if it is not."""
+    """Kill and pause nodes (and with --membership restart, add and remove them; with --partitions cut links) under
+    concurrent load, then check the history for linearizability; exit 1 if it is not."""
     from rich.console import Console  # noqa: PLC0415
 
     _check_options(nodes, rep, clients, keys, duration)
+    if partitions:
+        _check_can_partition(nodes)
     if rounds < 1:
         raise UsageError(f"--rounds must be at least 1, got {rounds}")
     if seed is None:
@@ -99,7 +121,16 @@ def chaos_command(
         if rounds > 1:
             console.rule(f"round {round_seed - seed + 1} of {rounds}: seed {round_seed}")
         report = _chaos_round(
-            console, nodes, rep, clients, keys, duration, round_seed, home, preload, (membership, master_faults)
+            console,
+            nodes,
+            rep,
+            clients,
+            keys,
+            duration,
+            round_seed,
+            home,
+            preload,
+            (membership, master_faults, partitions),
         )
         reports.append(report)
         if save_history is not None:
@@ -124,9 +155,9 @@ def _chaos_round(
     seed: int,
     home: Path | None,
     preload: int,
-    changes: tuple[bool, bool],
+    changes: tuple[bool, bool, bool],
 ) -> ChaosReport:
-    """One run on a fresh cluster, with its tables printed; ``changes``: membership changes, leader faults."""
+    """One run on a fresh cluster, with its tables printed; ``changes``: membership changes, leader faults, cuts."""
     from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn  # noqa: PLC0415
 
     columns = (TextColumn("{task.description}"), BarColumn(), TimeElapsedColumn())
@@ -145,6 +176,7 @@ def _chaos_round(
             preload=preload,
             membership=changes[0],
             master_faults=changes[1],
+            partitions=changes[2],
         )
     console.print(faults_table(report))
     console.print(summary_table(report))

@@ -56,7 +56,6 @@ if TYPE_CHECKING:
 
 FATAL_KINDS = (FaultKind.PAUSE, FaultKind.KILL, FaultKind.DOUBLE_KILL)  # the victim never serves again
 MEMBERSHIP_KINDS = (FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE)
-MASTER_KINDS = (FaultKind.LEADER_CRASH, FaultKind.LEADER_PAUSE)  # the leading master: see ``chaos_masters``
 TAKING_KINDS = (*FATAL_KINDS, FaultKind.REMOVE_NODE)  # the master ends up declaring the victims dead
 STALL_SHARE = 0.3  # chance that the next fault is a stall (when one is safe)
 REAP_INTERVAL = 0.05

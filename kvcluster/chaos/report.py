@@ -16,7 +16,8 @@ from typing import Any
 
 from kvcluster.bench.bulk import BulkCheck
 from kvcluster.bench.output import measure_table
-from kvcluster.chaos.injection import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
+from kvcluster.chaos.injection import FATAL_KINDS, Fault, node_ids, primary_of
+from kvcluster.check.faults import LEADER_FAULTS
 from kvcluster.check.history import Operation, OpKind, Outcome
 from kvcluster.check.verdict import Verdict, judge
 from kvcluster.core.placement import node_name
@@ -153,7 +154,7 @@ def _succeeded(op: Operation) -> bool:
 
 def _affected(fault: Fault, shape: Shape) -> list[str]:
     """The keys whose primary was one of the fault's victims when it began; every key for the leading master."""
-    if fault.kind in MASTER_KINDS:
+    if fault.kind in LEADER_FAULTS:
         return list(shape.keys)
     dead, victims = node_ids(fault.dead_before), node_ids(fault.nodes)
     return [key for key in shape.keys if primary_of(key, shape.nodes, shape.rep, dead) in victims]
@@ -256,7 +257,7 @@ def faults_table(report: ChaosReport) -> Any:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title="faults")
-    for column in ("t", "fault", "nodes", "stopped for", "keys hit", "unavailable"):
+    for column in ("t", "fault", "nodes", "stopped or cut for", "keys hit", "unavailable"):
         table.add_column(column, justify="left" if column in ("fault", "nodes") else "right")
     if report.membership:
         table.add_column("command took", justify="right")

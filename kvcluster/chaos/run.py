@@ -14,7 +14,6 @@ the history and the tables in ``chaos_report``.
 
 from __future__ import annotations
 
-import math
 import random
 import secrets
 import shutil
@@ -24,7 +23,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from kvcluster.bench.bulk import BulkCheck, bulk_load, bulk_verify, release_timeout
 from kvcluster.chaos.injection import (
@@ -37,17 +36,20 @@ from kvcluster.chaos.injection import (
 )
 from kvcluster.chaos.masters import MasterFaults
 from kvcluster.chaos.membership import MembershipSchedule, change_membership, settled
+from kvcluster.chaos.partitions import NetworkFaults
 from kvcluster.chaos.report import (
     ChaosReport,
     RunRecord,
     Shape,
     analyse,
 )
+from kvcluster.check.faults import NETWORK_FAULTS
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.client_pool import ClientPool, Worker
 from kvcluster.core.protocol import Timing
 from kvcluster.errors import KvclusterError
 from kvcluster.master_group import DEFAULT_MASTERS
+from kvcluster.netns import NetHosts
 
 if TYPE_CHECKING:
     from kvcluster.client import Connection
@@ -60,6 +62,24 @@ FAULT_TAIL = 3.0  # no fault starts this close to the end, so its recovery is ob
 CLIENT_NICENESS = 10
 COLLECT_GRACE = 60.0  # after the run, how long the clients may take to hand over their histories
 HISTORY_FILE = "history.jsonl"  # in the state directory, after a run that is not linearizable
+TARGETING = (*TAKING_KINDS, *NETWORK_FAULTS)  # faults after which the master may rightly declare their nodes dead
+
+
+class SideTrack(Protocol):
+    """Faults drawn on a clock of their own, beside the node faults: the leader's, the network's."""
+
+    def delay(self) -> float: ...
+
+    def inject(self, injector: FaultInjector) -> None: ...
+
+
+@dataclass
+class Tracks:
+    """The fault tracks of a run, and the hosts the cluster runs on (with ``--partitions``)."""
+
+    nodes: FaultSchedule
+    side: list[SideTrack]
+    hosts: NetHosts | None
 
 
 @dataclass(frozen=True)
@@ -154,6 +174,7 @@ def run_chaos(
     preload: int = 0,
     membership: bool = False,
     master_faults: bool = False,
+    partitions: bool = False,
 ) -> ChaosReport:
     """Run a cluster under load and faults for ``duration`` seconds, then check the history.
 
@@ -162,8 +183,10 @@ def run_chaos(
     before the clients start, so the faults land on a large data set; each
     is read back at the end, and one lost makes the run fail. ``membership``
     mixes restarts, additions and removals of nodes into the faults
-    (``chaos_membership``), and ``master_faults`` kills and pauses the
-    leading master on a track of its own (``chaos_masters``). A temporary home (``home`` None) is
+    (``membership``), ``master_faults`` kills and pauses the leading master
+    on a track of its own (``masters``), and ``partitions`` runs every
+    process on a host of its own and cuts links between them on another
+    (``partitions``; root only). A temporary home (``home`` None) is
     removed after a linearizable run and kept otherwise, with the nodes'
     logs. ``on_event`` receives a line per fault and phase; ``on_tick`` the
     seconds elapsed, a few times a second.
@@ -180,9 +203,14 @@ def run_chaos(
         if membership
         else FaultSchedule(nodes, rep, rng, timing, fault_interval, stall_share)
     )
+    hosts = NetHosts() if partitions else None
+    tracks = Tracks(schedule, [], hosts)
+    if master_faults:
+        tracks.side.append(MasterFaults(seed))
+    if hosts is not None:
+        tracks.side.append(NetworkFaults(seed, hosts, schedule))
     with _home(home) as (path, temporary):
-        masters = MasterFaults(seed) if master_faults else None
-        run = _run_cluster(path, shape, (schedule, masters), timing, on_event or (lambda _text: None), on_tick)
+        run = _run_cluster(path, shape, tracks, timing, on_event or (lambda _text: None), on_tick)
         if on_event is not None:
             on_event(f"checking {len(run.history):,} operations")
         report = analyse(shape, run)
@@ -205,7 +233,7 @@ def save_history(history: list[Operation], path: Path) -> Path:
 def _run_cluster(
     path: Path,
     shape: Shape,
-    schedules: tuple[FaultSchedule, MasterFaults | None],
+    tracks: Tracks,
     timing: Timing,
     say: Callable[[str], None],
     on_tick: Callable[[float], None] | None,
@@ -214,12 +242,14 @@ def _run_cluster(
     from kvcluster.client import Connection  # noqa: PLC0415
     from kvcluster.supervisor import Supervisor  # noqa: PLC0415
 
-    supervisor = Supervisor(path, shape.nodes, shape.rep, DEFAULT_MASTERS, "127.0.0.1:0", timing)
+    supervisor = Supervisor(path, shape.nodes, shape.rep, DEFAULT_MASTERS, "127.0.0.1:0", timing, hosts=tracks.hosts)
     injector: FaultInjector | None = None
     try:
-        say(f"starting {shape.nodes} nodes with {shape.rep} replicas in {path}")
+        where = ", each on a host of its own" if tracks.hosts is not None else ""
+        say(f"starting {shape.nodes} nodes with {shape.rep} replicas in {path}{where}")
         state = supervisor.start()
         injector = FaultInjector(supervisor, state, say, change_membership)
+        first_pids = [info.pid for info in state.servers]
         jobs = [
             ClientJob(
                 state.master_endpoint, i, tuple(shape.keys), shape.duration, shape.read_ratio, f"{shape.seed}/{i}"
@@ -240,7 +270,7 @@ def _run_cluster(
                 say(f"loaded {shape.preload:,} keys in {preload_s:.1f} s")
             injector.released = pool.release()
             say(f"load on keys {', '.join(shape.keys)} for {shape.duration:g} s")
-            _inject_until(schedules, injector, observer, injector.released + shape.duration, on_tick)
+            _inject_until(tracks, injector, observer, injector.released + shape.duration, on_tick)
             histories = pool.collect(timeout=CLIENT_DEADLINE + COLLECT_GRACE)
             declared = _declared_dead(observer)
         check = BulkCheck(0, 0, 0)
@@ -248,11 +278,12 @@ def _run_cluster(
             say(f"reading the {shape.preload:,} loaded keys back")
             check = bulk_verify(state.master_endpoint, shape.preload, _ignore)
         history = [Operation.from_json(record) for records in histories for record in records]
-        targeted = {n for f in injector.faults if f.kind in TAKING_KINDS for n in node_ids(f.nodes)}
+        targeted = {n for f in injector.faults if f.kind in TARGETING for n in node_ids(f.nodes)}
         dead = declared - targeted
-        return RunRecord(
-            history, injector.faults, injector.released, dead, declared - injector.exited(), preload_s, check
-        )
+        # A new incarnation (started again after its fencing) is not the process the master declared dead.
+        first = {n for n, info in enumerate(injector.state.servers, start=1) if info.pid in first_pids}
+        running = (declared - injector.exited()) & first
+        return RunRecord(history, injector.faults, injector.released, dead, running, preload_s, check)
     finally:
         if injector is not None:
             injector.resume()
@@ -275,22 +306,23 @@ def _home(home: Path | None) -> Iterator[tuple[Path, bool]]:
 
 
 def _inject_until(
-    schedules: tuple[FaultSchedule, MasterFaults | None],
+    tracks: Tracks,
     injector: FaultInjector,
     observer: Connection,
     end: float,
     on_tick: Callable[[float], None] | None,
 ) -> None:
-    """Inject the schedule's faults until ``end``, or until no safe fault remains; the leader's on their own track."""
-    schedule, masters = schedules
+    """Inject the node faults until ``end``, or until no safe fault remains; the side tracks' on their own clocks."""
+    schedule = tracks.nodes
     next_fault: float | None = injector.released + schedule.delay()
-    next_master = injector.released + masters.delay() if masters is not None else math.inf
+    next_side = [injector.released + track.delay() for track in tracks.side]
     while (now := time.monotonic()) < end:
         if on_tick is not None:
             on_tick(now - injector.released)
-        if masters is not None and now >= next_master and end - now > FAULT_TAIL:
-            masters.inject(injector)
-            next_master = time.monotonic() + masters.delay()
+        for index, track in enumerate(tracks.side):
+            if now >= next_side[index] and end - now > FAULT_TAIL:
+                track.inject(injector)
+                next_side[index] = time.monotonic() + track.delay()
         if (
             next_fault is not None
             and now >= next_fault

@@ -3,9 +3,10 @@
 A plan is a list of ``Fault``s with their times, made before the run starts
 so that a process can honour a pause or a kill in the middle of a pass.
 The kinds are the ones chaos runs use (``check/faults.py``). A fault *may
-kill* if the master may declare its node dead: a kill, or a pause, a flaky
-spell, or a cut of the node's messages to the master longer than
-``SAFE_SILENCE``; a stall is a pause shorter than that. The planner
+kill* if the master may declare its node dead: a kill, a flaky spell of any
+length (TCP's retransmission backoff outlasts it), or a pause or a cut of
+the node's messages to the master longer than ``SAFE_SILENCE``; a stall is a
+pause shorter than that. The planner
 keeps every plan survivable: at any moment the nodes that may be dying
 (from a fault's start until ``HEAL_TIME`` after it ends, time enough to be
 declared dead and for the master to restore every slot's replicas) are
@@ -44,7 +45,7 @@ RESTART_AFTER = (0.9, 2.0)  # seconds after its kill that a node is started agai
 
 GONE_FOR_GOOD = (FaultKind.KILL, FaultKind.DOUBLE_KILL, FaultKind.REMOVE_NODE)
 ONE_LINK = (FaultKind.ONEWAY, FaultKind.LATE)  # ``node`` sends, ``other`` receives
-SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE, FaultKind.FLAKY)
+SILENCING = (FaultKind.PAUSE, FaultKind.ISOLATE)
 MASTER = 0  # ``node`` or ``other`` 0: the master group
 CLIENTS = -1  # ``node`` -1 of a late fault: every client's requests to ``other``
 LATE_HOLD = (0.8, 2.5)  # seconds a late link holds its messages: past a node's death or a new term
@@ -106,8 +107,8 @@ class Fault:
 
     def may_kill(self) -> bool:
         """Whether the master may declare a node dead because of this fault."""
-        if self.kind in GONE_FOR_GOOD:
-            return True
+        if self.kind in GONE_FOR_GOOD or self.kind == FaultKind.FLAKY:
+            return True  # TCP's backoff outlasts a flaky spell: a short one may hold a heartbeat past ``dead_after``
         if self.duration <= SAFE_SILENCE:
             return False
         return self.kind in SILENCING or (self.kind in ONE_LINK and self.other == MASTER and self.node > 0)
@@ -185,7 +186,7 @@ def _draw_restart(rng: random.Random, faults: list[Fault], last: float) -> Fault
 
 def _draw_window(rng: random.Random, kind: FaultKind, nodes: int, at: float, last: float) -> Fault | None:
     """A fault that lasts a while on one node, or on one link between two processes, and then heals."""
-    if kind in (FaultKind.PAUSE, FaultKind.STALL, *SILENCING, FaultKind.ONEWAY):
+    if kind in (FaultKind.PAUSE, FaultKind.STALL, FaultKind.FLAKY, *SILENCING, FaultKind.ONEWAY):
         short = kind == FaultKind.STALL or (kind != FaultKind.PAUSE and rng.random() < 0.5)
         length = rng.uniform(0.01, SAFE_SILENCE) if short else rng.uniform(0.55, 2.0)
     elif kind == FaultKind.LATE:
