@@ -266,6 +266,22 @@ def test_analysis_reports_a_lost_write_as_a_violation() -> None:
     assert "'v1'" in report.violation
 
 
+def test_a_final_read_missing_an_acknowledged_write_fails_the_run() -> None:
+    *writes, _ = lost_write()
+    key = writes[0].key
+    shape = chaos_report.Shape(5, 3, 3, [key], 10.0, 0.5, 1)
+    final = [op(9, "get", key, "v2", 5.0, 5.1)]
+    kept = chaos_report.analyse(shape, chaos_report.RunRecord(writes, [], RELEASED, set(), set(), final=final))
+    assert kept.ok
+    assert (kept.final_reads, kept.lost_writes) == (1, [])
+    # Absent although both puts were acknowledged: not linearizable, and a lost write.
+    final = [op(9, "get", key, None, 5.0, 5.1)]
+    lost = chaos_report.analyse(shape, chaos_report.RunRecord(writes, [], RELEASED, set(), set(), final=final))
+    assert not lost.ok
+    assert lost.verdict == "violation"
+    assert lost.lost_writes == [f"lost write: {key!r} reads absent, but 2 puts were acknowledged"]
+
+
 def test_a_lost_preloaded_key_fails_a_linearizable_run() -> None:
     history = [op(1, "put", "k0", "v1", 0.0, 0.1), op(1, "get", "k0", "v1", 0.2, 0.3)]
     shape = chaos_report.Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1, preload=1000)

@@ -19,7 +19,7 @@ from kvcluster.bench.output import measure_table
 from kvcluster.chaos.injection import FATAL_KINDS, Fault, node_ids, primary_of
 from kvcluster.check.faults import LEADER_FAULTS
 from kvcluster.check.history import Operation, OpKind, Outcome
-from kvcluster.check.verdict import Verdict, judge
+from kvcluster.check.verdict import Verdict, judge, lost_writes
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing
 
@@ -67,11 +67,20 @@ class ChaosReport:
     """Whether restarts, additions and removals of nodes were among the faults."""
     membership_errors: int = 0
     """Restart, add and remove commands that failed."""
+    final_reads: int = 0
+    """Keys read back after the faults (each key once), checked with the history."""
+    lost_writes: list[str] = field(default_factory=list)
+    """Final reads that missed an acknowledged write, or failed (``check.verdict.lost_writes``)."""
     history: list[Operation] = field(default_factory=list, repr=False)
 
     @property
     def ok(self) -> bool:
-        return self.verdict == Verdict.LINEARIZABLE and self.preloaded_lost == 0 and self.membership_errors == 0
+        return (
+            self.verdict == Verdict.LINEARIZABLE
+            and self.preloaded_lost == 0
+            and self.membership_errors == 0
+            and not self.lost_writes
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The report without the history, ready for ``json.dumps``."""
@@ -108,12 +117,14 @@ class RunRecord:
     dead_but_running: set[int]
     preload_s: float = 0.0
     preloaded: BulkCheck = field(default_factory=lambda: BulkCheck(0, 0, 0))
+    final: list[Operation] = field(default_factory=list)
+    """Every key read once more after the faults, by a new client."""
 
 
 def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
     _measure_unavailability(run, shape)
     started = time.monotonic()
-    judgement = judge(run.history)
+    judgement = judge([*run.history, *run.final])
     check_s = time.monotonic() - started
     across, failovers = _reads_across_faults(run, shape)
     return ChaosReport(
@@ -144,6 +155,8 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         preloaded_unreadable=run.preloaded.unreadable,
         membership=shape.membership,
         membership_errors=sum(f.error is not None for f in run.faults),
+        final_reads=len(run.final),
+        lost_writes=lost_writes(run.history, run.final, ()),
         history=run.history,
     )
 
@@ -237,6 +250,13 @@ def summary_table(report: ChaosReport) -> Any:
     table.add_row("faults", faults)
     for kind, window in report.unavailability_ms.items():
         table.add_row(f"  unavailability after {kind}, median / max", f"{_ms(window['median'])} / {_ms(window['max'])}")
+    lost = len(report.lost_writes)
+    table.add_row(
+        "keys read back after the faults",
+        f"{report.final_reads}, lost writes: {lost}"
+        if not lost
+        else f"{report.final_reads}, [bold red]lost writes: {lost}[/]",
+    )
     table.add_row("gets reading a value written before the latest fault", f"{report.reads_across_faults:,}")
     table.add_row("  of which across a failover of the key's primary", f"{report.reads_across_failovers:,}")
     if report.unplanned_dead:

@@ -60,6 +60,7 @@ FAULT_TAIL = 3.0  # no fault starts this close to the end, so its recovery is ob
 # The load must not starve the cluster it tests: a node that misses heartbeats
 # for want of CPU is declared dead, a fault nobody scheduled.
 CLIENT_NICENESS = 10
+FINAL_READ_DEADLINE = 15.0  # seconds a final read may take: the last fault's healing may still be under way
 COLLECT_GRACE = 60.0  # after the run, how long the clients may take to hand over their histories
 HISTORY_FILE = "history.jsonl"  # in the state directory, after a run that is not linearizable
 TARGETING = (*TAKING_KINDS, *NETWORK_FAULTS)  # faults after which the master may rightly declare their nodes dead
@@ -147,6 +148,17 @@ def _attempt(client: Connection, recorder: _CountingRecorder, kind: OpKind, key:
             # answer from the master) may still have let a write through.
             outcome = Outcome.FAILED if kind is OpKind.GET else Outcome.UNKNOWN
             recorder.record(Operation(client.client_id, kind, key, value, invoked, time.monotonic(), outcome))
+
+
+def _read_back(endpoint: str, keys: list[str]) -> list[Operation]:
+    """Every key read once more by a new client after the faults: the verdict holds them to the acknowledged writes."""
+    from kvcluster.client import Connection  # noqa: PLC0415
+
+    recorder = _CountingRecorder()
+    with Connection(endpoint, deadline=FINAL_READ_DEADLINE, recorder=recorder) as client:
+        for key in keys:
+            _attempt(client, recorder, OpKind.GET, key, None)
+    return recorder.operations
 
 
 def _declared_dead(client: Connection) -> set[int]:
@@ -272,6 +284,8 @@ def _run_cluster(
             say(f"load on keys {', '.join(shape.keys)} for {shape.duration:g} s")
             _inject_until(tracks, injector, observer, injector.released + shape.duration, on_tick)
             histories = pool.collect(timeout=CLIENT_DEADLINE + COLLECT_GRACE)
+            say(f"reading the {len(shape.keys)} keys back")
+            final = _read_back(state.master_endpoint, shape.keys)
             declared = _declared_dead(observer)
         check = BulkCheck(0, 0, 0)
         if shape.preload:
@@ -283,7 +297,7 @@ def _run_cluster(
         # A new incarnation (started again after its fencing) is not the process the master declared dead.
         first = {n for n, info in enumerate(injector.state.servers, start=1) if info.pid in first_pids}
         running = (declared - injector.exited()) & first
-        return RunRecord(history, injector.faults, injector.released, dead, running, preload_s, check)
+        return RunRecord(history, injector.faults, injector.released, dead, running, preload_s, check, final)
     finally:
         if injector is not None:
             injector.resume()
