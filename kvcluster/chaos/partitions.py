@@ -40,6 +40,7 @@ if TYPE_CHECKING:
 NET_INTERVAL = (3.0, 6.0)  # seconds between two network faults
 CUT_LENGTH = (1.0, 4.0)  # seconds a cut or a flaky spell holds before the heal
 KINDS = (FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT)
+LEADER_WAIT = 3.0  # seconds to find the leading master; its status answers may be slow under the load
 SILENCING = (FaultKind.ISOLATE, FaultKind.FLAKY)  # the master may declare the node dead (so may a oneway to it)
 
 
@@ -70,11 +71,10 @@ class NetworkFaults:
         """Cut, hold, heal, and record the fault; skipped when no master leads or no node may be taken."""
         from kvcluster.netcuts import heal  # noqa: PLC0415
 
-        # Every kind once, in a seeded order, before any repeats: a short run still covers them.
-        kind = KINDS[self.count % len(KINDS)] if self.count < len(KINDS) else self.rng.choice(KINDS)
-        self.count += 1
+        # Every kind once, in order, before any repeats (a skipped one is tried again): a short run covers them.
+        kind = KINDS[self.count] if self.count < len(KINDS) else self.rng.choice(KINDS)
         state = injector.state
-        found = await_leader(state.master_endpoints(), 0, time.monotonic() + 1.0)
+        found = await_leader(state.master_endpoints(), 0, time.monotonic() + LEADER_WAIT, poll=0.1)
         planned = self._plan(kind, state.masters[found[0]].name if found else None, injector.exited())
         elapsed = time.monotonic() - injector.released
         if planned is None:
@@ -83,6 +83,7 @@ class NetworkFaults:
         if self._silences(planned) and not self._settled(state.master_endpoint, injector.exited()):
             injector.on_event(f"{elapsed:7.2f} s  {kind} {planned.sends} skipped: slots are short of replicas")
             return
+        self.count += 1
         at = time.monotonic()
         self._cut(planned)
         injector.wait(at + planned.length)
