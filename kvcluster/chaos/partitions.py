@@ -104,20 +104,21 @@ class NetworkFaults:
     def _plan(self, kind: FaultKind, leader: str | None, exited: set[int]) -> NetFault | None:
         """The hosts ``kind`` acts on now; every draw is made whatever the outcome, so the seed fixes the rest."""
         length, loss = self.rng.uniform(*CUT_LENGTH), self.rng.uniform(*FLAKY_LOSS)
-        node, other = self.rng.sample(range(1, self.nodes.nodes + 1), 2)
+        first, second = self.rng.random(), self.rng.random()
         towards_leader = self.rng.random() < 0.5
-        if leader is None:
+        alive = [n for n in range(1, self.nodes.nodes + 1) if n not in exited]
+        if leader is None or not alive:
             return None
-        if node in exited:
-            node, other = other, node
+        node = alive[int(first * len(alive))]
+        others = [n for n in alive if n != node]
         server = node_name(node)
         if kind == FaultKind.LEADER_CUT:
             return NetFault(kind, leader, leader, length, 0.0)
         if kind != FaultKind.ONEWAY:
             return NetFault(kind, server, server, length, loss)
-        if towards_leader:
+        if towards_leader or not others:
             return NetFault(kind, server, leader, length, 0.0)
-        return NetFault(kind, node_name(other), server, length, 0.0)
+        return NetFault(kind, node_name(others[int(second * len(others))]), server, length, 0.0)
 
     def _silences(self, fault: NetFault) -> bool:
         """Whether the master may declare a node dead because of ``fault``."""
