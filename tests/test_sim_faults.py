@@ -10,6 +10,7 @@ from kvcluster.check.faults import CHAOS_KINDS, MEMBERSHIP, FaultKind
 from kvcluster.core.placement import RoutingTable
 from kvcluster.sim import SimConfig, report, run_schedule
 from kvcluster.sim.faults import CLIENTS, MASTER, RESTART_AFTER, SAFE_SILENCE, Fault, plan_faults, survivable
+from kvcluster.sim.trace import Trace
 from kvcluster.sim.world import World
 
 SHAPES = [(3, 2), (3, 3), (4, 2), (5, 2), (5, 3), (7, 3)]
@@ -129,3 +130,9 @@ def test_a_node_whose_messages_to_the_master_are_held_is_declared_dead() -> None
     outcome = run_schedule(1, LONG, faults=[Fault(FaultKind.ONEWAY, 0.5, 2, 1.5, other=MASTER)])
     assert outcome.ok, report(outcome, LONG)
     assert outcome.result.declared_dead == [2]
+
+
+def test_network_faults_replay_exactly() -> None:
+    faults = [*NEW_FAULTS[3], Fault(FaultKind.LATE, 3.3, CLIENTS, 1.0, other=2)]
+    digests = {run_schedule(4, LONG, faults=faults, trace=Trace(digest=True)).result.trace.digest() for _ in range(2)}
+    assert len(digests) == 1

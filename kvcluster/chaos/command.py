@@ -89,7 +89,7 @@ def chaos_command(
         bool,
         typer.Option(
             "--partitions",
-            help="Also cut links (isolate, cut-peers, oneway, leader-cut) and make hosts flaky, every 3 to 6 s, on "
+            help="Also cut links (isolate, cut-peers, oneway, leader-cut) and make hosts flaky, every 2 to 4 s, on "
             "a track of their own; every process runs on a host of its own, as with up --netns (root only).",
         ),
     ] = False,
@@ -115,7 +115,9 @@ def chaos_command(
     if seed is None:
         seed = secrets.randbelow(2**31)
     console = Console()
-    console.print(f"chaos seed {seed} (replay with: kvcluster bench chaos --seed {seed})")
+    tracks = (("--membership", membership), ("--master-faults", master_faults), ("--partitions", partitions))
+    flags = "".join(f" {flag}" for flag, on in tracks if on)
+    console.print(f"chaos seed {seed} (replay with: kvcluster bench chaos --seed {seed}{flags})")
     reports = []
     for round_seed in range(seed, seed + rounds):
         if rounds > 1:

@@ -37,8 +37,8 @@ from kvcluster.leader_link import await_leader
 if TYPE_CHECKING:
     from kvcluster.netns import NetHosts
 
-NET_INTERVAL = (3.0, 6.0)  # seconds between two network faults
-CUT_LENGTH = (1.0, 4.0)  # seconds a cut or a flaky spell holds before the heal
+NET_INTERVAL = (2.0, 4.0)  # seconds between two network faults
+CUT_LENGTH = (1.0, 3.0)  # seconds a cut or a flaky spell holds before the heal
 KINDS = (FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT)
 LEADER_WAIT = 3.0  # seconds to find the leading master; its status answers may be slow under the load
 SILENCING = (FaultKind.ISOLATE, FaultKind.FLAKY)  # the master may declare the node dead (so may a oneway to it)
@@ -62,7 +62,7 @@ class NetworkFaults:
         self.rng = random.Random(f"{seed}/net")
         self.hosts = hosts
         self.nodes = nodes  # the node faults' schedule: which nodes it has taken, and the placement
-        self.count = 0
+        self.done: set[FaultKind] = set()
 
     def delay(self) -> float:
         return self.rng.uniform(*NET_INTERVAL)
@@ -71,19 +71,18 @@ class NetworkFaults:
         """Cut, hold, heal, and record the fault; skipped when no master leads or no node may be taken."""
         from kvcluster.netcuts import heal  # noqa: PLC0415
 
-        # Every kind once, in order, before any repeats (a skipped one is tried again): a short run covers them.
-        kind = KINDS[self.count] if self.count < len(KINDS) else self.rng.choice(KINDS)
         state = injector.state
         found = await_leader(state.master_endpoints(), 0, time.monotonic() + LEADER_WAIT, poll=0.1)
-        planned = self._plan(kind, state.masters[found[0]].name if found else None, injector.exited())
         elapsed = time.monotonic() - injector.released
+        if found is None:
+            injector.on_event(f"{elapsed:7.2f} s  network fault skipped: no master leads")
+            return
+        planned = self._choose(state.masters[found[0]].name, state.master_endpoint, injector.exited())
         if planned is None:
-            injector.on_event(f"{elapsed:7.2f} s  {kind} skipped: no master leads")
+            injector.on_event(f"{elapsed:7.2f} s  network fault skipped: slots are short of replicas")
             return
-        if self._silences(planned) and not self._settled(state.master_endpoint, injector.exited()):
-            injector.on_event(f"{elapsed:7.2f} s  {kind} {planned.sends} skipped: slots are short of replicas")
-            return
-        self.count += 1
+        kind = planned.kind
+        self.done.add(kind)
         at = time.monotonic()
         self._cut(planned)
         injector.wait(at + planned.length)
@@ -101,13 +100,32 @@ class NetworkFaults:
         loss = f", {planned.loss:.0%} of packets lost" if kind == FaultKind.FLAKY else ""
         injector.on_event(f"{recorded.t:7.2f} s  {kind} {what} for {planned.length:.2f} s{loss}, healed")
 
-    def _plan(self, kind: FaultKind, leader: str | None, exited: set[int]) -> NetFault | None:
+    def _choose(self, leader: str, endpoint: str, exited: set[int]) -> NetFault | None:
+        """The next fault: every kind once, in order, before any repeats, so a short run covers them.
+
+        A fault that may silence a node waits for a settled cluster; a kind that cannot come now gives way to the
+        next one and comes later.
+        """
+        pending = [kind for kind in KINDS if kind not in self.done] or [self.rng.choice(KINDS)]
+        is_settled: bool | None = None
+        for kind in pending:
+            planned = self._plan(kind, leader, exited)
+            if planned is None:
+                continue
+            if self._silences(planned):
+                is_settled = self._settled(endpoint, exited) if is_settled is None else is_settled
+                if not is_settled:
+                    continue
+            return planned
+        return None
+
+    def _plan(self, kind: FaultKind, leader: str, exited: set[int]) -> NetFault | None:
         """The hosts ``kind`` acts on now; every draw is made whatever the outcome, so the seed fixes the rest."""
         length, loss = self.rng.uniform(*CUT_LENGTH), self.rng.uniform(*FLAKY_LOSS)
         first, second = self.rng.random(), self.rng.random()
         towards_leader = self.rng.random() < 0.5
         alive = [n for n in range(1, self.nodes.nodes + 1) if n not in exited]
-        if leader is None or not alive:
+        if not alive:
             return None
         node = alive[int(first * len(alive))]
         others = [n for n in alive if n != node]
