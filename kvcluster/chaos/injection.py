@@ -14,7 +14,7 @@ Faults:
   again without being declared dead.
 
 With ``--membership``, the cluster's membership changes too, through the
-commands people use (``chaos_membership``):
+commands people use (``membership``):
 
 * ``restart``: ``kvcluster restart serverN`` of a node that a fault took
   down and the master declared dead; it joins with no slots and gets back by difference those it still holds.
@@ -22,7 +22,7 @@ commands people use (``chaos_membership``):
 * ``remove-node``: ``kvcluster remove-node serverN``: drain, then stop.
 
 With ``--master-faults``, the leading master is killed or paused too, on a
-track of its own (``chaos_masters``).
+track of its own (``masters``); with ``--partitions``, links are cut on another (``partitions``).
 
 Every node is the primary of some slots, so every victim is a primary. The
 schedule never makes a slot lose all its replicas: a set of dead nodes (a
@@ -207,7 +207,7 @@ class FaultInjector:
         change_membership: MembershipCommand | None = None,
     ) -> None:
         self.supervisor = supervisor
-        self.change_membership = change_membership  # runs restart, add-node or remove-node (``chaos_membership``)
+        self.change_membership = change_membership  # runs restart, add-node or remove-node (``membership``)
         self.state = state
         self.on_event = on_event
         self.stopped: ProcessInfo | None = None  # a node under SIGSTOP, resumed whatever happens

@@ -1,15 +1,18 @@
-"""Chaos runs: nodes killed and paused under concurrent load, the history checked for linearizability.
+"""Chaos runs: faults under concurrent load, the history checked for linearizability, every key read back.
 
 ``run_chaos`` starts a cluster, runs client processes that put, get and delete on a
 few keys (so operations on one key overlap), and meanwhile injects faults on
-a schedule drawn from ``random.Random(seed)``. Every client records its
+a schedule drawn from ``random.Random(seed)``, with the leader's and the
+network's faults on tracks of their own. Every client records its
 operations with invoke and complete times (``time.monotonic``, one clock for
-every process on Linux); the merged history is checked with
-``linearizability.check``. The same seed gives the same schedule of fault
-kinds, victims and delays, so a failing run can be replayed with its seed.
+every process on Linux); once the load is over a new client reads every key
+back, and the merged history is judged by ``check.verdict``. The same seed
+gives the same schedule of fault kinds, victims and delays, so a failing run
+can be replayed with its seed.
 
-The fault kinds and their schedule are in ``chaos_faults``; the analysis of
-the history and the tables in ``chaos_report``.
+The node faults and their schedule are in ``injection``, the others in
+``masters``, ``membership`` and ``partitions``; the analysis of the history
+and the tables in ``report``.
 """
 
 from __future__ import annotations
