@@ -28,6 +28,7 @@ from kvcluster.leader_link import await_leader
 MASTER_INTERVAL = (4.0, 7.0)  # seconds between two faults of the leader
 MASTER_PAUSE = (1.2, 2.5)  # seconds a paused leader stays stopped
 ELECTION_DEADLINE = 15.0
+LEADER_WAIT = 3.0  # seconds to find the leading master; its status answers may be slow under the load
 
 
 class MasterFaults:
@@ -47,7 +48,7 @@ class MasterFaults:
         self.count += 1
         state = injector.state
         endpoints = state.master_endpoints()
-        found = await_leader(endpoints, 0, time.monotonic() + 1.0)
+        found = await_leader(endpoints, 0, time.monotonic() + LEADER_WAIT, poll=0.1)
         if found is None:
             injector.on_event(f"{time.monotonic() - injector.released:7.2f} s  no master leads: {kind} skipped")
             return

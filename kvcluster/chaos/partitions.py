@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvcluster.chaos.injection import Fault, FaultInjector, FaultSchedule
+from kvcluster.chaos.masters import LEADER_WAIT
 from kvcluster.chaos.membership import settled
 from kvcluster.check.faults import FLAKY_LOSS, FaultKind
 from kvcluster.core.placement import node_name
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 NET_INTERVAL = (2.0, 4.0)  # seconds between two network faults
 CUT_LENGTH = (1.0, 3.0)  # seconds a cut or a flaky spell holds before the heal
 KINDS = (FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT)
-LEADER_WAIT = 3.0  # seconds to find the leading master; its status answers may be slow under the load
 SILENCING = (FaultKind.ISOLATE, FaultKind.FLAKY)  # the master may declare the node dead (so may a oneway to it)
 
 
