@@ -428,7 +428,8 @@ def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) ->
     assert (report["preloaded"], report["preloaded_lost"], report["preloaded_unreadable"]) == (3000, 0, 0)
     assert report["preload_s"] > 0
     history = HistoryRecorder.load(history_path)
-    assert len(history) == report["operations"] >= report["checked"] > 0
+    assert len(history) == report["operations"] + report["final_reads"] >= report["checked"] > 0
+    assert report["final_reads"] == 4
     assert "linearizable" in stdout
     assert_no_child_processes()
 

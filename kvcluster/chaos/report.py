@@ -72,6 +72,7 @@ class ChaosReport:
     lost_writes: list[str] = field(default_factory=list)
     """Final reads that missed an acknowledged write, or failed (``check.verdict.lost_writes``)."""
     history: list[Operation] = field(default_factory=list, repr=False)
+    """What was judged: the load's operations, then the final reads."""
 
     @property
     def ok(self) -> bool:
@@ -157,7 +158,7 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         membership_errors=sum(f.error is not None for f in run.faults),
         final_reads=len(run.final),
         lost_writes=lost_writes(run.history, run.final, ()),
-        history=run.history,
+        history=[*run.history, *run.final],
     )
 
 
