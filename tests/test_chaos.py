@@ -35,12 +35,14 @@ from kvcluster.chaos.injection import (
     chaos_keys,
 )
 from kvcluster.chaos.membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
+from kvcluster.chaos.partitions import NetworkFaults
 from kvcluster.chaos.run import run_chaos
 from kvcluster.check.faults import NETWORK_FAULTS, FaultKind
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
 from kvcluster.errors import KvclusterError
+from kvcluster.netns import NetHosts
 
 # Its schedule starts with a pause, then a kill (test_default_seed_pauses_then_kills checks it).
 DEFAULT_SEED = 3
@@ -462,3 +464,33 @@ def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(tmp_path: 
     assert report.dead_but_running == []
     assert namespaces() <= before
     assert_no_child_processes()
+
+
+def network_track(monkeypatch: pytest.MonkeyPatch, settled_now: bool) -> NetworkFaults:
+    monkeypatch.setattr(NetworkFaults, "_settled", staticmethod(lambda _endpoint, _exited: settled_now))
+    return NetworkFaults(3, NetHosts("t", "10.1.1", {}), FaultSchedule(5, 3, random.Random(3), Timing()))
+
+
+def test_network_track_takes_every_kind_once_and_waits_to_silence_a_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsettled = network_track(monkeypatch, settled_now=False)
+    first = unsettled._choose("master1", "", set())
+    assert first is not None
+    assert first.kind == FaultKind.CUT_PEERS  # an isolation would wait for every slot to have its replicas
+    track = network_track(monkeypatch, settled_now=True)
+    kinds = []
+    for _ in range(len(NETWORK_FAULTS)):
+        planned = track._choose("master1", "", set())
+        assert planned is not None
+        track.done.add(planned.kind)
+        kinds.append(planned.kind)
+    assert kinds == [FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT]
+    assert set(kinds) == set(NETWORK_FAULTS)
+
+
+def test_network_faults_take_only_live_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    track = network_track(monkeypatch, settled_now=True)
+    for _ in range(50):
+        planned = track._plan(FaultKind.ONEWAY, "master2", {1, 2, 3, 4})
+        assert planned is not None
+        assert (planned.sends, planned.hears) == ("server5", "master2")
+    assert track._plan(FaultKind.ISOLATE, "master2", {1, 2, 3, 4, 5}) is None
