@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING
 from kvcluster.chaos.injection import Fault, FaultInjector, FaultSchedule
 from kvcluster.chaos.masters import LEADER_WAIT
 from kvcluster.chaos.membership import settled
-from kvcluster.check.faults import FLAKY_LOSS, FaultKind
+from kvcluster.check.faults import FLAKY_LOSS, NETWORK_FAULTS, FaultKind
 from kvcluster.core.placement import node_name
 from kvcluster.leader_link import await_leader
 
@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 NET_INTERVAL = (2.0, 4.0)  # seconds between two network faults
 CUT_LENGTH = (1.0, 3.0)  # seconds a cut or a flaky spell holds before the heal
-KINDS = (FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT)
 SILENCING = (FaultKind.ISOLATE, FaultKind.FLAKY)  # the master may declare the node dead (so may a oneway to it)
 
 
@@ -61,7 +60,7 @@ class NetworkFaults:
     def __init__(self, seed: int, hosts: NetHosts, nodes: FaultSchedule) -> None:
         self.rng = random.Random(f"{seed}/net")
         self.hosts = hosts
-        self.nodes = nodes  # the node faults' schedule: which nodes it has taken, and the placement
+        self.nodes = nodes  # the node faults' schedule, which knows how many nodes the cluster has by now
         self.done: set[FaultKind] = set()
 
     def delay(self) -> float:
@@ -106,7 +105,7 @@ class NetworkFaults:
         A fault that may silence a node waits for a settled cluster; a kind that cannot come now gives way to the
         next one and comes later.
         """
-        pending = [kind for kind in KINDS if kind not in self.done] or [self.rng.choice(KINDS)]
+        pending = [kind for kind in NETWORK_FAULTS if kind not in self.done] or [self.rng.choice(NETWORK_FAULTS)]
         is_settled: bool | None = None
         for kind in pending:
             planned = self._plan(kind, leader, exited)

@@ -40,8 +40,8 @@ class FaultKind(enum.StrEnum):
 NODE_FAULTS = (FaultKind.KILL, FaultKind.DOUBLE_KILL, FaultKind.PAUSE, FaultKind.STALL)  # signals to storage nodes
 MEMBERSHIP = (FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE)  # changes made with the CLI's commands
 LEADER_FAULTS = (FaultKind.LEADER_CRASH, FaultKind.LEADER_PAUSE, FaultKind.LEADER_CUT)  # the leading master's
-NETWORK_FAULTS = (FaultKind.ISOLATE, FaultKind.ONEWAY, FaultKind.CUT_PEERS, FaultKind.FLAKY, FaultKind.LEADER_CUT)
-"""What ``bench chaos --partitions`` injects with nftables rules, on hosts of their own."""
+NETWORK_FAULTS = (FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT)
+"""What ``bench chaos --partitions`` injects with nftables rules, on hosts of their own, in its order."""
 CHAOS_KINDS = frozenset((*NODE_FAULTS, *MEMBERSHIP, *LEADER_FAULTS, *NETWORK_FAULTS))
 DOUBLE_KILL_GAP = (0.05, 0.25)  # seconds between the two kills of a double kill
 FLAKY_LOSS = (0.05, 0.3)  # the share of a flaky host's packets lost, drawn per fault
