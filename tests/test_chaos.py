@@ -455,14 +455,25 @@ def namespaces() -> set[str]:
 
 @pytest.mark.cluster
 @pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (network namespaces and nftables)")
-def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(tmp_path: Path) -> None:
-    before = namespaces()
+def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[NetHosts] = []
+
+    class RecordedHosts(NetHosts):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(chaos, "NetHosts", RecordedHosts)
     report = run_chaos(nodes=3, rep=2, clients=2, keys=4, duration=12.0, seed=2, home=tmp_path, partitions=True)
     assert report.verdict == "linearizable", f"logs in {report.logs}:\n{report.violation}"
     assert report.checked >= 200
     assert set(report.faults_by_kind) & set(NETWORK_FAULTS), report.faults_by_kind
     assert report.dead_but_running == []
-    assert namespaces() <= before
+    [hosts] = made
+    # Other clusters may come and go on this machine meanwhile: only this run's hosts must be gone.
+    assert not {ns for ns in namespaces() if ns == hosts.switch or ns.startswith(f"kv{hosts.run}-")}
     assert_no_child_processes()
 
 
