@@ -37,7 +37,7 @@ from kvcluster.chaos.injection import (
 from kvcluster.chaos.membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
 from kvcluster.chaos.partitions import NetworkFaults
 from kvcluster.chaos.run import run_chaos
-from kvcluster.check.faults import NETWORK_FAULTS, FaultKind
+from kvcluster.check.faults import NETWORK_FAULTS, NODE_FAULTS, FaultKind
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
@@ -505,3 +505,14 @@ def test_network_faults_take_only_live_nodes(monkeypatch: pytest.MonkeyPatch) ->
         assert planned is not None
         assert (planned.sends, planned.hears) == ("server5", "master2")
     assert track._plan(FaultKind.ISOLATE, "master2", {1, 2, 3, 4, 5}) is None
+
+
+def test_with_partitions_node_faults_only_and_a_node_that_came_back_may_be_taken_again() -> None:
+    schedule = MembershipSchedule(5, 3, random.Random(4), Timing(), kinds=NODE_FAULTS, revive=True)
+    drawn = [schedule.next(set()) for _ in range(3)]
+    assert all(f is not None and f.kind in NODE_FAULTS for f in drawn)
+    # Two nodes dead now leave no victim (3 replicas need 3 nodes); once they are back, faults come again.
+    assert schedule.next({1, 2}) is None
+    again = schedule.next(set())
+    assert again is not None
+    assert again.kind in NODE_FAULTS

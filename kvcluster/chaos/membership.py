@@ -61,9 +61,19 @@ class MembershipSchedule(FaultSchedule):
     """The seeded sequence of faults and membership changes, each safe on a settled cluster."""
 
     def __init__(
-        self, nodes: int, rep: int, rng: random.Random, timing: Timing, interval: tuple[float, float] = (2.0, 4.0)
+        self,
+        nodes: int,
+        rep: int,
+        rng: random.Random,
+        timing: Timing,
+        interval: tuple[float, float] = (2.0, 4.0),
+        kinds: tuple[FaultKind, ...] = KIND_ORDER,
+        revive: bool = False,
     ) -> None:
         super().__init__(nodes, rep, rng, timing, interval)
+        self.kinds = kinds
+        # On hosts of their own, a fenced node is started again by the supervisor: the dead are those dead now.
+        self.revive = revive
         self.rep = rep
         self.max_nodes = nodes + MAX_ADDED
         self.removed: set[int] = set()
@@ -74,9 +84,9 @@ class MembershipSchedule(FaultSchedule):
         return self.dead | self.removed
 
     def next(self, also_dead: set[int]) -> PlannedFault | None:
-        self.dead |= also_dead - self.removed
-        options = {kind: self._options(kind) for kind in KIND_ORDER}
-        possible = [kind for kind in KIND_ORDER if options[kind]]
+        self.dead = (also_dead if self.revive else self.dead | also_dead) - self.removed
+        options = {kind: self._options(kind) for kind in self.kinds}
+        possible = [kind for kind in self.kinds if options[kind]]
         if not possible:
             return None
         kind = self.rng.choice([k for k in possible if k not in self.used] or possible)

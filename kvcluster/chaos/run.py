@@ -38,7 +38,7 @@ from kvcluster.chaos.injection import (
     node_ids,
 )
 from kvcluster.chaos.masters import MasterFaults
-from kvcluster.chaos.membership import MembershipSchedule, change_membership, settled
+from kvcluster.chaos.membership import KIND_ORDER, MembershipSchedule, change_membership, settled
 from kvcluster.chaos.partitions import NetworkFaults
 from kvcluster.chaos.report import (
     ChaosReport,
@@ -46,7 +46,7 @@ from kvcluster.chaos.report import (
     Shape,
     analyse,
 )
-from kvcluster.check.faults import NETWORK_FAULTS
+from kvcluster.check.faults import NETWORK_FAULTS, NODE_FAULTS
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.client_pool import ClientPool, Worker
 from kvcluster.core.protocol import Timing
@@ -213,9 +213,12 @@ def run_chaos(
     timing = Timing()
     shape = Shape(nodes, rep, clients, chaos_keys(keys, nodes, rep), duration, read_ratio, seed, preload, membership)
     rng = random.Random(seed)
+    # With partitions, fenced nodes come back: the static placement no longer says which victims are safe.
     schedule = (
-        MembershipSchedule(nodes, rep, rng, timing, fault_interval)
-        if membership
+        MembershipSchedule(
+            nodes, rep, rng, timing, fault_interval, KIND_ORDER if membership else NODE_FAULTS, revive=partitions
+        )
+        if membership or partitions
         else FaultSchedule(nodes, rep, rng, timing, fault_interval, stall_share)
     )
     hosts = NetHosts() if partitions else None
@@ -357,11 +360,13 @@ def _inject_until(
 
 
 def _ready(schedule: FaultSchedule, injector: FaultInjector, observer: Connection) -> bool:
-    """Plain faults are safe by the static placement; after membership changes, only on a settled cluster."""
+    """Plain faults are safe by the static placement; with membership changes or partitions, only on a settled
+    cluster (where nodes the master declared dead and came back count again)."""
     if not isinstance(schedule, MembershipSchedule):
         return True
     try:
         report = observer.status()
     except KvclusterError:
         return False
-    return settled(report, schedule.gone() | injector.exited())
+    out = schedule.removed if schedule.revive else schedule.gone()
+    return settled(report, out | injector.exited())
