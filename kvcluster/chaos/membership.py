@@ -16,6 +16,10 @@ seed and on which nodes died outside the schedule.
 
 The changes go through the CLI (``kvcluster restart``, ``add-node``,
 ``remove-node``), as a person would run them.
+
+A run with ``--partitions`` follows the same rule for its node faults alone
+(``kinds``): there the supervisor starts a fenced node again, so the dead are
+the nodes dead now, not every node ever taken (``revive``).
 """
 
 from __future__ import annotations
