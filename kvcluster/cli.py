@@ -43,29 +43,32 @@ class _QuietParser(argparse.ArgumentParser):
         raise argparse.ArgumentError(None, message)
 
 
-def _fast_parser() -> argparse.ArgumentParser:
-    common = _QuietParser(add_help=False, exit_on_error=False)
-    common.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
-    common.add_argument("--master")
-    common.add_argument("--cluster", type=Path)
-    common.add_argument("-v", "--verbose", action="store_true")
-    common.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    parser = _QuietParser(add_help=False, exit_on_error=False)
-    commands = parser.add_subparsers(dest="command")
-    put = commands.add_parser("put", parents=[common], add_help=False, exit_on_error=False)
-    put.add_argument("key")
-    put.add_argument("value")
-    get = commands.add_parser("get", parents=[common], add_help=False, exit_on_error=False)
-    get.add_argument("key")
-    delete = commands.add_parser("delete", parents=[common], add_help=False, exit_on_error=False)
-    delete.add_argument("key")
-    scan = commands.add_parser("scan", parents=[common], add_help=False, exit_on_error=False)
-    scan.add_argument("prefix", nargs="?", default="")
-    scan.add_argument("--limit", type=int)
-    client = commands.add_parser("client", parents=[common], add_help=False, exit_on_error=False)
-    client.add_argument("--put", dest="put_key")
-    client.add_argument("--val")
-    client.add_argument("--get", dest="get_key")
+class _FixedWidth(argparse.HelpFormatter):
+    def __init__(self, prog: str) -> None:
+        super().__init__(prog, width=80)
+
+
+def _fast_parser(command: str) -> argparse.ArgumentParser:
+    """The parser of one data command alone: building all of them costs more than a get takes."""
+    # A fixed width keeps argparse from importing shutil (and with it bz2 and lzma) to ask the terminal's.
+    parser = _QuietParser(add_help=False, exit_on_error=False, formatter_class=_FixedWidth)
+    parser.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
+    parser.add_argument("--master")
+    parser.add_argument("--cluster", type=Path)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
+    if command == "put":
+        parser.add_argument("key")
+        parser.add_argument("value")
+    elif command in ("get", "delete"):
+        parser.add_argument("key")
+    elif command == "scan":
+        parser.add_argument("prefix", nargs="?", default="")
+        parser.add_argument("--limit", type=int)
+    else:
+        parser.add_argument("--put", dest="put_key")
+        parser.add_argument("--val")
+        parser.add_argument("--get", dest="get_key")
     return parser
 
 
@@ -74,20 +77,21 @@ def _run_fast(argv: list[str]) -> bool:
     if not argv or argv[0] not in FAST_COMMANDS or any(a.startswith("--help") or a == "-h" for a in argv):
         return False
     try:
-        args, unknown = _fast_parser().parse_known_args(argv)
+        command = argv[0]
+        args, unknown = _fast_parser(command).parse_known_args(argv[1:])
     except argparse.ArgumentError:
         return False
     # Values that look like options, or numbers Typer would reject, get Typer's own error message.
-    if unknown or args.timeout < 0.1 or (args.command == "scan" and args.limit is not None and args.limit < 1):
+    if unknown or args.timeout < 0.1 or (command == "scan" and args.limit is not None and args.limit < 1):
         return False
     target = target_for(args.home, args.master, args.verbose, args.timeout, args.cluster)
-    if args.command == "put":
+    if command == "put":
         put_and_print(target, args.key, args.value)
-    elif args.command == "get":
+    elif command == "get":
         get_and_print(target, args.key)
-    elif args.command == "delete":
+    elif command == "delete":
         delete_and_print(target, args.key)
-    elif args.command == "scan":
+    elif command == "scan":
         scan_and_print(target, args.prefix, args.limit)
     else:
         run_client_form(args.put_key, args.val, args.get_key, target)

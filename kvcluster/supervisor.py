@@ -10,6 +10,17 @@ a detached supervisor process instead.
 
 Every PID is recorded with its process creation time, so a PID the kernel has
 since reused for an unrelated process is never signalled.
+
+A node the master fenced exits with ``FENCED_EXIT``, and the supervisor of
+``kvcluster up`` starts it again as a new incarnation (``rejoin``). A node
+exits so only once the master has reached it again (the fence is the
+master's answer to its heartbeat), after it was declared dead and its slots
+moved on: on separate hosts it was a cut that healed, on loopback a pause or
+a hang that ended. Either way the old incarnation is gone before the new one
+says hello, so two processes never serve under one id; the new one reads its
+data back and joins as a restarted node. A node fenced again soon after its
+start waits ``REJOIN_SPACING`` before the next, so a cluster that keeps
+judging it dead is not sent a node in a loop.
 """
 
 from __future__ import annotations
@@ -49,6 +60,7 @@ LOG_DIR = "logs"
 START_TIMEOUT = 60.0  # a cluster starting again from a million keys reads them back first
 GROUP_START_TRIES = 3  # starts of the master group on fresh Raft ports, if one was taken meanwhile
 STOP_GRACE = 10.0  # a node stopping cleanly first snapshots its log: at a million keys that takes seconds
+REJOIN_SPACING = 5.0  # seconds between two starts of one fenced node
 
 
 def clear_state(home: Path) -> None:
@@ -120,10 +132,15 @@ class Supervisor:
         storage: Storage | None = None,
         curve: bool = False,
         hosts: NetHosts | None = None,
+        *,
+        rejoin: bool = False,
     ) -> None:
         self.home = home
         self.curve = curve
         self.hosts = hosts  # every process on a host (network namespace) of its own, or all on loopback
+        # Start fenced nodes again; always on separate hosts, where a fence is what a healed cut leaves.
+        self.rejoin = rejoin or hosts is not None
+        self.rejoined: dict[int, float] = {}  # node id -> when it was last started again
         self.server_procs: dict[int, subprocess.Popen[bytes]] = {}
         self.storage = storage or Storage(str(default_root(home)))
         self.nodes = nodes
@@ -284,15 +301,17 @@ class Supervisor:
     def reap(self) -> None:
         """Collect exit statuses of children that died, so none stays a zombie.
 
-        On separate hosts, a node the master fenced (declared dead while a cut kept it from the masters)
-        is started again, as a new incarnation that keeps its data: a partition must not cost a node.
+        With ``rejoin``, a node the master fenced is started again, as a new incarnation that keeps its
+        data: a partition or a pause must not cost a node (see the module doc).
         """
         for proc in self.children:
             proc.poll()
-        if self.hosts is None or self.state is None:
+        if not self.rejoin or self.state is None:
             return
+        now = time.monotonic()
         for node_id, proc in list(self.server_procs.items()):
-            if proc.returncode == FENCED_EXIT:
+            if proc.returncode == FENCED_EXIT and now >= self.rejoined.get(node_id, -REJOIN_SPACING) + REJOIN_SPACING:
+                self.rejoined[node_id] = now
                 self._rejoin(self.state, node_id)
 
     def _rejoin(self, state: ClusterState, node_id: int) -> None:
@@ -350,7 +369,8 @@ def supervise(
     netns: bool = False,
 ) -> None:
     """Run a detached supervisor: start the cluster, reap its processes until told to stop, stop it."""
-    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve, NetHosts() if netns else None)
+    hosts = NetHosts() if netns else None
+    supervisor = Supervisor(home, nodes, rep, masters, bind, timing, storage, curve, hosts, rejoin=True)
     stop = stop_flag()
     try:
         supervisor.start()

@@ -160,7 +160,7 @@ def up(
     from kvcluster.netns import NetHosts  # noqa: PLC0415
 
     hosts = NetHosts() if netns else None
-    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve, hosts)
+    supervisor = Supervisor(state_home, nodes, rep, masters, bind, timing, storage, curve, hosts, rejoin=True)
     stop = stop_flag()
     exporter = None
     try:

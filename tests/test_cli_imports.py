@@ -24,8 +24,9 @@ from kvcluster.core.protocol import Reply, Request, Result, Status, Table, Table
 
 # Not needed by a put or a get: the status table and the Typer app (rich, typer, click), process
 # control (psutil, kvcluster.supervisor), charts (matplotlib, plotext), what only nodes and masters use
-# (sortedcontainers, pysyncobj), the history checker, the scanner, and asyncio (which pyzmq's
-# zmq.utils.monitor and zmq.asyncio import).
+# (sortedcontainers, pysyncobj), the history checker, the scanner, asyncio (which pyzmq's
+# zmq.utils.monitor and zmq.asyncio import), OpenSSL (hashlib's _hashlib; slots use the built-in blake2b)
+# and shutil (argparse's way to ask the terminal's width, with bz2 and lzma behind it).
 HEAVY = (
     "psutil",
     "rich",
@@ -36,14 +37,16 @@ HEAVY = (
     "sortedcontainers",
     "pysyncobj",
     "asyncio",
+    "_hashlib",
+    "shutil",
     "kvcluster.supervisor",
     "kvcluster.check",
     "kvcluster.commands",
     "kvcluster.scan",
 )
 
-# kvcluster, its errors, cli and console (the fast path), api (Client) and state (cluster.json),
-# client, master_link, addresses and node_sockets (the connection), core, core.protocol and core.placement.
+# kvcluster, its errors, cli and data_commands (the fast path), api (Client) and state (cluster.json),
+# client, leader_link, addresses and node_sockets (the connection), core, core.protocol and core.placement.
 MAX_KVCLUSTER_MODULES = 13
 
 # Runs the CLI as its entry point does, then writes every module loaded to the file named first.

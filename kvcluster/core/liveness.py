@@ -8,6 +8,13 @@ stall looks like that; independent failures rarely do) the verdict waits
 ``MASS_SILENCE_FACTOR`` times longer, and time the master itself could not
 run is not counted against the nodes. ``MasterCore`` mixes this in; the state
 lives on the master, declared here.
+
+Two more verdicts. A node that others cannot reach although it heartbeats is
+condemned (``core/complaints.py``): its heartbeats stop counting, so it is
+declared dead like a silent node, once its lease has run out. And a member of
+a master group that hears no live node at all declares none dead: the likelier
+cause is its own link to the nodes, which the other members may still have, so
+it hands the lead over instead (``out_of_touch``; its driver does the handing).
 """
 
 from __future__ import annotations
@@ -17,6 +24,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from kvcluster.core.actions import Route
+from kvcluster.core.complaints import Complaints
 from kvcluster.core.events import EventLog
 from kvcluster.core.placement import node_name, with_dead
 from kvcluster.core.protocol import DiskReport, EventKind, TableData, Timing
@@ -25,6 +33,7 @@ log = logging.getLogger(__name__)
 
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
+OUT_OF_TOUCH_FACTOR = 2  # how many times dead_after a group leader that hears no node waits before handing over
 
 
 @dataclass
@@ -51,6 +60,9 @@ class FailureDetection:
     healthy: bool
     events: EventLog
     now: float
+    complaints: Complaints
+    acting: bool
+    replicated: bool
 
     def _forgive_own_stall(self, gap: float) -> None:
         """Don't count time this process itself could not run against the nodes.
@@ -89,9 +101,26 @@ class FailureDetection:
         log.warning("%s (pid %d) exited: declared dead at once", node_name(node_id), pid)
         self._declare_dead([node_id])
 
+    def out_of_touch(self, now: float) -> bool:
+        """Whether this acting group member has heard no live node for ``OUT_OF_TOUCH_FACTOR * dead_after``.
+
+        It should hand the lead over. Longer than ``dead_after``: every node's loop can block for most of a
+        second at once (a shared disk's flush), and a leader that hands over then costs an election for nothing.
+        """
+        limit = OUT_OF_TOUCH_FACTOR * self.timing.dead_after
+        return self.acting and self.replicated and self._hears_no_node(now, limit)
+
+    def _hears_no_node(self, now: float, longer_than: float) -> bool:
+        if self.table is None:
+            return False  # before the first table nodes are still saying hello: nobody is judged yet
+        live = [n for n in self.nodes if n not in self.table.dead]
+        return bool(live) and len(self._silent_nodes(now, longer_than)) == len(live)
+
     def _detect_failures(self, now: float) -> None:
         if self.table is None or not self._silent_nodes(now, self.timing.dead_after / 2):
             return
+        if self.replicated and self._hears_no_node(now, self.timing.dead_after / 2):
+            return  # this member's own link to the nodes is the likelier cut: it hands over (``out_of_touch``)
         self._note_mass_silence(now)
         due = [
             node_id
@@ -109,9 +138,26 @@ class FailureDetection:
         for node_id in nodes:
             self.events.record(self.now, EventKind.DEAD, node_id)
             self.stalled.pop(node_id, None)
+            self.complaints.forget(node_id)
         self._publish(with_dead(self.table, nodes))
         self.draining = self.draining - set(nodes)
         self.healthy = False
+
+    def _judge_complaints(self, now: float) -> None:
+        """Condemn one of two live nodes that cannot reach each other (``core/complaints.py``)."""
+        if self.table is None:
+            return
+        fresh = 2 * self.timing.heartbeat  # a node that missed a beat may be going silent: that verdict comes first
+
+        def heard_lately(node_id: int) -> bool:
+            record = self.nodes.get(node_id)
+            return record is not None and now - record.last_seen <= fresh
+
+        condemned = self.complaints.judge(now, self.timing.dead_after, heard_lately, self.table)
+        if condemned is not None:
+            pairs = sorted(self.complaints.heard)
+            log.warning("%s condemned: live nodes cannot reach each other (%s); its heartbeats no longer count", *(
+                node_name(condemned), ", ".join(f"{node_name(a)}->{node_name(b)}" for a, b in pairs)))  # fmt: skip
 
     def _stall_limit(self) -> float:
         return self.timing.dead_after * MASS_SILENCE_FACTOR

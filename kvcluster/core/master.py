@@ -28,6 +28,7 @@ from __future__ import annotations
 import logging
 
 from kvcluster.core.actions import Action, Answer, Propose, Route
+from kvcluster.core.complaints import Complaints
 from kvcluster.core.events import EventLog
 from kvcluster.core.group_state import MasterState, MoveRecord
 from kvcluster.core.healing import Move, Repairs, plan_rebalance
@@ -113,6 +114,7 @@ class MasterCore(FailureDetection):
         self.returning: dict[int, dict[int, tuple[int, int]]] = {}  # restarted node -> slot -> (version, digest)
         self.last_repair_table = 0.0
         self.joins = Reservations()  # node ids given to nodes started by hand, until their hello arrives
+        self.complaints = Complaints()  # live nodes that cannot reach each other
 
     def take(self) -> list[Action]:
         """The actions the events so far asked for, oldest first; the outbox is emptied."""
@@ -137,7 +139,7 @@ class MasterCore(FailureDetection):
         """
         self.now, self.term, self.leader, self.acting = now, term, self.master_id, True
         self.nodes, self.stalled, self.last_tick, self.repairs = {}, {}, None, Repairs()
-        self.recovery = Recovery()
+        self.recovery, self.complaints = Recovery(), Complaints()
         self.outbox = []
         table = state.table if state is not None else None
         self.table = self.committed = table
@@ -186,6 +188,7 @@ class MasterCore(FailureDetection):
             self._forgive_own_stall(now - self.last_tick)
         self.last_tick = now
         self._detect_failures(now)
+        self._judge_complaints(now)
         if not self.healthy and self._settled():
             self._heal(now)
 
@@ -404,6 +407,9 @@ class MasterCore(FailureDetection):
         if record is None or record.route != route or self._is_dead(beat.node_id):
             self._send(route, Fenced(beat.node_id, self.term))
             return
+        if self.complaints.condemned == beat.node_id:
+            return  # unheard and unacknowledged: its lease runs out before it is declared dead
+        self.complaints.hear(self.now, beat.node_id, beat.overdue)
         record.last_seen = self.now
         self.stalled.pop(beat.node_id, None)
         record.keys = beat.keys

@@ -37,6 +37,7 @@ import logging
 from collections import defaultdict
 from collections.abc import Callable
 
+from kvcluster.core.acks import AckClock, overdue_after
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
 from kvcluster.core.copying import SlotCopying
 from kvcluster.core.placement import RoutingTable, node_name
@@ -114,6 +115,7 @@ class NodeCore(SlotCopying, Scanning):
         self.next_repl_id = 1
         self.outgoing: dict[int, list[Write]] = defaultdict(list)
         self.repl_waiters: dict[int, tuple[int, list[Waiter]]] = {}
+        self.ack_clock = AckClock()  # when each replication message was sent: a peer that never answers is reported
         self.pending: list[PendingRequest] = []
         self.syncs: list[PendingReconcile] = []
         self.copies: list[PendingCopy] = []
@@ -151,7 +153,8 @@ class NodeCore(SlotCopying, Scanning):
                 # Until the master takes us in (it may still be waiting out our previous incarnation), ask again.
                 self.outbox.append(ToMaster(self._hello()))
                 return
-            beat = Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys, self.disk)
+            overdue = self.ack_clock.overdue(now, overdue_after(self.timing), self.repl_waiters)
+            beat = Heartbeat(self.node_id, self.pid, now, self.table.version, self.replica.keys, self.disk, overdue)
             self.outbox.append(ToMaster(beat))
             self._commit_idle_backups()
             if self.reported:
@@ -399,6 +402,7 @@ class NodeCore(SlotCopying, Scanning):
 
     def _new_repl_id(self) -> int:
         self.next_repl_id += 1
+        self.ack_clock.stamp(self.next_repl_id, self.now)
         return self.next_repl_id
 
     def _flush(self) -> None:

@@ -18,7 +18,8 @@ still names the nodes it needed.
 
 from __future__ import annotations
 
-import hashlib
+# hashlib.blake2b is this very function, but importing hashlib also loads OpenSSL: 1.6 ms of a one-off get.
+from _blake2 import blake2b
 from collections.abc import Iterable
 
 from msgspec.structs import replace
@@ -35,7 +36,7 @@ def slot_of(key: str, slots: int = NUM_SLOTS) -> int:
     their last character (key1, key2, key3) land in slots with a common residue
     and can all map to the same node.
     """
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "big") % slots
+    return int.from_bytes(blake2b(key.encode(), digest_size=8).digest(), "big") % slots
 
 
 def node_name(node_id: int) -> str:
@@ -53,19 +54,20 @@ def replicas_for(slot: int, nodes: int, rep: int) -> tuple[int, ...]:
 
 
 class RoutingTable:
-    """The master's published table, with every per-slot view precomputed.
+    """The master's published table, with each slot's views computed once, when first asked for.
 
     ``replicas(slot)`` is the slot's list as published; ``live(slot)`` drops
     the dead nodes, so ``live(slot)[0]`` is the primary and the rest are the
-    backups.
+    backups. A one-off ``kvcluster get`` asks for one slot of thousands, so
+    nothing is computed ahead.
     """
 
     def __init__(self, data: TableData) -> None:
         self.data = data
         self.nodes = len(data.endpoints)
-        dead = set(data.dead)
-        self._replicas = [tuple(r) for r in data.replicas]
-        self._live = [r if dead.isdisjoint(r) else tuple(n for n in r if n not in dead) for r in self._replicas]
+        self._dead = frozenset(data.dead)
+        self._replicas: list[tuple[int, ...] | None] = [None] * len(data.replicas)
+        self._live: list[tuple[int, ...] | None] = [None] * len(data.replicas)
         self._epochs = data.epochs
 
     @property
@@ -83,13 +85,22 @@ class RoutingTable:
         return self.data.endpoints[node_id]
 
     def replicas(self, slot: int) -> tuple[int, ...]:
-        return self._replicas[slot]
+        replicas = self._replicas[slot]
+        if replicas is None:
+            replicas = self._replicas[slot] = tuple(self.data.replicas[slot])
+        return replicas
 
     def live(self, slot: int) -> tuple[int, ...]:
-        return self._live[slot]
+        live = self._live[slot]
+        if live is None:
+            replicas = self.replicas(slot)
+            dead = self._dead
+            live = replicas if dead.isdisjoint(replicas) else tuple(n for n in replicas if n not in dead)
+            self._live[slot] = live
+        return live
 
     def primary(self, slot: int) -> int | None:
-        live = self._live[slot]
+        live = self.live(slot)
         return live[0] if live else None
 
     def epoch(self, slot: int) -> int:
@@ -101,7 +112,8 @@ class RoutingTable:
     def slots_of(self, node_id: int) -> tuple[int, int]:
         """How many slots the node holds as (primary, backup) in this table."""
         primary = backup = 0
-        for live in self._live:
+        for slot in range(len(self._live)):
+            live = self.live(slot)
             if live and live[0] == node_id:
                 primary += 1
             elif node_id in live:

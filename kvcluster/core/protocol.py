@@ -297,7 +297,11 @@ class Hello(_Message, frozen=True, tag=_tag(MsgType.HELLO)):
 
 
 class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
-    """Sent to every master; ``pid`` names the incarnation, so a new leader can tell an old one apart."""
+    """Sent to every master; ``pid`` names the incarnation, so a new leader can tell an old one apart.
+
+    ``overdue`` names the peers that have left a ``REPLICATE`` or ``RECONCILE`` of this node unacknowledged for
+    too long (``core/acks.py``): both may be alive, with the link between them cut.
+    """
 
     node_id: NodeId
     pid: Count
@@ -305,6 +309,7 @@ class Heartbeat(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT)):
     table_version: Count
     keys: Count
     disk: DiskReport | None = None
+    overdue: list[NodeId] = []
 
 
 class HeartbeatAck(_Message, frozen=True, tag=_tag(MsgType.HEARTBEAT_ACK)):

@@ -16,11 +16,13 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import cast
 
 import zmq
 
 from kvcluster.core.actions import Answer, Propose
 from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
+from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
 from kvcluster.core.protocol import Timing, decode, encode
 from kvcluster.curve import Curve, start_authenticator
@@ -30,7 +32,8 @@ from kvcluster.runtime.ratelimit import RejectionLog, peer_name
 
 log = logging.getLogger(__name__)
 
-GROUP_POLL = 0.02  # seconds a group member waits on its socket: each Raft message waits up to this long to be read
+GROUP_POLL = 0.02  # seconds a group member waits at most, for Raft's timers; a message on either side ends it
+HAND_OVER_RETRY = 1.0  # seconds between asks to hand the lead over: an election takes a fraction of that
 
 
 @dataclass(frozen=True, slots=True)
@@ -78,10 +81,13 @@ class MasterProcess:
         self.group = (
             MasterGroup(member_id, membership.addresses, membership.secret, membership.journal) if membership else None
         )
+        if self.group is not None:
+            self.group.wake_on(cast(int, self.router.getsockopt(zmq.FD)))
         self.rejections = RejectionLog(log, f"master{member_id}")
         self.role = Role(leading=False, term=0, leader=0)
         self.electing = False  # this member won; its barrier is not applied yet
         self.won_at = 0.0
+        self.next_hand_over = 0.0
         self.stopping = False
 
     def run(self) -> None:
@@ -90,13 +96,17 @@ class MasterProcess:
         log.info("master for %d nodes x %d replicas on %s", self.core.expected, self.core.rep, self.endpoint)
         try:
             while not self.stopping:
-                self.router.poll(int((TICK if self.group is None else GROUP_POLL) * 1000))
-                if self.group is not None:
+                if self.group is None:
+                    self.router.poll(int(TICK * 1000))
+                else:
+                    self._wait_for_either(self.group)
                     # Before any heartbeat is read: a member that lost its majority must not grant a lease.
                     self._follow_group(self.group)
                 self._drain()
                 self.rejections.flush(time.monotonic())
                 self.core.tick(time.monotonic())
+                if self.group is not None:
+                    self._hand_over_if_out_of_touch(self.group, time.monotonic())
                 self._act()
         finally:
             if self.group is not None:
@@ -112,6 +122,15 @@ class MasterProcess:
     def _stop(self, _signum: int, _frame: object) -> None:
         self.stopping = True
 
+    def _wait_for_either(self, group: MasterGroup) -> None:
+        """One wait for the group's sockets and this master's, so neither side's message waits for the other's poll.
+
+        The ZeroMQ socket's FD only signals that its events may have changed (edge-triggered): it is
+        armed again by reading ``EVENTS``, and a message left unread by the last pass is not waited for.
+        """
+        if not cast(int, self.router.getsockopt(zmq.EVENTS)) & zmq.POLLIN:
+            group.wait(GROUP_POLL)
+
     def _follow_group(self, group: MasterGroup) -> None:
         group.tick()
         role = group.role()
@@ -126,6 +145,15 @@ class MasterProcess:
             log.info("master group: term %d, %s", role.term, leader)
         self.role = role
         self._act()
+
+    def _hand_over_if_out_of_touch(self, group: MasterGroup, now: float) -> None:
+        """Leading but hearing no storage node: let a member that may still reach them lead instead."""
+        if now < self.next_hand_over or not self.core.out_of_touch(now):
+            return
+        self.next_hand_over = now + HAND_OVER_RETRY
+        silence = OUT_OF_TOUCH_FACTOR * self.core.timing.dead_after
+        log.warning("leading, but no storage node has been heard for %.1f s: handing the lead over", silence)
+        group.hand_over()
 
     def _on_barrier(self, group: MasterGroup, term: int, ok: bool) -> None:
         self.electing = False

@@ -17,6 +17,11 @@ term. What this module adds to it:
   receives. Members bind to loopback, and every frame is encrypted and
   authenticated with the cluster's secret (Fernet, the library's ``password``
   option) before it is unpickled, so a stranger's bytes are dropped unread.
+- **Handing the lead over.** A leader that hears no storage node, while the
+  nodes exist, asks a member chosen at random to stand at once (the library's
+  leadership transfer, Raft's ``TimeoutNow``): that member most likely still
+  reaches them, and a random choice cannot bounce the lead between two
+  members that both lost the nodes.
 - **A barrier on election.** A new leader may not have applied every entry
   committed before it won; it appends a no-op and reads the state only once
   that is applied, which implies all earlier ones are.
@@ -24,16 +29,18 @@ term. What this module adds to it:
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from pysyncobj import FAIL_REASON, SyncObj, SyncObjConf, replicated
 from pysyncobj.monotonic import monotonic as raft_clock
+from pysyncobj.poller import POLL_EVENT_TYPE
 
 from kvcluster.core.group_state import ELECTION_TIMEOUT, FALLBACK
 
-RAFT_PERIOD = 0.05  # seconds between a leader's appends (heartbeats of the group); new entries wait for one
+RAFT_PERIOD = 0.05  # seconds between a leader's appends when it has nothing new (heartbeats of the group)
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
 BIND_TRIES = 5  # a second apart; the library spins in its constructor until bound, so fail instead of hanging
 SOCKET_BUFFER = 1 << 20  # bytes: an entry carries a whole table (tens of KB); it should leave in one write
@@ -58,6 +65,10 @@ class _Log(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
     @replicated  # type: ignore[untyped-decorator]
     def barrier(self) -> None:
         """Nothing: once applied, every entry before it is applied too."""
+
+
+def _nothing(_fd: int, _event: int) -> None:
+    """A ``wake_on`` fd only ends the wait; its owner reads it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,12 +98,15 @@ class MasterGroup:
             recvBufferSize=SOCKET_BUFFER,
             logCompactionMinEntries=COMPACT_AFTER,
             commandsWaitLeader=False,
+            # The group's log takes a few entries a minute, each a table that a failover waits for: send each at
+            # once instead of with the next periodic append (up to RAFT_PERIOD later).
+            appendEntriesUseBatch=False,
             maxBindRetries=BIND_TRIES,
             connectionRetryTime=0.2,  # a restarted member hears the leader before its election timer runs out
         )
-        me = addresses[member_id - 1]
+        self.me = addresses[member_id - 1]
         rejoining = journal.exists()
-        self.log = _Log(me, [a for a in addresses if a != me], conf)
+        self.log = _Log(self.me, [a for a in addresses if a != self.me], conf)
         if rejoining:
             self._hold_back_election()
 
@@ -110,6 +124,14 @@ class MasterGroup:
         """Exchange messages with the other members and apply what is committed; never blocks."""
         self.log.doTick(0.0)
 
+    def wake_on(self, fd: int) -> None:
+        """Let ``wait`` end as soon as ``fd`` is readable too (the master's ZeroMQ socket: one wait for both)."""
+        self.log._poller.subscribe(fd, _nothing, POLL_EVENT_TYPE.READ | POLL_EVENT_TYPE.ERROR)
+
+    def wait(self, timeout: float) -> None:
+        """Wait at most ``timeout`` seconds for a message of the group (handled as it is read) or a ``wake_on`` fd."""
+        self.log._poller.poll(timeout)
+
     def role(self) -> Role:
         leader = self.log._getLeader()
         address = None if leader is None else leader.address
@@ -123,6 +145,11 @@ class MasterGroup:
     def append(self, blob: bytes, term: int, done: Callable[[bool], None]) -> None:
         """Append ``blob``; ``done(True)`` once committed and applied here, ``done(False)`` if it never will be."""
         self.log.append(blob, term, callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
+
+    def hand_over(self) -> None:
+        """Ask another member, drawn at random, to take the lead now; the library refuses one not caught up."""
+        others = [a for a in self.addresses if a != self.me]
+        self.log.transferLeadership(random.choice(others))
 
     def barrier(self, done: Callable[[bool], None]) -> None:
         self.log.barrier(callback=lambda _result, error: done(error == FAIL_REASON.SUCCESS))
