@@ -486,7 +486,7 @@ def test_network_track_takes_every_kind_once_and_waits_to_silence_a_node(monkeyp
     unsettled = network_track(monkeypatch, settled_now=False)
     first = unsettled._choose("master1", "", set())
     assert first is not None
-    assert first.kind == FaultKind.CUT_PEERS  # an isolation would wait for every slot to have its replicas
+    assert first.kind == FaultKind.LEADER_CUT  # a fault on a node waits for every slot to have its replicas
     track = network_track(monkeypatch, settled_now=True)
     kinds = []
     for _ in range(len(NETWORK_FAULTS)):

@@ -15,10 +15,11 @@ The track is seeded apart from the node faults (``{seed}/net``), so a seed's
 node faults stay as they were. A node the master fences during a cut is
 started again by the supervisor after the heal, so the static placement
 cannot say which nodes are safe to take; the rule is the membership
-schedule's instead: a fault that may silence a node towards the masters (an
-isolation, a one-way cut to the leader, a flaky host) starts only on a
-settled cluster, where every slot has ``rep`` live replicas, and takes one
-node, so every slot keeps a live replica whatever the master concludes.
+schedule's instead: a fault on a node (all but the leader cut) may cost it
+its life, silenced towards the masters or condemned for acknowledgements
+overdue past a cut between nodes, so it starts only on a settled cluster,
+where every slot has ``rep`` live replicas, and takes one node: every slot
+keeps a live replica whatever the master concludes.
 """
 
 from __future__ import annotations
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 NET_INTERVAL = (2.0, 4.0)  # seconds between two network faults
 CUT_LENGTH = (1.0, 3.0)  # seconds a cut or a flaky spell holds before the heal
-SILENCING = (FaultKind.ISOLATE, FaultKind.FLAKY)  # the master may declare the node dead (so may a oneway to it)
 
 
 @dataclass(frozen=True)
@@ -137,9 +137,11 @@ class NetworkFaults:
             return NetFault(kind, server, leader, length, 0.0)
         return NetFault(kind, node_name(others[int(second * len(others))]), server, length, 0.0)
 
-    def _silences(self, fault: NetFault) -> bool:
-        """Whether the master may declare a node dead because of ``fault``."""
-        return fault.kind in SILENCING or (fault.kind == FaultKind.ONEWAY and fault.hears.startswith("master"))
+    @staticmethod
+    def _silences(fault: NetFault) -> bool:
+        """Whether the master may declare a node dead because of ``fault``: a node silent towards the masters, or one
+        condemned for acknowledgements overdue past a cut between nodes; only a leader cut takes no node."""
+        return fault.kind != FaultKind.LEADER_CUT
 
     @staticmethod
     def _settled(endpoint: str, exited: set[int]) -> bool:
