@@ -41,7 +41,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session
 def chaos(session: nox.Session) -> None:
-    """Long chaos runs: ten seeds of five 30 s rounds each, checked for linearizability (not part of CI)."""
+    """Long chaos runs (kvcluster/chaos): ten seeds, five 30 s rounds each, checked for linearizability (not CI)."""
     install(session)
     session.run("python", "-m", "pytest", "-m", "long", "tests/test_chaos.py", *session.posargs)
 

@@ -505,7 +505,8 @@ def start_master(state: ClusterState, name: str) -> ProcessInfo:
     shape = ["--nodes", str(state.nodes), "--rep", str(state.rep), "--bind", f"{host}:{port}"]
     group = group_args(Path(state.home), state.raft_addresses, member_id)
     keys = cluster_args(Path(state.home), state.curve)
-    info = _start_detached_child(Path(state.home), name, ["_master", *keys, *shape, *timing_args(timing), *group])
+    args = ["_master", *keys, *shape, *timing_args(timing), *group]
+    info = _start_detached_child(Path(state.home), name, args, NetHosts.load(Path(state.home)))
     info.endpoint = old.endpoint
     state.masters[member_id - 1] = info
     state.save()

@@ -9,6 +9,7 @@ verdict and that the history was worth checking.
 from __future__ import annotations
 
 import json
+import os
 import random
 import re
 import subprocess
@@ -20,24 +21,28 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from kvcluster.bench import chaos, chaos_faults, chaos_report
 from kvcluster.bench.bulk import BulkCheck
-from kvcluster.bench.chaos import run_chaos
-from kvcluster.bench.chaos_faults import (
+from kvcluster.chaos import command as chaos_command
+from kvcluster.chaos import injection as chaos_faults
+from kvcluster.chaos import report as chaos_report
+from kvcluster.chaos import run as chaos
+from kvcluster.chaos.injection import (
     FATAL_KINDS,
-    MASTER_KINDS,
     MEMBERSHIP_KINDS,
     TAKING_KINDS,
-    FaultKind,
     FaultSchedule,
     Placement,
     chaos_keys,
 )
-from kvcluster.bench.chaos_membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
+from kvcluster.chaos.membership import KIND_ORDER, MAX_ADDED, MembershipSchedule, settled
+from kvcluster.chaos.partitions import NetworkFaults
+from kvcluster.chaos.run import run_chaos
+from kvcluster.check.faults import NETWORK_FAULTS, NODE_FAULTS, FaultKind
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
 from kvcluster.core.protocol import StatusReport, TableData, Timing
 from kvcluster.errors import KvclusterError
+from kvcluster.netns import NetHosts
 
 # Its schedule starts with a pause, then a kill (test_default_seed_pauses_then_kills checks it).
 DEFAULT_SEED = 3
@@ -155,12 +160,12 @@ def test_membership_schedule_never_takes_rep_nodes_nor_leaves_fewer_than_rep(nod
                 assert len(alive - victims) >= rep
             if fault.kind in TAKING_KINDS:
                 alive -= victims
-                (removed if fault.kind == FaultKind.REMOVE else taken).update(victims)
+                (removed if fault.kind == FaultKind.REMOVE_NODE else taken).update(victims)
             elif fault.kind == FaultKind.RESTART:
                 assert victims <= taken, "only a node a fault took is restarted"
                 taken -= victims
                 alive |= victims
-            elif fault.kind == FaultKind.ADD:
+            elif fault.kind == FaultKind.ADD_NODE:
                 ids += 1
                 assert fault.victims == (ids,)
                 alive.add(ids)
@@ -181,7 +186,7 @@ def test_membership_schedule_tries_every_kind_before_repeating_one() -> None:
 
 def test_membership_seed_kills_restarts_adds_and_removes() -> None:
     kinds = [f.kind for f in planned_faults(MEMBERSHIP_SEED, 4, 2, limit=4, membership=True)]
-    assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE]
+    assert kinds == [FaultKind.KILL, FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE]
 
 
 def test_a_cluster_is_settled_when_every_slot_has_rep_replicas_outside_the_gone() -> None:
@@ -215,7 +220,7 @@ def app_with_chaos() -> typer.Typer:
     """A Typer app with just the chaos command, as ``bench`` registers it."""
     app = typer.Typer()
     app.callback()(lambda: None)
-    chaos.register(app)
+    chaos_command.register(app)
     return app
 
 
@@ -263,6 +268,22 @@ def test_analysis_reports_a_lost_write_as_a_violation() -> None:
     assert "'v1'" in report.violation
 
 
+def test_a_final_read_missing_an_acknowledged_write_fails_the_run() -> None:
+    *writes, _ = lost_write()
+    key = writes[0].key
+    shape = chaos_report.Shape(5, 3, 3, [key], 10.0, 0.5, 1)
+    final = [op(9, "get", key, "v2", 5.0, 5.1)]
+    kept = chaos_report.analyse(shape, chaos_report.RunRecord(writes, [], RELEASED, set(), set(), final=final))
+    assert kept.ok
+    assert (kept.final_reads, kept.lost_writes) == (1, [])
+    # Absent although both puts were acknowledged: not linearizable, and a lost write.
+    final = [op(9, "get", key, None, 5.0, 5.1)]
+    lost = chaos_report.analyse(shape, chaos_report.RunRecord(writes, [], RELEASED, set(), set(), final=final))
+    assert not lost.ok
+    assert lost.verdict == "violation"
+    assert lost.lost_writes == [f"lost write: {key!r} reads absent, but 2 puts were acknowledged"]
+
+
 def test_a_lost_preloaded_key_fails_a_linearizable_run() -> None:
     history = [op(1, "put", "k0", "v1", 0.0, 0.1), op(1, "get", "k0", "v1", 0.2, 0.3)]
     shape = chaos_report.Shape(5, 3, 3, chaos_keys(5, 5, 3), 10.0, 0.5, 1, preload=1000)
@@ -303,7 +324,7 @@ def test_chaos_run_with_leader_faults_is_linearizable(tmp_path: Path) -> None:
         nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home", master_faults=True
     )
     assert_linearizable_and_nontrivial(report)
-    for kind in MASTER_KINDS:
+    for kind in (FaultKind.LEADER_CRASH, FaultKind.LEADER_PAUSE):
         assert report.faults_by_kind.get(kind, 0) >= 1, report.faults_by_kind
     assert [f.error for f in report.faults if f.error] == []
 
@@ -409,6 +430,89 @@ def test_command_prints_the_seed_and_saves_report_and_history(tmp_path: Path) ->
     assert (report["preloaded"], report["preloaded_lost"], report["preloaded_unreadable"]) == (3000, 0, 0)
     assert report["preload_s"] > 0
     history = HistoryRecorder.load(history_path)
-    assert len(history) == report["operations"] >= report["checked"] > 0
+    assert len(history) == report["operations"] + report["final_reads"] >= report["checked"] > 0
+    assert report["final_reads"] == 4
     assert "linearizable" in stdout
     assert_no_child_processes()
+
+
+# --- partitions ---
+
+
+def test_partitions_are_refused_in_one_line_without_root(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "geteuid", lambda: 1000)
+    result = CliRunner().invoke(app_with_chaos(), ["chaos", "--partitions", "--home", str(tmp_path)])
+    assert isinstance(result.exception, KvclusterError)
+    assert result.exception.exit_code == 2
+    assert str(result.exception).startswith("--partitions needs root")
+    assert not list(tmp_path.iterdir())  # refused before anything started
+
+
+def namespaces() -> set[str]:
+    listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True, check=False).stdout
+    return {line.split()[0] for line in listed.splitlines() if line.strip()}
+
+
+@pytest.mark.cluster
+@pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (network namespaces and nftables)")
+def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    made: list[NetHosts] = []
+
+    class RecordedHosts(NetHosts):
+        def __init__(self) -> None:
+            super().__init__()
+            made.append(self)
+
+    monkeypatch.setattr(chaos, "NetHosts", RecordedHosts)
+    report = run_chaos(nodes=3, rep=2, clients=2, keys=4, duration=12.0, seed=2, home=tmp_path, partitions=True)
+    assert report.verdict == "linearizable", f"logs in {report.logs}:\n{report.violation}"
+    assert report.checked >= 200
+    assert set(report.faults_by_kind) & set(NETWORK_FAULTS), report.faults_by_kind
+    assert report.dead_but_running == []
+    [hosts] = made
+    # Other clusters may come and go on this machine meanwhile: only this run's hosts must be gone.
+    assert not {ns for ns in namespaces() if ns == hosts.switch or ns.startswith(f"kv{hosts.run}-")}
+    assert_no_child_processes()
+
+
+def network_track(monkeypatch: pytest.MonkeyPatch, settled_now: bool) -> NetworkFaults:
+    monkeypatch.setattr(NetworkFaults, "_settled", staticmethod(lambda _endpoint, _exited: settled_now))
+    return NetworkFaults(3, NetHosts("t", "10.1.1", {}), FaultSchedule(5, 3, random.Random(3), Timing()))
+
+
+def test_network_track_takes_every_kind_once_and_waits_to_silence_a_node(monkeypatch: pytest.MonkeyPatch) -> None:
+    unsettled = network_track(monkeypatch, settled_now=False)
+    first = unsettled._choose("master1", "", set())
+    assert first is not None
+    assert first.kind == FaultKind.LEADER_CUT  # a fault on a node waits for every slot to have its replicas
+    track = network_track(monkeypatch, settled_now=True)
+    kinds = []
+    for _ in range(len(NETWORK_FAULTS)):
+        planned = track._choose("master1", "", set())
+        assert planned is not None
+        track.done.add(planned.kind)
+        kinds.append(planned.kind)
+    assert kinds == [FaultKind.ISOLATE, FaultKind.CUT_PEERS, FaultKind.ONEWAY, FaultKind.FLAKY, FaultKind.LEADER_CUT]
+    assert set(kinds) == set(NETWORK_FAULTS)
+
+
+def test_network_faults_take_only_live_nodes(monkeypatch: pytest.MonkeyPatch) -> None:
+    track = network_track(monkeypatch, settled_now=True)
+    for _ in range(50):
+        planned = track._plan(FaultKind.ONEWAY, "master2", {1, 2, 3, 4})
+        assert planned is not None
+        assert (planned.sends, planned.hears) == ("server5", "master2")
+    assert track._plan(FaultKind.ISOLATE, "master2", {1, 2, 3, 4, 5}) is None
+
+
+def test_with_partitions_node_faults_only_and_a_node_that_came_back_may_be_taken_again() -> None:
+    schedule = MembershipSchedule(5, 3, random.Random(4), Timing(), kinds=NODE_FAULTS, revive=True)
+    drawn = [schedule.next(set()) for _ in range(3)]
+    assert all(f is not None and f.kind in NODE_FAULTS for f in drawn)
+    # Two nodes dead now leave no victim (3 replicas need 3 nodes); once they are back, faults come again.
+    assert schedule.next({1, 2}) is None
+    again = schedule.next(set())
+    assert again is not None
+    assert again.kind in NODE_FAULTS

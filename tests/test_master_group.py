@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from kvcluster.check.faults import FaultKind
 from kvcluster.core.actions import Action, Answer, Propose
 from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.master import TICK, MasterCore
@@ -25,7 +26,7 @@ from kvcluster.core.protocol import (
     Timing,
 )
 from kvcluster.sim import SimConfig, run_schedule
-from kvcluster.sim.faults import Fault, FaultKind
+from kvcluster.sim.faults import Fault
 from kvcluster.sim.trace import Trace
 
 TIMING = Timing()

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from kvcluster.core.protocol import Commit, Message
 from kvcluster.sim.clock import Clock
-from kvcluster.sim.network import Link, NetParams, Network
+from kvcluster.sim.network import RTO_MIN, Link, NetParams, Network
 
 
 @dataclass
@@ -91,3 +91,19 @@ def test_a_killed_sender_loses_at_most_its_last_millisecond_and_a_dead_receiver_
     link.send(Commit(1, 99), clock.now)
     clock.run(2.0, 1000)
     assert 99 not in got
+
+
+def test_a_flaky_end_delays_messages_by_retransmissions_and_loses_none() -> None:
+    clock = Clock()
+    net = Network(clock, random.Random(7), NetParams(spike_rate=0.0))
+    a, b = End(1, "a"), End(2, "b")
+    arrivals: list[tuple[float, int]] = []
+    forward = net.connect(a, b, "a>b", lambda _link, m: arrivals.append((clock.now, m.committed)), lambda *_: None)  # type: ignore[attr-defined]
+    net.flaky[b.pid] = (0.5, 1.5)  # flaky for the first 150 of 200 messages
+    for n in range(200):
+        forward.send(Commit(1, n), n * 0.01)
+    clock.run(float("inf"), 1_000_000)
+    assert [n for _, n in arrivals] == list(range(200))
+    late = [t - n * 0.01 for t, n in arrivals]
+    assert sum(delay >= RTO_MIN for delay in late) > 50  # about half lost a packet at least once
+    assert max(late) < 2 * 1.5 + RTO_MIN  # a try after the flakiness is over gets through

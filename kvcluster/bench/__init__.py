@@ -1,4 +1,4 @@
-"""The ``kvcluster bench`` commands: throughput, balance, failover, chaos and the report that gathers them.
+"""The ``kvcluster bench`` commands: throughput, balance, failover, the report that gathers them, and chaos.
 
 Every benchmark's load comes from one worker (``workload``: client processes
 running rounds of gets and puts, recording a tally or every operation), and
@@ -9,9 +9,10 @@ and the sweep over data sizes; figures in ``failover_analysis``, tables,
 charts and report sections in ``failover_views``), ``master_failover``
 (faults of the leading master), ``healing`` (``recovery`` and ``rebalance``:
 a kill or an add under load; commands and views in ``healing_views``), ``restart`` (a
-whole cluster, and one node, started again from their data), ``chaos``
-(faults and linearizability, with ``chaos_faults`` and ``chaos_report``), and
+whole cluster, and one node, started again from their data), and
 ``report`` (with ``durability_report``; prose in ``report_template.md``).
+The chaos run is a tester, not a benchmark: it lives in ``kvcluster.chaos``
+and is only wired in here as ``bench chaos``.
 ``common`` and ``output`` hold what they share; nothing there imports a
 benchmark module. Only ``kvcluster bench ...`` imports this package, and
 ``register`` imports the modules only when it is called.
@@ -29,7 +30,6 @@ def register(app: typer.Typer) -> None:
     """Add every benchmark command, and the chaos run, to ``app``."""
     from kvcluster.bench import (  # noqa: PLC0415
         balance,
-        chaos,
         failover,
         healing_views,
         master_failover,
@@ -37,6 +37,7 @@ def register(app: typer.Typer) -> None:
         restart,
         throughput,
     )
+    from kvcluster.chaos import command as chaos  # noqa: PLC0415
 
     app.command("throughput")(throughput.throughput_command)
     app.command("balance")(balance.balance_command)

@@ -20,6 +20,13 @@ system can lose them:
 - a *lossy* link (client to node and back) drops or badly delays a message,
   standing in for a client that times out and resends.
 
+A *flaky* process loses packets, not messages: TCP sends a lost packet again
+after its retransmission timeout (``RTO_MIN``, doubling each time it is lost
+again, until the flakiness is over), so a message to or from it may come
+hundreds of milliseconds late,
+and everything behind it on its link waits. Without ZeroMQ heartbeats
+(kvcluster sets none) the connection survives and nothing is lost.
+
 The network owns no process logic: a link hands what it delivers to its
 ``sink``, the receiving process's socket.
 """
@@ -36,6 +43,7 @@ from kvcluster.core.protocol import Message, decode, encode
 from kvcluster.sim.clock import Clock
 
 SEND_BUFFER_WINDOW = 0.001  # seconds: at most this recent, a send may still sit in the process's own queue
+RTO_MIN = 0.2  # seconds: Linux's least TCP retransmission timeout, which a loss on a fast link costs
 
 
 class Endpoint(Protocol):
@@ -103,6 +111,8 @@ class Link:
         net = self.net
         rng = net.rng
         delay = net.latency()
+        if net.flaky:
+            delay += net.retransmissions(self, now)
         if self.lossy:
             roll = rng.random()
             if roll < net.params.lossy_drop:
@@ -197,6 +207,7 @@ class Network:
         self.params = params
         self.cuts: dict[tuple[int, int], int] = {}  # (src pid, dst pid) -> how many faults cut it
         self.held: dict[tuple[int, int], list[Link]] = {}
+        self.flaky: dict[int, tuple[float, float]] = {}  # pid -> (the share of its packets lost, until when)
         self.observer: Observer | None = None
         self.sent = 0
         self.delivered = 0
@@ -210,6 +221,18 @@ class Network:
             return 0.002 + 0.048 * (roll / self._spike)
         base = (roll - self._spike) / (1.0 - self._spike)
         return 0.0001 + 0.0019 * base * base * base
+
+    def retransmissions(self, link: Link, now: float) -> float:
+        """The time a message sent on ``link`` at ``now`` loses to TCP retransmissions while either end is flaky.
+
+        Each try is lost with the flaky end's chance until the flakiness is over; the next one then gets through.
+        """
+        loss, until = max(self.flaky.get(link.src.pid, (0.0, 0.0)), self.flaky.get(link.dst.pid, (0.0, 0.0)))
+        late, timeout = 0.0, RTO_MIN
+        while now + late < until and self.rng.random() < loss:
+            late += timeout
+            timeout *= 2
+        return late
 
     def connect(self, src: Endpoint, dst: Endpoint, name: str, forward: Sink, back: Sink, lossy: bool = False) -> Link:
         """A new connection from ``src`` to ``dst``; returns its forward link (``.reverse`` carries answers)."""

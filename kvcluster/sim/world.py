@@ -16,6 +16,7 @@ import random
 import traceback
 from dataclasses import dataclass, field
 
+from kvcluster.check.faults import MEMBERSHIP, FaultKind
 from kvcluster.check.history import Operation
 from kvcluster.core.client_ops import Spec
 from kvcluster.core.master import MasterCore
@@ -26,7 +27,7 @@ from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Sink, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape
 from kvcluster.sim.disk import SimDisk
-from kvcluster.sim.faults import MEMBERSHIP, Fault, FaultKind, plan_faults
+from kvcluster.sim.faults import CLIENTS, Fault, plan_faults
 from kvcluster.sim.network import Link, Network
 from kvcluster.sim.processes import GROUP_SIZE, SimMaster, SimNode, SimProcess
 from kvcluster.sim.trace import Trace, core_logs
@@ -259,31 +260,47 @@ class World:
         if fault.until < float("inf") and fault.kind not in MEMBERSHIP:
             clock.at(fault.until, self._note_fault, f"fault over: {fault.kind} {fault.node or 'master'}")
         match fault.kind:
-            case FaultKind.KILL:
-                node = self.nodes[fault.node]
-                node.kill_at = fault.at
-                clock.at(fault.at, self._kill, node)
+            case FaultKind.KILL | FaultKind.DOUBLE_KILL:
+                self._kill_at(fault.node, fault.at)
+                if fault.kind == FaultKind.DOUBLE_KILL:
+                    self._kill_at(fault.other, fault.at + fault.duration)
             case FaultKind.RESTART:
                 clock.at(fault.at, self._restart, fault.node)
             case FaultKind.ADD_NODE:
                 clock.at(fault.at, self._add, None)
             case FaultKind.REMOVE_NODE:
                 clock.at(fault.at, self._remove, fault.node)
-            case FaultKind.PAUSE | FaultKind.PAUSE_MASTER:
+            case FaultKind.PAUSE | FaultKind.STALL | FaultKind.PAUSE_MASTER:
                 process = self.nodes[fault.node] if fault.node else self.master
                 process.pauses = sorted([*process.pauses, (fault.at, fault.until)])
                 clock.at(fault.at, self._stop, (process, fault.until))
             case FaultKind.SLOW:
                 self.nodes[fault.node].slow.append((fault.at, fault.until, fault.extra))
+            case FaultKind.FLAKY:
+                clock.at(fault.at, self._flaky, (fault.node, fault.extra, fault.until))
+                clock.at(fault.until, self._flaky, (fault.node, 0.0, fault.until))
             case FaultKind.POWER_CUT:
                 clock.at(fault.at, self._power_cut, fault.duration)
-            case FaultKind.LEADER_CRASH | FaultKind.LEADER_CUT:
-                how = "crash" if fault.kind == FaultKind.LEADER_CRASH else "cut"
+            case FaultKind.LEADER_CRASH | FaultKind.LEADER_PAUSE | FaultKind.LEADER_CUT:
+                # A paused leader is a crashed one to the group (``SimMaster``): it steps down when it resumes.
+                how = "cut" if fault.kind == FaultKind.LEADER_CUT else "crash"
                 clock.at(fault.at, self.master.fail_leader, (how, fault.duration))
             case _:
                 pairs = self._cut_pairs(fault)
                 clock.at(fault.at, self._cut, pairs)
                 clock.at(fault.until, self._heal, pairs)
+
+    def _kill_at(self, node_id: int, at: float) -> None:
+        node = self.nodes[node_id]
+        node.kill_at = at
+        self.clock.at(at, self._kill, node)
+
+    def _flaky(self, flaky: tuple[int, float, float]) -> None:
+        node_id, loss, until = flaky
+        if loss:
+            self.net.flaky[node_id] = (loss, until)
+        else:
+            self.net.flaky.pop(node_id, None)
 
     def _power_cut(self, outage: float) -> None:
         """Every process dies at once; each disk keeps what the seed decides; all start again ``outage`` later."""
@@ -361,10 +378,10 @@ class World:
         match fault.kind:
             case FaultKind.ISOLATE:
                 return [(node, 0), (0, node)]
-            case FaultKind.DEAF:
-                return [(0, node)]
-            case FaultKind.MUTE:
-                return [(node, 0)]
+            case FaultKind.ONEWAY | FaultKind.LATE if node == CLIENTS:
+                return [(client.pid, fault.other) for client in self.clients]
+            case FaultKind.ONEWAY | FaultKind.LATE:
+                return [(node, fault.other)]
         others = [n for n in self.nodes if n != node]
         return [(node, n) for n in others] + [(n, node) for n in others]
 

@@ -1,4 +1,4 @@
-"""The faults of a chaos run: their kinds, the seeded schedule that picks them, and their injection.
+"""The node faults of a chaos run: the seeded schedule that picks them, and their injection (kinds: ``check.faults``).
 
 Faults:
 
@@ -14,15 +14,15 @@ Faults:
   again without being declared dead.
 
 With ``--membership``, the cluster's membership changes too, through the
-commands people use (``chaos_membership``):
+commands people use (``membership``):
 
 * ``restart``: ``kvcluster restart serverN`` of a node that a fault took
   down and the master declared dead; it joins with no slots and gets back by difference those it still holds.
-* ``add``: ``kvcluster add-node``.
-* ``remove``: ``kvcluster remove-node serverN``: drain, then stop.
+* ``add-node``: ``kvcluster add-node``.
+* ``remove-node``: ``kvcluster remove-node serverN``: drain, then stop.
 
 With ``--master-faults``, the leading master is killed or paused too, on a
-track of its own (``chaos_masters``).
+track of its own (``masters``); with ``--partitions``, links are cut on another (``partitions``).
 
 Every node is the primary of some slots, so every victim is a primary. The
 schedule never makes a slot lose all its replicas: a set of dead nodes (a
@@ -35,7 +35,6 @@ says so and injection stops.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import os
 import random
@@ -46,6 +45,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from kvcluster.check.faults import DOUBLE_KILL_GAP, FaultKind
 from kvcluster.core.placement import NUM_SLOTS, node_name, replicas_for, slot_of
 from kvcluster.core.protocol import Timing
 
@@ -54,26 +54,10 @@ if TYPE_CHECKING:
     from kvcluster.supervisor import Supervisor
 
 
-class FaultKind(enum.StrEnum):
-    """What a fault does to its victims."""
-
-    PAUSE = "pause"
-    KILL = "kill"
-    DOUBLE_KILL = "double-kill"
-    STALL = "stall"
-    RESTART = "restart"
-    ADD = "add"
-    REMOVE = "remove"
-    MASTER_KILL = "master-kill"
-    MASTER_PAUSE = "master-pause"
-
-
 FATAL_KINDS = (FaultKind.PAUSE, FaultKind.KILL, FaultKind.DOUBLE_KILL)  # the victim never serves again
-MEMBERSHIP_KINDS = (FaultKind.RESTART, FaultKind.ADD, FaultKind.REMOVE)
-MASTER_KINDS = (FaultKind.MASTER_KILL, FaultKind.MASTER_PAUSE)  # the leading master: see ``chaos_masters``
-TAKING_KINDS = (*FATAL_KINDS, FaultKind.REMOVE)  # the master ends up declaring the victims dead
+MEMBERSHIP_KINDS = (FaultKind.RESTART, FaultKind.ADD_NODE, FaultKind.REMOVE_NODE)
+TAKING_KINDS = (*FATAL_KINDS, FaultKind.REMOVE_NODE)  # the master ends up declaring the victims dead
 STALL_SHARE = 0.3  # chance that the next fault is a stall (when one is safe)
-DOUBLE_KILL_GAP = (0.05, 0.25)  # seconds between the two kills of a double kill
 REAP_INTERVAL = 0.05
 
 
@@ -223,7 +207,7 @@ class FaultInjector:
         change_membership: MembershipCommand | None = None,
     ) -> None:
         self.supervisor = supervisor
-        self.change_membership = change_membership  # runs restart, add-node or remove-node (``chaos_membership``)
+        self.change_membership = change_membership  # runs restart, add-node or remove-node (``membership``)
         self.state = state
         self.on_event = on_event
         self.stopped: ProcessInfo | None = None  # a node under SIGSTOP, resumed whatever happens

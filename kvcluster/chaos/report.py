@@ -15,9 +15,11 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from kvcluster.bench.bulk import BulkCheck
-from kvcluster.bench.chaos_faults import FATAL_KINDS, MASTER_KINDS, Fault, node_ids, primary_of
 from kvcluster.bench.output import measure_table
+from kvcluster.chaos.injection import FATAL_KINDS, Fault, node_ids, primary_of
+from kvcluster.check.faults import LEADER_FAULTS
 from kvcluster.check.history import Operation, OpKind, Outcome
+from kvcluster.check.verdict import Verdict, judge, lost_writes
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing
 
@@ -35,8 +37,7 @@ class ChaosReport:
     operations: int
     by_outcome: dict[str, int]
     checked: int
-    verdict: str
-    """``linearizable``, ``violation``, or ``inconclusive`` when the check ran out of budget."""
+    verdict: Verdict
     violation: str | None
     faults: list[Fault]
     faults_by_kind: dict[str, int]
@@ -66,11 +67,21 @@ class ChaosReport:
     """Whether restarts, additions and removals of nodes were among the faults."""
     membership_errors: int = 0
     """Restart, add and remove commands that failed."""
+    final_reads: int = 0
+    """Keys read back after the faults (each key once), checked with the history."""
+    lost_writes: list[str] = field(default_factory=list)
+    """Final reads that missed an acknowledged write, or failed (``check.verdict.lost_writes``)."""
     history: list[Operation] = field(default_factory=list, repr=False)
+    """What was judged: the load's operations, then the final reads."""
 
     @property
     def ok(self) -> bool:
-        return self.verdict == "linearizable" and self.preloaded_lost == 0 and self.membership_errors == 0
+        return (
+            self.verdict == Verdict.LINEARIZABLE
+            and self.preloaded_lost == 0
+            and self.membership_errors == 0
+            and not self.lost_writes
+        )
 
     def to_json(self) -> dict[str, Any]:
         """The report without the history, ready for ``json.dumps``."""
@@ -107,20 +118,14 @@ class RunRecord:
     dead_but_running: set[int]
     preload_s: float = 0.0
     preloaded: BulkCheck = field(default_factory=lambda: BulkCheck(0, 0, 0))
+    final: list[Operation] = field(default_factory=list)
+    """Every key read once more after the faults, by a new client."""
 
 
 def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
-    from kvcluster.check.linearizability import CheckTooExpensive, check  # noqa: PLC0415
-
     _measure_unavailability(run, shape)
     started = time.monotonic()
-    try:
-        result = check(run.history)
-        verdict = "linearizable" if result.ok else "violation"
-        checked = result.operations
-        violation = result.violation.describe() if result.violation is not None else None
-    except CheckTooExpensive as exc:
-        verdict, checked, violation = "inconclusive", 0, str(exc)
+    judgement = judge([*run.history, *run.final])
     check_s = time.monotonic() - started
     across, failovers = _reads_across_faults(run, shape)
     return ChaosReport(
@@ -132,9 +137,9 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         duration_s=shape.duration,
         operations=len(run.history),
         by_outcome=dict(sorted(Counter(f"{op.kind} {op.outcome}" for op in run.history).items())),
-        checked=checked,
-        verdict=verdict,
-        violation=violation,
+        checked=judgement.checked,
+        verdict=judgement.verdict,
+        violation=judgement.detail,
         faults=run.faults,
         faults_by_kind=dict(Counter(f.kind for f in run.faults)),
         unavailability_ms=_unavailability_by_kind(run.faults),
@@ -151,7 +156,9 @@ def analyse(shape: Shape, run: RunRecord) -> ChaosReport:
         preloaded_unreadable=run.preloaded.unreadable,
         membership=shape.membership,
         membership_errors=sum(f.error is not None for f in run.faults),
-        history=run.history,
+        final_reads=len(run.final),
+        lost_writes=lost_writes(run.history, run.final, ()),
+        history=[*run.history, *run.final],
     )
 
 
@@ -161,7 +168,7 @@ def _succeeded(op: Operation) -> bool:
 
 def _affected(fault: Fault, shape: Shape) -> list[str]:
     """The keys whose primary was one of the fault's victims when it began; every key for the leading master."""
-    if fault.kind in MASTER_KINDS:
+    if fault.kind in LEADER_FAULTS:
         return list(shape.keys)
     dead, victims = node_ids(fault.dead_before), node_ids(fault.nodes)
     return [key for key in shape.keys if primary_of(key, shape.nodes, shape.rep, dead) in victims]
@@ -233,7 +240,7 @@ def summary_table(report: ChaosReport) -> Any:
     table = measure_table(
         f"chaos: {report.nodes} nodes, {report.rep} replicas, {report.clients} clients, {report.duration_s:g} s"
     )
-    verdict = {"linearizable": "[bold green]linearizable[/]", "violation": "[bold red]NOT LINEARIZABLE[/]"}
+    verdict = {Verdict.LINEARIZABLE: "[bold green]linearizable[/]", Verdict.VIOLATION: "[bold red]NOT LINEARIZABLE[/]"}
     table.add_row("verdict", verdict.get(report.verdict, f"[bold yellow]{report.verdict}[/]"))
     table.add_row("seed", str(report.seed))
     table.add_row("operations recorded", f"{report.operations:,}")
@@ -244,6 +251,13 @@ def summary_table(report: ChaosReport) -> Any:
     table.add_row("faults", faults)
     for kind, window in report.unavailability_ms.items():
         table.add_row(f"  unavailability after {kind}, median / max", f"{_ms(window['median'])} / {_ms(window['max'])}")
+    lost = len(report.lost_writes)
+    table.add_row(
+        "keys read back after the faults",
+        f"{report.final_reads}, lost writes: {lost}"
+        if not lost
+        else f"{report.final_reads}, [bold red]lost writes: {lost}[/]",
+    )
     table.add_row("gets reading a value written before the latest fault", f"{report.reads_across_faults:,}")
     table.add_row("  of which across a failover of the key's primary", f"{report.reads_across_failovers:,}")
     if report.unplanned_dead:
@@ -264,7 +278,7 @@ def faults_table(report: ChaosReport) -> Any:
     from rich.table import Table  # noqa: PLC0415
 
     table = Table(title="faults")
-    for column in ("t", "fault", "nodes", "stopped for", "keys hit", "unavailable"):
+    for column in ("t", "fault", "nodes", "stopped or cut for", "keys hit", "unavailable"):
         table.add_column(column, justify="left" if column in ("fault", "nodes") else "right")
     if report.membership:
         table.add_column("command took", justify="right")

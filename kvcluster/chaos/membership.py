@@ -16,6 +16,10 @@ seed and on which nodes died outside the schedule.
 
 The changes go through the CLI (``kvcluster restart``, ``add-node``,
 ``remove-node``), as a person would run them.
+
+A run with ``--partitions`` follows the same rule for its node faults alone
+(``kinds``): there the supervisor starts a fenced node again, so the dead are
+the nodes dead now, not every node ever taken (``revive``).
 """
 
 from __future__ import annotations
@@ -30,12 +34,12 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvcluster.bench.chaos_faults import (
+from kvcluster.chaos.injection import (
     FATAL_KINDS,
-    FaultKind,
     FaultSchedule,
     PlannedFault,
 )
+from kvcluster.check.faults import FaultKind
 from kvcluster.core.placement import node_name
 from kvcluster.core.protocol import Timing
 
@@ -52,8 +56,8 @@ KIND_ORDER = (
     FaultKind.DOUBLE_KILL,
     FaultKind.STALL,
     FaultKind.RESTART,
-    FaultKind.ADD,
-    FaultKind.REMOVE,
+    FaultKind.ADD_NODE,
+    FaultKind.REMOVE_NODE,
 )
 
 
@@ -61,9 +65,19 @@ class MembershipSchedule(FaultSchedule):
     """The seeded sequence of faults and membership changes, each safe on a settled cluster."""
 
     def __init__(
-        self, nodes: int, rep: int, rng: random.Random, timing: Timing, interval: tuple[float, float] = (2.0, 4.0)
+        self,
+        nodes: int,
+        rep: int,
+        rng: random.Random,
+        timing: Timing,
+        interval: tuple[float, float] = (2.0, 4.0),
+        kinds: tuple[FaultKind, ...] = KIND_ORDER,
+        revive: bool = False,
     ) -> None:
         super().__init__(nodes, rep, rng, timing, interval)
+        self.kinds = kinds
+        # On hosts of their own, a fenced node is started again by the supervisor: the dead are those dead now.
+        self.revive = revive
         self.rep = rep
         self.max_nodes = nodes + MAX_ADDED
         self.removed: set[int] = set()
@@ -74,9 +88,9 @@ class MembershipSchedule(FaultSchedule):
         return self.dead | self.removed
 
     def next(self, also_dead: set[int]) -> PlannedFault | None:
-        self.dead |= also_dead - self.removed
-        options = {kind: self._options(kind) for kind in KIND_ORDER}
-        possible = [kind for kind in KIND_ORDER if options[kind]]
+        self.dead = (also_dead if self.revive else self.dead | also_dead) - self.removed
+        options = {kind: self._options(kind) for kind in self.kinds}
+        possible = [kind for kind in self.kinds if options[kind]]
         if not possible:
             return None
         kind = self.rng.choice([k for k in possible if k not in self.used] or possible)
@@ -87,9 +101,9 @@ class MembershipSchedule(FaultSchedule):
             self.dead.update(victims)
         elif kind == FaultKind.RESTART:
             self.dead.difference_update(victims)
-        elif kind == FaultKind.ADD:
+        elif kind == FaultKind.ADD_NODE:
             self.nodes += 1
-        elif kind == FaultKind.REMOVE:
+        elif kind == FaultKind.REMOVE_NODE:
             self.removed.update(victims)
         return fault
 
@@ -98,7 +112,7 @@ class MembershipSchedule(FaultSchedule):
         alive = [n for n in range(1, self.nodes + 1) if n not in self.gone()]
         if kind == FaultKind.RESTART:
             return [(n,) for n in sorted(self.dead - self.removed)]
-        if kind == FaultKind.ADD:
+        if kind == FaultKind.ADD_NODE:
             return [(self.nodes + 1,)] if self.nodes < self.max_nodes else []
         size = 2 if kind == FaultKind.DOUBLE_KILL else 1
         if size >= self.rep or len(alive) - size < self.rep:
@@ -126,7 +140,7 @@ def change_membership(
         while fault.victims[0] not in exited() and time.monotonic() < deadline:
             wait(time.monotonic() + 0.1)
         args = ["restart", node]
-    elif fault.kind == FaultKind.ADD:
+    elif fault.kind == FaultKind.ADD_NODE:
         args = ["add-node"]
     else:
         args = ["remove-node", node, "--timeout", f"{DRAIN_TIMEOUT:g}"]
