@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from kvcluster.client import Completion, Connection
-from kvcluster.core.protocol import OpKind
+from kvcluster.core.wire import OpKind
 
 VALUE = "v" * 92
 

@@ -27,7 +27,7 @@ from pathlib import Path
 import psutil
 
 from kvcluster.client import Completion, Connection
-from kvcluster.core.protocol import OpKind
+from kvcluster.core.wire import OpKind
 
 VALUE = "v" * 92
 

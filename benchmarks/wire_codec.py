@@ -23,21 +23,9 @@ import timeit
 from collections.abc import Callable
 from functools import partial
 
-from kvcluster.core import protocol
-from kvcluster.core.protocol import (
-    Op,
-    OpKind,
-    Replicate,
-    Reply,
-    Request,
-    Result,
-    Status,
-    Table,
-    TableData,
-    Write,
-    decode,
-    encode,
-)
+from kvcluster.core import protocol, wire
+from kvcluster.core.protocol import Replicate, Reply, Request, Table, decode, encode
+from kvcluster.core.wire import Op, OpKind, Result, Status, TableData, Write
 
 BATCH = 64
 VALUE = "v" * 100
@@ -79,7 +67,7 @@ def main() -> None:
     parser.add_argument("--number", type=int, default=20_000, help="calls per timed run")
     parser.add_argument("--repeat", type=int, default=7, help="timed runs; the best is reported")
     args = parser.parse_args()
-    print(f"kvcluster.core.protocol from {protocol.__file__}, PROTOCOL_VERSION {protocol.PROTOCOL_VERSION}")
+    print(f"kvcluster.core.protocol from {protocol.__file__}, PROTOCOL_VERSION {wire.PROTOCOL_VERSION}")
     print(f"{'message':<24} {'bytes':>6} {'encode us':>10} {'decode us':>10}")
     for name, message in samples().items():
         frame = encode(message)

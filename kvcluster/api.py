@@ -23,7 +23,8 @@ from pathlib import Path
 
 from kvcluster.client import DEFAULT_PAGE, Completion, Connection, validate
 from kvcluster.core.client_ops import DEFAULT_TRY_TIMEOUT
-from kvcluster.core.protocol import OpKind, check_key
+from kvcluster.core.protocol import check_key
+from kvcluster.core.wire import OpKind
 from kvcluster.errors import InvalidKey, UsageError
 
 BATCH = 256  # operations per message in get_many and put_many

@@ -48,7 +48,6 @@ from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
     Drain,
     Message,
-    OpKind,
     Reply,
     StatusReport,
     StatusRequest,
@@ -58,6 +57,7 @@ from kvcluster.core.protocol import (
     decode,
     encode,
 )
+from kvcluster.core.wire import OpKind
 from kvcluster.errors import (
     ClusterUnavailable,
     InvalidKey,

@@ -136,7 +136,7 @@ class _Job:
 def _store_shares(job: _Job, worker: Worker) -> None:
     """Entry point of a client process: store each share from its inbox and report its outcome."""
     from kvcluster.client import Completion, Connection  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
     put, ok = OpKind.PUT, Completion.OK  # enum members cost a lookup each time: once per put adds up
     with Connection(job.master, deadline=job.deadline, try_timeout=TRY_TIMEOUT, curve=job.curve) as client:

@@ -28,7 +28,8 @@ import zmq
 
 from kvcluster.client import DEFAULT_PAGE, NOBLOCK, REFRESH_INTERVAL, RETRIES_BEFORE_REFRESH, RETRY_DELAY, Connection
 from kvcluster.core.placement import RoutingTable, node_name
-from kvcluster.core.protocol import MAX_SCAN_KEYS, Scan, ScanPage, Status, encode
+from kvcluster.core.protocol import MAX_SCAN_KEYS, Scan, ScanPage, encode
+from kvcluster.core.wire import Status
 from kvcluster.errors import NoLiveReplica, OperationTimedOut, ProtocolError
 
 

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from kvcluster.core.placement import RoutingTable, node_name
-from kvcluster.core.protocol import ClusterEvent, DiskReport, EventKind
+from kvcluster.core.wire import ClusterEvent, DiskReport, EventKind
 
 if TYPE_CHECKING:
     from rich.console import Group

@@ -33,7 +33,7 @@ from kvcluster.bench import (
 )
 from kvcluster.client import Completion, OpResult
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import OpKind
+from kvcluster.core.wire import OpKind
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 

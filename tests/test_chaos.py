@@ -40,7 +40,8 @@ from kvcluster.chaos.run import run_chaos
 from kvcluster.check.faults import NETWORK_FAULTS, NODE_FAULTS, FaultKind
 from kvcluster.check.history import HistoryRecorder, Operation, OpKind, Outcome
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import StatusReport, TableData, Timing
+from kvcluster.core.protocol import StatusReport, Timing
+from kvcluster.core.wire import TableData
 from kvcluster.errors import KvclusterError
 from kvcluster.netns import NetHosts
 

@@ -21,7 +21,8 @@ from conftest import Cluster, ClusterLauncher, run_cli, same_process_alive, wait
 
 from kvcluster.client import Completion, Connection, validate
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import MAX_VALUE_BYTES, OpKind
+from kvcluster.core.protocol import MAX_VALUE_BYTES
+from kvcluster.core.wire import OpKind
 from kvcluster.errors import InvalidValue, KeyNotFound
 
 USAGE = 2

@@ -31,20 +31,8 @@ from kvcluster.core.client_ops import (
 )
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table, with_dead
-from kvcluster.core.protocol import (
-    NotLeader,
-    NotReady,
-    Op,
-    OpKind,
-    Reply,
-    Request,
-    Result,
-    Status,
-    Table,
-    TableData,
-    TableRequest,
-    Timing,
-)
+from kvcluster.core.protocol import NotLeader, NotReady, Reply, Request, Table, TableRequest, Timing
+from kvcluster.core.wire import Op, OpKind, Result, Status, TableData
 
 ENDPOINTS = {1: "tcp://n1", 2: "tcp://n2", 3: "tcp://n3"}
 TRY = 0.3

@@ -20,18 +20,15 @@ from kvcluster.core.protocol import (
     Heartbeat,
     HeartbeatAck,
     Hello,
-    Op,
-    OpKind,
     Replicate,
     ReplicateAck,
     Request,
     Table,
-    TableData,
     Timing,
-    Write,
 )
 from kvcluster.core.replica import make_version
 from kvcluster.core.waiters import Waiter
+from kvcluster.core.wire import Op, OpKind, TableData, Write
 
 TIMING = Timing()
 NODES = 4

@@ -13,21 +13,10 @@ from kvcluster.check.verdict import lost_writes
 from kvcluster.core.actions import Answer
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table
-from kvcluster.core.protocol import (
-    HeartbeatAck,
-    Op,
-    OpKind,
-    Reply,
-    Request,
-    Scan,
-    ScanPage,
-    Status,
-    Table,
-    Timing,
-    Write,
-)
+from kvcluster.core.protocol import HeartbeatAck, Reply, Request, Scan, ScanPage, Table, Timing
 from kvcluster.core.replica import Replica, make_version
 from kvcluster.core.scanning import scan_page
+from kvcluster.core.wire import Op, OpKind, Status, Write
 
 SLOTS = 4
 OLD, NEW = 1, 2

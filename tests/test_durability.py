@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from kvcluster.client import Completion, Connection
-from kvcluster.core.protocol import OpKind
+from kvcluster.core.wire import OpKind
 from kvcluster.errors import ClusterUnavailable
 from tests.conftest import Cluster, ClusterLauncher, recorded_processes, run_cli, same_process_alive, wait_until
 

@@ -21,7 +21,8 @@ from conftest import Cluster, ClusterLauncher, wait_until
 
 from kvcluster.client import Connection
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import Op, OpKind, Reply, Request, Result, Status, decode, encode
+from kvcluster.core.protocol import Reply, Request, decode, encode
+from kvcluster.core.wire import Op, OpKind, Result, Status
 from kvcluster.errors import KvclusterError, OperationTimedOut
 
 NODES, REP = 3, 2

@@ -8,7 +8,7 @@ from typing import Any
 from conftest import ClusterLauncher, wait_until
 
 from kvcluster.client import Completion, Connection
-from kvcluster.core.protocol import OpKind
+from kvcluster.core.wire import OpKind
 
 KEYS = 3000
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from kvcluster.core.history import BACKLOG
-from kvcluster.core.protocol import Write
 from kvcluster.core.replica import Replica, make_version
+from kvcluster.core.wire import Write
 
 
 def put(replica: Replica, key: str, value: str | None, counter: int, slot: int = 0) -> None:

@@ -28,7 +28,8 @@ from conftest import (
 )
 
 from kvcluster.core.placement import NUM_SLOTS, replicas_for, slot_of
-from kvcluster.core.protocol import PROTOCOL_VERSION, Fenced, MsgType, Op, OpKind, Request, encode
+from kvcluster.core.protocol import Fenced, Request, encode
+from kvcluster.core.wire import PROTOCOL_VERSION, MsgType, Op, OpKind
 
 
 def all_gone(processes: dict[str, tuple[int, float]]) -> bool:

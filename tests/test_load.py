@@ -32,7 +32,8 @@ from conftest import (
 
 from kvcluster.client import Completion, Connection
 from kvcluster.core.placement import replicas_for, slot_of
-from kvcluster.core.protocol import MAX_KEY_BYTES, MAX_VALUE_BYTES, OpKind
+from kvcluster.core.protocol import MAX_KEY_BYTES, MAX_VALUE_BYTES
+from kvcluster.core.wire import OpKind
 from kvcluster.load_file import KEPT_PROBLEMS, MAX_CHUNK, MIN_CHUNK, LoadReport, Problem, _next_chunk, parse_lines
 
 USAGE = 2

@@ -11,18 +11,8 @@ import pytest
 from kvcluster.core.actions import Answer
 from kvcluster.core.events import EVENTS_KEPT, EventLog
 from kvcluster.core.master import MasterCore
-from kvcluster.core.protocol import (
-    ClusterEvent,
-    CopyDone,
-    CopySlot,
-    Drain,
-    EventKind,
-    Heartbeat,
-    Hello,
-    StatusReport,
-    StatusRequest,
-    Timing,
-)
+from kvcluster.core.protocol import CopyDone, CopySlot, Drain, Heartbeat, Hello, StatusReport, StatusRequest, Timing
+from kvcluster.core.wire import ClusterEvent, EventKind
 
 TIMING = Timing()
 SLOTS = 12

@@ -21,7 +21,7 @@ from kvcluster.core.placement import (
     with_dead,
     with_replicas,
 )
-from kvcluster.core.protocol import TableData
+from kvcluster.core.wire import TableData
 
 SHAPES = [(n, k) for n in range(1, 10) for k in range(1, n + 1)]
 

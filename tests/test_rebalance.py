@@ -17,7 +17,7 @@ from kvcluster.core.placement import (
     with_moves,
     with_replicas,
 )
-from kvcluster.core.protocol import TableData
+from kvcluster.core.wire import TableData
 
 
 def healed(data: TableData) -> TableData:

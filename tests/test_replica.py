@@ -7,8 +7,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from kvcluster.core import replica
-from kvcluster.core.protocol import Write
 from kvcluster.core.replica import DEDUP_SPAN, NO_COMMIT, AppliedOps, Replica, make_version
+from kvcluster.core.wire import Write
 
 SLOTS = 4
 OLD, NEW = 1, 2

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from kvcluster.core.placement import initial_table
-from kvcluster.core.protocol import Hello, Holdings, TableData
+from kvcluster.core.protocol import Hello
 from kvcluster.core.restart import RECOVERY_WAIT, Recovery, recovered_table
+from kvcluster.core.wire import Holdings, TableData
 
 SLOTS = 4
 OLD = initial_table({1: "tcp://a:1", 2: "tcp://b:2", 3: "tcp://c:3"}, 2, SLOTS)

@@ -26,20 +26,17 @@ from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
     HeartbeatAck,
-    Op,
-    OpKind,
     Reconcile,
     Replicate,
     ReplicateAck,
     Reply,
     Request,
     SlotCopy,
-    Status,
     Table,
-    TableData,
     Timing,
 )
 from kvcluster.core.replica import DEDUP_SPAN, AppliedOps
+from kvcluster.core.wire import Op, OpKind, Status, TableData
 from kvcluster.errors import SimulationFailed
 from kvcluster.sim import SimConfig, report, run_schedule, run_schedules
 from kvcluster.sim.trace import Trace

@@ -9,21 +9,9 @@ import pytest
 from kvcluster.core.actions import Answer
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table
-from kvcluster.core.protocol import (
-    DiskReport,
-    HeartbeatAck,
-    NodeStats,
-    Op,
-    OpKind,
-    Reply,
-    Request,
-    StatsRequest,
-    Table,
-    Timing,
-    decode,
-    encode,
-)
+from kvcluster.core.protocol import HeartbeatAck, NodeStats, Reply, Request, StatsRequest, Table, Timing, decode, encode
 from kvcluster.core.stats import BOUNDS, BUCKETS, OpStats, percentile
+from kvcluster.core.wire import DiskReport, Op, OpKind
 
 
 def record(stats: OpStats, seconds: float, times: int = 1) -> None:

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from kvcluster.core.placement import initial_table
-from kvcluster.core.protocol import Write
 from kvcluster.core.records import TableSeen
 from kvcluster.core.replica import Replica, make_version
+from kvcluster.core.wire import Write
 from kvcluster.errors import DataCorrupt
 from kvcluster.runtime.recovery import recover
 from kvcluster.runtime.snapshots import Snapshot

@@ -213,7 +213,7 @@ def _sleep_with_progress(progress: Progress, task: TaskID, start: float, until: 
 def put_all(master: str, values: dict[str, str]) -> None:
     """Give each owned key its initial value before the clients start."""
     from kvcluster.client import Completion, Connection  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.PUT, k, v) for k, v in values.items()]
     with Connection(master, deadline=CLIENT_DEADLINE) as client:
@@ -225,7 +225,7 @@ def put_all(master: str, values: dict[str, str]) -> None:
 def get_all(master: str, keys: list[str]) -> dict[str, str | None]:
     """The value of every key after the load (None if gone), or no entry where the final read timed out."""
     from kvcluster.client import Completion, Connection  # noqa: PLC0415
-    from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+    from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
     ops: list[tuple[OpKind, str, str | None]] = [(OpKind.GET, k, None) for k in keys]
     with Connection(master, deadline=FAILOVER_DEADLINE) as client:

@@ -213,7 +213,7 @@ def _restart_whole(
     supervisor: Supervisor, shape: RestartShape, progress: Progress, task: Any
 ) -> tuple[WholeRestart, ClusterState]:
     """Stop every process, start the same cluster from its data, time it, read every key back."""
-    from kvcluster.core.protocol import EventKind  # noqa: PLC0415
+    from kvcluster.core.wire import EventKind  # noqa: PLC0415
 
     progress.update(task, description="whole cluster: starting again from its data")
     started = time.monotonic()
@@ -299,7 +299,7 @@ class _NodeWatch:
 def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, task: Any) -> NodeRestart:
     """Kill server1, wait out the absence, start it again, time its return, read every key back."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
-    from kvcluster.core.protocol import EventKind  # noqa: PLC0415
+    from kvcluster.core.wire import EventKind  # noqa: PLC0415
     from kvcluster.supervisor import kill_node, start_node, stop_process  # noqa: PLC0415
 
     master = state.master_endpoint

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
 
     from kvcluster.client import OpResult
     from kvcluster.client_pool import InlineWorker, Worker
-    from kvcluster.core.protocol import OpKind
+    from kvcluster.core.wire import OpKind
 
     Op = tuple[OpKind, str, str | None]
 
@@ -102,7 +102,7 @@ class Workload:
         return self.round_size or max(MIN_ROUND, self.batch * self.window * 4)
 
     def _owned_rounds(self, rng: random.Random) -> Iterator[tuple[list[Op], None]]:
-        from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+        from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
         seq = 0
         while True:
@@ -113,7 +113,7 @@ class Workload:
             yield ops, None
 
     def _range_rounds(self) -> Iterator[tuple[list[Op], list[str | None] | None]]:
-        from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+        from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
         assert self.span is not None
         for start in range(self.span.start, self.span.stop, self._round):
@@ -124,7 +124,7 @@ class Workload:
                 yield [(OpKind.PUT, key_name(i), bulk_value(i)) for i in indices], None
 
     def _mix_rounds(self, rng: random.Random) -> Iterator[tuple[list[Op], None]]:
-        from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+        from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
         seq, left = 0, self.ops
         while left is None or left > 0:
@@ -279,7 +279,7 @@ class History:
 
     def record(self, ops: Sequence[Op], results: Sequence[OpResult], start: float, end: float, _expected: Any) -> None:
         from kvcluster.client import Completion  # noqa: PLC0415
-        from kvcluster.core.protocol import OpKind  # noqa: PLC0415
+        from kvcluster.core.wire import OpKind  # noqa: PLC0415
 
         for (kind, key, value), result in zip(ops, results, strict=True):
             done = result.completion in (Completion.OK, Completion.NOT_FOUND)

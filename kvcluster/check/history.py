@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from kvcluster.core.client_ops import Completion, OpResult
-from kvcluster.core.protocol import OpKind as WireKind
+from kvcluster.core.wire import OpKind as WireKind
 
 
 class OpKind(enum.StrEnum):

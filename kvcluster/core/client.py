@@ -53,7 +53,8 @@ from kvcluster.core.client_ops import (
     WakeAt,
 )
 from kvcluster.core.placement import RoutingTable, node_name
-from kvcluster.core.protocol import Message, NotReady, Op, Reply, Request, Status, Table, TableRequest
+from kvcluster.core.protocol import Message, NotReady, Reply, Request, Table, TableRequest
+from kvcluster.core.wire import Op, Status
 
 RETRY_DELAY = 0.01  # seconds before resending an operation a node asked us to retry
 RETRIES_BEFORE_REFRESH = 5  # "retry" answers to one operation before the client also asks the master

@@ -12,7 +12,8 @@ from dataclasses import dataclass, field
 from typing import NamedTuple
 
 from kvcluster.core.client_masters import AskMaster
-from kvcluster.core.protocol import OpKind, Request, Table
+from kvcluster.core.protocol import Request, Table
+from kvcluster.core.wire import OpKind
 
 DEFAULT_DEADLINE = 5.0  # seconds an operation may take, retries included, unless its caller says otherwise
 DEFAULT_TRY_TIMEOUT = 0.3  # seconds the first try of an operation waits for its answer

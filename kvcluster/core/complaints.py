@@ -31,7 +31,7 @@ from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
-from kvcluster.core.protocol import TableData
+from kvcluster.core.wire import TableData
 
 log = logging.getLogger(__name__)
 

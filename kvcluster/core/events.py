@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from kvcluster.core.protocol import ClusterEvent, EventKind, TableData
+from kvcluster.core.wire import ClusterEvent, EventKind, TableData
 
 EVENTS_KEPT = 32  # enough to explain the last few failures; a status report carries them all
 

@@ -22,7 +22,8 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from kvcluster.core.protocol import Count, NodeId, TableData, Timing
+from kvcluster.core.protocol import Timing
+from kvcluster.core.wire import Count, NodeId, TableData
 
 
 class MoveRecord(Struct, array_like=True, frozen=True, forbid_unknown_fields=True):

@@ -29,7 +29,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvcluster.core.placement import choose_target, rank_load, under_replicated
-from kvcluster.core.protocol import CopyDone, TableData
+from kvcluster.core.protocol import CopyDone
+from kvcluster.core.wire import TableData
 
 COPIES_PER_NODE = 32  # copies a node may be the source or the target of at once
 SWITCHES_PER_TABLE = 64  # primaries moved per table: each makes its new primary reconcile before serving

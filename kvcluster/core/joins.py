@@ -20,7 +20,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvcluster.core.placement import node_name
-from kvcluster.core.protocol import Join, JoinAnswer, TableData
+from kvcluster.core.protocol import Join, JoinAnswer
+from kvcluster.core.wire import TableData
 
 RESERVE = 10.0  # seconds an id given to a starting node stays its own before its hello arrives
 

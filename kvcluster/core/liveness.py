@@ -27,7 +27,8 @@ from kvcluster.core.actions import Route
 from kvcluster.core.complaints import Complaints
 from kvcluster.core.events import EventLog
 from kvcluster.core.placement import node_name, with_dead
-from kvcluster.core.protocol import DiskReport, EventKind, TableData, Timing
+from kvcluster.core.protocol import Timing
+from kvcluster.core.wire import DiskReport, EventKind, TableData
 
 log = logging.getLogger(__name__)
 

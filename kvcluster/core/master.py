@@ -47,7 +47,6 @@ from kvcluster.core.protocol import (
     CopyDone,
     CopySlot,
     Drain,
-    EventKind,
     Fenced,
     Heartbeat,
     HeartbeatAck,
@@ -56,17 +55,16 @@ from kvcluster.core.protocol import (
     JoinAnswer,
     Message,
     NodeExited,
-    NodeReport,
     NotLeader,
     NotReady,
     StatusReport,
     StatusRequest,
     Table,
-    TableData,
     TableRequest,
     Timing,
 )
 from kvcluster.core.restart import Recovery, recovered_table
+from kvcluster.core.wire import EventKind, NodeReport, TableData
 from kvcluster.errors import ProtocolError
 
 log = logging.getLogger(__name__)

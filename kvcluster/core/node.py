@@ -45,30 +45,21 @@ from kvcluster.core.protocol import (
     Commit,
     CopyDone,
     CopySlot,
-    DiskReport,
     Fenced,
     Heartbeat,
     HeartbeatAck,
     Hello,
-    Holdings,
     Message,
-    Op,
-    OpKind,
     Reconcile,
     Replicate,
     ReplicateAck,
     Reply,
     Request,
-    Result,
     Scan,
     SlotCopy,
-    SlotTail,
     StatsRequest,
-    Status,
     Table,
-    TableData,
     Timing,
-    Write,
     check_key,
     check_value,
 )
@@ -77,6 +68,7 @@ from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_versio
 from kvcluster.core.scanning import Scanning
 from kvcluster.core.stats import OpStats, node_stats
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
+from kvcluster.core.wire import DiskReport, Holdings, Op, OpKind, Result, SlotTail, Status, TableData, Write
 from kvcluster.errors import ProtocolError
 
 log = logging.getLogger(__name__)

@@ -24,7 +24,7 @@ from collections.abc import Iterable
 
 from msgspec.structs import replace
 
-from kvcluster.core.protocol import TableData
+from kvcluster.core.wire import TableData
 
 NUM_SLOTS = 4096
 

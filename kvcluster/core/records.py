@@ -19,7 +19,7 @@ from __future__ import annotations
 import msgspec
 from msgspec import Struct
 
-from kvcluster.core.protocol import AppliedWindow, Count, TableData, Write
+from kvcluster.core.wire import AppliedWindow, Count, TableData, Write
 
 FORMAT = 1  # bumped whenever a record changes shape; part of every tag
 

@@ -28,7 +28,6 @@ from typing import Any, NamedTuple
 from sortedcontainers import SortedList
 
 from kvcluster.core.history import Change, SlotHistory
-from kvcluster.core.protocol import APPLIED_WINDOW_BYTES, AppliedWindow, TableData, Write
 from kvcluster.core.records import (
     Dropped,
     End,
@@ -41,6 +40,7 @@ from kvcluster.core.records import (
     TableSeen,
     Written,
 )
+from kvcluster.core.wire import APPLIED_WINDOW_BYTES, AppliedWindow, TableData, Write
 
 VERSION_EPOCH_SHIFT = 40
 COUNTER_MASK = (1 << VERSION_EPOCH_SHIFT) - 1

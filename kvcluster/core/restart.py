@@ -24,7 +24,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from kvcluster.core.protocol import Hello, Holdings, TableData
+from kvcluster.core.protocol import Hello
+from kvcluster.core.wire import Holdings, TableData
 
 RECOVERY_WAIT = 20.0  # seconds after the first node with data said hello: then the missing are declared dead
 

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING
 
 from kvcluster.core.actions import Action, Answer, Route
 from kvcluster.core.placement import RoutingTable
-from kvcluster.core.protocol import Scan, ScanPage, Status
+from kvcluster.core.protocol import Scan, ScanPage
+from kvcluster.core.wire import Status
 
 if TYPE_CHECKING:
     from kvcluster.core.replica import Replica

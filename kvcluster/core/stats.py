@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from kvcluster.core.placement import RoutingTable
-from kvcluster.core.protocol import DiskReport, NodeStats, OpKind
+from kvcluster.core.protocol import NodeStats
 from kvcluster.core.replica import Replica
 from kvcluster.core.waiters import PendingRequest
+from kvcluster.core.wire import DiskReport, OpKind
 
 BUCKETS = 5  # one-second buckets in the ring, the current one included: the window is 4 to 5 s
 STEP = 2**0.25

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from kvcluster.core.actions import Route
-from kvcluster.core.protocol import Request, Result, Write
+from kvcluster.core.protocol import Request
+from kvcluster.core.wire import Result, Write
 
 
 @dataclass(eq=False, kw_only=True)

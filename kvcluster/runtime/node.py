@@ -28,9 +28,10 @@ from kvcluster.addresses import parse_addresses
 from kvcluster.core.actions import Action, Answer, DropPeer, Exit, ToMaster, ToPeer
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import node_name
-from kvcluster.core.protocol import DiskReport, Message, Timing, decode, encode
+from kvcluster.core.protocol import Message, Timing, decode, encode
 from kvcluster.core.records import TableSeen
 from kvcluster.core.stats import BOUNDS
+from kvcluster.core.wire import DiskReport
 from kvcluster.curve import Curve, start_authenticator
 from kvcluster.errors import AddressUnusable, ProtocolError
 from kvcluster.runtime.ratelimit import RejectionLog, peer_name

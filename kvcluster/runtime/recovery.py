@@ -18,9 +18,9 @@ from pathlib import Path
 
 import msgspec
 
-from kvcluster.core.protocol import TableData
 from kvcluster.core.records import End, Record, decode_record
 from kvcluster.core.replica import Rebuild, Replica
+from kvcluster.core.wire import TableData
 from kvcluster.errors import DataCorrupt
 from kvcluster.runtime.snapshots import TEMPORARY
 from kvcluster.runtime.wal import SEGMENT_SUFFIX, SNAPSHOT_SUFFIX, Damage, numbered, read_frames

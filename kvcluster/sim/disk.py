@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import random
 
-from kvcluster.core.protocol import TableData
 from kvcluster.core.records import Record
 from kvcluster.core.replica import Rebuild, Replica
+from kvcluster.core.wire import TableData
 
 
 class SimDisk:

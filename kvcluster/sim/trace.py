@@ -23,7 +23,6 @@ from kvcluster.core.protocol import (
     Heartbeat,
     HeartbeatAck,
     Message,
-    OpKind,
     Reconcile,
     Replicate,
     ReplicateAck,
@@ -32,6 +31,7 @@ from kvcluster.core.protocol import (
     SlotCopy,
     Table,
 )
+from kvcluster.core.wire import OpKind
 from kvcluster.sim.network import Link
 
 Entry = tuple[float, str, Message | None, str]  # (time, where, message, what happened)

@@ -22,7 +22,8 @@ from kvcluster.core.client_ops import Spec
 from kvcluster.core.master import MasterCore
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, under_replicated
-from kvcluster.core.protocol import Drain, OpKind, Timing
+from kvcluster.core.protocol import Drain, Timing
+from kvcluster.core.wire import OpKind
 from kvcluster.sim.clients import DEADLINE, CallSpec, SimClient, Sink, Workload
 from kvcluster.sim.clock import Clock
 from kvcluster.sim.config import Shape, SimConfig, draw_shape
