@@ -20,9 +20,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import zmq
-from zmq.auth.thread import ThreadAuthenticator
 
 if TYPE_CHECKING:
+    from zmq.auth.thread import ThreadAuthenticator
+
     from kvcluster.clusterfile import ClusterFile
 
 log = logging.getLogger(__name__)
@@ -110,19 +111,21 @@ class _Allowlist:
         return False
 
 
-class _Authenticator(ThreadAuthenticator):
-    """pyzmq's ZAP thread, noting each request's peer address for the allowlist's log line."""
-
-    allowlist: _Allowlist
-
-    async def handle_zap_message(self, msg: list[bytes]) -> None:
-        # Requests are handled one at a time on the authenticator's thread, so the address stays this request's.
-        self.allowlist.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
-        await super().handle_zap_message(msg)
-
-
 def start_authenticator(ctx: zmq.Context[zmq.Socket[bytes]], curve: Curve, name: str) -> ThreadAuthenticator:
     """Run the ZAP handler of ``ctx``, admitting the keys ``curve`` allows; stop it before destroying ``ctx``."""
+    # Imported here: pyzmq's authenticator brings asyncio, about 7 MB of every process that never uses CURVE.
+    from zmq.auth.thread import ThreadAuthenticator  # noqa: PLC0415
+
+    class _Authenticator(ThreadAuthenticator):
+        """pyzmq's ZAP thread, noting each request's peer address for the allowlist's log line."""
+
+        allowlist: _Allowlist
+
+        async def handle_zap_message(self, msg: list[bytes]) -> None:
+            # Requests are handled one at a time on the authenticator's thread, so the address stays this request's.
+            self.allowlist.address = msg[3].decode("utf-8", "replace") if len(msg) > 3 else ""
+            await super().handle_zap_message(msg)
+
     auth = _Authenticator(ctx, log=log.getChild("zap"))
     auth.allowlist = _Allowlist(curve.allowed, name)
     auth.start()
