@@ -30,7 +30,7 @@ def test_replicated_writes_land_and_count_keys() -> None:
     replica = Replica(SLOTS)
     for w in stream([1, 2, 1]):
         replica.apply_replicated(OLD, w)
-    assert replica.data[0] == {"k1": "v2", "k2": "v1"}
+    assert dict(replica.items(0)) == {"k1": "v2", "k2": "v1"}
     assert replica.keys == 2
     assert replica.tail_length() == 3
 
@@ -59,7 +59,7 @@ def test_reconcile_undoes_writes_beyond_the_new_primarys_high() -> None:
     for w in writes:
         backup.apply_replicated(OLD, w)
     backup.reconcile(NEW, 0, writes[0].version, [writes[0]])
-    assert backup.data[0] == {"k1": "v0"}
+    assert dict(backup.items(0)) == {"k1": "v0"}
     assert backup.keys == 1
     assert not backup.seen_op(7, 2)
     assert backup.seen_op(7, 1)
@@ -70,7 +70,7 @@ def test_reconcile_applies_what_the_backup_lacks() -> None:
     writes = stream([1, 2, 3])
     backup.apply_replicated(OLD, writes[0])
     backup.reconcile(NEW, 0, writes[-1].version, writes)
-    assert backup.data[0] == {"k1": "v0", "k2": "v1", "k3": "v2"}
+    assert dict(backup.items(0)) == {"k1": "v0", "k2": "v1", "k3": "v2"}
     assert backup.keys == 3
 
 
@@ -104,7 +104,7 @@ def test_after_reconcile_every_replica_equals_the_new_primary(
     for w in writes[: prefixes[new_primary]]:
         expected[w.key] = w.value
     for replica in replicas:
-        assert replica.data[0] == expected
+        assert dict(replica.items(0)) == expected
         assert replica.keys == len(expected)
     for w in writes[:committed]:
         assert all(r.seen_op(w.client, w.op_id) for r in replicas)

@@ -83,7 +83,7 @@ class SlotCopying:
         if writes is None:
             copy = PendingCopy(slot, epoch, target, len(store))
             message = SlotCopy(
-                repl_id, self.node_id, slot, epoch, high, list(store.items()), self.replica.committed_ops()
+                repl_id, self.node_id, slot, epoch, high, list(self.replica.items(slot)), self.replica.committed_ops()
             )
         else:  # the target still holds what this node held at ``base``: only the writes since travel
             copy = PendingCopy(slot, epoch, target, len(writes))

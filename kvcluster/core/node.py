@@ -340,7 +340,7 @@ class NodeCore(SlotCopying, Scanning):
             return refusal
         self.stats.ops[op.kind] += 1
         if op.kind == OpKind.GET:
-            value = self.replica.data[op.slot].get(op.key)
+            value = self.replica.get(op.slot, op.key)
             return Result(Status.NOT_FOUND, None) if value is None else Result(Status.OK, value)
         ref = (client, op.op_id)
         if ref in self.replica.applied:

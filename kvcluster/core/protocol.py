@@ -428,6 +428,8 @@ def check_key(key: str) -> str | None:
         return "key must not be empty"
     if _WHITESPACE.search(key):
         return f"key {key!r} contains whitespace"
+    if "\0" in key:  # a node stores a pair as key NUL value (core/store.py)
+        return f"key {key!r} contains a NUL character"
     if len(key.encode()) > MAX_KEY_BYTES:
         return f"key is longer than {MAX_KEY_BYTES} bytes"
     return None

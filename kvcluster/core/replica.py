@@ -1,6 +1,7 @@
 """A node's copy of its slots: the store, the uncommitted tail and duplicate detection, with no I/O.
 
-The store keeps one plain ``dict[str, str]`` per slot and no per-key version:
+The store keeps one sorted list of key-value pairs per slot (``store.SlotStore``, which
+is also the scan index) and no per-key version:
 a backup receives a slot's writes from one primary over one FIFO channel, in
 the order of their versions, so the latest write to arrive is the latest
 write. What a backup must be able to undo is only the *tail*: writes applied
@@ -25,9 +26,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
-from sortedcontainers import SortedList
-
-from kvcluster.core.history import Change, SlotHistory
+from kvcluster.core.history import SlotHistory
 from kvcluster.core.records import (
     Dropped,
     End,
@@ -40,6 +39,7 @@ from kvcluster.core.records import (
     TableSeen,
     Written,
 )
+from kvcluster.core.store import SlotStore, blob_pair
 from kvcluster.core.wire import APPLIED_WINDOW_BYTES, AppliedWindow, TableData, Write
 
 VERSION_EPOCH_SHIFT = 40
@@ -146,16 +146,14 @@ class TailEntry(NamedTuple):
     """An applied write that its primary has not yet reported as held by every replica."""
 
     write: Write
-    previous: str | None  # the value it replaced, to undo it
+    previous: bytes | None  # the stored pair it replaced (``None``: the key was absent), to undo it
 
 
 class Replica:
     """The slots of one node and everything needed to bring them in line with a new primary."""
 
     def __init__(self, slots: int) -> None:
-        self.data: list[dict[str, str]] = [{} for _ in range(slots)]
-        # Per slot: its keys in order, for scans (about 12 bytes per key; a dict has no order to page through).
-        self.index: list[SortedList] = [SortedList() for _ in range(slots)]
+        self.data = [SlotStore() for _ in range(slots)]
         self.history = SlotHistory(slots)
         self.high = [0] * slots  # per slot: the highest version applied here
         self.tails: dict[int, deque[TailEntry]] = {}  # per sender, in the order received
@@ -168,17 +166,16 @@ class Replica:
 
     # --- applying ---
 
-    def apply(self, write: Write) -> str | None:
-        """Apply a write (a delete when its value is None) and remember its op; return the value it replaced."""
+    def apply(self, write: Write) -> bytes | None:
+        """Apply a write (a delete when its value is None) and remember its op; return the stored pair it replaced."""
         if self.journal is not None:
             self.journal.append(Written(write))
         return self._apply(write)
 
-    def _apply(self, write: Write) -> str | None:
-        previous = self.data[write.slot].get(write.key)
-        self._set_key(write.slot, write.key, write.value)
+    def _apply(self, write: Write) -> bytes | None:
+        previous, after = self._set_key(write.slot, write.key, write.value)
         if not self.rebuilding:
-            self.history.record(write.slot, Change(write.version, write.key, previous, write.value))
+            self.history.record(write.slot, write.version, previous, after)
         self.high[write.slot] = max(self.high[write.slot], write.version)
         self.applied.add(write.client, write.op_id)
         return previous
@@ -260,12 +257,11 @@ class Replica:
 
     def _install(self, slot: int, high: int, entries: list[tuple[str, str]], applied: Iterable[AppliedWindow]) -> None:
         self._drop(slot)
-        self.data[slot] = dict(entries)
+        self.data[slot] = SlotStore(entries)
         self.keys += len(self.data[slot])
         self.high[slot] = high
         if not self.rebuilding:
-            self.index[slot] = SortedList(self.data[slot])
-            self.history.rehash_all(slot, self.data[slot])
+            self.history.rehash_all(slot, self.data[slot].blobs)
             self.history.restart(slot, high)
         self.applied.merge(applied)
 
@@ -296,10 +292,9 @@ class Replica:
             for entry in entries:
                 self.applied.discard(entry.write.client, entry.write.op_id)
         self.keys -= len(self.data[slot])
-        self.data[slot] = {}
-        self.index[slot] = SortedList()
+        self.data[slot] = SlotStore()
         self.high[slot] = 0
-        self.history.rehash_all(slot, {})
+        self.history.rehash_all(slot, ())
         self.history.restart(slot, 0)
 
     def _pull_tails(self, slots: set[int]) -> dict[int, list[TailEntry]]:
@@ -319,30 +314,21 @@ class Replica:
 
     def _undo(self, entry: TailEntry) -> None:
         write = entry.write
+        previous = None if entry.previous is None else blob_pair(entry.previous)[1]
         if self.journal is not None:
-            self.journal.append(Restored(write.slot, write.key, entry.previous, write.client, write.op_id))
-        self._set_key(write.slot, write.key, entry.previous)
+            self.journal.append(Restored(write.slot, write.key, previous, write.client, write.op_id))
+        self._set_key(write.slot, write.key, previous)
         self.applied.discard(write.client, write.op_id)
 
-    def _set_key(self, slot: int, key: str, value: str | None) -> None:
-        """Make ``key`` hold ``value`` (``None``: absent), keeping the key index and count right."""
-        store = self.data[slot]
-        if self.rebuilding:  # the index, count and digest are made once at the end (``reindex``)
-            if value is None:
-                store.pop(key, None)
-            else:
-                store[key] = value
-            return
-        self.history.rehash(slot, key, store.get(key), value)
-        if value is None:
-            if store.pop(key, None) is not None:
-                self.index[slot].remove(key)
-                self.keys -= 1
-        else:
-            if key not in store:
-                self.index[slot].add(key)
-                self.keys += 1
-            store[key] = value
+    def _set_key(self, slot: int, key: str, value: str | None) -> tuple[bytes | None, bytes | None]:
+        """Make ``key`` hold ``value`` (``None``: absent), keeping the count and digest right; the pair before and
+        after."""
+        before, after = self.data[slot].put(key, value)
+        if self.rebuilding:  # the count and digest are made once at the end (``reindex``)
+            return before, after
+        self.history.rehash(slot, before, after)
+        self.keys += (after is not None) - (before is not None)
+        return before, after
 
     # --- recovery ---
 
@@ -377,12 +363,11 @@ class Replica:
         return None
 
     def reindex(self) -> None:
-        """After a replay: count the keys, sort each slot's index, hash each slot; its backlog starts here."""
+        """After a replay: count the keys, hash each slot; its backlog starts here."""
         self.rebuilding = False
         self.keys = sum(len(store) for store in self.data)
         for slot, store in enumerate(self.data):
-            self.index[slot] = SortedList(store)
-            self.history.rehash_all(slot, store)
+            self.history.rehash_all(slot, store.blobs)
             self.history.restart(slot, self.high[slot])
 
     def digest(self, slot: int) -> int:
@@ -412,8 +397,11 @@ class Replica:
     def tail_length(self) -> int:
         return sum(len(tail) for tail in self.tails.values())
 
+    def get(self, slot: int, key: str) -> str | None:
+        return self.data[slot].get(key)
+
     def items(self, slot: int) -> Iterator[tuple[str, str]]:
-        return iter(self.data[slot].items())
+        return self.data[slot].items()
 
 
 class Rebuild:

@@ -59,14 +59,11 @@ class Scanning:
 
 def scan_page(replica: Replica, scan: Scan) -> list[str]:
     """The first ``scan.limit`` keys of ``scan.slots`` after ``scan.after`` that start with ``scan.prefix``."""
-    runs = [_slot_keys(replica, slot, scan.prefix, scan.after) for slot in scan.slots if replica.index[slot]]
+    runs = [_slot_keys(replica, slot, scan.prefix, scan.after) for slot in scan.slots if replica.data[slot]]
     return list(islice(heapq.merge(*runs), scan.limit))
 
 
 def _slot_keys(replica: Replica, slot: int, prefix: str, after: str) -> Iterator[str]:
-    index = replica.index[slot]
-    if after < prefix:
-        keys: Iterator[str] = index.irange(prefix)
-    else:
-        keys = index.irange(after, inclusive=(False, True))
+    store = replica.data[slot]
+    keys = store.keys_from(prefix, inclusive=True) if after < prefix else store.keys_from(after, inclusive=False)
     return takewhile(lambda key: key.startswith(prefix), keys) if prefix else keys

@@ -54,7 +54,7 @@ class Snapshot:
         while self.next_slot < slots and time.monotonic() < until:
             slot = self.next_slot
             if replica.data[slot] or replica.high[slot]:
-                records.append(Installed(slot, replica.high[slot], list(replica.data[slot].items()), []))
+                records.append(Installed(slot, replica.high[slot], list(replica.items(slot)), []))
             self.next_slot += 1
         if self.next_slot == slots:
             records.append(End(slots, replica.applied.export(())))
