@@ -26,6 +26,7 @@ import zmq
 
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import NodeStats, StatsRequest, decode, encode
+from kvcluster.core.wire import RaftReport
 from kvcluster.errors import ClusterNotRunning, KvclusterError, ProtocolError
 
 if TYPE_CHECKING:
@@ -163,6 +164,7 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
         "table_version": table.version if table is not None else None,
         "dead": [node_name(n) for n in table.data.dead] if table is not None else [],
         "masters": masters,
+        "raft": _raft_document(report.raft, names) if report is not None and report.raft is not None else None,
         "nodes": nodes,
         "events": [
             {
@@ -172,6 +174,23 @@ def top_document(source: Source, probe: NodeProbe, timeout: float) -> dict[str, 
                 "text": describe(e),
             }
             for e in events
+        ],
+    }
+
+
+def _raft_document(raft: RaftReport, names: list[str]) -> dict[str, Any]:
+    """The group's log at its leader: the commit index and, per member, what it holds and how far it lags."""
+    return {
+        "commit_index": raft.commit_index,
+        "last_applied": raft.last_applied,
+        "members": [
+            {
+                "name": names[m.member_id - 1] if m.member_id <= len(names) else f"master{m.member_id}",
+                "match_index": m.match_index,
+                "lag": m.lag,
+                "connected": m.connected,
+            }
+            for m in raft.members
         ],
     }
 
@@ -253,7 +272,7 @@ def top_view(doc: dict[str, Any], events: int = TOP_EVENTS) -> Group:
     clock = datetime.fromisoformat(doc["time"]).strftime("%H:%M:%S")
     masters = ", ".join(_master_label(m) for m in doc["masters"]) or "[red]no master known[/]"
     header = Text.from_markup(
-        f"[bold]kvcluster top[/]  {clock}  table v{doc['table_version'] or '?'}  masters: {masters}"
+        f"[bold]kvcluster top[/]  {clock}  table v{doc['table_version'] or '?'}  masters: {masters}" + _raft_line(doc)
     )
     table = Table(caption=_caption(doc), caption_justify="left", expand=False, padding=(0, 1))
     for name, justify in COLUMNS:
@@ -302,6 +321,17 @@ def _master_label(master: dict[str, Any]) -> str:
         return f"{master['name']} [red]not answering[/]"
     colour = "green" if master["role"] == "leader" else "white"
     return f"{master['name']} [{colour}]{master['role']}[/] (term {master['term']})"
+
+
+def _raft_line(doc: dict[str, Any]) -> str:
+    """The group's line: leader, term, commit index and each member's lag in entries ("" for a lone master)."""
+    raft = doc["raft"]
+    if raft is None:
+        return ""
+    lags = ", ".join(
+        f"{m['name']} {'' if m['connected'] else '[red]unreachable[/] '}lag {m['lag']}" for m in raft["members"]
+    )
+    return f"\nraft: leader {doc['leader']}, term {doc['term']}, commit index {raft['commit_index']}, {lags}"
 
 
 def _caption(doc: dict[str, Any]) -> str:

@@ -43,6 +43,13 @@ def test_top_shows_each_nodes_ops_and_keys(shared: Cluster) -> None:
     nodes = {n["name"]: n for n in doc["nodes"]}
     assert sorted(nodes) == ["server1", "server2", "server3"]
     assert doc["leader"] is not None
+    raft = doc["raft"]  # the group's log as its leader sees it: the table was committed there, so the index moved
+    assert raft["commit_index"] >= raft["last_applied"] > 0
+    assert [m["name"] for m in raft["members"]] == ["master1", "master2", "master3"]
+    leader = next(m for m in raft["members"] if m["name"] == doc["leader"])
+    assert leader["connected"]
+    assert leader["lag"] == 0
+    assert all(0 <= m["lag"] <= raft["commit_index"] for m in raft["members"])
     assert all(n["state"] == "alive" and n["answered"] for n in nodes.values())
     assert sum(n["total_puts"] for n in nodes.values()) == KEYS
     assert sum(n["total_gets"] for n in nodes.values()) == 100
@@ -62,7 +69,8 @@ def test_top_shows_each_nodes_ops_and_keys(shared: Cluster) -> None:
 def test_top_once_prints_a_frame_with_every_node(shared: Cluster) -> None:
     out = shared.run("top", "--once", "--timeout", str(TOP_TIMEOUT)).stdout
     assert "kvcluster top" in out
-    assert "leader" in out
+    assert "raft: leader master" in out
+    assert "commit index" in out
     for name in ("server1", "server2", "server3"):
         line = next((line for line in out.splitlines() if name in line), None)
         assert line is not None, f"{name} missing from:\n{out}"

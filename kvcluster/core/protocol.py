@@ -38,6 +38,7 @@ from kvcluster.core.wire import (
     NodeId,
     NodeReport,
     Op,
+    RaftReport,
     Result,
     SlotTail,
     TableData,
@@ -125,7 +126,7 @@ class StatusRequest(MessageStruct, frozen=True, tag=tag_of(MsgType.STATUS_REQUES
 class StatusReport(MessageStruct, frozen=True, tag=tag_of(MsgType.STATUS)):
     """The master's view; ``moving`` lists ``[slot, source, target]`` of copies under way, and the healed
     counts and seconds describe the current round of repairs (seconds is 0 when none is running);
-    ``events`` are the master's recent events, oldest first."""
+    ``events`` are the master's recent events, oldest first; ``raft`` the group's log (None: a lone master)."""
 
     master_pid: Count
     master_id: Count
@@ -138,6 +139,7 @@ class StatusReport(MessageStruct, frozen=True, tag=tag_of(MsgType.STATUS)):
     healing_seconds: float
     draining: list[NodeId]
     events: list[ClusterEvent]
+    raft: RaftReport | None = None
 
 
 class Request(MessageStruct, frozen=True, tag=tag_of(MsgType.REQUEST)):

@@ -242,3 +242,21 @@ class DiskReport(Record, frozen=True):
     last_sync_ms: float
     p99_sync_ms: float
     error: str
+
+
+class RaftMember(Record, frozen=True):
+    """One member of the master group as its leader sees it: the highest log index it is known to hold, how many
+    committed entries it lacks (``lag``), and whether the leader is connected to it."""
+
+    member_id: NodeId
+    match_index: Count
+    lag: Count
+    connected: bool
+
+
+class RaftReport(Record, frozen=True):
+    """The master group's log at its leader: the commit index, the last entry applied, and every member."""
+
+    commit_index: Count
+    last_applied: Count
+    members: list[RaftMember]

@@ -18,13 +18,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import cast
 
+import msgspec
 import zmq
 
 from kvcluster.core.actions import Answer, Propose
 from kvcluster.core.group_state import MasterState, decode_state, encode_state, takeover_grace
 from kvcluster.core.liveness import OUT_OF_TOUCH_FACTOR
 from kvcluster.core.master import TICK, MasterCore
-from kvcluster.core.protocol import Timing, decode, encode
+from kvcluster.core.protocol import StatusReport, Timing, decode, encode
 from kvcluster.curve import Curve, start_authenticator
 from kvcluster.errors import AddressUnusable, ProtocolError
 from kvcluster.runtime.raft_log import MasterGroup, Role
@@ -193,7 +194,10 @@ class MasterProcess:
                 continue
             assert isinstance(action, Answer)
             assert isinstance(action.route, tuple)
-            self.router.send_multipart([*action.route, encode(action.message)])
+            message = action.message
+            if isinstance(message, StatusReport) and self.group is not None:
+                message = msgspec.structs.replace(message, raft=self.group.report())
+            self.router.send_multipart([*action.route, encode(message)])
 
 
 def serve(

@@ -39,6 +39,7 @@ from pysyncobj.monotonic import monotonic as raft_clock
 from pysyncobj.poller import POLL_EVENT_TYPE
 
 from kvcluster.core.group_state import ELECTION_TIMEOUT, FALLBACK
+from kvcluster.core.wire import RaftMember, RaftReport
 
 RAFT_PERIOD = 0.05  # seconds between a leader's appends when it has nothing new (heartbeats of the group)
 REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the leader long before
@@ -137,6 +138,20 @@ class MasterGroup:
         address = None if leader is None else leader.address
         leader_id = self.addresses.index(address) + 1 if address in self.addresses else 0
         return Role(bool(self.log._isLeader()), int(self.log._getTerm()), leader_id)
+
+    def report(self) -> RaftReport:
+        """The log as this member sees it; only a leader knows what the others hold (the rest show 0)."""
+        status = self.log.getStatus()
+        commit = int(status["commit_idx"])
+        members = []
+        for member_id, address in enumerate(self.addresses, start=1):
+            if address == self.log.selfNode.address:
+                held, connected = int(status["last_applied"]), True
+            else:
+                held = int(status.get(f"match_idx_server_{address}", 0))
+                connected = status.get(f"partner_node_status_server_{address}") == 2  # pysyncobj's "connected"
+            members.append(RaftMember(member_id, held, max(0, commit - held), connected))
+        return RaftReport(commit, int(status["last_applied"]), members)
 
     def state(self) -> bytes:
         """The newest state applied here (empty before the first)."""
