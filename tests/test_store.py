@@ -37,5 +37,11 @@ def test_a_key_that_prefixes_another_is_found_and_ordered_before_it() -> None:
     assert list(store.items()) == [("a\x01", "3"), ("ab", "2")]
 
 
+def test_a_scan_from_a_string_with_a_nul_starts_after_what_precedes_it() -> None:
+    store = SlotStore([("a", "z"), ("a\x01", "1"), ("b", "2")])
+    assert list(store.keys_from("a\0", inclusive=False)) == ["a\x01", "b"]
+    assert list(store.keys_from("a\0zz", inclusive=True)) == ["a\x01", "b"]
+
+
 def test_a_nul_in_a_key_is_refused() -> None:
     assert check_key("a\0b") == "key 'a\\x00b' contains a NUL character"

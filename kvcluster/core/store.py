@@ -82,7 +82,11 @@ class SlotStore:
 
         Every key after ``start`` either continues it with a byte above NUL or differs from it earlier by a
         greater byte, so its pair sorts at or after ``start`` followed by byte 1; ``start``'s own pair sorts
-        before that and at or after ``start`` NUL.
+        before that and at or after ``start`` NUL. A ``start`` holding a NUL is no key: the keys after it are
+        those after what precedes its NUL.
         """
+        cut = start.find("\0")
+        if cut >= 0:
+            start, inclusive = start[:cut], False
         head = start.encode() + (_SEP if inclusive else b"\x01")
         return map(blob_key, islice(self.blobs, bisect_left(self.blobs, head), None))
