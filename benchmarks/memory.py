@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,6 +51,7 @@ def cluster(keys: int, nodes: int, rep: int) -> None:
         loaded = rss_bytes(pids)
     finally:
         kv(home, "down", "--purge")
+        shutil.rmtree(home, ignore_errors=True)
     replicas = keys * rep
     print(f"{keys:,} keys, {nodes} nodes, rep {rep}: loaded in {took:.1f} s")
     print(f"node RSS empty {empty / 2**20:.0f} MiB, loaded {loaded / 2**20:.0f} MiB")
