@@ -48,12 +48,14 @@ class SlotHistory:
         self.pairs: list[list[bytes | None]] = [[] for _ in range(slots)]
         self.floors = [0] * slots  # the backlog holds every write applied above this version
 
-    def rehash(self, slot: int, before: bytes | None, after: bytes | None) -> None:
-        self.digests[slot] ^= pair_hash(before) ^ pair_hash(after)
-
-    def record(self, slot: int, version: int, before: bytes | None, after: bytes | None) -> None:
+    def change(self, slot: int, before: bytes | None, after: bytes | None, version: int | None) -> None:
+        """A key's stored pair went from ``before`` to ``after`` (``None``: absent), by the write of ``version``
+        (``None``: an undo or a catch-up, which restart the backlog instead)."""
         if before is None and after is None:
-            return  # a delete of an absent key: replaying it would change nothing
+            return  # a delete of an absent key: nothing changed, and replaying it would change nothing
+        self.digests[slot] ^= pair_hash(before) ^ pair_hash(after)
+        if version is None:
+            return
         versions, pairs = self.versions[slot], self.pairs[slot]
         if len(versions) == BACKLOG:
             self.floors[slot] = max(self.floors[slot], versions.pop(0))

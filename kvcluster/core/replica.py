@@ -173,10 +173,9 @@ class Replica:
         return self._apply(write)
 
     def _apply(self, write: Write) -> bytes | None:
-        previous, after = self._set_key(write.slot, write.key, write.value)
-        if not self.rebuilding:
-            self.history.record(write.slot, write.version, previous, after)
-        self.high[write.slot] = max(self.high[write.slot], write.version)
+        slot, version = write.slot, write.version
+        previous = self._set_key(slot, write.key, write.value, version)
+        self.high[slot] = max(self.high[slot], version)
         self.applied.add(write.client, write.op_id)
         return previous
 
@@ -320,15 +319,14 @@ class Replica:
         self._set_key(write.slot, write.key, previous)
         self.applied.discard(write.client, write.op_id)
 
-    def _set_key(self, slot: int, key: str, value: str | None) -> tuple[bytes | None, bytes | None]:
-        """Make ``key`` hold ``value`` (``None``: absent), keeping the count and digest right; the pair before and
-        after."""
+    def _set_key(self, slot: int, key: str, value: str | None, version: int | None = None) -> bytes | None:
+        """Make ``key`` hold ``value`` (``None``: absent), keeping the count, digest and backlog right (the
+        backlog only for a write, given its ``version``); return the pair it replaced."""
         before, after = self.data[slot].put(key, value)
-        if self.rebuilding:  # the count and digest are made once at the end (``reindex``)
-            return before, after
-        self.history.rehash(slot, before, after)
-        self.keys += (after is not None) - (before is not None)
-        return before, after
+        if not self.rebuilding:  # when rebuilding, the count and digest are made once at the end (``reindex``)
+            self.history.change(slot, before, after, version)
+            self.keys += (after is not None) - (before is not None)
+        return before
 
     # --- recovery ---
 
