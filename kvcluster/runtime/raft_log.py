@@ -28,7 +28,9 @@ term. What this module adds to it:
 - **An election at once when the leader's process is gone.** When a process
   exits, the kernel closes its connections; a follower whose connection to
   the leader drops stands for election then instead of after its election
-  timeout, the members staggered by rank so that they do not split the vote.
+  timeout. Only the first follower in member order does, so that two
+  candidates never split the vote; the others vote for it, and stand after
+  their own timeout only if it does not win (it died too, or lags the log).
   Raft's safety never rests on timeouts, so an early election is always
   safe; a drop without a death (the leader closing a connection it found
   broken) costs one needless election, as a timeout would. A paused or
@@ -57,7 +59,6 @@ REJOIN_QUIET = 2.0  # seconds a restarted member only listens: it hears the lead
 BIND_TRIES = 5  # a second apart; the library spins in its constructor until bound, so fail instead of hanging
 SOCKET_BUFFER = 1 << 20  # bytes: an entry carries a whole table (tens of KB); it should leave in one write
 COMPACT_AFTER = 200  # entries: each holds a whole state, so only the newest matters
-STAND_STAGGER = 0.05  # seconds between followers' early elections, by rank: the first one's vote requests arrive first
 
 
 class _Log(SyncObj):  # type: ignore[misc]  # pysyncobj has no type hints
@@ -147,14 +148,10 @@ class MasterGroup:
             return
         connected = bool(self.log.isNodeConnected(leader))
         if self.leader_link == (leader.address, True) and not connected:
-            followers = [a for a in self.addresses if a != leader.address]
-            rank = followers.index(self.log.selfNode.address)
-            self.log._SyncObj__raftElectionDeadline = raft_clock() + rank * STAND_STAGGER
-            log.info(
-                "master group: lost the connection to leader %s; standing in %.2f s",
-                leader.address,
-                rank * STAND_STAGGER,
-            )
+            first = next(a for a in self.addresses if a != leader.address)
+            if first == self.log.selfNode.address:
+                self.log._SyncObj__raftElectionDeadline = raft_clock()
+                log.info("master group: lost the connection to leader %s; standing now", leader.address)
         self.leader_link = (leader.address, connected)
 
     def wake_on(self, fd: int) -> None:
