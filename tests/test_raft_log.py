@@ -28,11 +28,7 @@ class FakeLog:
     deadline: float = FAR
     extra: dict[str, Any] = field(default_factory=dict)
 
-    @property
-    def selfNode(self) -> Member:  # noqa: N802 - pysyncobj's name
-        return Member(self.me)
-
-    def _isLeader(self) -> bool:  # noqa: N802
+    def _isLeader(self) -> bool:  # noqa: N802 - pysyncobj's names
         return self.leader == self.me
 
     def _getLeader(self) -> Member | None:  # noqa: N802
@@ -53,6 +49,7 @@ class FakeLog:
 def group(log: FakeLog) -> MasterGroup:
     member = MasterGroup.__new__(MasterGroup)  # no pysyncobj behind it: only the watch is under test
     member.addresses = ADDRESSES
+    member.me = log.me
     member.log = log  # type: ignore[assignment]
     member.leader_link = None
     return member

@@ -149,7 +149,7 @@ class MasterGroup:
         connected = bool(self.log.isNodeConnected(leader))
         if self.leader_link == (leader.address, True) and not connected:
             first = next(a for a in self.addresses if a != leader.address)
-            if first == self.log.selfNode.address:
+            if first == self.me:
                 self.log._SyncObj__raftElectionDeadline = raft_clock()
                 log.info("master group: lost the connection to leader %s; standing now", leader.address)
         self.leader_link = (leader.address, connected)
@@ -174,7 +174,7 @@ class MasterGroup:
         commit = int(status["commit_idx"])
         members = []
         for member_id, address in enumerate(self.addresses, start=1):
-            if address == self.log.selfNode.address:
+            if address == self.me:
                 held, connected = int(status["last_applied"]), True
             else:
                 held = int(status.get(f"match_idx_server_{address}", 0))
