@@ -24,8 +24,9 @@ import time
 from kvcluster.bench.bulk import bulk_value
 from kvcluster.core.node import NodeCore
 from kvcluster.core.placement import RoutingTable, initial_table
-from kvcluster.core.protocol import HeartbeatAck, Message, Op, OpKind, Replicate, Request, Table, Timing, Write
+from kvcluster.core.protocol import HeartbeatAck, Message, Replicate, Request, Table, Timing
 from kvcluster.core.replica import make_version
+from kvcluster.core.wire import Op, OpKind, Write
 
 ENDPOINTS = {1: "tcp://127.0.0.1:9001", 2: "tcp://127.0.0.1:9002"}
 

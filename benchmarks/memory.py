@@ -30,8 +30,8 @@ from kvcluster.bench.bulk import bulk_load, bulk_value
 from kvcluster.bench.common import key_name
 from kvcluster.bench.restart import rss_bytes
 from kvcluster.core.placement import NUM_SLOTS, slot_of
-from kvcluster.core.protocol import Write
 from kvcluster.core.replica import Replica, make_version
+from kvcluster.core.wire import Write
 
 CLIENTS = 4  # bulk-load client processes, each its own dedup window
 
