@@ -155,8 +155,8 @@ def kill(
     home: Home = None,
 ) -> None:
     """Kill one storage node or master with SIGKILL, as kill -9 would."""
+    from kvcluster.process_control import kill_master, kill_node  # noqa: PLC0415
     from kvcluster.state import ClusterState  # noqa: PLC0415
-    from kvcluster.supervisor import kill_master, kill_node  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if node.startswith("master"):
@@ -181,8 +181,8 @@ def restart(
 ) -> None:
     """Start a dead node again (from its data: it gets back by difference the slots it still holds), or a stopped
     master."""
+    from kvcluster.process_control import start_master, start_node, wait_joined  # noqa: PLC0415
     from kvcluster.state import ClusterState  # noqa: PLC0415
-    from kvcluster.supervisor import start_master, start_node, wait_joined  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if node.startswith("master"):
@@ -205,8 +205,8 @@ def add_node(
     home: Home = None,
 ) -> None:
     """Add storage nodes to a running cluster; the master rebalances slots onto them online."""
+    from kvcluster.process_control import add_nodes  # noqa: PLC0415
     from kvcluster.state import ClusterState  # noqa: PLC0415
-    from kvcluster.supervisor import add_nodes  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     if len(state.servers) + count > MAX_NODES:
@@ -227,8 +227,8 @@ def remove_node(
 ) -> None:
     """Move every slot off a node (never below rep replicas), then stop it."""
     from kvcluster.client import Connection  # noqa: PLC0415
+    from kvcluster.process_control import stop_process  # noqa: PLC0415
     from kvcluster.state import ClusterState  # noqa: PLC0415
-    from kvcluster.supervisor import stop_process  # noqa: PLC0415
 
     state = ClusterState.load(home_dir(home))
     info = state.server(node)

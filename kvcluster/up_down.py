@@ -291,8 +291,8 @@ def down(
     """Stop every process of the cluster; its data stays for the next up, unless --purge."""
     from kvcluster.datadir import default_root  # noqa: PLC0415
     from kvcluster.datadir import purge as purge_data  # noqa: PLC0415
+    from kvcluster.process_control import stop_recorded  # noqa: PLC0415
     from kvcluster.state import ClusterState  # noqa: PLC0415
-    from kvcluster.supervisor import stop_recorded  # noqa: PLC0415
 
     state_home = home_dir(home)
     try:

@@ -118,7 +118,7 @@ def run_failovers(shape: FailoverShape, runs: int, progress: Progress) -> list[F
 def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> Failover:
     """Load, then steady load (or probes) from one client per key group; SIGKILL the victim; check every write."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
-    from kvcluster.supervisor import kill_node  # noqa: PLC0415
+    from kvcluster.process_control import kill_node  # noqa: PLC0415
 
     name = node_name(victim)
     groups = _failover_keys(shape.nodes, shape.rep, victim, idle=shape.idle)

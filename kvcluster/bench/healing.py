@@ -258,7 +258,7 @@ class _Timing:
 def _kill(state: ClusterState, shape: HealingShape) -> tuple[_RecoveryWatch, float, float]:
     """SIGKILL the victim, wait until every slot has ``rep`` replicas again; the watch, the kill done, the healing."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
-    from kvcluster.supervisor import kill_node  # noqa: PLC0415
+    from kvcluster.process_control import kill_node  # noqa: PLC0415
 
     try:
         kill_node(state, node_name(VICTIM))
@@ -278,7 +278,7 @@ def _kill(state: ClusterState, shape: HealingShape) -> tuple[_RecoveryWatch, flo
 
 def _add(state: ClusterState, shape: HealingShape, added_at: float) -> tuple[_BalanceWatch, float, float]:
     """Add the nodes and wait until the slots are spread over them; the watch, the join and the balance times."""
-    from kvcluster.supervisor import add_nodes  # noqa: PLC0415
+    from kvcluster.process_control import add_nodes  # noqa: PLC0415
 
     add_nodes(state, shape.add)
     joined_at = time.monotonic()
@@ -289,7 +289,7 @@ def _add(state: ClusterState, shape: HealingShape, added_at: float) -> tuple[_Ba
 
 def run_healing_event(shape: HealingShape, progress: Progress) -> Recovery | Rebalance:
     """Fill, load, kill server1 or add nodes, wait until the cluster has healed, load on, read every key back."""
-    from kvcluster.supervisor import stop_process  # noqa: PLC0415
+    from kvcluster.process_control import stop_process  # noqa: PLC0415
 
     start_load = load_average()
     event = f"add {shape.add} nodes" if shape.add else "kill -9 server1"

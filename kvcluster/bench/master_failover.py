@@ -98,7 +98,7 @@ def _await_follower(state: ClusterState, index: int, deadline: float) -> None:
 
 def _fault(state: ClusterState, kind: str, released: float) -> MasterFault:
     """Hit the current leader with ``kind``, time the election, and bring the member back as a follower."""
-    from kvcluster.supervisor import start_master  # noqa: PLC0415
+    from kvcluster.process_control import start_master  # noqa: PLC0415
 
     found = await_leader(state.master_endpoints(), 0, time.monotonic() + ELECTION_DEADLINE, POLL)
     if found is None:
@@ -134,7 +134,7 @@ def _longest_gap_ms(successes: list[float], start: float, end: float) -> float:
 
 def run_master_failover(nodes: int, rep: int, masters: int, faults: int, progress: Progress) -> MasterFailoverRun:
     """Start the cluster and the load, hit the leader ``faults`` times (kill and pause in turn), check every write."""
-    from kvcluster.supervisor import stop_process  # noqa: PLC0415
+    from kvcluster.process_control import stop_process  # noqa: PLC0415
 
     run = MasterFailoverRun(masters, nodes, rep)
     duration = faults * ROUND_BUDGET + 2 * SETTLE

@@ -300,7 +300,7 @@ def _restart_node(state: ClusterState, shape: RestartShape, progress: Progress, 
     """Kill server1, wait out the absence, start it again, time its return, read every key back."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
     from kvcluster.core.wire import EventKind  # noqa: PLC0415
-    from kvcluster.supervisor import kill_node, start_node, stop_process  # noqa: PLC0415
+    from kvcluster.process_control import kill_node, start_node, stop_process  # noqa: PLC0415
 
     master = state.master_endpoint
     name = node_name(VICTIM)

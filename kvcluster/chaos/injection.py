@@ -270,7 +270,7 @@ class FaultInjector:
 
     def stop_started(self) -> None:
         """Stop the nodes and masters that restart and add-node started: they are not the supervisor's children."""
-        from kvcluster.supervisor import stop_process  # noqa: PLC0415
+        from kvcluster.process_control import stop_process  # noqa: PLC0415
 
         for info in [*self.state.masters, *self.state.servers]:
             stop_process(info)

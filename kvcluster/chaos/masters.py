@@ -81,6 +81,6 @@ class MasterFaults:
 
     @staticmethod
     def _restart(injector: FaultInjector, name: str) -> None:
-        from kvcluster.supervisor import start_master  # noqa: PLC0415
+        from kvcluster.process_control import start_master  # noqa: PLC0415
 
         start_master(injector.state, name)
