@@ -38,7 +38,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from kvcluster.core.acks import AckClock, overdue_after
-from kvcluster.core.actions import Action, Answer, DropPeer, Exit, Route, ToMaster, ToPeer
+from kvcluster.core.actions import Action, Answer, Exit, Route, ToMaster, ToPeer
 from kvcluster.core.copying import SlotCopying
 from kvcluster.core.placement import RoutingTable, node_name
 from kvcluster.core.protocol import (
@@ -63,18 +63,19 @@ from kvcluster.core.protocol import (
     check_key,
     check_value,
 )
+from kvcluster.core.reconciling import Reconciling
 from kvcluster.core.records import TableSeen
 from kvcluster.core.replica import COUNTER_MASK, NO_COMMIT, Replica, make_version
 from kvcluster.core.scanning import Scanning
 from kvcluster.core.stats import OpStats, node_stats
 from kvcluster.core.waiters import PendingCopy, PendingReconcile, PendingRequest, Waiter
-from kvcluster.core.wire import DiskReport, Holdings, Op, OpKind, Result, SlotTail, Status, TableData, Write
+from kvcluster.core.wire import DiskReport, Holdings, Op, OpKind, Result, Status, TableData, Write
 from kvcluster.errors import ProtocolError
 
 log = logging.getLogger(__name__)
 
 
-class NodeCore(SlotCopying, Scanning):
+class NodeCore(SlotCopying, Scanning, Reconciling):
     """One storage node's state; every method is an event, and ``take()`` returns what to do about it."""
 
     def __init__(
@@ -239,56 +240,6 @@ class NodeCore(SlotCopying, Scanning):
         if gained:
             self._start_reconcile(gained, old)
         self._settle_copies(table)
-
-    def _forget_peer(self, node_id: int) -> None:
-        """Count every outstanding acknowledgement from a dead node as given: the table no longer lists it."""
-        for repl_id, (target, waiters) in list(self.repl_waiters.items()):
-            if target == node_id:
-                del self.repl_waiters[repl_id]
-                for waiter in waiters:
-                    waiter.acked(repl_id, [])
-        self.outgoing.pop(node_id, None)
-        for pending in self.pending:
-            pending.backups.discard(node_id)
-        self.sent_commit.pop(node_id, None)
-        self.outbox.append(DropPeer(node_id))
-
-    def _start_reconcile(self, slots: list[int], old: RoutingTable | None) -> None:
-        """Send each backup of the gained slots this node's uncommitted tail of them; serve once all hold it.
-
-        A previous primary that is still alive (the slot was handed over, not
-        failed over) gets it too: its acknowledgement proves it has seen the
-        new epoch and stopped serving the slot.
-        """
-        assert self.table is not None
-        by_backup: dict[int, list[SlotTail]] = defaultdict(list)
-        sent = 0
-        for slot, writes in self.replica.take_tails(slots).items():
-            tail = SlotTail(slot, self.table.epoch(slot), self.replica.high[slot], writes)
-            previous = old.primary(slot) if old is not None else None
-            handed_over = [previous] if previous is not None and not self.table.is_dead(previous) else []
-            for backup in dict.fromkeys([*self.table.live(slot)[1:], *handed_over]):
-                if backup == self.node_id:
-                    continue
-                by_backup[backup].append(tail)
-                sent += len(writes)
-        sync = PendingReconcile(slots)
-        for backup, tails in by_backup.items():
-            repl_id = self._new_repl_id()
-            self._to_peer(backup, Reconcile(repl_id, self.node_id, tails))
-            self.repl_waiters[repl_id] = (backup, [sync])
-            sync.waiting.add(repl_id)
-        for slot in slots:
-            self.ready[slot] = not sync.waiting
-        if sync.waiting:
-            self.syncs.append(sync)
-        log.info(
-            "%s promoted to primary of %d slots; reconciling %d backups (%d uncommitted writes sent)",
-            self.name,
-            len(slots),
-            len(by_backup),
-            sent,
-        )
 
     # --- clients ---
 
