@@ -68,10 +68,19 @@ def kill_node(state: ClusterState, name: str) -> ProcessInfo:
     return _sigkill(state.server(name))
 
 
+def pause_node(state: ClusterState, name: str) -> ProcessInfo:
+    """SIGSTOP one storage node: alive but silent, as a hung process is; SIGKILL still ends it."""
+    return _signal(state.server(name), signal.SIGSTOP)
+
+
 def _sigkill(info: ProcessInfo) -> ProcessInfo:
+    return _signal(info, signal.SIGKILL)
+
+
+def _signal(info: ProcessInfo, signum: signal.Signals) -> ProcessInfo:
     if not info.alive():
         raise NodeNotRunning(f"{info.name} (pid {info.pid}) is not running")
-    os.kill(info.pid, signal.SIGKILL)
+    os.kill(info.pid, signum)
     return info
 
 

@@ -89,9 +89,11 @@ def test_balance_counts_every_key_once(tmp_path: Path, no_color: str | None) -> 
 
 
 @pytest.mark.cluster
-def test_failover_loses_no_acknowledged_write(tmp_path: Path) -> None:
+@pytest.mark.parametrize("how", [[], ["--pause"]], ids=["kill", "pause"])
+def test_failover_loses_no_acknowledged_write(tmp_path: Path, how: list[str]) -> None:
+    """A SIGKILL is found by the node's exit, a SIGSTOP by missed heartbeats: either way nothing is lost."""
     out = tmp_path / "failover.json"
-    run_bench(tmp_path, "failover", "--nodes", "3", "--rep", "2", "--duration", "3", "--json", str(out))
+    run_bench(tmp_path, "failover", "--nodes", "3", "--rep", "2", "--duration", "3", *how, "--json", str(out))
     result = json.loads(out.read_text())
     assert result["killed"] == "server1"
     assert result["lost_acked_writes"] == 0

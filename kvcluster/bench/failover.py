@@ -80,6 +80,8 @@ class FailoverShape:
     idle: bool = False
     kill_after: float | None = None
     """Seconds from the start of the measured phase to the kill; None for the default."""
+    pause: bool = False
+    """SIGSTOP instead of SIGKILL: a hung process, which only missed heartbeats reveal; it stays stopped."""
 
     @property
     def kill_delay(self) -> float:
@@ -118,7 +120,7 @@ def run_failovers(shape: FailoverShape, runs: int, progress: Progress) -> list[F
 def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> Failover:
     """Load, then steady load (or probes) from one client per key group; SIGKILL the victim; check every write."""
     from kvcluster.core.placement import node_name  # noqa: PLC0415
-    from kvcluster.process_control import kill_node  # noqa: PLC0415
+    from kvcluster.process_control import kill_node, pause_node  # noqa: PLC0415
 
     name = node_name(victim)
     groups = _failover_keys(shape.nodes, shape.rep, victim, idle=shape.idle)
@@ -147,12 +149,14 @@ def run_failover(shape: FailoverShape, progress: Progress, victim: int = 1) -> F
             kill_t = time.monotonic()
             error = None
             try:
-                kill_node(state, name)
+                (pause_node if shape.pause else kill_node)(state, name)
             except NodeNotRunning:
                 error = f"{name} had already exited when it was to be killed"
             _sleep_with_progress(progress, task, released, released + duration)
             progress.update(task, description=f"failover {name}: finishing the last round")
             histories = pool.collect()
+            if shape.pause and error is None:
+                kill_node(state, name)  # a stopped process would sit out the grace period of the teardown
         supervisor.reap()
         progress.update(task, description=f"failover {name}: reading every key back", completed=duration)
         final = get_all(master, all_keys)
@@ -322,6 +326,12 @@ def failover_command(
         float | None,
         typer.Option("--kill-after", min=0.0, help="Seconds from the start of the measured phase to the kill."),
     ] = None,
+    pause: Annotated[
+        bool,
+        typer.Option(
+            "--pause", help="SIGSTOP the node instead: a hang, found by missed heartbeats rather than by its exit."
+        ),
+    ] = False,
     plot: Plot = False,
     json_out: JsonOut = None,
 ) -> None:
@@ -330,7 +340,7 @@ def failover_command(
         raise UsageError("failover needs at least 2 nodes")
     check_shape(nodes, [rep])
     check_kill_after(kill_after, duration)
-    shape = FailoverShape(nodes, rep, duration, keys, idle, kill_after)
+    shape = FailoverShape(nodes, rep, duration, keys, idle, kill_after, pause)
     results = run_benchmark(
         lambda progress: run_failovers(shape, runs, progress),
         runs_table,
