@@ -27,8 +27,7 @@ import tracemalloc
 from pathlib import Path
 
 from kvcluster.bench.bulk import bulk_load, bulk_value
-from kvcluster.bench.common import key_name
-from kvcluster.bench.restart import rss_bytes
+from kvcluster.bench.common import key_name, rss_bytes
 from kvcluster.core.placement import NUM_SLOTS, slot_of
 from kvcluster.core.replica import Replica, make_version
 from kvcluster.core.wire import Write

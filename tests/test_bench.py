@@ -28,7 +28,6 @@ from kvcluster.bench import (
     master_failover,
     output,
     report,
-    throughput,
     workload,
 )
 from kvcluster.client import Completion, OpResult
@@ -412,7 +411,7 @@ def test_memory_section_divides_node_memory_by_key_replicas() -> None:
     mib = 1 << 20
     memory = common.Memory.after_fill(1000, 3, empty=100 * mib, filled=101 * mib)
     assert (memory.per_key_replica, memory.added_per_key_replica) == (round(101 * mib / 3000, 1), round(mib / 3000, 1))
-    runs = [throughput.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, memory=memory)]
+    runs = [common.ThroughputRun(3, 1, 10, 10, 0, 1.0, 1, 1, 1, 1, 7, 1, 1, keys=1000, memory=memory)]
     loaded = failover_run("server1", 700.0, 720.0, memory=common.Memory.after_fill(1000, 3, 0, 3000 * 333))
     results = report.Results(runs, None, loaded, [failover_analysis.summarise([loaded])])  # type: ignore[arg-type]
     lines = report._memory_lines(results)

@@ -15,7 +15,8 @@ import pytest
 from conftest import run_bench
 
 from kvcluster.bench import common, redis_compare
-from kvcluster.bench.throughput import ThroughputRun, fsync_costs
+from kvcluster.bench.common import ThroughputRun
+from kvcluster.bench.throughput import fsync_costs
 from kvcluster.errors import UsageError
 
 HANG = 60.0  # seconds: any wait longer than this in a tiny run is a hang, not a slow machine

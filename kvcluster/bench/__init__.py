@@ -34,7 +34,7 @@ def register(app: typer.Typer) -> None:
         healing_views,
         master_failover,
         report,
-        restart,
+        restart_views,
         throughput,
     )
     from kvcluster.chaos import command as chaos  # noqa: PLC0415
@@ -46,6 +46,6 @@ def register(app: typer.Typer) -> None:
     app.command("master-failover")(master_failover.master_failover_command)
     app.command("recovery")(healing_views.recovery_command)
     app.command("rebalance")(healing_views.rebalance_command)
-    app.command("restart")(restart.restart_command)
+    app.command("restart")(restart_views.restart_command)
     app.command("report")(report.report_command)
     chaos.register(app)

@@ -18,9 +18,9 @@ import signal
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, NamedTuple
 
 import typer
 
@@ -208,3 +208,46 @@ def cpu_seconds(pids: Sequence[int]) -> float:
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write the results as JSON to this file.")]
 Plot = Annotated[bool, typer.Option("--plot", help="Draw a chart in the terminal.")]
 Nodes = Annotated[int, typer.Option("--nodes", min=1, help="Storage nodes in the cluster.")]
+
+
+class Mode(NamedTuple):
+    """How a client sends: operations per message, and messages in flight."""
+
+    batch: int
+    window: int
+
+    @property
+    def label(self) -> str:
+        return f"unbatched, window {self.window}" if self.batch == 1 else f"batch {self.batch}, window {self.window}"
+
+
+@dataclass
+class ThroughputRun:
+    """One measured load phase: one replica count, one mode (batch size and window)."""
+
+    rep: int
+    batch: int
+    ops: int
+    completed: int
+    failed: int
+    ops_per_s: float
+    p50_ms: float
+    p95_ms: float
+    p99_ms: float
+    wall_s: float
+    nodes: int
+    clients: int
+    window: int
+    failures: dict[str, int] = field(default_factory=dict)
+    # CPU spent per completed op during the measured phase: by the client processes, by master and nodes.
+    client_cpu_us_per_op: float = 0.0
+    cluster_cpu_us_per_op: float = 0.0
+    # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
+    dead_nodes: list[str] = field(default_factory=list)
+    keys: int = 0  # keys preloaded, and drawn from
+    fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
+    memory: Memory | None = None  # the storage nodes' resident memory right after the preload
+
+    @property
+    def mode(self) -> Mode:
+        return Mode(self.batch, self.window)

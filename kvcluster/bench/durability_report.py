@@ -15,15 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.bench.common import load_average, percentile
+from kvcluster.bench.common import Mode, ThroughputRun, load_average, percentile
 from kvcluster.bench.output import markdown_table, stdout_console, template, to_json, write_section
 from kvcluster.bench.redis_compare import RedisRun, redis_available, redis_rows, run_redis
 from kvcluster.bench.restart import RestartResult, RestartShape, run_restart
 from kvcluster.bench.restart_views import chart_restart, restart_lines, restart_table
 from kvcluster.bench.throughput import (
     THROUGHPUT_HEADER,
-    Mode,
-    ThroughputRun,
     chart_throughput,
     fsync_costs,
     run_throughput,

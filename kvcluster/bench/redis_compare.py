@@ -25,12 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from kvcluster.bench.common import BenchmarkError
+from kvcluster.bench.common import BenchmarkError, ThroughputRun
 
 if TYPE_CHECKING:
     from rich.progress import Progress
 
-    from kvcluster.bench.throughput import ThroughputRun
 
 REDIS_CLIENTS = 16
 START_TIMEOUT = 10.0

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from kvcluster.bench.balance import Balance, balance_table, chart_balance, run_balance
-from kvcluster.bench.common import int_list, load_average
+from kvcluster.bench.common import Mode, ThroughputRun, int_list, load_average
 from kvcluster.bench.durability_report import (
     FULL_DURABILITY,
     QUICK_DURABILITY,
@@ -62,8 +62,6 @@ from kvcluster.bench.master_failover import (
 from kvcluster.bench.output import markdown_table, progress_bar, require_png, stdout_console, template, to_json
 from kvcluster.bench.throughput import (
     THROUGHPUT_HEADER,
-    Mode,
-    ThroughputRun,
     chart_throughput,
     run_throughput,
     throughput_json,

@@ -30,28 +30,18 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
-
-import typer
+from typing import TYPE_CHECKING, Any
 
 from kvcluster.bench.bulk import bulk_value, bulk_verify, load_shown
 from kvcluster.bench.common import (
     BenchmarkError,
-    JsonOut,
-    Nodes,
-    Plot,
-    check_shape,
     cluster,
-    fsync_list,
     key_name,
     load_average,
     poll_master,
     rss_bytes,
     slots_whole,
 )
-from kvcluster.bench.output import run_benchmark, to_json
-from kvcluster.bench.restart_views import plot_restart, restart_table
-from kvcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from rich.progress import Progress
@@ -396,42 +386,4 @@ def run_restart(shape: RestartShape, progress: Progress) -> RestartResult:
         node=node,
         load_average={"start": start_load, "end": load_average()},
         command=shape.command,
-    )
-
-
-def restart_json(result: RestartResult) -> dict[str, Any]:
-    data: dict[str, Any] = to_json(result)
-    return data
-
-
-def restart_command(
-    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")] = 100_000,
-    nodes: Nodes = 7,
-    rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key (at least 2).")] = 3,
-    absence: Annotated[
-        float, typer.Option("--absence", min=0.0, help="Seconds the killed node stays down before its restart.")
-    ] = 10.0,
-    fsync: Annotated[str, typer.Option("--fsync", help="When the nodes sync their logs: always, everysec or no.")] = (
-        "everysec"
-    ),
-    timeout: Annotated[
-        float, typer.Option("--timeout", min=1.0, help="Give up when a wait (serving, replicas) takes longer.")
-    ] = 600.0,
-    plot: Plot = False,
-    json_out: JsonOut = None,
-) -> None:
-    """Whole-cluster restart from the nodes' data, and one node killed and restarted: times, copies, disk and memory."""
-    check_shape(nodes, [rep])
-    policies = fsync_list(fsync)
-    if len(policies) != 1:
-        raise UsageError(f"--fsync takes one policy here, got {fsync!r}")
-    shape = RestartShape(nodes, rep, keys, absence, policies[0], timeout)
-
-    run_benchmark(
-        lambda progress: run_restart(shape, progress),
-        restart_table,
-        plot_restart,
-        restart_json,
-        plot=plot,
-        json_out=json_out,
     )

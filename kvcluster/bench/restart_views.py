@@ -1,18 +1,21 @@
-"""How ``bench restart`` results are shown: tables, terminal and PNG charts, and their part of the report."""
+"""``kvcluster bench restart`` and how its results are shown: tables, charts, their part of the report."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Annotated, Any
 
-from kvcluster.bench.output import measure_table, png_chart, template, terminal_chart
+import typer
+
+from kvcluster.bench.common import JsonOut, Nodes, Plot, check_shape, fsync_list
+from kvcluster.bench.output import measure_table, png_chart, run_benchmark, template, terminal_chart, to_json
+from kvcluster.bench.restart import RestartResult, RestartShape, run_restart
+from kvcluster.errors import UsageError
 
 if TYPE_CHECKING:
     from pathlib import Path
 
     from rich.console import RenderableType
-
-    from kvcluster.bench.restart import RestartResult
 
 
 def _lost(lost: int, unreadable: int) -> str:
@@ -146,3 +149,41 @@ def restart_lines(restarts: Sequence[RestartResult], chart: str) -> list[str]:
             end=r.load_average["end"][0],
         )
     return lines
+
+
+def restart_json(result: RestartResult) -> dict[str, Any]:
+    data: dict[str, Any] = to_json(result)
+    return data
+
+
+def restart_command(
+    keys: Annotated[int, typer.Option("--keys", min=1, help="Keys with 100-byte values to load first.")] = 100_000,
+    nodes: Nodes = 7,
+    rep: Annotated[int, typer.Option("--rep", min=2, help="Replicas per key (at least 2).")] = 3,
+    absence: Annotated[
+        float, typer.Option("--absence", min=0.0, help="Seconds the killed node stays down before its restart.")
+    ] = 10.0,
+    fsync: Annotated[str, typer.Option("--fsync", help="When the nodes sync their logs: always, everysec or no.")] = (
+        "everysec"
+    ),
+    timeout: Annotated[
+        float, typer.Option("--timeout", min=1.0, help="Give up when a wait (serving, replicas) takes longer.")
+    ] = 600.0,
+    plot: Plot = False,
+    json_out: JsonOut = None,
+) -> None:
+    """Whole-cluster restart from the nodes' data, and one node killed and restarted: times, copies, disk and memory."""
+    check_shape(nodes, [rep])
+    policies = fsync_list(fsync)
+    if len(policies) != 1:
+        raise UsageError(f"--fsync takes one policy here, got {fsync!r}")
+    shape = RestartShape(nodes, rep, keys, absence, policies[0], timeout)
+
+    run_benchmark(
+        lambda progress: run_restart(shape, progress),
+        restart_table,
+        plot_restart,
+        restart_json,
+        plot=plot,
+        json_out=json_out,
+    )

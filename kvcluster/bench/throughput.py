@@ -16,7 +16,7 @@ import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NamedTuple
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -25,8 +25,10 @@ from kvcluster.bench.common import (
     Advance,
     JsonOut,
     Memory,
+    Mode,
     Nodes,
     Plot,
+    ThroughputRun,
     check_shape,
     cluster,
     cpu_seconds,
@@ -46,38 +48,6 @@ from kvcluster.master_group import DEFAULT_MASTERS, check_master_count
 if TYPE_CHECKING:
     from rich.console import RenderableType
     from rich.progress import Progress
-
-
-@dataclass
-class ThroughputRun:
-    """One measured load phase: one replica count, one mode (batch size and window)."""
-
-    rep: int
-    batch: int
-    ops: int
-    completed: int
-    failed: int
-    ops_per_s: float
-    p50_ms: float
-    p95_ms: float
-    p99_ms: float
-    wall_s: float
-    nodes: int
-    clients: int
-    window: int
-    failures: dict[str, int] = field(default_factory=dict)
-    # CPU spent per completed op during the measured phase: by the client processes, by master and nodes.
-    client_cpu_us_per_op: float = 0.0
-    cluster_cpu_us_per_op: float = 0.0
-    # Nodes the master had declared dead by the end of the run: none was killed, so any is a false detection.
-    dead_nodes: list[str] = field(default_factory=list)
-    keys: int = 0  # keys preloaded, and drawn from
-    fsync: str = "everysec"  # when the nodes synced their write-ahead logs to disk
-    memory: Memory | None = None  # the storage nodes' resident memory right after the preload
-
-    @property
-    def mode(self) -> Mode:
-        return Mode(self.batch, self.window)
 
 
 def run_throughput(
@@ -288,17 +258,6 @@ def _plot_throughput(runs: Sequence[ThroughputRun]) -> None:
             plt.bar(labels, series[0])
         else:
             plt.multiple_bar(labels, series, labels=[mode.label for mode in modes])
-
-
-class Mode(NamedTuple):
-    """How a client sends: operations per message, and messages in flight."""
-
-    batch: int
-    window: int
-
-    @property
-    def label(self) -> str:
-        return f"unbatched, window {self.window}" if self.batch == 1 else f"batch {self.batch}, window {self.window}"
 
 
 def _modes_of(batches: Sequence[int], windows: Sequence[int]) -> list[Mode]:
