@@ -50,14 +50,14 @@ def wait_until(predicate: Callable[[], T], timeout: float = 30.0, interval: floa
 
 
 def run_cli(
-    *args: str, home: Path | None = None, check: bool = True, timeout: float = COMMAND_TIMEOUT
+    *args: str, home: Path | None = None, check: bool = True, timeout: float = COMMAND_TIMEOUT, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    """Run ``python -m kvcluster ARGS [--home HOME]`` and capture its output as text."""
+    """Run ``python -m kvcluster ARGS [--home HOME]`` (in ``cwd``) and capture its output as text."""
     argv = [sys.executable, "-m", "kvcluster", *args]
     if home is not None:
         argv += ["--home", str(home)]
     env = {k: v for k, v in os.environ.items() if k != "KVCLUSTER_HOME"}
-    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False)
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, env=env, check=False, cwd=cwd)
     if check:
         assert proc.returncode == 0, (
             f"{' '.join(argv[2:])} exited {proc.returncode}\nstdout: {proc.stdout}\nstderr: {proc.stderr}"

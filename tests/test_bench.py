@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import run_bench
+from conftest import run_bench, run_cli
 
 from kvcluster.bench import (
     balance,
@@ -253,14 +253,7 @@ def test_master_failover_elects_a_new_leader_after_each_fault_and_loses_no_write
     ],
 )
 def test_impossible_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "kvcluster", "bench", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_cli("bench", *args, check=False, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ")
 

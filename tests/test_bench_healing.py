@@ -8,14 +8,12 @@ themselves (with deadlines); ``run_bench`` kills whatever a failed run leaves.
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from array import array
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import run_bench
+from conftest import run_bench, run_cli
 
 from kvcluster.bench.output import section_markers, splice
 from kvcluster.bench.workload import Tally, phase, timeline
@@ -142,14 +140,7 @@ def test_report_only_healing_replaces_its_section_and_keeps_the_rest(tmp_path: P
     ],
 )
 def test_impossible_healing_shapes_are_usage_errors(tmp_path: Path, args: list[str]) -> None:
-    proc = subprocess.run(
-        [sys.executable, "-m", "kvcluster", "bench", *args],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    proc = run_cli("bench", *args, check=False, cwd=tmp_path)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ")
     assert "Traceback" not in proc.stderr
