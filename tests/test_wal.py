@@ -13,7 +13,7 @@ from kvcluster.core.wire import Write
 from kvcluster.errors import DataCorrupt
 from kvcluster.runtime.recovery import recover
 from kvcluster.runtime.snapshots import Snapshot
-from kvcluster.runtime.wal import FsyncPolicy, WriteAheadLog, numbered
+from kvcluster.runtime.wal import HEADER, FsyncPolicy, WriteAheadLog, numbered
 
 SLOTS = 16
 TABLE = initial_table({1: "tcp://a:1", 2: "tcp://b:2"}, 2, SLOTS)
@@ -82,6 +82,21 @@ def test_a_flipped_byte_inside_a_segment_is_refused(tmp_path: Path) -> None:
     data[len(data) // 2] ^= 0xFF
     path.write_bytes(bytes(data))
     with pytest.raises(DataCorrupt, match="corrupt at byte"):
+        recover(tmp_path)
+
+
+def test_a_damaged_length_is_corruption_not_a_cut_tail(tmp_path: Path) -> None:
+    """A length that runs past the end looks like a record cut short; the whole records after it say it is not."""
+    write_keys(tmp_path, 100)
+    path = segment(tmp_path)
+    data = bytearray(path.read_bytes())
+    offset = 0
+    for _ in range(50):  # the header of the 51st record, with 50 whole ones after it
+        length, _crc = HEADER.unpack_from(data, offset)
+        offset += HEADER.size + length
+    data[offset + 3] ^= 0x7F  # the length's high byte: now it points far past the end of the file
+    path.write_bytes(bytes(data))
+    with pytest.raises(DataCorrupt, match="whole records follow"):
         recover(tmp_path)
 
 

@@ -88,6 +88,9 @@ def read_frames(data: bytes) -> tuple[list[bytes], Damage | None]:
         length, crc = HEADER.unpack_from(data, offset)
         start = offset + HEADER.size
         if start + length > end:
+            if _whole_frame_after(data, offset + 1):
+                # A crash cuts only the last record short: whole records after this one mean its length was damaged.
+                return payloads, Damage(offset, "a record's length runs past the end, yet whole records follow", False)
             return payloads, Damage(offset, "a record cut short", torn=True)
         payload = data[start : start + length]
         if zlib.crc32(payload) != crc:
@@ -96,6 +99,21 @@ def read_frames(data: bytes) -> tuple[list[bytes], Damage | None]:
         payloads.append(payload)
         offset = start + length
     return payloads, None
+
+
+def _whole_frame_after(data: bytes, offset: int) -> bool:
+    """Whether a whole frame with a matching CRC starts anywhere from ``offset`` on.
+
+    After a real tear only the rest of one record follows, so this looks at a few bytes; after a damaged
+    length, the next record is found within one record's size.
+    """
+    end = len(data)
+    for position in range(offset, end - HEADER.size + 1):
+        length, crc = HEADER.unpack_from(data, position)
+        start = position + HEADER.size
+        if 0 < length <= end - start and zlib.crc32(data[start : start + length]) == crc:
+            return True
+    return False
 
 
 def sync_directory(directory: Path) -> None:
