@@ -320,6 +320,8 @@ def assert_linearizable_and_nontrivial(report: chaos_report.ChaosReport) -> None
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # 35 s; the default suite kills and pauses the leader in test_master_failover.py, and the
+# simulator's schedules draw leader-crash and leader-pause
 def test_chaos_run_with_leader_faults_is_linearizable(tmp_path: Path) -> None:
     report = run_chaos(
         nodes=5, rep=3, clients=4, keys=8, duration=30.0, seed=DEFAULT_SEED, home=tmp_path / "home", master_faults=True
