@@ -118,7 +118,8 @@ def heal(home: Home = None) -> None:
     from kvcluster.netcuts import heal as heal_all  # noqa: PLC0415
 
     _, hosts = _hosts(home)
-    say(f"healed: removed the rules of {heal_all(hosts)} hosts")
+    count = heal_all(hosts)
+    say(f"healed: removed the rules of {count} host{'' if count == 1 else 's'}")
 
 
 @net_app.command()
