@@ -100,6 +100,7 @@ def test_rebalance_spreads_slots_over_the_new_nodes_and_loses_no_key(tmp_path: P
 
 
 @pytest.mark.cluster
+@pytest.mark.long  # the splice has its own test below, and the quick report in test_bench.py runs healing too
 def test_report_only_healing_replaces_its_section_and_keeps_the_rest(tmp_path: Path) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()

@@ -147,6 +147,7 @@ def test_bad_addresses_are_refused(deployment: Deployment) -> None:
     assert sum(n["alive"] for n in deployment.status()["nodes"]) == 5, "nothing changed"
 
 
+@pytest.mark.long  # a 10 s wait by design; the refusal itself is tested in test_cluster_file.py
 def test_a_live_name_is_refused_after_a_bounded_wait(deployment: Deployment) -> None:
     started = time.monotonic()
     proc = deployment.hosts.run_cli(

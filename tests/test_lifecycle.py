@@ -145,6 +145,7 @@ def test_malformed_frames_are_rejected(shared: Cluster, dealer: zmq.Socket[bytes
 JUNK_FRAMES = 10_000
 
 
+@pytest.mark.long  # the rate limit behind it is tested in test_ratelimit.py; junk is refused in the test above
 def test_a_flood_of_junk_adds_few_log_lines(cluster: ClusterLauncher, dealer: zmq.Socket[bytes]) -> None:
     """10,000 junk frames each to the leading master and to server1, at once: both count them in a few lines."""
     c = cluster(nodes=3, rep=1)
