@@ -9,6 +9,7 @@ run). Each command prints what it did in one line; the rules are in
 from __future__ import annotations
 
 import itertools
+import time
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +19,8 @@ from kvcluster.cli_options import Home
 from kvcluster.data_commands import home_dir, say
 from kvcluster.errors import UsageError
 from kvcluster.netns import CLIENTS, NetHosts
+
+LEADER_WAIT = 10.0
 
 net_app = typer.Typer(no_args_is_help=True, help="Cut links between the hosts of a cluster started with up --netns.")
 
@@ -45,14 +48,21 @@ def _names(text: str, home: Path, hosts: NetHosts) -> list[str]:
 
 
 def _leader(home: Path) -> str:
+    """The leading master; an election (after a heal, say) is waited out for up to ``LEADER_WAIT`` seconds."""
     from kvcluster.state import ClusterState  # noqa: PLC0415
     from kvcluster.status_view import masters_document  # noqa: PLC0415
 
-    masters, _ = masters_document(ClusterState.load(home), timeout=2.0)
-    leader = next((m["name"] for m in masters if m["role"] == "leader"), None)
-    if leader is None:
-        raise UsageError("no master is leading right now (see kvcluster status); name one: master1, master2...")
-    return str(leader)
+    deadline = time.monotonic() + LEADER_WAIT
+    while True:
+        masters, _ = masters_document(ClusterState.load(home), timeout=2.0)
+        leader = next((m["name"] for m in masters if m["role"] == "leader"), None)
+        if leader is not None:
+            return str(leader)
+        if time.monotonic() >= deadline:
+            raise UsageError(
+                f"no master has led for {LEADER_WAIT:.0f} s (see kvcluster status); name one: master1, master2..."
+            )
+        time.sleep(0.2)  # an election takes a few hundred milliseconds; ask again shortly
 
 
 @net_app.command()

@@ -124,14 +124,22 @@ def backup_of(c: Cluster, key: str) -> str:
     return backup
 
 
-def a_follower(c: Cluster) -> str:
-    """A master that follows the leader now (once there is one: right after a heal an election may be on)."""
-    name = wait_until(
-        lambda: next((m["name"] for m in c.status()["masters"] if m["role"] == "follower"), None),
-        timeout=30,
-        message="a master following a leader",
-    )
-    return str(name)
+def oneway_cut(source: str, target: str) -> list[str]:
+    return ["oneway", source, "--to", target]
+
+
+def leader_and_follower(c: Cluster) -> tuple[str, str]:
+    """The leading master and one that follows it, from one status (right after a heal an election may be on)."""
+
+    def both() -> tuple[str, str] | None:
+        masters = c.status()["masters"]
+        leader = next((m["name"] for m in masters if m["role"] == "leader"), None)
+        follower = next((m["name"] for m in masters if m["role"] == "follower"), None)
+        return (str(leader), str(follower)) if leader and follower else None
+
+    pair = wait_until(both, timeout=30, message="a leading master and a follower")
+    assert pair is not None
+    return pair
 
 
 def test_cuts_of_every_kind_lose_nothing_and_fenced_nodes_come_back(cluster: ClusterLauncher) -> None:
@@ -157,8 +165,8 @@ def test_cuts_of_every_kind_lose_nothing_and_fenced_nodes_come_back(cluster: Clu
         lambda p: ["oneway", p, "--to", "clients"],
         lambda _: ["oneway", "clients", "--to", "master"],
         lambda _: ["oneway", "master", "--to", "clients"],
-        lambda _: ["oneway", "master", "--to", a_follower(c)],
-        lambda _: ["oneway", a_follower(c), "--to", "master"],
+        lambda _: oneway_cut(*leader_and_follower(c)),
+        lambda _: oneway_cut(*reversed(leader_and_follower(c))),
         lambda p: ["flaky", p, "--loss", "0.3"],
         lambda p: ["partition", p, "--from", ",".join(n for n in everyone_else.split(",") if n != p)],
     ]
