@@ -3,17 +3,16 @@
 ``main`` is the one place where a ``KvclusterError`` becomes a single
 ``error: ...`` line on stderr and the exit code its class names. The commands
 themselves live in ``commands.py`` (a Typer app). ``put``, ``get``,
-``delete``, ``scan`` and ``client`` are what people run over and over, so ``main`` first tries to parse
-them with argparse and run them without importing Typer, whose parameter
-handling costs more than the request itself; anything it does not recognise
-(``--help``, a usage error) goes to the Typer app, which owns the help text
-and the error messages. The processes ``up`` starts take the same kind of
+``delete``, ``scan`` and ``client`` are what people run over and over, so ``main`` first reads
+their documented argument shapes itself and runs them without importing Typer
+or argparse, whose start-up costs more than the request itself; anything it
+does not recognise (``--help``, a usage error) goes to the Typer app, which
+owns the help text and the error messages. The processes ``up`` starts take the same kind of
 shortcut (``_run_process``).
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from pathlib import Path
@@ -31,74 +30,88 @@ from kvcluster.data_commands import (
 from kvcluster.errors import KvclusterError
 
 if TYPE_CHECKING:
+    import argparse
+
     from kvcluster.curve import Curve
 
-FAST_COMMANDS = ("put", "get", "delete", "scan", "client")
+# The data commands' arguments: positionals (fewest, most), and the options that take a value.
+FAST_POSITIONALS = {"put": (2, 2), "get": (1, 1), "delete": (1, 1), "scan": (0, 1), "client": (0, 0)}
+COMMON_OPTIONS = ("--home", "--master", "--cluster", "--timeout")
+FAST_OPTIONS = {"scan": ("--limit",), "client": ("--put", "--val", "--get")}
 
 
-class _QuietParser(argparse.ArgumentParser):
-    """A parser that raises instead of printing usage: the Typer app then reports the error in one line."""
+def _fast_args(argv: list[str]) -> tuple[list[str], dict[str, str], bool] | None:
+    """``argv`` of a data command as (positionals, options, verbose), or ``None`` for anything unusual.
 
-    def error(self, message: str) -> NoReturn:
-        raise argparse.ArgumentError(None, message)
+    Only the documented shapes are read here, without argparse, whose import and translation lookups cost
+    more than the request; anything else (``--help``, a missing or unknown argument, a value that looks like
+    an option) is ``None``, and the Typer app reports it with its own message.
+    """
+    command, rest = argv[0], argv[1:]
+    takes_value = (*COMMON_OPTIONS, *FAST_OPTIONS.get(command, ()))
+    positionals: list[str] = []
+    options: dict[str, str] = {}
+    verbose = False
+    args = iter(rest)
+    for arg in args:
+        name, has_value, value = arg.partition("=")
+        if arg in ("-v", "--verbose"):
+            verbose = True
+        elif name in takes_value:
+            value = value if has_value else next(args, "-")
+            if value.startswith("-"):
+                return None
+            options[name] = value
+        elif arg.startswith("-"):
+            return None
+        else:
+            positionals.append(arg)
+    fewest, most = FAST_POSITIONALS[command]
+    return (positionals, options, verbose) if fewest <= len(positionals) <= most else None
 
 
-class _FixedWidth(argparse.HelpFormatter):
-    def __init__(self, prog: str) -> None:
-        super().__init__(prog, width=80)
-
-
-def _fast_parser(command: str) -> argparse.ArgumentParser:
-    """The parser of one data command alone: building all of them costs more than a get takes."""
-    # A fixed width keeps argparse from importing shutil (and with it bz2 and lzma) to ask the terminal's.
-    parser = _QuietParser(add_help=False, exit_on_error=False, formatter_class=_FixedWidth)
-    parser.add_argument("--home", type=Path, default=os.environ.get("KVCLUSTER_HOME") or None)
-    parser.add_argument("--master")
-    parser.add_argument("--cluster", type=Path)
-    parser.add_argument("-v", "--verbose", action="store_true")
-    parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT)
-    if command == "put":
-        parser.add_argument("key")
-        parser.add_argument("value")
-    elif command in ("get", "delete"):
-        parser.add_argument("key")
-    elif command == "scan":
-        parser.add_argument("prefix", nargs="?", default="")
-        parser.add_argument("--limit", type=int)
-    else:
-        parser.add_argument("--put", dest="put_key")
-        parser.add_argument("--val")
-        parser.add_argument("--get", dest="get_key")
-    return parser
+def _number(text: str | None, kind: type[float] | type[int], default: float | None) -> float | None:
+    """``text`` as a number of ``kind``; ``ValueError`` sends the command to the Typer app's error message."""
+    return default if text is None else kind(text)
 
 
 def _run_fast(argv: list[str]) -> bool:
     """Run a plain data command without Typer; False if it needs the full CLI."""
-    if not argv or argv[0] not in FAST_COMMANDS or any(a.startswith("--help") or a == "-h" for a in argv):
+    if not argv or argv[0] not in FAST_POSITIONALS:
         return False
+    read = _fast_args(argv)
+    if read is None:
+        return False
+    command, (positionals, options, verbose) = argv[0], read
     try:
-        command = argv[0]
-        args, unknown = _fast_parser(command).parse_known_args(argv[1:])
-    except argparse.ArgumentError:
+        timeout = _number(options.get("--timeout"), float, DEFAULT_TIMEOUT)
+        limit = _number(options.get("--limit"), int, None)
+    except ValueError:
         return False
-    # Values that look like options, or numbers Typer would reject, get Typer's own error message.
-    if unknown or args.timeout < 0.1 or (command == "scan" and args.limit is not None and args.limit < 1):
+    assert timeout is not None
+    if timeout < 0.1 or (limit is not None and limit < 1):
         return False
-    target = target_for(args.home, args.master, args.verbose, args.timeout, args.cluster)
+    home = options.get("--home") or os.environ.get("KVCLUSTER_HOME") or None
+    cluster = options.get("--cluster")
+    target = target_for(
+        Path(home) if home else None, options.get("--master"), verbose, timeout, Path(cluster) if cluster else None
+    )
     if command == "put":
-        put_and_print(target, args.key, args.value)
+        put_and_print(target, *positionals)
     elif command == "get":
-        get_and_print(target, args.key)
+        get_and_print(target, positionals[0])
     elif command == "delete":
-        delete_and_print(target, args.key)
+        delete_and_print(target, positionals[0])
     elif command == "scan":
-        scan_and_print(target, args.prefix, args.limit)
+        scan_and_print(target, positionals[0] if positionals else "", None if limit is None else int(limit))
     else:
-        run_client_form(args.put_key, args.val, args.get_key, target)
+        run_client_form(options.get("--put"), options.get("--val"), options.get("--get"), target)
     return True
 
 
 def _process_parser() -> argparse.ArgumentParser:
+    import argparse  # noqa: PLC0415 - not on the path of a get
+
     timing = argparse.ArgumentParser(add_help=False)
     for name in ("--heartbeat", "--lease", "--dead-after"):
         timing.add_argument(name, type=float, required=True)
