@@ -8,8 +8,9 @@ per-operation records it keeps.
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass, field
 from typing import NamedTuple
+
+from msgspec import Struct, field
 
 from kvcluster.core.client_masters import AskMaster
 from kvcluster.core.protocol import Request, Table
@@ -33,8 +34,7 @@ class Completion(enum.Enum):
     UNAVAILABLE = "unavailable"  # no master gave a table before the deadline: nothing was sent
 
 
-@dataclass(slots=True)
-class OpResult:
+class OpResult(Struct):
     """The result of one operation: for a get the value read, and the node that served it."""
 
     completion: Completion = Completion.TIMED_OUT
@@ -43,8 +43,7 @@ class OpResult:
     latency: float = 0.0
 
 
-@dataclass(slots=True, eq=False)
-class Lane:
+class Lane(Struct, eq=False):
     """Limits shared by the operations submitted to it: per request, in flight, and in flight per node."""
 
     batch: int = 1
@@ -61,8 +60,7 @@ class Lane:
         self.node_flights[node_id] = self.node_flights.get(node_id, 0) + change
 
 
-@dataclass(slots=True, eq=False)
-class PendingOp:
+class PendingOp(Struct, eq=False):
     """One submitted operation, until it completes; ``tag`` is the submitter's, handed back untouched."""
 
     kind: OpKind
@@ -80,8 +78,7 @@ class PendingOp:
     result: OpResult | None = None  # once done
 
 
-@dataclass(slots=True, eq=False)
-class Submission:
+class Submission(Struct, eq=False):
     """Operations submitted together, hence with one deadline; ``remaining``: how many have not completed."""
 
     deadline: float
@@ -89,8 +86,7 @@ class Submission:
     remaining: int
 
 
-@dataclass(slots=True)
-class Flight:
+class Flight(Struct):
     node_id: int
     ops: list[PendingOp]
     lanes: list[Lane]
@@ -133,8 +129,7 @@ class Note(NamedTuple):
 ClientAction = SendRequest | AskMaster | WakeAt | Complete | NewTable | Note
 
 
-@dataclass(frozen=True)
-class ClientConfig:
+class ClientConfig(Struct, frozen=True):
     deadline: float = DEFAULT_DEADLINE
     try_timeout: float = DEFAULT_TRY_TIMEOUT
     notes: bool = False  # emit ``Note`` actions; off, the hot path builds no strings
