@@ -450,7 +450,7 @@ class Connection:
         try:
             raw = self.table_cache.read_bytes()
             endpoint, _, frame = raw.partition(b"\n")
-            message = decode(frame)
+            message = decode(frame, Table)
             if endpoint.decode(errors="replace") != self.masters.key or not isinstance(message, Table):
                 return None
             return RoutingTable(message.data)

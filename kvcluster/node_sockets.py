@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 import zmq
 
 from kvcluster.core.placement import RoutingTable
-from kvcluster.core.protocol import Message, decode
+from kvcluster.core.protocol import Message, NodeAnswer, decode
 from kvcluster.errors import ProtocolError
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ class NodeSockets:
             except zmq.Again:
                 return
             with contextlib.suppress(ProtocolError):
-                yield decode(frame)
+                yield decode(frame, NodeAnswer)
 
     @staticmethod
     def _drain_events(monitor: zmq.Socket[bytes]) -> bool:
