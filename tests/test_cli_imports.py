@@ -26,8 +26,8 @@ from kvcluster.core.wire import Result, Status
 # Not needed by a put or a get: the status table and the Typer app (rich, typer, click), process
 # control (psutil, kvcluster.supervisor), charts (matplotlib, plotext), what only nodes and masters use
 # (sortedcontainers, pysyncobj), the history checker, the scanner, asyncio (which pyzmq's
-# zmq.utils.monitor and zmq.asyncio import), OpenSSL (hashlib's _hashlib; slots use the built-in blake2b)
-# and shutil (argparse's way to ask the terminal's width, with bz2 and lzma behind it).
+# zmq.utils.monitor and zmq.asyncio import), OpenSSL (hashlib's _hashlib; slots use the built-in blake2b),
+# argparse (with gettext and locale: the data commands read their arguments themselves) and shutil.
 HEAVY = (
     "psutil",
     "rich",
@@ -40,6 +40,8 @@ HEAVY = (
     "asyncio",
     "_hashlib",
     "shutil",
+    "argparse",
+    "gettext",
     "kvcluster.supervisor",
     "kvcluster.check",
     "kvcluster.commands",
