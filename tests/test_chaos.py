@@ -456,6 +456,9 @@ def namespaces() -> set[str]:
     return {line.split()[0] for line in listed.splitlines() if line.strip()}
 
 
+# Cuts on real processes are tested in tests/test_partitions.py, the harness in the tests above, and its
+# network track in the tests below; a whole chaos run with cuts runs with the long suite.
+@pytest.mark.long
 @pytest.mark.cluster
 @pytest.mark.skipif(os.geteuid() != 0, reason="partitions need root (network namespaces and nftables)")
 def test_chaos_run_with_partitions_is_linearizable_and_leaves_no_host(

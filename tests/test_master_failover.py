@@ -7,6 +7,7 @@ import os
 import signal
 from typing import Any
 
+import pytest
 from conftest import Cluster, ClusterLauncher, wait_until
 
 
@@ -89,6 +90,10 @@ def test_a_restarted_master_rejoins_the_group(cluster: ClusterLauncher) -> None:
     assert c.run("restart", old, check=False).returncode == 2, "restarting a running master must be refused"
 
 
+# A node's failover and healing under a new leader are drawn together in every simulator schedule with a
+# leader-crash, and on real processes test_killing_the_leader_elects_another_and_keeps_every_write and
+# tests/test_failover.py cover each half; this test of both at once runs with the long suite.
+@pytest.mark.long
 def test_storage_failover_and_healing_go_on_under_a_new_leader(cluster: ClusterLauncher) -> None:
     c = cluster(nodes=4, rep=2)
     values = write_keys(c, "k", 30)
