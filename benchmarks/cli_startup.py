@@ -10,7 +10,9 @@ wall time, but blind to the time spent waiting for the cluster). Start a cluster
     kvcluster down --home /tmp/quick-home
 
 ``--python`` and ``--kvcluster`` choose the interpreter and the entry point to time (by default, the ones
-of this interpreter's environment), so an editable and a regular install can be compared.
+of this interpreter's environment), so an editable and a regular install can be compared. ``--before``
+names a second entry point (another checkout's, say) whose get and put are timed in the same rounds, so a
+change is measured side by side with its baseline.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=21)
     parser.add_argument("--python", default=sys.executable)
     parser.add_argument("--kvcluster", default=str(Path(sys.executable).with_name("kvcluster")))
+    parser.add_argument("--before", help="another kvcluster entry point to time in the same rounds")
     args = parser.parse_args()
     commands = {
         "python -c pass": [args.python, "-c", "pass"],
@@ -39,6 +42,9 @@ def main() -> None:
         "kvcluster get k": [args.kvcluster, "get", "k", "--home", args.home],
         "kvcluster put k v": [args.kvcluster, "put", "k", "v", "--home", args.home],
     }
+    if args.before:
+        commands["get k (before)"] = [args.before, "get", "k", "--home", args.home]
+        commands["put k v (before)"] = [args.before, "put", "k", "v", "--home", args.home]
     for argv in commands.values():
         subprocess.run(argv, check=True, capture_output=True)  # warm the page cache
     times: dict[str, list[float]] = {name: [] for name in commands}
