@@ -373,7 +373,8 @@ Message = (
 NodeAnswer = Reply | ScanPage
 
 _ENCODER = msgspec.msgpack.Encoder()
-_DECODERS: dict[Any, msgspec.msgpack.Decoder[Any]] = {}
+# (kinds, decoder), compared by identity: hashing a union of every message type costs more than a decode.
+_DECODERS: list[tuple[Any, msgspec.msgpack.Decoder[Any]]] = []
 
 
 def encode(message: Message) -> bytes:
@@ -386,15 +387,23 @@ def encode(message: Message) -> bytes:
 def decode(frame: bytes, kinds: Any = Message) -> Message:
     """Parse and validate one frame as one of ``kinds`` (any message by default); raise ``ProtocolError`` on
     anything malformed or of another kind."""
-    decoder = _DECODERS.get(kinds)
-    if decoder is None:
-        decoder = _DECODERS[kinds] = msgspec.msgpack.Decoder(kinds)
+    decoder = _decoder(kinds)
     try:
         return decoder.decode(frame)  # type: ignore[no-any-return]
     except msgspec.DecodeError as exc:  # ValidationError included: wrong type, range, arity or tag
         raise ProtocolError(_explain(frame, str(exc))) from None
     except RecursionError:  # only if a field ever takes arbitrarily nested data: none does today
         raise ProtocolError(f"malformed frame ({len(frame)} bytes): nested too deeply") from None
+
+
+def _decoder(kinds: Any) -> msgspec.msgpack.Decoder[Any]:
+    """The decoder of ``kinds``, built the first time it is asked for."""
+    for known, decoder in _DECODERS:
+        if known is kinds:
+            return decoder
+    decoder = msgspec.msgpack.Decoder(kinds)
+    _DECODERS.append((kinds, decoder))
+    return decoder
 
 
 def _explain(frame: bytes, problem: str) -> str:
