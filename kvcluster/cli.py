@@ -70,11 +70,6 @@ def _fast_args(argv: list[str]) -> tuple[list[str], dict[str, str], bool] | None
     return (positionals, options, verbose) if fewest <= len(positionals) <= most else None
 
 
-def _number(text: str | None, kind: type[float] | type[int], default: float | None) -> float | None:
-    """``text`` as a number of ``kind``; ``ValueError`` sends the command to the Typer app's error message."""
-    return default if text is None else kind(text)
-
-
 def _run_fast(argv: list[str]) -> bool:
     """Run a plain data command without Typer; False if it needs the full CLI."""
     if not argv or argv[0] not in FAST_POSITIONALS:
@@ -84,11 +79,10 @@ def _run_fast(argv: list[str]) -> bool:
         return False
     command, (positionals, options, verbose) = argv[0], read
     try:
-        timeout = _number(options.get("--timeout"), float, DEFAULT_TIMEOUT)
-        limit = _number(options.get("--limit"), int, None)
-    except ValueError:
+        timeout = float(options.get("--timeout", DEFAULT_TIMEOUT))
+        limit = int(options["--limit"]) if "--limit" in options else None
+    except ValueError:  # Typer's message says what a number must look like
         return False
-    assert timeout is not None
     if timeout < 0.1 or (limit is not None and limit < 1):
         return False
     home = options.get("--home") or os.environ.get("KVCLUSTER_HOME") or None
@@ -103,7 +97,7 @@ def _run_fast(argv: list[str]) -> bool:
     elif command == "delete":
         delete_and_print(target, positionals[0])
     elif command == "scan":
-        scan_and_print(target, positionals[0] if positionals else "", None if limit is None else int(limit))
+        scan_and_print(target, positionals[0] if positionals else "", limit)
     else:
         run_client_form(options.get("--put"), options.get("--val"), options.get("--get"), target)
     return True
