@@ -43,7 +43,7 @@ def bench(session: nox.Session) -> None:
 def chaos(session: nox.Session) -> None:
     """Long chaos runs (kvcluster/chaos): ten seeds, five 30 s rounds each, checked for linearizability (not CI)."""
     install(session)
-    session.run("python", "-m", "pytest", "-m", "long", "tests/test_chaos.py", *session.posargs)
+    session.run("python", "-m", "pytest", "-n", "0", "-m", "long", "tests/test_chaos.py", *session.posargs)
 
 
 @nox.session
@@ -58,4 +58,5 @@ def long(session: nox.Session) -> None:
     """Every test marked long: 100,000 simulated schedules, the chaos runs on real clusters, and the benchmark
     runs at the sizes the default suite leaves out (an hour or more)."""
     install(session)
-    session.run("python", "-m", "pytest", "-m", "long", *session.posargs)
+    # One at a time: the long runs measure, and each loads the two cores on its own.
+    session.run("python", "-m", "pytest", "-n", "0", "-m", "long", *session.posargs)
