@@ -8,6 +8,7 @@ verdict and that the history was worth checking.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -75,12 +76,12 @@ def assert_no_child_processes() -> None:
 
     Only multiprocessing's resource tracker stays: it serves this process until it exits.
     """
-    leftovers = [
-        p
-        for p in psutil.Process().children(recursive=True)
-        if p.status() != psutil.STATUS_ZOMBIE and "multiprocessing.resource_tracker" not in " ".join(p.cmdline())
-    ]
-    assert not leftovers, f"processes left running: {[p.cmdline() for p in leftovers]}"
+    leftovers = []
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):  # one that ends while we look is not left over
+            if child.status() != psutil.STATUS_ZOMBIE and "resource_tracker" not in " ".join(child.cmdline()):
+                leftovers.append(child.cmdline())
+    assert not leftovers, f"processes left running: {leftovers}"
 
 
 def assert_no_node_of(home: Path) -> None:
