@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import os
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+from msgspec import Struct
 
 from kvcluster.errors import KeyNotFound, UsageError
 
@@ -32,8 +33,7 @@ def home_dir(home: Path | None) -> Path:
     return (home or default_home()).expanduser().resolve()
 
 
-@dataclass(frozen=True)
-class Target:
+class Target(Struct, frozen=True):
     """Which cluster a data command talks to, and how."""
 
     home: Path | None

@@ -8,11 +8,12 @@ processes and imports what that takes.
 
 from __future__ import annotations
 
-import json
 import os
-from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+import msgspec
+from msgspec import Struct, field
 
 from kvcluster.errors import ClusterNotRunning, UnknownNode
 
@@ -30,8 +31,7 @@ def default_home() -> Path:
     return Path(base) / "kvcluster"
 
 
-@dataclass
-class ProcessInfo:
+class ProcessInfo(Struct):
     """One process of the cluster as recorded in the state file."""
 
     name: str
@@ -51,8 +51,7 @@ class ProcessInfo:
             return False
 
 
-@dataclass
-class ClusterState:
+class ClusterState(Struct):
     """What ``up`` records in ``cluster.json`` for every later command."""
 
     home: str
@@ -80,22 +79,16 @@ class ClusterState:
     def save(self) -> None:
         path = self.path(Path(self.home))
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
+        tmp.write_bytes(msgspec.json.format(msgspec.json.encode(self), indent=2))
         tmp.replace(path)
 
     @classmethod
     def load(cls, home: Path) -> ClusterState:
         try:
-            raw = json.loads(cls.path(home).read_text())
-            return cls(
-                **{k: v for k, v in raw.items() if k not in ("supervisor", "masters", "servers")},
-                supervisor=ProcessInfo(**raw["supervisor"]),
-                masters=[ProcessInfo(**m) for m in raw["masters"]],
-                servers=[ProcessInfo(**s) for s in raw["servers"]],
-            )
+            return msgspec.json.decode(cls.path(home).read_bytes(), type=cls)
         except FileNotFoundError:
             raise ClusterNotRunning(f"no cluster running in {home} (start one with: kvcluster up)") from None
-        except (ValueError, KeyError, TypeError) as exc:
+        except msgspec.DecodeError as exc:  # a ValidationError too: the file is checked against these types
             raise ClusterNotRunning(f"unreadable cluster state in {cls.path(home)}: {exc}") from None
 
     def server(self, name: str) -> ProcessInfo:

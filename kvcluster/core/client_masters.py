@@ -12,7 +12,8 @@ woken (``next_wake``), and its driver calls ``on_timer`` then.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+
+from msgspec import Struct
 
 from kvcluster.core.protocol import Message, NotLeader, NotReady
 
@@ -21,7 +22,7 @@ ELECTION_PAUSE = 0.05  # seconds between questions while no master knows the lea
 NOT_READY_PAUSE = 0.05  # seconds between questions while the cluster is starting
 
 
-class AskMaster(NamedTuple):
+class AskMaster(Struct, frozen=True):
     """Send ``message`` to master number ``member`` (0-based, in the order the client was given them)."""
 
     member: int

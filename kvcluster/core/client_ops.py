@@ -8,7 +8,6 @@ per-operation records it keeps.
 from __future__ import annotations
 
 import enum
-from typing import NamedTuple
 
 from msgspec import Struct, field
 
@@ -94,7 +93,7 @@ class Flight(Struct):
     expires: float
 
 
-class SendRequest(NamedTuple):
+class SendRequest(Struct, frozen=True):
     """Send ``request`` to node ``node_id`` at ``endpoint``."""
 
     node_id: int
@@ -102,25 +101,25 @@ class SendRequest(NamedTuple):
     request: Request
 
 
-class WakeAt(NamedTuple):
+class WakeAt(Struct, frozen=True):
     """Call ``on_timer`` at ``at`` (replaces any earlier wake-up)."""
 
     at: float
 
 
-class Complete(NamedTuple):
+class Complete(Struct, frozen=True):
     """``ops`` have ended; each one's ``result`` says how."""
 
     ops: list[PendingOp]
 
 
-class NewTable(NamedTuple):
+class NewTable(Struct, frozen=True):
     """A newer table arrived: close sockets to nodes it names dead or moved, and cache it."""
 
     message: Table
 
 
-class Note(NamedTuple):
+class Note(Struct, frozen=True):
     """A routing step worth telling a curious user (what ``-v`` prints)."""
 
     text: str
