@@ -15,7 +15,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from kvcluster.core.protocol import Timing
 from kvcluster.master_group import RAFT_DIR, SECRET_FILE
 
 if TYPE_CHECKING:
@@ -57,7 +56,7 @@ def write_cluster_file(state: ClusterState, fsync: str, keys: ClusterFile | None
         state.nodes,
         raft_ports=[int(a.rpartition(":")[2]) for a in raft],
         fsync=fsync,
-        timing=Timing(**state.timing),
+        timing=state.timing,
         curve=state.curve,
     )
     changes: dict[str, object] = {}

@@ -17,7 +17,6 @@ import time
 from pathlib import Path
 
 from kvcluster.core.placement import node_name
-from kvcluster.core.protocol import Timing
 from kvcluster.datadir import Shape, record_shape
 from kvcluster.errors import NodeNotRunning, NodeStillRunning, StartupFailed, UnknownNode
 from kvcluster.local_file import cluster_args, state_curve
@@ -103,7 +102,7 @@ def start_node(state: ClusterState, node_id: int) -> ProcessInfo:
     if hosts is not None and name not in hosts.numbers:
         hosts.add(name)  # a node added to a cluster on separate hosts gets a host of its own
         hosts.save(Path(state.home))
-    args = node_args(node_id, state.master_endpoint, Timing(**state.timing), storage, keys, hosts)
+    args = node_args(node_id, state.master_endpoint, state.timing, storage, keys, hosts)
     info = _start_detached_child(Path(state.home), name, args, hosts)
     if node_id <= len(state.servers):
         state.servers[node_id - 1] = info
@@ -148,7 +147,7 @@ def start_master(state: ClusterState, name: str) -> ProcessInfo:
         raise NodeStillRunning(f"{name} (pid {old.pid}) is running; kill it first to restart it")
     member_id = state.masters.index(old) + 1
     host, _, port = old.endpoint.removeprefix("tcp://").rpartition(":")
-    timing = Timing(**state.timing)
+    timing = state.timing
     shape = ["--nodes", str(state.nodes), "--rep", str(state.rep), "--bind", f"{host}:{port}"]
     group = group_args(Path(state.home), state.raft_addresses, member_id)
     keys = cluster_args(Path(state.home), state.curve)

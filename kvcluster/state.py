@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 from msgspec import Struct, field
 
+from kvcluster.core.protocol import Timing
 from kvcluster.errors import ClusterNotRunning, UnknownNode
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ class ClusterState(Struct):
     masters: list[ProcessInfo]
     servers: list[ProcessInfo] = field(default_factory=list)
     raft_addresses: list[str] = field(default_factory=list)  # empty for a lone master
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: Timing = field(default_factory=Timing)
     started_at: float = 0.0
     storage: dict[str, Any] = field(default_factory=dict)  # a ``datadir.Storage``: where the nodes keep data
     curve: bool = False  # CurveZMQ (up --curve) with the keys of HOME/cluster.toml; off by default on loopback

@@ -212,7 +212,7 @@ class Supervisor:
                 ProcessInfo(node_name(i), p.pid, create_time(p.pid), endpoints.get(i, ""))
                 for i, p in enumerate(servers, start=1)
             ],
-            timing=asdict(self.timing),
+            timing=self.timing,
             started_at=time.time(),
             storage=asdict(self.storage),
             curve=self.curve,

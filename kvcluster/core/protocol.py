@@ -20,7 +20,6 @@ the lease a node holds must run out before the master may declare it dead.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from typing import Annotated, Any
 
 import msgspec
@@ -54,8 +53,7 @@ MAX_SCAN_KEYS = 10_000  # keys in one scan page: a page is read in one pass of t
 _WHITESPACE = re.compile(r"\s")
 
 
-@dataclass(frozen=True, slots=True)
-class Timing:
+class Timing(msgspec.Struct, frozen=True):
     """Failure-detection timing shared by master and nodes, in seconds.
 
     A node serves as primary only while its lease is fresh. The lease runs from
