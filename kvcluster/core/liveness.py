@@ -34,6 +34,9 @@ log = logging.getLogger(__name__)
 
 STALL_TOLERANCE = 0.1  # a pass of the loop longer than this means the master itself was not running
 MASS_SILENCE_FACTOR = 4  # how many times dead_after to wait when most live nodes are silent at once
+# Seconds after a death before copies start: the promoted primaries reconcile and serve first, rather than
+# share their loops and the machine with dozens of slot copies starting at once.
+COPIES_AFTER_DEATH = 0.5
 OUT_OF_TOUCH_FACTOR = 2  # how many times dead_after a group leader that hears no node waits before handing over
 
 
@@ -59,6 +62,7 @@ class FailureDetection:
     stalled: dict[int, None]
     draining: frozenset[int]
     healthy: bool
+    copies_from: float
     events: EventLog
     now: float
     complaints: Complaints
@@ -143,6 +147,7 @@ class FailureDetection:
         self._publish(with_dead(self.table, nodes))
         self.draining = self.draining - set(nodes)
         self.healthy = False
+        self.copies_from = self.now + COPIES_AFTER_DEATH
 
     def _judge_complaints(self, now: float) -> None:
         """Condemn one of two live nodes that cannot reach each other (``core/complaints.py``)."""

@@ -111,6 +111,7 @@ class MasterCore(FailureDetection):
         self.recovery = Recovery()  # the hellos heard before the first table
         self.returning: dict[int, dict[int, tuple[int, int]]] = {}  # restarted node -> slot -> (version, digest)
         self.last_repair_table = 0.0
+        self.copies_from = 0.0  # no copy starts before then (``COPIES_AFTER_DEATH``)
         self.joins = Reservations()  # node ids given to nodes started by hand, until their hello arrives
         self.complaints = Complaints()  # live nodes that cannot reach each other
 
@@ -187,7 +188,7 @@ class MasterCore(FailureDetection):
         self.last_tick = now
         self._detect_failures(now)
         self._judge_complaints(now)
-        if not self.healthy and self._settled():
+        if not self.healthy and self._settled() and now >= self.copies_from:
             self._heal(now)
 
     def _settled(self) -> bool:
