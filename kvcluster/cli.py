@@ -139,6 +139,8 @@ def _leave_now(code: int) -> NoReturn:
         sys.stderr.flush()
     except BrokenPipeError:
         code = code or 1  # stdout closed early, e.g. piped into head: nothing left to say
+    except OSError as exc:  # a full disk under a redirected stdout, say
+        code = _error(str(exc), 1)
     os._exit(code)
 
 

@@ -72,6 +72,29 @@ def test_status_after_up(shared: Cluster) -> None:
     assert max(backups) - min(backups) <= shared.rep - 1
 
 
+@pytest.mark.parametrize("unbuffered", ["", "1"], ids=["buffered", "unbuffered"])
+@pytest.mark.parametrize("command", [["get", "full"], ["scan", "fu"], ["put", "full", "again"]])
+def test_output_that_cannot_be_written_is_one_line_and_exit_1(
+    shared: Cluster, command: list[str], unbuffered: str
+) -> None:
+    """A data command ends with ``os._exit`` once it has flushed its output: a failed flush is an error too.
+
+    Buffered (the usual case), the output fails at that flush; unbuffered, at the write itself."""
+    shared.put("full", "disk")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONUNBUFFERED": unbuffered}
+    with Path("/dev/full").open("w") as full:
+        proc = subprocess.run(
+            [sys.executable, "-m", "kvcluster", *command, "--home", str(shared.home)],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=COMMAND_TIMEOUT,
+            check=False,
+            env=env,
+        )
+    assert (proc.returncode, proc.stderr) == (1, "error: [Errno 28] No space left on device\n")
+
+
 def test_status_table_for_people(shared: Cluster) -> None:
     out = shared.run("status").stdout
     for name in ("server1", "server2", "server3", "alive"):
