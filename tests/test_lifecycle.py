@@ -81,7 +81,7 @@ def test_output_that_cannot_be_written_is_one_line_and_exit_1(
 
     Buffered (the usual case), the output fails at that flush; unbuffered, at the write itself."""
     shared.put("full", "disk")
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"} | {"PYTHONUNBUFFERED": unbuffered}
+    env = {**os.environ, "PYTHONUNBUFFERED": unbuffered}
     with Path("/dev/full").open("w") as full:
         proc = subprocess.run(
             [sys.executable, "-m", "kvcluster", *command, "--home", str(shared.home)],
